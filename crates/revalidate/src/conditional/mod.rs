@@ -1,0 +1,40 @@
+//! The conditional-request layer: entity tags, 304, 412 and 428 for tower services.
+//!
+//! Per route, validators come either from the response body (a strong xxh3-128
+//! tag, buffered up to a bound) or from a lookup that runs **before** the handler,
+//! so a matching `If-None-Match` costs one cheap query and no handler call.
+//!
+//! ```
+//! use axum::{Router, body::Body, routing::get};
+//! use http::{Request, StatusCode, request::Parts};
+//! use revalidate::{CacheControl, ConditionalLayer, EntityTag, Validators};
+//! use tower::ServiceExt;
+//!
+//! # tokio_test_block_on(async {
+//! // Validators first: the version would come from a counter or a database column.
+//! let version = |_: &Parts| async { Some(Validators::new().etag(EntityTag::strong("v42").unwrap())) };
+//! let app = Router::new().route(
+//!     "/prices",
+//!     get(|| async { "expensive to compute" })
+//!         .layer(ConditionalLayer::new().validators(version).cache_control(CacheControl::new().no_cache())),
+//! );
+//! let request = Request::get("/prices").header("if-none-match", "\"v42\"").body(Body::empty()).unwrap();
+//! let response = app.oneshot(request).await.unwrap();
+//! assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
+//! assert_eq!(response.headers()["etag"], "\"v42\"");
+//! assert_eq!(response.headers()["cache-control"], "no-cache");
+//! # });
+//! # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+//! #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+//! # }
+//! ```
+
+mod body;
+mod layer;
+mod service;
+mod source;
+
+pub use body::{BoxError, ConditionalBody};
+pub use layer::{ConditionalLayer, DEFAULT_MAX_BUFFERED_BYTES};
+pub use service::Conditional;
+pub use source::{ContentHash, ValidatorSource};

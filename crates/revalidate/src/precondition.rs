@@ -1,0 +1,516 @@
+//! Evaluation of conditional requests in the order of RFC 9110 §13.2.2.
+//!
+//! ```
+//! use http::{HeaderMap, Method};
+//! use revalidate::{EntityTag, Evaluation, Preconditions, Validators};
+//!
+//! let mut headers = HeaderMap::new();
+//! headers.insert("if-none-match", "\"v1\"".parse().unwrap());
+//! let pre = Preconditions::from_request(&Method::GET, &headers).unwrap();
+//! let current = Validators::new().etag(EntityTag::strong("v1").unwrap());
+//! assert_eq!(pre.evaluate(&Method::GET, Some(&current)), Evaluation::NotModified);
+//! assert_eq!(pre.evaluate(&Method::PUT, Some(&current)), Evaluation::PreconditionFailed);
+//! ```
+
+use http::header::{
+    IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE,
+};
+use http::{HeaderMap, Method};
+
+use crate::validators::{EntityTag, EntityTagMatch, HttpDate, Validators, trim_ows};
+
+/// What the server does after evaluating the preconditions of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evaluation {
+    /// Perform the method. `honor_range` is false when a `Range` must be ignored
+    /// because its `If-Range` failed (RFC 9110 §13.2.2 step 5).
+    Proceed {
+        /// Whether a `Range` header, if any, may be served as a 206.
+        honor_range: bool,
+    },
+    /// Respond 304 Not Modified (GET and HEAD only).
+    NotModified,
+    /// Respond 412 Precondition Failed.
+    PreconditionFailed,
+}
+
+/// A precondition field that is present but cannot be evaluated safely.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MalformedPrecondition {
+    /// The offending field, e.g. `if-match`.
+    pub field: &'static str,
+}
+
+impl std::fmt::Display for MalformedPrecondition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "malformed {} field: expected `*` or a list of quoted entity tags",
+            self.field
+        )
+    }
+}
+
+impl std::error::Error for MalformedPrecondition {}
+
+/// The validator of an `If-Range` field (RFC 9110 §13.1.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IfRange {
+    /// An entity tag; only a strong one can ever match.
+    Tag(EntityTag),
+    /// An HTTP-date, compared exactly with `Last-Modified`.
+    Date(HttpDate),
+    /// Neither: the condition is false.
+    Invalid,
+}
+
+/// The conditional header fields of one request, parsed once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Preconditions {
+    /// `If-Match`.
+    pub if_match: Option<EntityTagMatch>,
+    /// `If-Unmodified-Since`, if present with a valid date.
+    pub if_unmodified_since: Option<HttpDate>,
+    /// `If-None-Match`.
+    pub if_none_match: Option<EntityTagMatch>,
+    /// `If-Modified-Since`, if present with a valid date.
+    pub if_modified_since: Option<HttpDate>,
+    /// `If-Range`, only kept when the request also has a `Range`.
+    pub if_range: Option<IfRange>,
+}
+
+/// True for the methods a 304 can answer (RFC 9110 §13.2.2 steps 3 and 4).
+pub fn is_get_or_head(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
+}
+
+impl Preconditions {
+    /// Parses the conditional fields of a request.
+    ///
+    /// A malformed `If-Match` is an error for every method, and a malformed
+    /// `If-None-Match` for methods other than GET and HEAD: guessing could perform a
+    /// write the client meant to guard. On GET and HEAD a malformed `If-None-Match`
+    /// is ignored, which can only cost a full response. Invalid dates are ignored, as
+    /// RFC 9110 §13.1.3 and §13.1.4 require.
+    pub fn from_request(
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Result<Self, MalformedPrecondition> {
+        let if_match = EntityTagMatch::from_headers(headers, &IF_MATCH)
+            .map_err(|_| MalformedPrecondition { field: "if-match" })?;
+        let if_none_match = match EntityTagMatch::from_headers(headers, &IF_NONE_MATCH) {
+            Ok(list) => list,
+            Err(_) if is_get_or_head(method) => None,
+            Err(_) => {
+                return Err(MalformedPrecondition {
+                    field: "if-none-match",
+                });
+            }
+        };
+        let if_range = if headers.contains_key(RANGE) && method == Method::GET {
+            headers.get(IF_RANGE).map(|v| parse_if_range(v.as_bytes()))
+        } else {
+            None
+        };
+        Ok(Self {
+            if_match,
+            if_unmodified_since: HttpDate::from_headers(headers, &IF_UNMODIFIED_SINCE),
+            if_none_match,
+            if_modified_since: HttpDate::from_headers(headers, &IF_MODIFIED_SINCE),
+            if_range,
+        })
+    }
+
+    /// Whether the request carries no precondition at all.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Evaluates the preconditions against the current state of the target resource,
+    /// `None` meaning it has no current representation.
+    ///
+    /// The caller is responsible for RFC 9110 §13.2.1: preconditions are only
+    /// evaluated when the response without them would be 2xx or 412.
+    pub fn evaluate(&self, method: &Method, current: Option<&Validators>) -> Evaluation {
+        let etag = current.and_then(|v| v.etag.as_ref());
+        let last_modified = current.and_then(|v| v.last_modified);
+
+        // Step 1: If-Match, strong comparison (§13.1.1).
+        if let Some(if_match) = &self.if_match {
+            let passes = match (if_match, current, etag) {
+                (EntityTagMatch::Any, Some(_), _) => true,
+                (EntityTagMatch::Tags(_), _, Some(etag)) => if_match.matches_strong(etag),
+                _ => false,
+            };
+            if !passes {
+                return Evaluation::PreconditionFailed;
+            }
+        } else if let (Some(since), Some(modified)) = (self.if_unmodified_since, last_modified) {
+            // Step 2: If-Unmodified-Since, only without If-Match (§13.1.4).
+            if modified > since {
+                return Evaluation::PreconditionFailed;
+            }
+        }
+
+        // Step 3: If-None-Match, weak comparison (§13.1.2).
+        if let Some(if_none_match) = &self.if_none_match {
+            let fails = match (if_none_match, etag) {
+                (EntityTagMatch::Any, _) => current.is_some(),
+                (EntityTagMatch::Tags(_), Some(etag)) => if_none_match.matches_weak(etag),
+                (EntityTagMatch::Tags(_), None) => false,
+            };
+            if fails {
+                return if is_get_or_head(method) {
+                    Evaluation::NotModified
+                } else {
+                    Evaluation::PreconditionFailed
+                };
+            }
+        } else if is_get_or_head(method) {
+            // Step 4: If-Modified-Since, only for GET/HEAD without If-None-Match (§13.1.3).
+            if let (Some(since), Some(modified)) = (self.if_modified_since, last_modified) {
+                if modified <= since {
+                    return Evaluation::NotModified;
+                }
+            }
+        }
+
+        // Step 5: If-Range (§13.1.5).
+        let honor_range = match &self.if_range {
+            None => true,
+            Some(IfRange::Tag(tag)) => etag.is_some_and(|etag| tag.strong_eq(etag)),
+            Some(IfRange::Date(date)) => last_modified == Some(*date),
+            Some(IfRange::Invalid) => false,
+        };
+        Evaluation::Proceed { honor_range }
+    }
+}
+
+fn parse_if_range(value: &[u8]) -> IfRange {
+    let value = trim_ows(value);
+    if let Some(tag) = EntityTag::parse(value) {
+        IfRange::Tag(tag)
+    } else if let Some(date) = HttpDate::parse(value) {
+        IfRange::Date(date)
+    } else {
+        IfRange::Invalid
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const T0: u64 = 1_700_000_000;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(*k, v.parse().unwrap());
+        }
+        map
+    }
+
+    fn eval(
+        method: Method,
+        pairs: &[(&'static str, &str)],
+        current: Option<&Validators>,
+    ) -> Evaluation {
+        Preconditions::from_request(&method, &headers(pairs))
+            .unwrap()
+            .evaluate(&method, current)
+    }
+
+    fn current() -> Validators {
+        Validators::new()
+            .etag(EntityTag::strong("v2").unwrap())
+            .last_modified(HttpDate::from_unix_secs(T0))
+    }
+
+    fn date(secs: u64) -> String {
+        HttpDate::from_unix_secs(secs).to_string()
+    }
+
+    const PROCEED: Evaluation = Evaluation::Proceed { honor_range: true };
+    use Evaluation::{NotModified, PreconditionFailed};
+
+    #[test]
+    fn if_match_uses_strong_comparison() {
+        let c = current();
+        assert_eq!(
+            eval(Method::PUT, &[("if-match", "\"v2\"")], Some(&c)),
+            PROCEED
+        );
+        assert_eq!(
+            eval(Method::PUT, &[("if-match", "W/\"v2\"")], Some(&c)),
+            PreconditionFailed
+        );
+        assert_eq!(
+            eval(Method::PUT, &[("if-match", "\"v1\", \"v2\"")], Some(&c)),
+            PROCEED
+        );
+        assert_eq!(
+            eval(Method::PUT, &[("if-match", "\"v1\"")], Some(&c)),
+            PreconditionFailed
+        );
+        let weak = Validators::new().etag(EntityTag::weak("v2").unwrap());
+        assert_eq!(
+            eval(Method::PUT, &[("if-match", "\"v2\"")], Some(&weak)),
+            PreconditionFailed
+        );
+    }
+
+    #[test]
+    fn if_match_star_needs_a_current_representation() {
+        assert_eq!(
+            eval(Method::PUT, &[("if-match", "*")], Some(&current())),
+            PROCEED
+        );
+        assert_eq!(
+            eval(Method::PUT, &[("if-match", "*")], None),
+            PreconditionFailed
+        );
+        // A representation without any validator still exists.
+        assert_eq!(
+            eval(Method::PUT, &[("if-match", "*")], Some(&Validators::new())),
+            PROCEED
+        );
+        assert_eq!(
+            eval(
+                Method::PUT,
+                &[("if-match", "\"x\"")],
+                Some(&Validators::new())
+            ),
+            PreconditionFailed
+        );
+    }
+
+    #[test]
+    fn if_none_match_star_is_create_only() {
+        assert_eq!(eval(Method::PUT, &[("if-none-match", "*")], None), PROCEED);
+        assert_eq!(
+            eval(Method::PUT, &[("if-none-match", "*")], Some(&current())),
+            PreconditionFailed
+        );
+        assert_eq!(
+            eval(Method::GET, &[("if-none-match", "*")], Some(&current())),
+            NotModified
+        );
+    }
+
+    #[test]
+    fn if_none_match_uses_weak_comparison_and_304_only_for_get_head() {
+        let c = current();
+        for m in [Method::GET, Method::HEAD] {
+            assert_eq!(
+                eval(m.clone(), &[("if-none-match", "W/\"v2\"")], Some(&c)),
+                NotModified
+            );
+            assert_eq!(eval(m, &[("if-none-match", "\"v1\"")], Some(&c)), PROCEED);
+        }
+        for m in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
+            assert_eq!(
+                eval(m, &[("if-none-match", "\"v2\"")], Some(&c)),
+                PreconditionFailed
+            );
+        }
+    }
+
+    #[test]
+    fn if_unmodified_since() {
+        let c = current();
+        assert_eq!(
+            eval(Method::PUT, &[("if-unmodified-since", &date(T0))], Some(&c)),
+            PROCEED
+        );
+        assert_eq!(
+            eval(
+                Method::PUT,
+                &[("if-unmodified-since", &date(T0 - 1))],
+                Some(&c)
+            ),
+            PreconditionFailed
+        );
+        // Ignored when invalid, and when If-Match is present.
+        assert_eq!(
+            eval(Method::PUT, &[("if-unmodified-since", "never")], Some(&c)),
+            PROCEED
+        );
+        assert_eq!(
+            eval(
+                Method::PUT,
+                &[
+                    ("if-match", "\"v2\""),
+                    ("if-unmodified-since", &date(T0 - 1))
+                ],
+                Some(&c)
+            ),
+            PROCEED
+        );
+    }
+
+    #[test]
+    fn if_modified_since() {
+        let c = current();
+        assert_eq!(
+            eval(Method::GET, &[("if-modified-since", &date(T0))], Some(&c)),
+            NotModified
+        );
+        assert_eq!(
+            eval(
+                Method::GET,
+                &[("if-modified-since", &date(T0 + 5))],
+                Some(&c)
+            ),
+            NotModified
+        );
+        assert_eq!(
+            eval(
+                Method::GET,
+                &[("if-modified-since", &date(T0 - 1))],
+                Some(&c)
+            ),
+            PROCEED
+        );
+        // All three date forms.
+        assert_eq!(
+            eval(
+                Method::GET,
+                &[("if-modified-since", "Tuesday, 14-Nov-23 22:13:20 GMT")],
+                Some(&c)
+            ),
+            NotModified
+        );
+        assert_eq!(
+            eval(
+                Method::GET,
+                &[("if-modified-since", "Tue Nov 14 22:13:20 2023")],
+                Some(&c)
+            ),
+            NotModified
+        );
+    }
+
+    #[test]
+    fn if_modified_since_is_ignored_beside_if_none_match() {
+        let c = current();
+        let pairs = [
+            ("if-none-match", "\"other\""),
+            ("if-modified-since", &date(T0 + 5)),
+        ];
+        assert_eq!(eval(Method::GET, &pairs, Some(&c)), PROCEED);
+    }
+
+    #[test]
+    fn if_modified_since_is_ignored_for_other_methods_and_bad_dates() {
+        let c = current();
+        assert_eq!(
+            eval(
+                Method::POST,
+                &[("if-modified-since", &date(T0 + 5))],
+                Some(&c)
+            ),
+            PROCEED
+        );
+        assert_eq!(
+            eval(Method::GET, &[("if-modified-since", "garbage")], Some(&c)),
+            PROCEED
+        );
+        let list = format!("{}, {}", date(T0 + 5), date(T0 + 5));
+        assert_eq!(
+            eval(Method::GET, &[("if-modified-since", &list)], Some(&c)),
+            PROCEED
+        );
+    }
+
+    #[test]
+    fn order_if_match_failure_wins_over_if_none_match() {
+        let c = current();
+        let pairs = [("if-match", "\"v1\""), ("if-none-match", "\"v2\"")];
+        assert_eq!(eval(Method::GET, &pairs, Some(&c)), PreconditionFailed);
+    }
+
+    #[test]
+    fn order_if_unmodified_since_before_if_none_match() {
+        let c = current();
+        let old = date(T0 - 10);
+        let pairs = [
+            ("if-unmodified-since", old.as_str()),
+            ("if-none-match", "\"v2\""),
+        ];
+        assert_eq!(eval(Method::GET, &pairs, Some(&c)), PreconditionFailed);
+    }
+
+    #[test]
+    fn if_range() {
+        let c = current();
+        let with_range = |v: &str| {
+            eval(
+                Method::GET,
+                &[("range", "bytes=0-1"), ("if-range", v)],
+                Some(&c),
+            )
+        };
+        assert_eq!(with_range("\"v2\""), PROCEED);
+        assert_eq!(
+            with_range("W/\"v2\""),
+            Evaluation::Proceed { honor_range: false }
+        );
+        assert_eq!(
+            with_range("\"v1\""),
+            Evaluation::Proceed { honor_range: false }
+        );
+        assert_eq!(with_range(&date(T0)), PROCEED);
+        assert_eq!(
+            with_range(&date(T0 + 1)),
+            Evaluation::Proceed { honor_range: false }
+        );
+        assert_eq!(
+            with_range("nonsense"),
+            Evaluation::Proceed { honor_range: false }
+        );
+        // Without Range, If-Range means nothing.
+        assert_eq!(
+            eval(Method::GET, &[("if-range", "\"v1\"")], Some(&c)),
+            PROCEED
+        );
+    }
+
+    #[test]
+    fn malformed_if_match_is_an_error_but_malformed_if_none_match_on_get_is_ignored() {
+        let bad = headers(&[("if-match", "v2")]);
+        assert!(Preconditions::from_request(&Method::GET, &bad).is_err());
+        let bad = headers(&[("if-none-match", "v2")]);
+        assert!(
+            Preconditions::from_request(&Method::GET, &bad)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(Preconditions::from_request(&Method::PUT, &bad).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_fields_never_panic(
+            values in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..48), 6),
+            method in prop_oneof![Just(Method::GET), Just(Method::HEAD), Just(Method::PUT), Just(Method::DELETE)],
+            exists in any::<bool>(),
+        ) {
+            let names = ["if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "if-range", "range"];
+            let mut map = HeaderMap::new();
+            for (name, value) in names.iter().zip(&values) {
+                if let Ok(v) = http::HeaderValue::from_bytes(value) {
+                    map.append(*name, v);
+                }
+            }
+            if let Ok(pre) = Preconditions::from_request(&method, &map) {
+                let c = current();
+                let outcome = pre.evaluate(&method, exists.then_some(&c));
+                if outcome == Evaluation::NotModified {
+                    prop_assert!(is_get_or_head(&method));
+                }
+            }
+        }
+    }
+}
