@@ -34,6 +34,7 @@ impl ConditionalLayer<ContentHash> {
                 weak_etags: false,
                 max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
                 require_if_match: false,
+                ignore_preconditions_when_missing: false,
             },
             source: ContentHash,
         }
@@ -90,6 +91,18 @@ impl<V: ValidatorSource> ConditionalLayer<V> {
     /// pass through unbuffered and untagged.
     pub fn max_buffered_bytes(mut self, limit: usize) -> Self {
         self.config.max_buffered_bytes = limit;
+        self
+    }
+
+    /// Ignores preconditions of every method when the validator lookup finds no
+    /// resource, leaving the handler to answer (typically 404).
+    ///
+    /// By default an unsafe method on a missing resource is evaluated as one that may
+    /// create it (`PUT` as create): `If-Match` fails with 412 and `If-None-Match: *`
+    /// passes. On routes where writes never create, RFC 9110 §13.2.1 asks instead that
+    /// preconditions be ignored, because the response without them would be a 404.
+    pub fn ignore_preconditions_when_missing(mut self) -> Self {
+        self.config.ignore_preconditions_when_missing = true;
         self
     }
 

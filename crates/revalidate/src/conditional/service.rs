@@ -26,6 +26,7 @@ pub(crate) struct Config {
     pub(crate) weak_etags: bool,
     pub(crate) max_buffered_bytes: usize,
     pub(crate) require_if_match: bool,
+    pub(crate) ignore_preconditions_when_missing: bool,
 }
 
 /// Middleware that gives responses entity tags and answers conditional requests.
@@ -151,8 +152,10 @@ impl<S> Exchange<S> {
         });
         let safe = is_get_or_head(&parts.method);
         // RFC 9110 §13.2.1: a GET of a missing resource would be 404, so its
-        // preconditions are ignored; an unsafe method may create it, so they count.
-        let evaluate = !self.preconditions.is_empty() && (current.is_some() || !safe);
+        // preconditions are ignored; an unsafe method may create it, so they count
+        // unless the route says its writes never create.
+        let may_create = !safe && !self.config.ignore_preconditions_when_missing;
+        let evaluate = !self.preconditions.is_empty() && (current.is_some() || may_create);
         if evaluate {
             match self.preconditions.evaluate(&parts.method, current.as_ref()) {
                 Evaluation::NotModified => {

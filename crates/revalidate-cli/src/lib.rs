@@ -1,0 +1,5 @@
+//! The `revalidate` command's building blocks.
+//!
+//! - [`demo`]: the sample users API (`revalidate demo`).
+
+pub mod demo;
