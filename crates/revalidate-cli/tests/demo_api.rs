@@ -83,7 +83,14 @@ async fn bad_input_is_refused_with_problems_and_changes_nothing() {
     api.store.seed().await.unwrap();
     let before = api.get("/users", &[]).await;
 
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, Body, u16)> = vec![
+    type Case = (
+        &'static str,
+        &'static str,
+        Vec<(&'static str, &'static str)>,
+        Body,
+        u16,
+    );
+    let cases: Vec<Case> = vec![
         (
             "PUT",
             "/users/1",

@@ -34,7 +34,7 @@ const KEPT: [http::HeaderName; 7] = [
 /// Representation metadata such as Content-Type and Content-Length is dropped: a
 /// Content-Length on a 304 would have to equal the 200's and adds nothing.
 pub fn not_modified_headers(ok: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::new();
+    let mut out = HeaderMap::with_capacity(KEPT.len());
     let has_etag = ok.contains_key(ETAG);
     for name in KEPT {
         if name == LAST_MODIFIED && has_etag {

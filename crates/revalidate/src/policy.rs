@@ -28,6 +28,8 @@ use crate::validators::EntityTag;
 #[derive(Debug, Clone, Default)]
 pub struct CachePolicy {
     cache_control: Option<CacheControl>,
+    /// `cache_control` rendered once, not on every response.
+    cache_control_value: Option<HeaderValue>,
     vary: Vec<HeaderName>,
     user_scope: Option<HeaderName>,
 }
@@ -44,7 +46,7 @@ impl Scope {
         hasher.write(&(self.0.len() as u64).to_le_bytes());
         hasher.write(&self.0);
         hasher.write(tag.opaque());
-        let opaque = format!("{:032x}", hasher.finish_128());
+        let opaque = crate::conditional::hex128(hasher.finish_128());
         let scoped = EntityTag::strong(opaque).expect("hex is etagc");
         if tag.is_weak() {
             scoped.into_weak()
@@ -57,14 +59,14 @@ impl Scope {
 impl CachePolicy {
     /// A policy that sets `cache_control` on responses that carry none.
     pub fn new(cache_control: CacheControl) -> Self {
-        Self {
-            cache_control: Some(cache_control),
-            ..Self::default()
-        }
+        let mut policy = Self::default();
+        policy.set_cache_control(cache_control);
+        policy
     }
 
     /// Replaces the `Cache-Control` this policy sets.
     pub fn set_cache_control(&mut self, cache_control: CacheControl) {
+        self.cache_control_value = Some(cache_control.to_header_value());
         self.cache_control = Some(cache_control);
     }
 
@@ -123,10 +125,10 @@ impl CachePolicy {
     /// user-scoped route the result is always `private` (no `public`, no `s-maxage`),
     /// whatever the handler said. `Vary` fields are merged without duplicates.
     pub fn decorate(&self, headers: &mut HeaderMap) {
-        if !headers.contains_key(CACHE_CONTROL) {
-            if let Some(cc) = &self.cache_control {
-                headers.insert(CACHE_CONTROL, cc.to_header_value());
-            }
+        if let Some(value) = &self.cache_control_value
+            && !headers.contains_key(CACHE_CONTROL)
+        {
+            headers.insert(CACHE_CONTROL, value.clone());
         }
         if self.user_scope.is_some() {
             let mut cc = CacheControl::from_headers(headers);
@@ -145,6 +147,10 @@ impl CachePolicy {
 
 /// Adds `names` to the `Vary` of `headers`, keeping existing members and `*`.
 pub fn merge_vary<'a>(headers: &mut HeaderMap, names: impl Iterator<Item = &'a HeaderName>) {
+    let mut names = names.peekable();
+    if names.peek().is_none() {
+        return;
+    }
     let mut members: Vec<String> = headers
         .get_all(VARY)
         .iter()

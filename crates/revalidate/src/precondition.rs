@@ -168,10 +168,10 @@ impl Preconditions {
             }
         } else if is_get_or_head(method) {
             // Step 4: If-Modified-Since, only for GET/HEAD without If-None-Match (§13.1.3).
-            if let (Some(since), Some(modified)) = (self.if_modified_since, last_modified) {
-                if modified <= since {
-                    return Evaluation::NotModified;
-                }
+            if let (Some(since), Some(modified)) = (self.if_modified_since, last_modified)
+                && modified <= since
+            {
+                return Evaluation::NotModified;
             }
         }
 

@@ -139,18 +139,29 @@ fn bearer_user_id(headers: &HeaderMap) -> Option<i64> {
     token.trim().parse().ok()
 }
 
-/// An error answered as `application/problem+json` (RFC 9457).
+/// An error answered as `application/problem+json` (RFC 9457). Boxed: it travels
+/// in every handler's `Result`.
 #[derive(Debug)]
-pub struct ApiError {
+pub struct ApiError(Box<ErrorParts>);
+
+#[derive(Debug)]
+struct ErrorParts {
     problem: Problem,
     headers: HeaderMap,
 }
 
+impl ApiError {
+    fn with_header(mut self, name: axum::http::HeaderName, value: HeaderValue) -> Self {
+        self.0.headers.insert(name, value);
+        self
+    }
+}
+
 fn problem(status: StatusCode, detail: impl Into<String>) -> ApiError {
-    ApiError {
+    ApiError(Box::new(ErrorParts {
         problem: Problem::new(status).detail(detail),
         headers: HeaderMap::new(),
-    }
+    }))
 }
 
 impl From<sqlx::Error> for ApiError {
@@ -165,8 +176,9 @@ impl From<sqlx::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = self.problem.to_response().map(Body::from);
-        response.headers_mut().extend(self.headers);
+        let ErrorParts { problem, headers } = *self.0;
+        let mut response = problem.to_response().map(Body::from);
+        response.headers_mut().extend(headers);
         response
     }
 }
@@ -226,14 +238,11 @@ async fn get_user(
 
 async fn get_me(State(store): State<UserStore>, headers: HeaderMap) -> Result<Response, ApiError> {
     let unauthorized = || {
-        let mut error = problem(
+        problem(
             StatusCode::UNAUTHORIZED,
             "send Authorization: Bearer <user id>",
-        );
-        error
-            .headers
-            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        error
+        )
+        .with_header(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
     };
     let id = bearer_user_id(&headers).ok_or_else(unauthorized)?;
     let user = store.get(id).await?.ok_or_else(unauthorized)?;
@@ -257,13 +266,13 @@ struct UserPatch {
 }
 
 fn validate(name: Option<&str>, email: Option<&str>) -> Result<(), ApiError> {
-    if let Some(name) = name {
-        if name.trim().is_empty() || name.chars().count() > 200 {
-            return Err(problem(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "name must be 1 to 200 characters",
-            ));
-        }
+    if let Some(name) = name
+        && (name.trim().is_empty() || name.chars().count() > 200)
+    {
+        return Err(problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "name must be 1 to 200 characters",
+        ));
     }
     if let Some(email) = email {
         let valid = email.len() <= 320
@@ -366,17 +375,12 @@ fn expected_versions(headers: &HeaderMap) -> Expected {
 fn write_failed<T>(id: i64, outcome: WriteOutcome<T>) -> ApiError {
     match outcome {
         WriteOutcome::Stale(current) => {
-            let mut error = problem(
-                StatusCode::PRECONDITION_FAILED,
-                format!(
-                    "user {id} has changed; its current ETag is \"v{}\"",
-                    current.version
-                ),
+            let detail = format!(
+                "user {id} has changed; its current ETag is \"v{}\"",
+                current.version
             );
-            error
-                .headers
-                .insert(ETAG, user_etag(current.version).to_header_value());
-            error
+            problem(StatusCode::PRECONDITION_FAILED, detail)
+                .with_header(ETAG, user_etag(current.version).to_header_value())
         }
         _ => problem(StatusCode::NOT_FOUND, format!("no user with id {id}")),
     }

@@ -34,10 +34,10 @@ pub async fn fresh_database() -> String {
 }
 
 fn start_or_reuse() -> String {
-    if let Ok(url) = std::env::var("DATABASE_URL") {
-        if url.starts_with("postgres") {
-            return url;
-        }
+    if let Ok(url) = std::env::var("DATABASE_URL")
+        && url.starts_with("postgres")
+    {
+        return url;
     }
     start_private_server()
 }
@@ -141,6 +141,8 @@ fn start_private_server() -> String {
         pid = std::process::id(),
         dir = dir.display()
     );
+    // The watchdog outlives this process by design, so it is never waited on.
+    #[allow(clippy::zombie_processes)]
     Command::new("sh")
         .args(["-c", &script])
         .stdin(Stdio::null())

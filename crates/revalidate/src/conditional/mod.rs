@@ -37,4 +37,5 @@ mod source;
 pub use body::{BoxError, ConditionalBody};
 pub use layer::{ConditionalLayer, DEFAULT_MAX_BUFFERED_BYTES};
 pub use service::Conditional;
+pub(crate) use service::hex128;
 pub use source::{ContentHash, ValidatorSource};

@@ -4,13 +4,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{CONTENT_ENCODING, CONTENT_LANGUAGE, CONTENT_LENGTH, CONTENT_TYPE, ETAG, RANGE};
+use http::header::{
+    CONTENT_ENCODING, CONTENT_LANGUAGE, CONTENT_LENGTH, CONTENT_TYPE, ETAG, LAST_MODIFIED, RANGE,
+};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::BodyExt;
 use tower_service::Service;
-use twox_hash::XxHash3_128;
+use twox_hash::{XxHash3_64, XxHash3_128};
 
 use super::body::{BoxError, ConditionalBody};
 use super::source::ValidatorSource;
@@ -159,12 +161,19 @@ impl<S> Exchange<S> {
         if evaluate {
             match self.preconditions.evaluate(&parts.method, current.as_ref()) {
                 Evaluation::NotModified => {
-                    let mut headers = HeaderMap::new();
+                    // Built directly as the 304's header set (RFC 9110 §15.4.5).
+                    let mut headers = HeaderMap::with_capacity(4);
                     if let Some(v) = &current {
                         v.write_to(&mut headers);
+                        if v.etag.is_some() {
+                            headers.remove(LAST_MODIFIED);
+                        }
                     }
                     self.config.policy.decorate(&mut headers);
-                    return Ok(not_modified(&headers));
+                    let mut response = Response::new(ConditionalBody::empty());
+                    *response.status_mut() = StatusCode::NOT_MODIFIED;
+                    *response.headers_mut() = headers;
+                    return Ok(response);
                 }
                 Evaluation::PreconditionFailed => {
                     return Ok(precondition_failed(current.as_ref()));
@@ -181,10 +190,11 @@ impl<S> Exchange<S> {
         if let Some(tag) = EntityTag::from_headers(&head.headers) {
             head.headers
                 .insert(ETAG, self.scoped(tag).to_header_value());
-        } else if safe && head.status.is_success() {
-            if let Some(v) = &current {
-                v.write_to(&mut head.headers);
-            }
+        } else if safe
+            && head.status.is_success()
+            && let Some(v) = &current
+        {
+            v.write_to(&mut head.headers);
         }
         if safe && head.status.is_success() {
             self.config.policy.decorate(&mut head.headers);
@@ -313,16 +323,30 @@ fn head_or<B: Body>(is_head: bool, headers: &mut HeaderMap, body: B) -> Conditio
 /// A strong tag over the body and the fields that distinguish representations of
 /// one resource, so a gzip and an identity body never share a strong tag.
 fn content_tag(headers: &HeaderMap, body: &[u8]) -> EntityTag {
-    let mut hasher = XxHash3_128::new();
+    // The fields hash into the seed, so the body is hashed in one pass by the
+    // one-shot (SIMD) path rather than through a streaming state.
+    let mut fields = Vec::with_capacity(64);
     for name in [CONTENT_TYPE, CONTENT_ENCODING, CONTENT_LANGUAGE] {
         for value in headers.get_all(name) {
-            hasher.write(value.as_bytes());
-            hasher.write(b"\n");
+            fields.extend_from_slice(value.as_bytes());
+            fields.push(b'\n');
         }
-        hasher.write(b"\0");
+        fields.push(0);
     }
-    hasher.write(body);
-    EntityTag::strong(format!("{:032x}", hasher.finish_128())).expect("hex is etagc")
+    let seed = XxHash3_64::oneshot(&fields);
+    let hash = XxHash3_128::oneshot_with_seed(seed, body);
+    EntityTag::strong(hex128(hash)).expect("hex is etagc")
+}
+
+/// Lowercase hex of a 128-bit hash, without going through `fmt`.
+pub(crate) fn hex128(hash: u128) -> [u8; 32] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    for (i, byte) in hash.to_be_bytes().iter().enumerate() {
+        out[2 * i] = DIGITS[usize::from(byte >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(byte & 0xf)];
+    }
+    out
 }
 
 /// Content codings that compressors outside this layer append to a tag (Apache's

@@ -20,11 +20,27 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 /// assert!(strong.weak_eq(&weak));
 /// assert_eq!(weak.to_string(), "W/\"v7\"");
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone)]
 pub struct EntityTag {
     weak: bool,
-    /// The characters between the quotes; every byte is an `etagc`.
-    opaque: Box<[u8]>,
+    /// The whole tag as sent (`W/"…"` or `"…"`), kept so that writing it into a
+    /// response is a reference-count increment, not an allocation.
+    value: HeaderValue,
+}
+
+impl PartialEq for EntityTag {
+    fn eq(&self, other: &Self) -> bool {
+        self.weak == other.weak && self.opaque() == other.opaque()
+    }
+}
+
+impl Eq for EntityTag {}
+
+impl std::hash::Hash for EntityTag {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.weak.hash(state);
+        self.opaque().hash(state);
+    }
 }
 
 /// The reason an entity tag could not be built or parsed.
@@ -56,14 +72,20 @@ impl EntityTag {
     }
 
     fn new(weak: bool, opaque: &[u8]) -> Result<Self, InvalidEntityTag> {
-        if opaque.iter().all(|&b| is_etagc(b)) {
-            Ok(Self {
-                weak,
-                opaque: opaque.into(),
-            })
-        } else {
-            Err(InvalidEntityTag)
+        if !opaque.iter().all(|&b| is_etagc(b)) {
+            return Err(InvalidEntityTag);
         }
+        let mut buf = Vec::with_capacity(opaque.len() + 4);
+        if weak {
+            buf.extend_from_slice(b"W/");
+        }
+        buf.push(b'"');
+        buf.extend_from_slice(opaque);
+        buf.push(b'"');
+        // Every etagc byte is a valid field-value byte, so this cannot fail.
+        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(buf))
+            .map_err(|_| InvalidEntityTag)?;
+        Ok(Self { weak, value })
     }
 
     /// Parses one `entity-tag`, with no surrounding whitespace.
@@ -85,37 +107,33 @@ impl EntityTag {
 
     /// The opaque value between the quotes.
     pub fn opaque(&self) -> &[u8] {
-        &self.opaque
+        let bytes = self.value.as_bytes();
+        let start = if self.weak { 3 } else { 1 };
+        &bytes[start..bytes.len() - 1]
     }
 
     /// This tag made weak, as a server does for a representation that is only
     /// semantically equivalent (RFC 9110 §8.8.1).
-    pub fn into_weak(mut self) -> Self {
-        self.weak = true;
-        self
+    pub fn into_weak(self) -> Self {
+        if self.weak {
+            return self;
+        }
+        Self::new(true, self.opaque()).expect("the opaque tag is already valid")
     }
 
     /// Strong comparison: both strong and their opaque tags equal (RFC 9110 §8.8.3.2).
     pub fn strong_eq(&self, other: &Self) -> bool {
-        !self.weak && !other.weak && self.opaque == other.opaque
+        !self.weak && !other.weak && self.opaque() == other.opaque()
     }
 
     /// Weak comparison: opaque tags equal, weakness ignored (RFC 9110 §8.8.3.2).
     pub fn weak_eq(&self, other: &Self) -> bool {
-        self.opaque == other.opaque
+        self.opaque() == other.opaque()
     }
 
     /// The tag as a header value, e.g. `W/"abc"`.
     pub fn to_header_value(&self) -> HeaderValue {
-        let mut buf = Vec::with_capacity(self.opaque.len() + 4);
-        if self.weak {
-            buf.extend_from_slice(b"W/");
-        }
-        buf.push(b'"');
-        buf.extend_from_slice(&self.opaque);
-        buf.push(b'"');
-        // Every etagc byte is a valid field-value byte, so this cannot fail.
-        HeaderValue::from_bytes(&buf).expect("etagc bytes are valid header bytes")
+        self.value.clone()
     }
 
     /// Reads the `ETag` field of a response, if present and valid.
@@ -140,7 +158,7 @@ impl fmt::Display for EntityTag {
         if self.weak {
             f.write_str("W/")?;
         }
-        write!(f, "\"{}\"", String::from_utf8_lossy(&self.opaque))
+        write!(f, "\"{}\"", String::from_utf8_lossy(self.opaque()))
     }
 }
 
