@@ -45,3 +45,8 @@ pub use problem::{PROBLEM_JSON, Problem};
 pub use validators::{
     EntityTag, EntityTagMatch, HttpDate, InvalidEntityTag, InvalidHttpDate, Validators,
 };
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
