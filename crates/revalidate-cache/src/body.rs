@@ -1,0 +1,106 @@
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+/// The error type of [`CacheBody`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pin_project! {
+    /// A response body from the cache: stored bytes, or an upstream body that may
+    /// have had its first bytes read already (while trying to buffer it).
+    pub struct CacheBody<B> {
+        prefix: Option<Bytes>,
+        #[pin]
+        rest: Option<B>,
+        error: Option<BoxError>,
+    }
+}
+
+impl<B> CacheBody<B> {
+    /// A whole body in memory.
+    pub fn full(bytes: Bytes) -> Self {
+        Self {
+            prefix: (!bytes.is_empty()).then_some(bytes),
+            rest: None,
+            error: None,
+        }
+    }
+
+    /// No body.
+    pub fn empty() -> Self {
+        Self {
+            prefix: None,
+            rest: None,
+            error: None,
+        }
+    }
+
+    /// `prefix` (already read), then the rest of `body`.
+    pub fn prefixed(prefix: Bytes, body: B) -> Self {
+        Self {
+            prefix: (!prefix.is_empty()).then_some(prefix),
+            rest: Some(body),
+            error: None,
+        }
+    }
+
+    /// A body that fails at once with `error` (an upstream body error met while buffering).
+    pub fn failed(error: BoxError) -> Self {
+        Self {
+            prefix: None,
+            rest: None,
+            error: Some(error),
+        }
+    }
+}
+
+impl<B> Body for CacheBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        if let Some(error) = this.error.take() {
+            return Poll::Ready(Some(Err(error)));
+        }
+        if let Some(prefix) = this.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        match this.rest.as_pin_mut() {
+            Some(rest) => rest.poll_frame(cx).map_err(Into::into),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.error.is_none()
+            && self.prefix.is_none()
+            && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let prefix = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        match &self.rest {
+            None => SizeHint::with_exact(prefix),
+            Some(rest) => {
+                let hint = rest.size_hint();
+                let mut out = SizeHint::new();
+                out.set_lower(hint.lower() + prefix);
+                if let Some(upper) = hint.upper() {
+                    out.set_upper(upper + prefix);
+                }
+                out
+            }
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The cache handle: configuration, store, routes, counters and purges.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use crate::clock::{Clock, SystemClock};
+use crate::coalesce::Coalescer;
+use crate::invalidation::InvalidationLog;
+use crate::routes::Routes;
+use crate::service::CacheService;
+use crate::stats::{Snapshot, Stats};
+use crate::store::{MemoryStore, Purge, Store, StoreUsage};
+
+/// Limits of a cache.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// The largest body stored; larger ones stream through.
+    pub max_object_bytes: usize,
+    /// How long a coalesced request waits for the leader's fetch.
+    pub coalesce_timeout: Duration,
+    /// Variants kept per primary key (distinct `Vary` values).
+    pub max_variants: usize,
+    /// How long purges are remembered to refuse responses fetched before them: at
+    /// least the upstream timeout.
+    pub invalidation_horizon: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_object_bytes: 8 * 1024 * 1024,
+            coalesce_timeout: Duration::from_secs(10),
+            max_variants: 16,
+            invalidation_horizon: Duration::from_secs(120),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared<St> {
+    pub(crate) store: St,
+    pub(crate) routes: Routes,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) log: InvalidationLog,
+    pub(crate) coalescer: Coalescer,
+    pub(crate) stats: Stats,
+    pub(crate) config: CacheConfig,
+}
+
+/// A shared HTTP cache (RFC 9111). Cloning gives another handle to the same cache.
+///
+/// ```
+/// use revalidate_cache::{Cache, MemoryStore};
+///
+/// let cache = Cache::builder(MemoryStore::new(256 * 1024 * 1024)).build();
+/// let layer = cache.layer(); // wrap an upstream service with it
+/// # let _ = layer;
+/// ```
+#[derive(Debug)]
+pub struct Cache<St = MemoryStore> {
+    shared: Arc<Shared<St>>,
+}
+
+impl<St> Clone for Cache<St> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Builds a [`Cache`].
+#[derive(Debug)]
+pub struct CacheBuilder<St> {
+    store: St,
+    routes: Routes,
+    clock: Arc<dyn Clock>,
+    config: CacheConfig,
+}
+
+impl<St: Store> CacheBuilder<St> {
+    /// Per-route policies.
+    pub fn routes(mut self, routes: Routes) -> Self {
+        self.routes = routes;
+        self
+    }
+
+    /// The clock (a [`MockClock`](crate::MockClock) in tests).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Limits.
+    pub fn config(mut self, config: CacheConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The cache.
+    pub fn build(self) -> Cache<St> {
+        Cache {
+            shared: Arc::new(Shared {
+                store: self.store,
+                routes: self.routes,
+                clock: self.clock,
+                log: InvalidationLog::new(self.config.invalidation_horizon),
+                coalescer: Coalescer::default(),
+                stats: Stats::default(),
+                config: self.config,
+            }),
+        }
+    }
+}
+
+impl<St: Store> Cache<St> {
+    /// Starts building a cache over `store`.
+    pub fn builder(store: St) -> CacheBuilder<St> {
+        CacheBuilder {
+            store,
+            routes: Routes::default(),
+            clock: Arc::new(SystemClock),
+            config: CacheConfig::default(),
+        }
+    }
+
+    /// The layer that puts this cache in front of a service.
+    pub fn layer(&self) -> CacheLayer<St> {
+        CacheLayer {
+            cache: self.clone(),
+        }
+    }
+
+    /// Invalidates what `purge` names; returns the number of keys touched.
+    ///
+    /// The purge is recorded before it is applied, so a response whose fetch began
+    /// before it is never stored after it.
+    pub async fn purge(&self, purge: &Purge) -> usize {
+        self.shared.purge(purge).await
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Snapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// Store occupancy.
+    pub fn usage(&self) -> StoreUsage {
+        self.shared.store.usage()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &St {
+        &self.shared.store
+    }
+}
+
+/// Applies a [`Cache`] to a service.
+#[derive(Debug, Clone)]
+pub struct CacheLayer<St = MemoryStore> {
+    cache: Cache<St>,
+}
+
+impl<S, St: Store> Layer<S> for CacheLayer<St> {
+    type Service = CacheService<S, St>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CacheService {
+            inner,
+            shared: self.cache.shared.clone(),
+        }
+    }
+}

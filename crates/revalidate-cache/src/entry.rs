@@ -1,0 +1,207 @@
+//! A stored response and the variants of one primary key.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, StatusCode};
+use revalidate::Validators;
+
+use crate::key::Secondary;
+
+/// Bytes charged per entry beyond its body and header bytes: the struct, the
+/// header map's tables and the store's bookkeeping (measured; see the README).
+pub const ENTRY_OVERHEAD_BYTES: usize = 512;
+
+/// One response held by the cache, with what freshness needs.
+#[derive(Debug)]
+pub struct StoredResponse {
+    /// Status (a final, understood code).
+    pub status: StatusCode,
+    /// Headers as stored: no hop-by-hop fields, no Set-Cookie, no fields named by a
+    /// qualified `private` or `no-cache`.
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+    /// When the request that produced this response was sent upstream.
+    pub request_time: SystemTime,
+    /// When its response arrived.
+    pub response_time: SystemTime,
+    /// Corrected initial age (RFC 9111 §4.2.3).
+    pub initial_age: Duration,
+    /// Freshness lifetime.
+    pub lifetime: Duration,
+    /// `stale-while-revalidate` window.
+    pub stale_while_revalidate: Duration,
+    /// `stale-if-error` window.
+    pub stale_if_error: Duration,
+    /// Unqualified `no-cache`: validate before every reuse.
+    pub always_revalidate: bool,
+    /// `must-revalidate`, `proxy-revalidate` or `s-maxage`: never served stale.
+    pub forbids_stale: bool,
+    /// The request's values for the response's `Vary` fields.
+    pub secondary: Secondary,
+    /// Invalidation tags.
+    pub tags: Vec<String>,
+    /// The normalized path, for prefix purges.
+    pub path: String,
+    soft_purged: AtomicBool,
+}
+
+/// What [`StoredResponse::new`] needs beyond the response itself.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// When the request went upstream.
+    pub request_time: SystemTime,
+    /// When the response arrived.
+    pub response_time: SystemTime,
+    /// Freshness lifetime.
+    pub lifetime: Duration,
+    /// `stale-while-revalidate` window.
+    pub stale_while_revalidate: Duration,
+    /// `stale-if-error` window.
+    pub stale_if_error: Duration,
+    /// Validate before every reuse.
+    pub always_revalidate: bool,
+    /// Never serve stale.
+    pub forbids_stale: bool,
+}
+
+impl StoredResponse {
+    /// Builds an entry.
+    pub fn new(
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+        timing: Timing,
+        secondary: Secondary,
+        tags: Vec<String>,
+        path: String,
+    ) -> Self {
+        let initial_age =
+            crate::freshness::initial_age(&headers, timing.request_time, timing.response_time);
+        Self {
+            status,
+            headers,
+            body,
+            request_time: timing.request_time,
+            response_time: timing.response_time,
+            initial_age,
+            lifetime: timing.lifetime,
+            stale_while_revalidate: timing.stale_while_revalidate,
+            stale_if_error: timing.stale_if_error,
+            always_revalidate: timing.always_revalidate,
+            forbids_stale: timing.forbids_stale,
+            secondary,
+            tags,
+            path,
+            soft_purged: AtomicBool::new(false),
+        }
+    }
+
+    /// Current age (§4.2.3).
+    pub fn age(&self, now: SystemTime) -> Duration {
+        self.initial_age
+            + now
+                .duration_since(self.response_time)
+                .unwrap_or(Duration::ZERO)
+    }
+
+    /// Time left before it goes stale; `None` when stale, soft-purged or `no-cache`.
+    pub fn ttl(&self, now: SystemTime) -> Option<Duration> {
+        if self.always_revalidate || self.is_soft_purged() {
+            return None;
+        }
+        self.lifetime
+            .checked_sub(self.age(now))
+            .filter(|d| !d.is_zero())
+    }
+
+    /// How long past its lifetime it is (zero while fresh).
+    pub fn staleness(&self, now: SystemTime) -> Duration {
+        if self.is_soft_purged() {
+            return self
+                .age(now)
+                .saturating_sub(self.lifetime)
+                .max(Duration::from_secs(1));
+        }
+        self.age(now).saturating_sub(self.lifetime)
+    }
+
+    /// Marks it stale: the next use revalidates (a soft purge).
+    pub fn soft_purge(&self) {
+        self.soft_purged.store(true, Ordering::Release);
+    }
+
+    /// Whether a soft purge marked it.
+    pub fn is_soft_purged(&self) -> bool {
+        self.soft_purged.load(Ordering::Acquire)
+    }
+
+    /// Its entity tag and last-modified date.
+    pub fn validators(&self) -> Validators {
+        Validators::from_headers(&self.headers)
+    }
+
+    /// Bytes charged against the memory budget.
+    pub fn weight(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 32)
+            .sum();
+        let tags: usize = self.tags.iter().map(String::len).sum();
+        self.body.len() + headers + tags + self.path.len() + ENTRY_OVERHEAD_BYTES
+    }
+}
+
+/// The stored variants of one primary key and the `Vary` fields that select them.
+#[derive(Debug, Default)]
+pub struct Variants {
+    /// Field names of the most recent response's `Vary`.
+    pub vary: Vec<HeaderName>,
+    /// One entry per distinct secondary key.
+    pub entries: Vec<Arc<StoredResponse>>,
+}
+
+impl Variants {
+    /// The entry `request` selects.
+    pub fn find(&self, request: &http::HeaderMap) -> Option<&Arc<StoredResponse>> {
+        self.entries.iter().find(|e| e.secondary.matches(request))
+    }
+
+    /// These variants with `entry` added (replacing one with the same secondary
+    /// key). A different `Vary` replaces them all.
+    pub fn with(
+        &self,
+        vary: Vec<HeaderName>,
+        entry: Arc<StoredResponse>,
+        max_variants: usize,
+    ) -> Self {
+        let mut entries: Vec<Arc<StoredResponse>> = if vary == self.vary {
+            self.entries
+                .iter()
+                .filter(|e| e.secondary != entry.secondary)
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        entries.push(entry);
+        if entries.len() > max_variants {
+            entries.remove(0);
+        }
+        Self { vary, entries }
+    }
+
+    /// Bytes charged against the memory budget.
+    pub fn weight(&self) -> usize {
+        self.entries.iter().map(|e| e.weight()).sum()
+    }
+
+    /// Tags of all entries.
+    pub fn tags(&self) -> impl Iterator<Item = &String> {
+        self.entries.iter().flat_map(|e| e.tags.iter())
+    }
+}

@@ -1,0 +1,282 @@
+//! Freshness lifetime and age (RFC 9111 §4.2), with stale windows (RFC 5861) and
+//! the targeted `CDN-Cache-Control` field (RFC 9213).
+//!
+//! ```
+//! use std::time::{Duration, SystemTime};
+//! use http::HeaderMap;
+//! use revalidate_cache::freshness::{Directives, lifetime};
+//!
+//! let mut headers = HeaderMap::new();
+//! headers.insert("cache-control", "max-age=60, s-maxage=300".parse().unwrap());
+//! let directives = Directives::of_response(&headers);
+//! // A shared cache prefers s-maxage.
+//! assert_eq!(lifetime(&directives, &headers, http::StatusCode::OK), Some(Duration::from_secs(300)));
+//! ```
+
+use std::time::{Duration, SystemTime};
+
+use http::header::{AGE, DATE, EXPIRES, LAST_MODIFIED};
+use http::{HeaderMap, HeaderName, StatusCode};
+use revalidate::{CacheControl, HttpDate};
+
+/// `CDN-Cache-Control` (RFC 9213).
+pub static CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
+
+/// The upper bound on a heuristic lifetime.
+pub const HEURISTIC_MAX: Duration = Duration::from_secs(24 * 3600);
+
+/// The cache directives that govern a stored response.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Directives {
+    /// The parsed directives: `CDN-Cache-Control` when present, else `Cache-Control`.
+    pub cc: CacheControl,
+    /// Whether they came from `CDN-Cache-Control`.
+    pub targeted: bool,
+}
+
+impl Directives {
+    /// RFC 9213 §2.1: a cache that honours a targeted field ignores `Cache-Control`
+    /// when the targeted field is present and valid.
+    pub fn of_response(headers: &HeaderMap) -> Self {
+        if headers.contains_key(&CDN_CACHE_CONTROL) {
+            let cc = CacheControl::from_header_lines(headers, &CDN_CACHE_CONTROL);
+            if !cc.is_empty() {
+                return Self { cc, targeted: true };
+            }
+        }
+        Self {
+            cc: CacheControl::from_headers(headers),
+            targeted: false,
+        }
+    }
+
+    /// Whether the response must be validated before every reuse: unqualified
+    /// `no-cache` (§5.2.2.4).
+    pub fn always_revalidate(&self) -> bool {
+        self.cc.no_cache && self.cc.no_cache_fields.is_empty()
+    }
+
+    /// Whether stale reuse is forbidden: `must-revalidate`, `proxy-revalidate`, or
+    /// `s-maxage`, which implies `proxy-revalidate` for shared caches (§5.2.2.10).
+    pub fn forbids_stale(&self) -> bool {
+        self.cc.must_revalidate || self.cc.proxy_revalidate || self.cc.s_maxage.is_some()
+    }
+}
+
+/// Status codes that are heuristically cacheable (RFC 9110 §15.1).
+pub fn heuristically_cacheable(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+fn date_of(headers: &HeaderMap, name: &HeaderName) -> Option<SystemTime> {
+    HttpDate::from_headers(headers, name).map(HttpDate::to_system_time)
+}
+
+/// Whether the response states its own freshness: `s-maxage`, `max-age` or `Expires`.
+pub fn has_explicit_lifetime(directives: &Directives, headers: &HeaderMap) -> bool {
+    directives.cc.s_maxage.is_some()
+        || directives.cc.max_age.is_some()
+        || headers.contains_key(EXPIRES)
+}
+
+/// The freshness lifetime (§4.2.1): `s-maxage`, then `max-age`, then `Expires` −
+/// `Date`, then a heuristic (§4.2.2) of 10% of the time since `Last-Modified`, only
+/// for heuristically cacheable statuses or `public`. `None`: no lifetime at all.
+pub fn lifetime(
+    directives: &Directives,
+    headers: &HeaderMap,
+    status: StatusCode,
+) -> Option<Duration> {
+    let cc = &directives.cc;
+    if let Some(s) = cc.s_maxage {
+        return Some(Duration::from_secs(s.into()));
+    }
+    if let Some(s) = cc.max_age {
+        return Some(Duration::from_secs(s.into()));
+    }
+    if !directives.targeted && headers.contains_key(EXPIRES) {
+        // §5.3: an invalid Expires (such as "0") means already expired.
+        let Some(expires) = date_of(headers, &EXPIRES) else {
+            return Some(Duration::ZERO);
+        };
+        let date = date_of(headers, &DATE)?;
+        return Some(expires.duration_since(date).unwrap_or(Duration::ZERO));
+    }
+    if heuristically_cacheable(status) || cc.public {
+        let last_modified = date_of(headers, &LAST_MODIFIED)?;
+        let date = date_of(headers, &DATE)?;
+        let since = date.duration_since(last_modified).ok()?;
+        return Some((since / 10).min(HEURISTIC_MAX));
+    }
+    None
+}
+
+/// The corrected initial age of a response when it was received (§4.2.3).
+pub fn initial_age(
+    headers: &HeaderMap,
+    request_time: SystemTime,
+    response_time: SystemTime,
+) -> Duration {
+    let date = date_of(headers, &DATE).unwrap_or(response_time);
+    let apparent_age = response_time.duration_since(date).unwrap_or(Duration::ZERO);
+    let age_value = headers
+        .get(AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_secs);
+    let response_delay = response_time
+        .duration_since(request_time)
+        .unwrap_or(Duration::ZERO);
+    apparent_age.max(age_value + response_delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(*k, v.parse().unwrap());
+        }
+        map
+    }
+
+    fn life(pairs: &[(&'static str, &str)], status: u16) -> Option<u64> {
+        let h = headers(pairs);
+        lifetime(
+            &Directives::of_response(&h),
+            &h,
+            StatusCode::from_u16(status).unwrap(),
+        )
+        .map(|d| d.as_secs())
+    }
+
+    const DATE_T: &str = "Tue, 14 Nov 2023 22:13:20 GMT";
+
+    #[test]
+    fn precedence_s_maxage_max_age_expires() {
+        assert_eq!(
+            life(&[("cache-control", "max-age=60, s-maxage=5")], 200),
+            Some(5)
+        );
+        assert_eq!(
+            life(
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("expires", "Tue, 14 Nov 2023 23:13:20 GMT"),
+                    ("date", DATE_T)
+                ],
+                200
+            ),
+            Some(60)
+        );
+        assert_eq!(
+            life(
+                &[
+                    ("expires", "Tue, 14 Nov 2023 22:23:20 GMT"),
+                    ("date", DATE_T)
+                ],
+                200
+            ),
+            Some(600)
+        );
+        assert_eq!(life(&[("expires", "0"), ("date", DATE_T)], 200), Some(0));
+        assert_eq!(
+            life(
+                &[
+                    ("expires", "Tue, 14 Nov 2023 22:03:20 GMT"),
+                    ("date", DATE_T)
+                ],
+                200
+            ),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn heuristic_only_where_allowed() {
+        let lm = "Tue, 14 Nov 2023 12:13:20 GMT"; // ten hours before DATE_T
+        assert_eq!(
+            life(&[("last-modified", lm), ("date", DATE_T)], 200),
+            Some(3600)
+        );
+        assert_eq!(life(&[("last-modified", lm), ("date", DATE_T)], 201), None);
+        assert_eq!(
+            life(
+                &[
+                    ("last-modified", lm),
+                    ("date", DATE_T),
+                    ("cache-control", "public")
+                ],
+                201
+            ),
+            Some(3600)
+        );
+        assert_eq!(
+            life(
+                &[
+                    ("last-modified", "Tue, 14 Nov 2000 12:13:20 GMT"),
+                    ("date", DATE_T)
+                ],
+                200
+            ),
+            Some(86400)
+        );
+        assert_eq!(life(&[], 200), None);
+    }
+
+    #[test]
+    fn cdn_cache_control_overrides_cache_control() {
+        assert_eq!(
+            life(
+                &[
+                    ("cache-control", "max-age=5"),
+                    ("cdn-cache-control", "max-age=600")
+                ],
+                200
+            ),
+            Some(600)
+        );
+        let h = headers(&[
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=600"),
+        ]);
+        assert!(!Directives::of_response(&h).cc.no_store);
+    }
+
+    #[test]
+    fn s_maxage_implies_proxy_revalidate() {
+        let h = headers(&[("cache-control", "s-maxage=5")]);
+        assert!(Directives::of_response(&h).forbids_stale());
+        let h = headers(&[("cache-control", "max-age=5")]);
+        assert!(!Directives::of_response(&h).forbids_stale());
+    }
+
+    #[test]
+    fn initial_age_follows_4_2_3() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let date = HttpDate::from_system_time(t - Duration::from_secs(10)).to_string();
+        // Apparent age 10 s beats Age 3 + 1 s delay.
+        let h = headers(&[("date", &date), ("age", "3")]);
+        assert_eq!(
+            initial_age(&h, t - Duration::from_secs(1), t),
+            Duration::from_secs(10)
+        );
+        // Age 30 + 1 s delay beats apparent age.
+        let h = headers(&[("date", &date), ("age", "30")]);
+        assert_eq!(
+            initial_age(&h, t - Duration::from_secs(1), t),
+            Duration::from_secs(31)
+        );
+        // A Date in the future gives no negative age.
+        let future = HttpDate::from_system_time(t + Duration::from_secs(100)).to_string();
+        assert_eq!(
+            initial_age(&headers(&[("date", &future)]), t, t),
+            Duration::ZERO
+        );
+    }
+}

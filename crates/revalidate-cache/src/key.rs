@@ -1,0 +1,212 @@
+//! Cache keys: the normalized target URI (RFC 9111 §4.1, RFC 3986 §6.2.2) plus route
+//! key additions, and the secondary key from `Vary` (§4.1).
+//!
+//! ```
+//! use revalidate_cache::key::{QueryRules, normalize_target};
+//!
+//! let rules = QueryRules { sort: true, drop: vec!["utm_*".into()] };
+//! assert_eq!(normalize_target("/a/%7euser?b=2&utm_source=x&a=1", &rules), "/a/~user?a=1&b=2");
+//! assert_eq!(normalize_target("", &QueryRules::default()), "/");
+//! ```
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// Query normalization of a route.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueryRules {
+    /// Sort parameters by name (stable for equal names).
+    pub sort: bool,
+    /// Parameter names to drop; a trailing `*` matches a prefix (`utm_*`).
+    pub drop: Vec<String>,
+}
+
+impl QueryRules {
+    fn drops(&self, name: &str) -> bool {
+        self.drop
+            .iter()
+            .any(|pattern| match pattern.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => name == pattern,
+            })
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// RFC 3986 §6.2.2: uppercase percent-encodings, decode unreserved characters.
+fn normalize_percent(input: &str, out: &mut String) {
+    let bytes = input.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex_value(bytes[i + 1]), hex_value(bytes[i + 2])) {
+                let decoded = h * 16 + l;
+                if is_unreserved(decoded) {
+                    out.push(decoded as char);
+                } else {
+                    out.push('%');
+                    out.push(bytes[i + 1].to_ascii_uppercase() as char);
+                    out.push(bytes[i + 2].to_ascii_uppercase() as char);
+                }
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i] as char);
+        i += 1;
+    }
+}
+
+/// The path and query of a request target, normalized for use as a key.
+pub fn normalize_target(path_and_query: &str, rules: &QueryRules) -> String {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    };
+    let mut out = String::with_capacity(path_and_query.len() + 1);
+    if path.is_empty() {
+        out.push('/');
+    } else {
+        normalize_percent(path, &mut out);
+    }
+    let Some(query) = query else {
+        return out;
+    };
+    let mut params: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| !rules.drops(p.split('=').next().unwrap_or("")))
+        .collect();
+    if rules.sort {
+        params.sort_by(|a, b| a.split('=').next().cmp(&b.split('=').next()));
+    }
+    if !params.is_empty() || (!rules.sort && rules.drop.is_empty()) {
+        out.push('?');
+        for (i, param) in params.iter().enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            normalize_percent(param, &mut out);
+        }
+    }
+    out
+}
+
+/// The request's values for the fields a response varies on, normalized so that
+/// equivalent requests match (§4.1: combined lines, whitespace around commas).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Secondary {
+    /// The response's `Vary` field names.
+    pub names: Vec<HeaderName>,
+    /// The request's value of each (absent: `None`).
+    pub values: Vec<Option<String>>,
+}
+
+impl Secondary {
+    /// Whether `request` selects this variant.
+    pub fn matches(&self, request: &HeaderMap) -> bool {
+        *self == secondary(&self.names, request)
+    }
+}
+
+/// The field names of a response's `Vary`; `None` for `Vary: *`, which never matches.
+pub fn vary_names(response: &HeaderMap) -> Option<Vec<HeaderName>> {
+    let mut names = Vec::new();
+    for value in response.get_all(http::header::VARY) {
+        for member in value.to_str().unwrap_or("").split(',') {
+            let member = member.trim();
+            if member == "*" {
+                return None;
+            }
+            if let Ok(name) = HeaderName::from_bytes(member.as_bytes())
+                && !names.contains(&name)
+            {
+                names.push(name);
+            }
+        }
+    }
+    Some(names)
+}
+
+/// The secondary key of `request` for the `names` a response varies on.
+pub fn secondary(names: &[HeaderName], request: &HeaderMap) -> Secondary {
+    Secondary {
+        names: names.to_vec(),
+        values: names
+            .iter()
+            .map(|name| combined(request.get_all(name).iter()))
+            .collect(),
+    }
+}
+
+fn combined<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Option<String> {
+    let mut out: Option<String> = None;
+    for value in values {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        for member in text.split(',') {
+            let member = member.split_whitespace().collect::<Vec<_>>().join(" ");
+            let out = out.get_or_insert_with(String::new);
+            if !out.is_empty() {
+                out.push_str(", ");
+            }
+            out.push_str(&member);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_encoding_is_normalized() {
+        let none = QueryRules::default();
+        assert_eq!(normalize_target("/a%2fb%7E%41", &none), "/a%2Fb~A");
+        assert_eq!(normalize_target("/x?q=%7e", &none), "/x?q=~");
+        assert_eq!(normalize_target("/bad%zz%4", &none), "/bad%zz%4");
+    }
+
+    #[test]
+    fn query_order_is_kept_unless_sorted() {
+        assert_eq!(
+            normalize_target("/x?b=1&a=2", &QueryRules::default()),
+            "/x?b=1&a=2"
+        );
+        let sort = QueryRules {
+            sort: true,
+            drop: vec![],
+        };
+        assert_eq!(normalize_target("/x?b=1&a=2&a=1", &sort), "/x?a=2&a=1&b=1");
+        let drop = QueryRules {
+            sort: false,
+            drop: vec!["utm_*".into(), "fbclid".into()],
+        };
+        assert_eq!(normalize_target("/x?utm_a=1&fbclid=2", &drop), "/x");
+        // An empty query differs from none unless rules rewrite it.
+        assert_eq!(normalize_target("/x?", &QueryRules::default()), "/x?");
+    }
+
+    #[test]
+    fn vary_secondary_keys() {
+        let mut response = HeaderMap::new();
+        response.append("vary", "Accept-Encoding, accept-language".parse().unwrap());
+        let names = vary_names(&response).unwrap();
+        assert_eq!(names.len(), 2);
+        let mut a = HeaderMap::new();
+        a.append("accept-encoding", "gzip,  br".parse().unwrap());
+        let mut b = HeaderMap::new();
+        b.append("accept-encoding", "gzip".parse().unwrap());
+        b.append("accept-encoding", "br".parse().unwrap());
+        assert_eq!(secondary(&names, &a), secondary(&names, &b));
+        assert_ne!(secondary(&names, &a), secondary(&names, &HeaderMap::new()));
+        response.append("vary", "*".parse().unwrap());
+        assert_eq!(vary_names(&response), None);
+    }
+}

@@ -1,0 +1,307 @@
+//! Per-route cache policy, selected by path patterns such as `/users/{id}` and
+//! `/static/*`, with templates (`user:{id}`) filled from the matched parameters.
+//!
+//! ```
+//! use revalidate_cache::routes::{Pattern, Template};
+//!
+//! let pattern = Pattern::parse("/users/{id}").unwrap();
+//! let params = pattern.matches("/users/42").unwrap();
+//! assert_eq!(Template::parse("user:{id}").unwrap().render(&params).unwrap(), "user:42");
+//! assert!(pattern.matches("/users/42/posts").is_none());
+//! assert!(Pattern::parse("/static/*").unwrap().matches("/static/css/site.css").is_some());
+//! ```
+
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use revalidate::CacheControl;
+
+use crate::key::QueryRules;
+
+/// Parameters captured by a pattern.
+pub type Params = Vec<(String, String)>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+/// A path pattern: literal segments, `{name}` for one segment, a final `*` for the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    source: String,
+    segments: Vec<Segment>,
+    rest: bool,
+}
+
+/// Why a pattern or template was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatternError(pub String);
+
+impl std::fmt::Display for PatternError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PatternError {}
+
+impl Pattern {
+    /// Parses a pattern; it must start with `/`.
+    pub fn parse(source: &str) -> Result<Self, PatternError> {
+        let Some(path) = source.strip_prefix('/') else {
+            return Err(PatternError(format!(
+                "route pattern {source:?} must start with '/'"
+            )));
+        };
+        let mut segments = Vec::new();
+        let mut rest = false;
+        let parts: Vec<&str> = path.split('/').collect();
+        for (i, part) in parts.iter().enumerate() {
+            if *part == "*" {
+                if i + 1 != parts.len() {
+                    return Err(PatternError(format!(
+                        "in {source:?}, '*' may only end a pattern"
+                    )));
+                }
+                rest = true;
+            } else if let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(PatternError(format!(
+                        "in {source:?}, parameter {{{name}}} needs a name of letters, digits or '_'"
+                    )));
+                }
+                segments.push(Segment::Param(name.to_string()));
+            } else if part.contains(['{', '}', '*']) {
+                return Err(PatternError(format!(
+                    "in {source:?}, segment {part:?} mixes text with '{{', '}}' or '*'"
+                )));
+            } else {
+                segments.push(Segment::Literal((*part).to_string()));
+            }
+        }
+        Ok(Self {
+            source: source.to_string(),
+            segments,
+            rest,
+        })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Names of the parameters it captures.
+    pub fn param_names(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().filter_map(|s| match s {
+            Segment::Param(name) => Some(name.as_str()),
+            Segment::Literal(_) => None,
+        })
+    }
+
+    /// Matches a path (without query), returning the captured parameters.
+    pub fn matches(&self, path: &str) -> Option<Params> {
+        let path = path.strip_prefix('/')?;
+        let mut parts = path.split('/');
+        let mut params = Vec::new();
+        for segment in &self.segments {
+            let part = parts.next()?;
+            match segment {
+                Segment::Literal(literal) if literal == part => {}
+                Segment::Literal(_) => return None,
+                Segment::Param(_) if part.is_empty() => return None,
+                Segment::Param(name) => params.push((name.clone(), part.to_string())),
+            }
+        }
+        if self.rest {
+            let remainder: Vec<&str> = parts.collect();
+            params.push(("*".to_string(), remainder.join("/")));
+            return Some(params);
+        }
+        parts.next().is_none().then_some(params)
+    }
+}
+
+/// Text with `{name}` placeholders, e.g. `user:{id}` or `/users/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    source: String,
+    pieces: Vec<(bool, String)>,
+}
+
+impl Template {
+    /// Parses a template.
+    pub fn parse(source: &str) -> Result<Self, PatternError> {
+        let mut pieces = Vec::new();
+        let mut rest = source;
+        while let Some(open) = rest.find('{') {
+            let close = rest[open..]
+                .find('}')
+                .map(|c| open + c)
+                .ok_or_else(|| PatternError(format!("template {source:?} has an unclosed '{{'")))?;
+            if open > 0 {
+                pieces.push((false, rest[..open].to_string()));
+            }
+            pieces.push((true, rest[open + 1..close].to_string()));
+            rest = &rest[close + 1..];
+        }
+        if !rest.is_empty() {
+            pieces.push((false, rest.to_string()));
+        }
+        Ok(Self {
+            source: source.to_string(),
+            pieces,
+        })
+    }
+
+    /// Placeholder names used.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.pieces
+            .iter()
+            .filter(|(p, _)| *p)
+            .map(|(_, n)| n.as_str())
+    }
+
+    /// Fills the placeholders; `None` if one has no value.
+    pub fn render(&self, params: &Params) -> Option<String> {
+        let mut out = String::new();
+        for (placeholder, text) in &self.pieces {
+            if *placeholder {
+                out.push_str(&params.iter().find(|(k, _)| k == text)?.1);
+            } else {
+                out.push_str(text);
+            }
+        }
+        Some(out)
+    }
+
+    /// The template as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+}
+
+/// What a route's writes invalidate.
+#[derive(Debug, Clone, Default)]
+pub struct InvalidationRule {
+    /// Methods that trigger it (e.g. PUT, PATCH, DELETE).
+    pub methods: Vec<Method>,
+    /// Exact URLs to purge.
+    pub urls: Vec<Template>,
+    /// Prefixes to purge.
+    pub prefixes: Vec<Template>,
+    /// Tags to purge.
+    pub tags: Vec<Template>,
+}
+
+/// How the cache treats one route.
+#[derive(Debug, Clone, Default)]
+pub struct RoutePolicy {
+    /// Never look up or store (forward only).
+    pub bypass: bool,
+    /// Replaces the upstream's `Cache-Control` on every response of the route.
+    pub cache_control: Option<CacheControl>,
+    /// Freshness for responses that state none (like Varnish's `default_ttl`).
+    pub default_ttl: Option<Duration>,
+    /// Overrides the response's `stale-while-revalidate`.
+    pub stale_while_revalidate: Option<Duration>,
+    /// Overrides the response's `stale-if-error`.
+    pub stale_if_error: Option<Duration>,
+    /// Request headers added to the key.
+    pub key_headers: Vec<HeaderName>,
+    /// Cookie names whose values are added to the key.
+    pub key_cookies: Vec<String>,
+    /// Query normalization.
+    pub query: QueryRules,
+    /// A credential header: responses are keyed per credential (and may be
+    /// `private`), so no user is ever served another's.
+    pub user_scope: Option<HeaderName>,
+    /// Tags given to every stored response of the route.
+    pub tags: Vec<Template>,
+    /// Store responses that set cookies (the cookies themselves are never stored).
+    pub allow_set_cookie: bool,
+    /// Whether the proxy adds a content ETag to responses that have none.
+    pub add_etag: bool,
+}
+
+/// A pattern with its policy and write invalidations.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The path pattern.
+    pub pattern: Pattern,
+    /// Its policy.
+    pub policy: RoutePolicy,
+    /// What its writes invalidate.
+    pub on_write: Vec<InvalidationRule>,
+}
+
+/// Routes in order; the first match wins, else the default policy applies.
+#[derive(Debug, Clone, Default)]
+pub struct Routes {
+    routes: Vec<Route>,
+    default: RoutePolicy,
+}
+
+impl Routes {
+    /// Routes with a fallback policy.
+    pub fn new(routes: Vec<Route>, default: RoutePolicy) -> Self {
+        Self { routes, default }
+    }
+
+    /// The route for a path and its parameters; `None` selects the default policy.
+    pub fn resolve(&self, path: &str) -> (Option<&Route>, Params) {
+        for route in &self.routes {
+            if let Some(params) = route.pattern.matches(path) {
+                return (Some(route), params);
+            }
+        }
+        (None, Vec::new())
+    }
+
+    /// The policy for a resolved route.
+    pub fn policy<'a>(&'a self, route: Option<&'a Route>) -> &'a RoutePolicy {
+        route.map_or(&self.default, |r| &r.policy)
+    }
+
+    /// Every route.
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        let p = Pattern::parse("/users/{id}/posts/{post}").unwrap();
+        assert_eq!(
+            p.matches("/users/1/posts/2").unwrap(),
+            vec![("id".into(), "1".into()), ("post".into(), "2".into())]
+        );
+        assert!(p.matches("/users//posts/2").is_none());
+        assert!(p.matches("/users/1/posts").is_none());
+        let root = Pattern::parse("/").unwrap();
+        assert!(root.matches("/").is_some());
+        let all = Pattern::parse("/*").unwrap();
+        assert!(all.matches("/anything/at/all").is_some());
+        for bad in ["users", "/a/*/b", "/a/{}", "/a/x{id}", "/a/{i-d}"] {
+            assert!(Pattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn templates() {
+        let t = Template::parse("/users/{id}?v={v}").unwrap();
+        let params = vec![
+            ("id".to_string(), "9".to_string()),
+            ("v".to_string(), "2".to_string()),
+        ];
+        assert_eq!(t.render(&params).unwrap(), "/users/9?v=2");
+        assert_eq!(t.render(&vec![]), None);
+        assert!(Template::parse("user:{id").is_err());
+    }
+}

@@ -1,0 +1,1070 @@
+//! The cache middleware: lookup, stale handling, coalesced fetches, storing and
+//! write invalidation.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{
+    AGE, AUTHORIZATION, CONTENT_LENGTH, CONTENT_LOCATION, COOKIE, DATE, HOST, IF_MATCH,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, RANGE, SET_COOKIE,
+};
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body::Body;
+use http_body_util::BodyExt;
+use revalidate::{
+    CacheControl, Evaluation, HttpDate, Preconditions, Problem, Validators, not_modified_headers,
+};
+use tower::ServiceExt;
+use tower_service::Service;
+use twox_hash::XxHash3_128;
+
+use crate::body::{BoxError, CacheBody};
+use crate::cache::Shared;
+use crate::coalesce::{Flight, Role, wait};
+use crate::entry::{StoredResponse, Timing, Variants};
+use crate::freshness::{self, Directives};
+use crate::headers::{response_tags, strip_for_storage, strip_hop_by_hop, strip_tags};
+use crate::invalidation::Ticket;
+use crate::key::{normalize_target, secondary, vary_names};
+use crate::routes::{Params, Route, RoutePolicy};
+use crate::stats::Outcome;
+use crate::status::{CACHE_STATUS, CacheStatus};
+use crate::store::{Purge, Store};
+
+/// The upstream a cache sits in front of: any cloneable tower service.
+pub trait Upstream<ReqBody, ResBody>:
+    Service<Request<ReqBody>, Response = Response<ResBody>, Future: Send, Error: Send + 'static>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<T, ReqBody, ResBody> Upstream<ReqBody, ResBody> for T where
+    T: Service<Request<ReqBody>, Response = Response<ResBody>, Future: Send, Error: Send + 'static>
+        + Clone
+        + Send
+        + 'static
+{
+}
+
+/// Middleware that answers from, and fills, a shared cache. Built by
+/// [`CacheLayer`](crate::CacheLayer).
+#[derive(Debug, Clone)]
+pub struct CacheService<S, St> {
+    pub(crate) inner: S,
+    pub(crate) shared: Arc<Shared<St>>,
+}
+
+type ResponseFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, E>> + Send>>;
+
+impl<S, St, ReqBody, ResBody> Service<Request<ReqBody>> for CacheService<S, St>
+where
+    S: Upstream<ReqBody, ResBody> + Service<Request<ReqBody>, Response = Response<ResBody>>,
+    St: Store,
+    ReqBody: Default + Send + 'static,
+    ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<CacheBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let shared = self.shared.clone();
+        Box::pin(async move { shared.handle(inner, request).await })
+    }
+}
+
+/// The parts of a client request that fetches are built from.
+#[derive(Debug, Clone)]
+struct RequestHead {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl RequestHead {
+    /// A GET for a storable response: the client's own validators and Range are
+    /// left out (the cache answers those itself), the stored response's are added.
+    fn upstream_request<B: Default>(&self, validators: Option<&Validators>) -> Request<B> {
+        let mut request = Request::new(B::default());
+        *request.uri_mut() = self.uri.clone();
+        let mut headers = self.headers.clone();
+        for name in [
+            IF_MATCH,
+            IF_NONE_MATCH,
+            IF_MODIFIED_SINCE,
+            IF_UNMODIFIED_SINCE,
+            IF_RANGE,
+            RANGE,
+        ] {
+            headers.remove(name);
+        }
+        if let Some(v) = validators {
+            if let Some(etag) = &v.etag {
+                headers.insert(IF_NONE_MATCH, etag.to_header_value());
+            }
+            if let Some(date) = v.last_modified {
+                headers.insert(IF_MODIFIED_SINCE, date.to_header_value());
+            }
+        }
+        *request.headers_mut() = headers;
+        request
+    }
+}
+
+/// What a fetch produced.
+enum Fetched<B, E> {
+    /// A stored (or storable and shareable) response to serve, with the
+    /// Set-Cookie fields that only the client that caused the fetch may see.
+    Entry(Arc<StoredResponse>, CacheStatus, Vec<HeaderValue>),
+    /// The stale entry, because the upstream failed (stale-if-error).
+    Stale(Arc<StoredResponse>, CacheStatus),
+    /// A response that cannot be shared.
+    Live(Response<CacheBody<B>>, CacheStatus),
+    /// The upstream failed and nothing stale may stand in.
+    Failed(E),
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+fn delta(s: u32) -> Duration {
+    Duration::from_secs(s.into())
+}
+
+/// Statuses this cache stores: final, understood, and never the product of a
+/// malformed request (a 400 or 431 stored for everyone is a cache-poisoned DoS).
+fn cacheable_status(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 302 | 307 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+fn is_server_error(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 500 | 502 | 503 | 504)
+}
+
+fn with_header<B>(mut response: Response<B>, status: &CacheStatus) -> Response<B> {
+    response
+        .headers_mut()
+        .insert(CACHE_STATUS.clone(), status.to_header_value());
+    response
+}
+
+impl<St: Store> Shared<St> {
+    async fn handle<S, ReqBody, ResBody>(
+        self: Arc<Self>,
+        inner: S,
+        request: Request<ReqBody>,
+    ) -> Result<Response<CacheBody<ResBody>>, S::Error>
+    where
+        S: Upstream<ReqBody, ResBody>,
+        ReqBody: Default + Send + 'static,
+        ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        let (parts, body) = request.into_parts();
+        let (route, params) = self.routes.resolve(parts.uri.path());
+        let policy = self.routes.policy(route);
+
+        if parts.method != Method::GET && parts.method != Method::HEAD {
+            return self.forward_write(inner, parts, body, route, params).await;
+        }
+        if policy.bypass {
+            self.stats.outcome(Outcome::Bypassed);
+            let response = inner.oneshot(Request::from_parts(parts, body)).await?;
+            let response = response.map(|b| CacheBody::prefixed(Bytes::new(), b));
+            return Ok(with_header(response, &CacheStatus::forward("bypass")));
+        }
+        drop(body);
+        let head = RequestHead {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+        };
+        let request_cc = CacheControl::from_headers(&head.headers);
+        let (primary, path) = primary_key(policy, &head);
+
+        let variants = self.store.get(&primary).await;
+        let found = variants
+            .as_ref()
+            .and_then(|v| v.find(&head.headers))
+            .cloned();
+        match found {
+            Some(entry) => {
+                self.serve_stored_or_revalidate(
+                    inner,
+                    &head,
+                    &request_cc,
+                    route,
+                    &params,
+                    &primary,
+                    &path,
+                    entry,
+                )
+                .await
+            }
+            None => {
+                let reason = if variants.is_some() {
+                    "vary-miss"
+                } else {
+                    "uri-miss"
+                };
+                if request_cc.only_if_cached {
+                    return Ok(gateway_timeout(
+                        "only-if-cached: the response is not in the cache",
+                    ));
+                }
+                self.fetch_coalesced(
+                    inner,
+                    &head,
+                    &request_cc,
+                    route,
+                    &params,
+                    &primary,
+                    &path,
+                    None,
+                    reason,
+                )
+                .await
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn serve_stored_or_revalidate<S, ReqBody, ResBody>(
+        self: &Arc<Self>,
+        inner: S,
+        head: &RequestHead,
+        request_cc: &CacheControl,
+        route: Option<&Route>,
+        params: &Params,
+        primary: &str,
+        path: &str,
+        entry: Arc<StoredResponse>,
+    ) -> Result<Response<CacheBody<ResBody>>, S::Error>
+    where
+        S: Upstream<ReqBody, ResBody>,
+        ReqBody: Default + Send + 'static,
+        ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        let now = self.clock.now();
+        let age = entry.age(now);
+        let ttl = entry.ttl(now);
+        // Request directives (RFC 9111 §5.2.1).
+        let within_max_age = request_cc.max_age.is_none_or(|m| age <= delta(m));
+        if let Some(ttl) = ttl
+            && !request_cc.no_cache
+            && within_max_age
+            && request_cc.min_fresh.is_none_or(|m| ttl >= delta(m))
+        {
+            return Ok(self.respond_stored(
+                head,
+                &entry,
+                CacheStatus::hit(Some(secs(ttl))),
+                Outcome::Hit,
+            ));
+        }
+
+        let staleness = entry.staleness(now);
+        let stale_ttl = -secs(staleness);
+        let may_serve_stale = ttl.is_none()
+            && !entry.forbids_stale
+            && !entry.always_revalidate
+            && !request_cc.no_cache;
+        let max_stale_allows = match request_cc.max_stale {
+            Some(None) => true,
+            Some(Some(limit)) => staleness <= delta(limit),
+            None => false,
+        };
+        if may_serve_stale && max_stale_allows {
+            let status = CacheStatus::hit(Some(stale_ttl)).detail("max-stale");
+            return Ok(self.respond_stored(head, &entry, status, Outcome::StaleServed));
+        }
+        if request_cc.only_if_cached {
+            return Ok(gateway_timeout(
+                "only-if-cached: the stored response is stale",
+            ));
+        }
+        let swr_allows = may_serve_stale
+            && request_cc.max_age.is_none()
+            && request_cc.min_fresh.is_none()
+            && staleness <= entry.stale_while_revalidate
+            && !entry.stale_while_revalidate.is_zero();
+        if swr_allows {
+            self.spawn_refresh(
+                inner,
+                head.clone(),
+                primary.to_string(),
+                path.to_string(),
+                entry.clone(),
+            );
+            let status = CacheStatus::hit(Some(stale_ttl)).detail("stale-while-revalidate");
+            return Ok(self.respond_stored(head, &entry, status, Outcome::StaleServed));
+        }
+        self.fetch_coalesced(
+            inner,
+            head,
+            request_cc,
+            route,
+            params,
+            primary,
+            path,
+            Some(entry),
+            "stale",
+        )
+        .await
+    }
+
+    /// Fetches once for all concurrent requests of a key.
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_coalesced<S, ReqBody, ResBody>(
+        self: &Arc<Self>,
+        inner: S,
+        head: &RequestHead,
+        request_cc: &CacheControl,
+        route: Option<&Route>,
+        params: &Params,
+        primary: &str,
+        path: &str,
+        stale: Option<Arc<StoredResponse>>,
+        reason: &'static str,
+    ) -> Result<Response<CacheBody<ResBody>>, S::Error>
+    where
+        S: Upstream<ReqBody, ResBody>,
+        ReqBody: Default + Send + 'static,
+        ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        match self.coalescer.join(primary) {
+            Role::Leader(leader) => {
+                let fetched = self
+                    .fetch(
+                        inner, head, request_cc, route, params, primary, path, stale, reason,
+                    )
+                    .await;
+                let flight = match &fetched {
+                    Fetched::Entry(entry, ..) | Fetched::Stale(entry, _) => {
+                        Flight::Done(entry.clone())
+                    }
+                    Fetched::Live(..) | Fetched::Failed(_) => Flight::NotShareable,
+                };
+                leader.finish(flight);
+                self.respond_fetched(head, fetched, stale_outcome(reason))
+            }
+            Role::Follower(receiver) => match wait(receiver, self.config.coalesce_timeout).await {
+                Flight::Done(entry) if entry.secondary.matches(&head.headers) => {
+                    let now = self.clock.now();
+                    let ttl = entry
+                        .ttl(now)
+                        .map_or_else(|| -secs(entry.staleness(now)), secs);
+                    let status = CacheStatus::forward(reason).ttl(ttl).collapsed();
+                    Ok(self.respond_stored(head, &entry, status, Outcome::Coalesced))
+                }
+                // Not shareable, a Vary mismatch, an abandoned leader or a timeout:
+                // go upstream alone, at once.
+                _ => {
+                    let fetched = self
+                        .fetch(
+                            inner, head, request_cc, route, params, primary, path, stale, reason,
+                        )
+                        .await;
+                    self.respond_fetched(head, fetched, stale_outcome(reason))
+                }
+            },
+        }
+    }
+
+    fn respond_fetched<ResBody, E>(
+        &self,
+        head: &RequestHead,
+        fetched: Fetched<ResBody, E>,
+        outcome: Outcome,
+    ) -> Result<Response<CacheBody<ResBody>>, E>
+    where
+        ResBody: Body<Data = Bytes>,
+        ResBody::Error: Into<BoxError>,
+    {
+        match fetched {
+            Fetched::Entry(entry, status, cookies) => {
+                let mut response = self.respond_stored(head, &entry, status, outcome);
+                for cookie in cookies {
+                    response.headers_mut().append(SET_COOKIE, cookie);
+                }
+                Ok(response)
+            }
+            Fetched::Stale(entry, status) => {
+                Ok(self.respond_stored(head, &entry, status, Outcome::StaleServed))
+            }
+            Fetched::Live(response, status) => {
+                Ok(self.respond_live(head, response, status, outcome))
+            }
+            Fetched::Failed(error) => Err(error),
+        }
+    }
+
+    /// Revalidates `stale` in the background, once per key.
+    fn spawn_refresh<S, ReqBody, ResBody>(
+        self: &Arc<Self>,
+        inner: S,
+        head: RequestHead,
+        primary: String,
+        path: String,
+        stale: Arc<StoredResponse>,
+    ) where
+        S: Upstream<ReqBody, ResBody>,
+        ReqBody: Default + Send + 'static,
+        ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        if self.coalescer.in_flight(&primary) {
+            return;
+        }
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let Role::Leader(leader) = shared.coalescer.join(&primary) else {
+                return;
+            };
+            let (route, params) = shared.routes.resolve(head.uri.path());
+            let request_cc = CacheControl::from_headers(&head.headers);
+            let fetched = shared
+                .fetch(
+                    inner,
+                    &head,
+                    &request_cc,
+                    route,
+                    &params,
+                    &primary,
+                    &path,
+                    Some(stale),
+                    "stale",
+                )
+                .await;
+            leader.finish(match fetched {
+                Fetched::Entry(entry, ..) | Fetched::Stale(entry, _) => Flight::Done(entry),
+                Fetched::Live(..) | Fetched::Failed(_) => Flight::NotShareable,
+            });
+        });
+    }
+
+    /// One upstream fetch: conditional when a stale entry has validators; stores
+    /// what may be stored.
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch<S, ReqBody, ResBody>(
+        &self,
+        inner: S,
+        head: &RequestHead,
+        request_cc: &CacheControl,
+        route: Option<&Route>,
+        params: &Params,
+        primary: &str,
+        path: &str,
+        stale: Option<Arc<StoredResponse>>,
+        reason: &'static str,
+    ) -> Fetched<ResBody, S::Error>
+    where
+        S: Upstream<ReqBody, ResBody>,
+        ReqBody: Default,
+        ResBody: Body<Data = Bytes> + Unpin,
+        ResBody::Error: Into<BoxError>,
+    {
+        let policy = self.routes.policy(route);
+        let ticket = self.log.ticket();
+        let validators = stale.as_ref().map(|e| e.validators());
+        let request = head.upstream_request::<ReqBody>(validators.as_ref());
+        let request_time = self.clock.now();
+        let started = Instant::now();
+        let result = inner.oneshot(request).await;
+        self.stats.upstream(started.elapsed().as_secs_f64());
+        let response_time = self.clock.now();
+
+        let stale_if_error = |stale: &Option<Arc<StoredResponse>>, fwd_status: Option<u16>| {
+            let entry = stale.as_ref()?;
+            let staleness = entry.staleness(response_time);
+            let allowed = !entry.forbids_stale
+                && !entry.always_revalidate
+                && !entry.stale_if_error.is_zero()
+                && staleness <= entry.stale_if_error;
+            allowed.then(|| {
+                let mut status = CacheStatus::forward(reason)
+                    .ttl(-secs(staleness))
+                    .detail("stale-if-error");
+                if let Some(code) = fwd_status {
+                    status = status.fwd_status(code);
+                }
+                Fetched::Stale(entry.clone(), status)
+            })
+        };
+
+        let response = match result {
+            Ok(response) => response,
+            Err(error) => return stale_if_error(&stale, None).unwrap_or(Fetched::Failed(error)),
+        };
+        let code = response.status();
+        if is_server_error(code)
+            && let Some(fallback) = stale_if_error(&stale, Some(code.as_u16()))
+        {
+            return fallback;
+        }
+
+        let (mut parts, body) = response.into_parts();
+        if let Some(cc) = &policy.cache_control {
+            parts
+                .headers
+                .insert(http::header::CACHE_CONTROL, cc.to_header_value());
+        }
+        if !parts.headers.contains_key(DATE) {
+            parts.headers.insert(
+                DATE,
+                HttpDate::from_system_time(response_time).to_header_value(),
+            );
+        }
+        let timing = |headers: &HeaderMap, status: StatusCode| {
+            self.timing(policy, headers, status, request_time, response_time)
+        };
+
+        // A 304 to our conditional request freshens the stored response (§4.3.4).
+        if code == StatusCode::NOT_MODIFIED
+            && let Some(old) = &stale
+        {
+            let headers = freshened(&old.headers, &parts.headers);
+            let tags = self.tags_of(policy, params, &headers);
+            let entry = Arc::new(StoredResponse::new(
+                old.status,
+                headers.clone(),
+                old.body.clone(),
+                timing(&headers, old.status),
+                old.secondary.clone(),
+                tags,
+                path.to_string(),
+            ));
+            let stored = self.store_entry(ticket, primary, entry.clone()).await;
+            let mut status = CacheStatus::forward(reason).fwd_status(304);
+            if stored {
+                status = status.stored();
+            }
+            return Fetched::Entry(entry, status, Vec::new());
+        }
+
+        let status = CacheStatus::forward(reason).fwd_status(code.as_u16());
+        let directives = Directives::of_response(&parts.headers);
+        if let Err(why) = self.storable(policy, head, request_cc, code, &parts.headers, &directives)
+        {
+            tracing::debug!(uri = %head.uri, why, "not storable");
+            let mut response = Response::from_parts(parts, CacheBody::prefixed(Bytes::new(), body));
+            strip_hop_by_hop(response.headers_mut());
+            strip_tags(response.headers_mut());
+            return Fetched::Live(response, status);
+        }
+
+        // Buffer the body, bounded; too large a body streams on unstored.
+        let (bytes, rest) = match buffer(body, self.config.max_object_bytes).await {
+            Ok(bytes) => (bytes, None),
+            Err(Buffered::TooLarge(prefix, rest)) => (prefix, Some(rest)),
+            Err(Buffered::Failed(error)) => {
+                let response = Response::from_parts(parts, CacheBody::failed(error));
+                return Fetched::Live(response, status);
+            }
+        };
+        if let Some(rest) = rest {
+            let mut response = Response::from_parts(parts, CacheBody::prefixed(bytes, rest));
+            strip_hop_by_hop(response.headers_mut());
+            strip_tags(response.headers_mut());
+            return Fetched::Live(response, status);
+        }
+
+        let tags = self.tags_of(policy, params, &parts.headers);
+        let cookies: Vec<HeaderValue> = parts.headers.get_all(SET_COOKIE).iter().cloned().collect();
+        let mut headers = parts.headers;
+        let qualified: Vec<String> = directives
+            .cc
+            .private_fields
+            .iter()
+            .chain(&directives.cc.no_cache_fields)
+            .cloned()
+            .collect();
+        strip_for_storage(&mut headers, &qualified);
+        strip_tags(&mut headers);
+        let names = vary_names(&headers).unwrap_or_default();
+        let entry = Arc::new(StoredResponse::new(
+            code,
+            headers.clone(),
+            bytes,
+            timing(&headers, code),
+            secondary(&names, &head.headers),
+            tags,
+            path.to_string(),
+        ));
+        let stored = self.store_entry(ticket, primary, entry.clone()).await;
+        let status = if stored { status.stored() } else { status };
+        Fetched::Entry(entry, status, cookies)
+    }
+
+    fn timing(
+        &self,
+        policy: &RoutePolicy,
+        headers: &HeaderMap,
+        status: StatusCode,
+        request_time: SystemTime,
+        response_time: SystemTime,
+    ) -> Timing {
+        let directives = Directives::of_response(headers);
+        let lifetime = if freshness::has_explicit_lifetime(&directives, headers) {
+            freshness::lifetime(&directives, headers, status)
+        } else {
+            policy
+                .default_ttl
+                .or_else(|| freshness::lifetime(&directives, headers, status))
+        };
+        Timing {
+            request_time,
+            response_time,
+            lifetime: lifetime.unwrap_or(Duration::ZERO),
+            stale_while_revalidate: policy
+                .stale_while_revalidate
+                .or(directives.cc.stale_while_revalidate.map(delta))
+                .unwrap_or(Duration::ZERO),
+            stale_if_error: policy
+                .stale_if_error
+                .or(directives.cc.stale_if_error.map(delta))
+                .unwrap_or(Duration::ZERO),
+            always_revalidate: directives.always_revalidate(),
+            forbids_stale: directives.forbids_stale(),
+        }
+    }
+
+    fn tags_of(&self, policy: &RoutePolicy, params: &Params, headers: &HeaderMap) -> Vec<String> {
+        let mut tags = response_tags(headers);
+        tags.extend(policy.tags.iter().filter_map(|t| t.render(params)));
+        tags
+    }
+
+    /// RFC 9111 §3 storability, plus the route's and this cache's safety rules.
+    fn storable(
+        &self,
+        policy: &RoutePolicy,
+        head: &RequestHead,
+        request_cc: &CacheControl,
+        status: StatusCode,
+        headers: &HeaderMap,
+        directives: &Directives,
+    ) -> Result<(), &'static str> {
+        let cc = &directives.cc;
+        if request_cc.no_store {
+            return Err("request no-store");
+        }
+        if !cacheable_status(status) {
+            return Err("status");
+        }
+        // must-understand lets a cache that knows the status ignore no-store (§5.2.2.3).
+        if cc.no_store && !cc.must_understand {
+            return Err("no-store");
+        }
+        let scoped = policy.user_scope.is_some();
+        if cc.private && cc.private_fields.is_empty() && !scoped {
+            return Err("private");
+        }
+        let explicitly_shared = cc.public || cc.s_maxage.is_some() || cc.must_revalidate;
+        if head.headers.contains_key(AUTHORIZATION) && !scoped && !explicitly_shared {
+            return Err("authorization");
+        }
+        // Varnish's default: a request with cookies is personal unless the origin says
+        // otherwise or the route keys on the cookies.
+        if head.headers.contains_key(COOKIE)
+            && !scoped
+            && policy.key_cookies.is_empty()
+            && !(cc.public || cc.s_maxage.is_some())
+        {
+            return Err("cookie");
+        }
+        if headers.contains_key(SET_COOKIE) && !policy.allow_set_cookie {
+            return Err("set-cookie");
+        }
+        if vary_names(headers).is_none() {
+            return Err("vary *");
+        }
+        let has_freshness = freshness::has_explicit_lifetime(directives, headers)
+            || cc.public
+            || cc.no_cache
+            || policy.default_ttl.is_some()
+            || freshness::heuristically_cacheable(status);
+        if !has_freshness {
+            return Err("no freshness information");
+        }
+        Ok(())
+    }
+
+    /// Stores `entry` unless a purge that names it was recorded after `ticket`.
+    async fn store_entry(&self, ticket: Ticket, primary: &str, entry: Arc<StoredResponse>) -> bool {
+        let guard = self.log.lock().await;
+        if guard.invalidated_since(ticket, &entry.path, &entry.tags) {
+            tracing::debug!(path = %entry.path, "not stored: invalidated while in flight");
+            return false;
+        }
+        let existing = self.store.get(primary).await;
+        let names = entry.secondary.names.clone();
+        let variants = existing.as_deref().unwrap_or(&Variants::default()).with(
+            names,
+            entry,
+            self.config.max_variants,
+        );
+        self.store
+            .put(primary.to_string(), Arc::new(variants))
+            .await;
+        drop(guard);
+        self.stats.stored();
+        true
+    }
+
+    /// A response built from a stored entry, answering the client's own conditional
+    /// request from the stored validators (§4.3.2).
+    fn respond_stored<B>(
+        &self,
+        head: &RequestHead,
+        entry: &StoredResponse,
+        status: CacheStatus,
+        outcome: Outcome,
+    ) -> Response<CacheBody<B>> {
+        self.stats.outcome(outcome);
+        let now = self.clock.now();
+        let mut headers = entry.headers.clone();
+        headers.insert(AGE, HeaderValue::from(entry.age(now).as_secs()));
+        headers.insert(CACHE_STATUS.clone(), status.to_header_value());
+
+        if entry.status.is_success()
+            && let Ok(preconditions) = Preconditions::from_request(&head.method, &head.headers)
+            && !preconditions.is_empty()
+        {
+            match preconditions.evaluate(&head.method, Some(&entry.validators())) {
+                Evaluation::NotModified => {
+                    self.stats.client_status(304);
+                    self.stats.bytes(0, entry.body.len() as u64);
+                    let mut response = Response::new(CacheBody::empty());
+                    *response.status_mut() = StatusCode::NOT_MODIFIED;
+                    let mut nm = not_modified_headers(&headers);
+                    nm.insert(AGE, headers[AGE].clone());
+                    nm.insert(CACHE_STATUS.clone(), status.to_header_value());
+                    *response.headers_mut() = nm;
+                    return response;
+                }
+                Evaluation::PreconditionFailed => {
+                    self.stats.client_status(412);
+                    return precondition_failed(&entry.validators());
+                }
+                Evaluation::Proceed { .. } => {}
+            }
+        }
+        let mut response = Response::new(CacheBody::empty());
+        *response.status_mut() = entry.status;
+        if head.method == Method::HEAD {
+            headers
+                .entry(CONTENT_LENGTH)
+                .or_insert(HeaderValue::from(entry.body.len()));
+            self.stats.bytes(0, entry.body.len() as u64);
+        } else {
+            *response.body_mut() = CacheBody::full(entry.body.clone());
+            self.stats
+                .bytes(entry.body.len() as u64, entry.body.len() as u64);
+        }
+        *response.headers_mut() = headers;
+        response
+    }
+
+    /// A response that was not stored, with the client's conditional request
+    /// evaluated against its own validators.
+    fn respond_live<B>(
+        &self,
+        head: &RequestHead,
+        mut response: Response<CacheBody<B>>,
+        status: CacheStatus,
+        outcome: Outcome,
+    ) -> Response<CacheBody<B>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<BoxError>,
+    {
+        self.stats.outcome(outcome);
+        response
+            .headers_mut()
+            .insert(CACHE_STATUS.clone(), status.to_header_value());
+        let length = response.body().size_hint().exact().unwrap_or(0);
+        if response.status() == StatusCode::OK
+            && let Ok(preconditions) = Preconditions::from_request(&head.method, &head.headers)
+            && !preconditions.is_empty()
+        {
+            let validators = Validators::from_headers(response.headers());
+            if (validators.etag.is_some() || validators.last_modified.is_some())
+                && preconditions.evaluate(&head.method, Some(&validators))
+                    == Evaluation::NotModified
+            {
+                self.stats.client_status(304);
+                self.stats.bytes(0, length);
+                let headers = not_modified_headers(response.headers());
+                let mut not_modified = Response::new(CacheBody::empty());
+                *not_modified.status_mut() = StatusCode::NOT_MODIFIED;
+                *not_modified.headers_mut() = headers;
+                not_modified
+                    .headers_mut()
+                    .insert(CACHE_STATUS.clone(), status.to_header_value());
+                return not_modified;
+            }
+        }
+        if head.method == Method::HEAD {
+            if let Some(len) = response.body().size_hint().exact() {
+                response
+                    .headers_mut()
+                    .entry(CONTENT_LENGTH)
+                    .or_insert(HeaderValue::from(len));
+            }
+            *response.body_mut() = CacheBody::empty();
+            self.stats.bytes(0, length);
+        } else {
+            self.stats.bytes(length, length);
+        }
+        response
+    }
+
+    /// Forwards an unsafe request; a non-error response invalidates the target URI,
+    /// same-origin Location and Content-Location (RFC 9111 §4.4) and the route's
+    /// write rules.
+    async fn forward_write<S, ReqBody, ResBody>(
+        &self,
+        inner: S,
+        parts: Parts,
+        body: ReqBody,
+        route: Option<&Route>,
+        params: Params,
+    ) -> Result<Response<CacheBody<ResBody>>, S::Error>
+    where
+        S: Upstream<ReqBody, ResBody>,
+        ResBody: Body<Data = Bytes>,
+    {
+        self.stats.outcome(Outcome::Bypassed);
+        let method = parts.method.clone();
+        let uri = parts.uri.clone();
+        let host = parts.headers.get(HOST).cloned();
+        let unsafe_method = !matches!(method, Method::OPTIONS | Method::TRACE);
+        let response = inner.oneshot(Request::from_parts(parts, body)).await?;
+        let code = response.status();
+        if unsafe_method && (code.is_success() || code.is_redirection()) {
+            let policy = self.routes.policy(route);
+            let mut purge = Purge::default();
+            let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+            purge.urls.push(normalize_target(target, &policy.query));
+            for name in [LOCATION, CONTENT_LOCATION] {
+                if let Some(path) = response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| same_origin_path(v, &uri, host.as_ref()))
+                {
+                    let (target_route, _) =
+                        self.routes.resolve(path.split('?').next().unwrap_or("/"));
+                    purge.urls.push(normalize_target(
+                        &path,
+                        &self.routes.policy(target_route).query,
+                    ));
+                }
+            }
+            for rule in route.map(|r| r.on_write.as_slice()).unwrap_or_default() {
+                if !rule.methods.is_empty() && !rule.methods.contains(&method) {
+                    continue;
+                }
+                purge
+                    .urls
+                    .extend(rule.urls.iter().filter_map(|t| t.render(&params)));
+                purge
+                    .prefixes
+                    .extend(rule.prefixes.iter().filter_map(|t| t.render(&params)));
+                purge
+                    .tags
+                    .extend(rule.tags.iter().filter_map(|t| t.render(&params)));
+            }
+            self.purge(&purge).await;
+        }
+        let response = response.map(|b| CacheBody::prefixed(Bytes::new(), b));
+        Ok(with_header(response, &CacheStatus::forward("method")))
+    }
+}
+
+impl<St: Store> Shared<St> {
+    /// Records, then applies, a purge (see [`crate::invalidation`]).
+    pub(crate) async fn purge(&self, purge: &Purge) -> usize {
+        if purge.is_empty() {
+            return 0;
+        }
+        self.log.record(purge).await;
+        let touched = self.store.purge(purge).await;
+        self.stats.purge(touched);
+        tracing::info!(urls = ?purge.urls, prefixes = ?purge.prefixes, tags = ?purge.tags, soft = purge.soft, touched, "purge");
+        touched
+    }
+}
+
+fn stale_outcome(reason: &str) -> Outcome {
+    if reason == "stale" {
+        Outcome::Revalidated
+    } else {
+        Outcome::Miss
+    }
+}
+
+/// The path of a Location or Content-Location value when it is same-origin.
+fn same_origin_path(
+    value: &HeaderValue,
+    request_uri: &Uri,
+    host: Option<&HeaderValue>,
+) -> Option<String> {
+    let uri: Uri = value.to_str().ok()?.parse().ok()?;
+    if let Some(authority) = uri.authority() {
+        let request_authority = request_uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| host.and_then(|h| h.to_str().ok()).map(str::to_string))?;
+        if !authority.as_str().eq_ignore_ascii_case(&request_authority) {
+            return None;
+        }
+    }
+    let pq = uri.path_and_query()?.as_str();
+    pq.starts_with('/').then(|| pq.to_string())
+}
+
+/// The primary key (§4.1 plus route key additions) and the normalized path.
+fn primary_key(policy: &RoutePolicy, head: &RequestHead) -> (String, String) {
+    let target = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let path = normalize_target(target, &policy.query);
+    let host = head
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_ascii_lowercase())
+        .or_else(|| {
+            head.headers
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_ascii_lowercase)
+        })
+        .unwrap_or_default();
+    let mut primary = format!("{host}{path}");
+    for name in &policy.key_headers {
+        primary.push_str("\nh:");
+        primary.push_str(name.as_str());
+        primary.push('=');
+        let values: Vec<&[u8]> = head
+            .headers
+            .get_all(name)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        primary.push_str(&String::from_utf8_lossy(&values.join(&b","[..])));
+    }
+    for cookie in &policy.key_cookies {
+        primary.push_str("\nc:");
+        primary.push_str(cookie);
+        primary.push('=');
+        if let Some(value) = cookie_value(&head.headers, cookie) {
+            primary.push_str(&value);
+        }
+    }
+    if let Some(header) = &policy.user_scope {
+        // The credential itself stays out of the key (and out of memory dumps).
+        let mut hasher = XxHash3_128::new();
+        for value in head.headers.get_all(header) {
+            hasher.write(value.as_bytes());
+            hasher.write(b"\n");
+        }
+        primary.push_str(&format!("\nu:{:032x}", hasher.finish_128()));
+    }
+    (primary, path)
+}
+
+fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+/// The stored headers updated from a 304 (RFC 9111 §3.2): every field the 304
+/// carries replaces the stored one, except Content-Length and hop-by-hop fields.
+fn freshened(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
+    let mut headers = stored.clone();
+    let mut update = not_modified.clone();
+    strip_hop_by_hop(&mut update);
+    update.remove(CONTENT_LENGTH);
+    strip_tags(&mut update);
+    let names: Vec<HeaderName> = update.keys().cloned().collect();
+    for name in names {
+        headers.remove(&name);
+        for value in update.get_all(&name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers
+}
+
+enum Buffered<B> {
+    TooLarge(Bytes, B),
+    Failed(BoxError),
+}
+
+/// Reads a body whole if it fits in `limit` bytes.
+async fn buffer<B>(mut body: B, limit: usize) -> Result<Bytes, Buffered<B>>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    if body.size_hint().lower() > limit as u64 {
+        return Err(Buffered::TooLarge(Bytes::new(), body));
+    }
+    let mut collected = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Buffered::Failed(e.into()))?;
+        if let Ok(data) = frame.into_data() {
+            collected.extend_from_slice(&data);
+            if collected.len() > limit {
+                return Err(Buffered::TooLarge(collected.freeze(), body));
+            }
+        }
+    }
+    Ok(collected.freeze())
+}
+
+fn gateway_timeout<B>(detail: &str) -> Response<CacheBody<B>> {
+    let (parts, body) = Problem::new(StatusCode::GATEWAY_TIMEOUT)
+        .detail(detail)
+        .to_response()
+        .into_parts();
+    let response = Response::from_parts(parts, CacheBody::full(body));
+    with_header(
+        response,
+        &CacheStatus::forward("request").detail("only-if-cached"),
+    )
+}
+
+fn precondition_failed<B>(current: &Validators) -> Response<CacheBody<B>> {
+    let (mut parts, body) = Problem::new(StatusCode::PRECONDITION_FAILED)
+        .detail("the stored representation does not match the request's preconditions")
+        .to_response()
+        .into_parts();
+    current.write_to(&mut parts.headers);
+    Response::from_parts(parts, CacheBody::full(body))
+}

@@ -1,0 +1,464 @@
+//! RFC 9111 semantics of the cache layer, each rule with a test that fails without it.
+
+mod support;
+
+use std::time::Duration;
+
+use http::HeaderName;
+use revalidate_cache::{RoutePolicy, Routes};
+use support::{Harness, Origin, response};
+
+const MAX_AGE_60: &[(&str, &str)] = &[("cache-control", "max-age=60"), ("etag", "\"v1\"")];
+
+#[tokio::test]
+async fn miss_then_hit_with_age_then_revalidation_freshens() {
+    let h = Harness::new(Origin::fixed(200, MAX_AGE_60, "body"));
+    let first = h.get("/a", &[]).await;
+    assert_eq!(
+        first.cache_status(),
+        "revalidate; fwd=uri-miss; fwd-status=200; stored"
+    );
+    h.advance(10);
+    let second = h.get("/a", &[]).await;
+    assert_eq!(second.cache_status(), "revalidate; hit; ttl=50");
+    assert_eq!(second.header("age"), "10");
+    assert_eq!(second.body, "body");
+    assert_eq!(h.origin.calls(), 1);
+
+    // Stale: a conditional request upstream; its 304 freshens the entry.
+    h.advance(60);
+    h.origin.set(|req, _| {
+        assert_eq!(req.headers()["if-none-match"], "\"v1\"");
+        response(
+            304,
+            &[
+                ("cache-control", "max-age=30"),
+                ("etag", "\"v1\""),
+                ("x-new", "1"),
+            ],
+            "",
+        )
+    });
+    let third = h.get("/a", &[]).await;
+    assert_eq!(third.status, 200);
+    assert_eq!(third.body, "body");
+    assert_eq!(
+        third.cache_status(),
+        "revalidate; fwd=stale; fwd-status=304; stored"
+    );
+    assert_eq!(
+        third.header("x-new"),
+        "1",
+        "headers are updated from the 304"
+    );
+    assert_eq!(third.header("cache-control"), "max-age=30");
+    let fourth = h.get("/a", &[]).await;
+    assert_eq!(fourth.cache_status(), "revalidate; hit; ttl=30");
+    assert_eq!(h.origin.calls(), 2);
+}
+
+#[tokio::test]
+async fn freshness_precedence_s_maxage_then_max_age_then_expires() {
+    let h = Harness::new(Origin::fixed(
+        200,
+        &[("cache-control", "max-age=100, s-maxage=5")],
+        "x",
+    ));
+    h.get("/", &[]).await;
+    h.advance(6);
+    assert!(
+        !h.get("/", &[]).await.hit(),
+        "s-maxage wins for a shared cache"
+    );
+
+    let h = Harness::new(Origin::new(|_, _| {
+        let date = revalidate::HttpDate::from_unix_secs(1_700_000_000).to_string();
+        let expires = revalidate::HttpDate::from_unix_secs(1_700_000_030).to_string();
+        response(200, &[("date", &date), ("expires", &expires)], "x")
+    }));
+    h.get("/", &[]).await;
+    h.advance(29);
+    assert!(h.get("/", &[]).await.hit());
+    h.advance(2);
+    assert!(!h.get("/", &[]).await.hit());
+}
+
+#[tokio::test]
+async fn what_is_never_stored() {
+    for headers in [
+        &[("cache-control", "no-store, max-age=60")][..],
+        &[("cache-control", "private, max-age=60")],
+        &[("cache-control", "max-age=60"), ("set-cookie", "sid=1")],
+        &[("cache-control", "max-age=60"), ("vary", "*")],
+        &[],
+    ] {
+        let h = Harness::new(Origin::new(move |_, _| response(201, headers, "x")));
+        h.get("/", &[]).await;
+        h.get("/", &[]).await;
+        assert_eq!(h.origin.calls(), 2, "{headers:?}");
+    }
+    // A 400 (a malformed request's error) is never stored for everyone, even with max-age.
+    let h = Harness::new(Origin::fixed(400, MAX_AGE_60, "bad"));
+    h.get("/", &[]).await;
+    h.get("/", &[]).await;
+    assert_eq!(h.origin.calls(), 2);
+}
+
+#[tokio::test]
+async fn must_understand_overrides_no_store_for_known_statuses() {
+    let h = Harness::new(Origin::fixed(
+        200,
+        &[("cache-control", "no-store, must-understand, max-age=60")],
+        "x",
+    ));
+    h.get("/", &[]).await;
+    assert!(h.get("/", &[]).await.hit());
+}
+
+#[tokio::test]
+async fn authorization_requires_explicit_shareability() {
+    let h = Harness::new(Origin::fixed(200, MAX_AGE_60, "x"));
+    h.get("/", &[("authorization", "Bearer a")]).await;
+    h.get("/", &[("authorization", "Bearer a")]).await;
+    assert_eq!(h.origin.calls(), 2);
+    for cc in [
+        "public, max-age=60",
+        "s-maxage=60",
+        "must-revalidate, max-age=60",
+    ] {
+        let h = Harness::new(Origin::new(move |_, _| {
+            response(200, &[("cache-control", cc)], "x")
+        }));
+        h.get("/", &[("authorization", "Bearer a")]).await;
+        assert!(h.get("/", &[]).await.hit(), "{cc}");
+    }
+}
+
+#[tokio::test]
+async fn set_cookie_allowed_by_route_is_stored_without_the_cookie() {
+    let mut policy = RoutePolicy::default();
+    policy.allow_set_cookie = true;
+    let h = Harness::with_routes(
+        Origin::fixed(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("set-cookie", "sid=secret"),
+            ],
+            "x",
+        ),
+        Routes::new(vec![], policy),
+    );
+    let first = h.get("/", &[]).await;
+    assert_eq!(
+        first.header("set-cookie"),
+        "sid=secret",
+        "the client that caused it gets its cookie"
+    );
+    let second = h.get("/", &[]).await;
+    assert!(second.hit());
+    assert_eq!(
+        second.header("set-cookie"),
+        "",
+        "never replayed to another client"
+    );
+}
+
+#[tokio::test]
+async fn vary_selects_variants_and_star_never_matches() {
+    let h = Harness::new(Origin::new(|req, _| {
+        let lang = req
+            .headers()
+            .get("accept-language")
+            .map_or("none", |v| v.to_str().unwrap())
+            .to_string();
+        response(
+            200,
+            &[("cache-control", "max-age=60"), ("vary", "Accept-Language")],
+            &lang,
+        )
+    }));
+    assert_eq!(h.get("/", &[("accept-language", "en")]).await.body, "en");
+    let fr = h.get("/", &[("accept-language", "fr")]).await;
+    assert_eq!(fr.body, "fr");
+    assert!(fr.cache_status().contains("fwd=vary-miss"));
+    assert_eq!(h.get("/", &[("accept-language", "en")]).await.body, "en");
+    assert!(h.get("/", &[("accept-language", "fr")]).await.hit());
+    assert_eq!(h.origin.calls(), 2);
+}
+
+#[tokio::test]
+async fn head_is_served_from_a_stored_get_and_a_head_miss_fills_it() {
+    let h = Harness::new(Origin::fixed(200, MAX_AGE_60, "twelve bytes"));
+    let head = h.send("HEAD", "/", &[]).await;
+    assert_eq!(head.body, "");
+    assert_eq!(head.header("content-length"), "12");
+    let get = h.get("/", &[]).await;
+    assert!(get.hit());
+    assert_eq!(get.body, "twelve bytes");
+    assert!(h.send("HEAD", "/", &[]).await.hit());
+    assert_eq!(h.origin.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_clients_conditional_request_is_answered_from_the_cache() {
+    let h = Harness::new(Origin::fixed(200, MAX_AGE_60, "body"));
+    h.get("/", &[]).await;
+    let nm = h.get("/", &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(nm.status, 304);
+    assert_eq!(nm.body, "");
+    assert_eq!(nm.header("etag"), "\"v1\"");
+    assert!(nm.hit());
+    let full = h.get("/", &[("if-none-match", "\"v0\"")]).await;
+    assert_eq!(full.status, 200);
+    assert_eq!(h.origin.calls(), 1);
+    // On a miss, the client's validators are not sent upstream: the cache wants a
+    // full response to store.
+    let h = Harness::new(Origin::fixed(200, MAX_AGE_60, "body"));
+    let first = h.get("/", &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(first.status, 304);
+    assert!(!h.origin.last_request().contains_key("if-none-match"));
+    assert_eq!(h.get("/", &[]).await.body, "body");
+}
+
+#[tokio::test]
+async fn request_directives() {
+    let h = Harness::new(Origin::fixed(200, MAX_AGE_60, "x"));
+    let miss = h.get("/", &[("cache-control", "only-if-cached")]).await;
+    assert_eq!(miss.status, 504);
+    assert_eq!(h.origin.calls(), 0);
+    h.get("/", &[]).await;
+    h.advance(20);
+    assert!(
+        !h.get("/", &[("cache-control", "max-age=10")]).await.hit(),
+        "too old for the client"
+    );
+    h.advance(20);
+    assert!(
+        !h.get("/", &[("cache-control", "min-fresh=50")]).await.hit(),
+        "not fresh enough for the client"
+    );
+    assert!(
+        !h.get("/", &[("cache-control", "no-cache")]).await.hit(),
+        "must validate"
+    );
+    h.advance(100);
+    let stale = h.get("/", &[("cache-control", "max-stale=200")]).await;
+    assert!(stale.hit());
+    assert!(stale.cache_status().contains("detail=max-stale"));
+    let calls = h.origin.calls();
+    assert_eq!(
+        h.get("/", &[("cache-control", "only-if-cached")])
+            .await
+            .status,
+        504
+    );
+    assert_eq!(h.origin.calls(), calls);
+}
+
+#[tokio::test]
+async fn no_cache_and_must_revalidate_responses() {
+    let h = Harness::new(Origin::fixed(
+        200,
+        &[("cache-control", "no-cache"), ("etag", "\"n\"")],
+        "x",
+    ));
+    h.get("/", &[]).await;
+    h.origin.set(|_, _| response(304, &[("etag", "\"n\"")], ""));
+    let again = h.get("/", &[]).await;
+    assert_eq!(again.body, "x");
+    assert!(again.cache_status().contains("fwd-status=304"));
+    assert_eq!(h.origin.calls(), 2, "no-cache: validated on every use");
+
+    let h = Harness::new(Origin::fixed(500, &[], "down"));
+    h.origin.set(|_, n| {
+        if n == 1 {
+            response(
+                200,
+                &[(
+                    "cache-control",
+                    "max-age=1, must-revalidate, stale-if-error=600",
+                )],
+                "ok",
+            )
+        } else {
+            response(500, &[], "down")
+        }
+    });
+    h.get("/", &[]).await;
+    h.advance(5);
+    assert_eq!(
+        h.get("/", &[("cache-control", "max-stale")]).await.status,
+        500,
+        "must-revalidate: never stale"
+    );
+}
+
+#[tokio::test]
+async fn unsafe_methods_invalidate_target_and_same_origin_locations() {
+    let h = Harness::new(Origin::new(|req, _| match req.method().as_str() {
+        "POST" => response(
+            201,
+            &[
+                ("location", "/items/2"),
+                ("content-location", "http://elsewhere.test/items"),
+            ],
+            "",
+        ),
+        "DELETE" => response(500, &[], ""),
+        _ => response(200, &[("cache-control", "max-age=600")], req.uri().path()),
+    }));
+    for path in ["/items", "/items/2"] {
+        h.get(path, &[]).await;
+        assert!(h.get(path, &[]).await.hit());
+    }
+    let post = h.send("POST", "/items", &[]).await;
+    assert_eq!(post.cache_status(), "revalidate; fwd=method");
+    assert!(!h.get("/items", &[]).await.hit(), "target URI invalidated");
+    assert!(
+        !h.get("/items/2", &[]).await.hit(),
+        "same-origin Location invalidated"
+    );
+    // An error response invalidates nothing.
+    h.send("DELETE", "/items", &[]).await;
+    assert!(h.get("/items", &[]).await.hit());
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_serves_stale_and_refreshes_once() {
+    let h = Harness::new(Origin::new(|_, n| {
+        response(
+            200,
+            &[("cache-control", "max-age=10, stale-while-revalidate=60")],
+            &format!("v{n}"),
+        )
+    }));
+    *h.origin.delay.lock().unwrap() = Duration::from_millis(100);
+    assert_eq!(h.get("/", &[]).await.body, "v1");
+    h.advance(20);
+    let replies = futures_join(&h, 5).await;
+    for r in &replies {
+        assert_eq!(r.body, "v1", "stale served at once");
+        assert!(r.cache_status().contains("detail=stale-while-revalidate"));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(h.origin.calls(), 2, "exactly one background refresh");
+    let fresh = h.get("/", &[]).await;
+    assert_eq!(fresh.body, "v2");
+    assert!(fresh.hit());
+}
+
+async fn futures_join(h: &Harness, n: usize) -> Vec<support::Reply> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let service = h.service.clone();
+            tokio::spawn(async move { support::send(&service, "GET", "/", &[]).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_stale_within_its_window() {
+    let h = Harness::new(Origin::new(|_, n| {
+        if n == 1 {
+            response(
+                200,
+                &[("cache-control", "max-age=10, stale-if-error=60")],
+                "good",
+            )
+        } else {
+            response(503, &[], "down")
+        }
+    }));
+    h.get("/", &[]).await;
+    h.advance(30);
+    let stale = h.get("/", &[]).await;
+    assert_eq!(stale.status, 200);
+    assert_eq!(stale.body, "good");
+    assert!(stale.cache_status().contains("detail=stale-if-error"));
+    h.advance(60);
+    assert_eq!(
+        h.get("/", &[]).await.status,
+        503,
+        "past the window the error stands"
+    );
+}
+
+#[tokio::test]
+async fn route_overrides_ttl_and_stale_windows() {
+    let mut policy = RoutePolicy::default();
+    policy.default_ttl = Some(Duration::from_secs(30));
+    policy.stale_if_error = Some(Duration::from_secs(300));
+    let h = Harness::with_routes(
+        Origin::new(|_, n| {
+            if n == 1 {
+                response(200, &[], "x")
+            } else {
+                response(502, &[], "")
+            }
+        }),
+        Routes::new(vec![], policy),
+    );
+    h.get("/", &[]).await;
+    h.advance(29);
+    assert!(h.get("/", &[]).await.hit());
+    h.advance(100);
+    assert_eq!(h.get("/", &[]).await.body, "x", "route stale-if-error");
+}
+
+#[tokio::test]
+async fn key_headers_and_query_rules_from_the_route() {
+    let mut policy = RoutePolicy::default();
+    policy.key_headers = vec![HeaderName::from_static("x-tenant")];
+    policy.query = revalidate_cache::key::QueryRules {
+        sort: true,
+        drop: vec!["utm_*".into()],
+    };
+    let h = Harness::with_routes(
+        Origin::new(|req, _| {
+            let tenant = req
+                .headers()
+                .get("x-tenant")
+                .map_or("", |v| v.to_str().unwrap())
+                .to_string();
+            response(200, &[("cache-control", "max-age=60")], &tenant)
+        }),
+        Routes::new(vec![], policy),
+    );
+    h.get("/p?b=1&a=2&utm_source=x", &[("x-tenant", "acme")])
+        .await;
+    assert!(h.get("/p?a=2&b=1", &[("x-tenant", "acme")]).await.hit());
+    let other = h.get("/p?a=2&b=1", &[("x-tenant", "globex")]).await;
+    assert!(!other.hit());
+    assert_eq!(other.body, "globex");
+}
+
+#[tokio::test]
+async fn unkeyed_headers_cannot_poison_the_cache() {
+    // An origin that reflects X-Forwarded-Host into the body, as many frameworks do
+    // when building absolute links: the cache must not let one client's header
+    // reach another client through a stored response... unless it is in the key.
+    let h = Harness::new(Origin::new(|req, _| {
+        let host = req
+            .headers()
+            .get("x-forwarded-host")
+            .map_or("origin.test", |v| v.to_str().unwrap())
+            .to_string();
+        response(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("vary", "X-Forwarded-Host"),
+            ],
+            &format!("<a href=//{host}/>"),
+        )
+    }));
+    h.get("/", &[("x-forwarded-host", "evil.test")]).await;
+    let victim = h.get("/", &[]).await;
+    assert_eq!(victim.body, "<a href=//origin.test/>");
+}
