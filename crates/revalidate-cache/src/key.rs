@@ -44,19 +44,20 @@ fn normalize_percent(input: &str, out: &mut String) {
     let bytes = input.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex_value(bytes[i + 1]), hex_value(bytes[i + 2])) {
-                let decoded = h * 16 + l;
-                if is_unreserved(decoded) {
-                    out.push(decoded as char);
-                } else {
-                    out.push('%');
-                    out.push(bytes[i + 1].to_ascii_uppercase() as char);
-                    out.push(bytes[i + 2].to_ascii_uppercase() as char);
-                }
-                i += 3;
-                continue;
+        let escape = (bytes[i] == b'%' && i + 2 < bytes.len())
+            .then(|| Some((hex_value(bytes[i + 1])?, hex_value(bytes[i + 2])?)))
+            .flatten();
+        if let Some((high, low)) = escape {
+            let decoded = high * 16 + low;
+            if is_unreserved(decoded) {
+                out.push(decoded as char);
+            } else {
+                out.push('%');
+                out.push(bytes[i + 1].to_ascii_uppercase() as char);
+                out.push(bytes[i + 2].to_ascii_uppercase() as char);
             }
+            i += 3;
+            continue;
         }
         out.push(bytes[i] as char);
         i += 1;

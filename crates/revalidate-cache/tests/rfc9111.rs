@@ -136,8 +136,10 @@ async fn authorization_requires_explicit_shareability() {
 
 #[tokio::test]
 async fn set_cookie_allowed_by_route_is_stored_without_the_cookie() {
-    let mut policy = RoutePolicy::default();
-    policy.allow_set_cookie = true;
+    let policy = RoutePolicy {
+        allow_set_cookie: true,
+        ..RoutePolicy::default()
+    };
     let h = Harness::with_routes(
         Origin::fixed(
             200,
@@ -391,9 +393,11 @@ async fn stale_if_error_serves_stale_within_its_window() {
 
 #[tokio::test]
 async fn route_overrides_ttl_and_stale_windows() {
-    let mut policy = RoutePolicy::default();
-    policy.default_ttl = Some(Duration::from_secs(30));
-    policy.stale_if_error = Some(Duration::from_secs(300));
+    let policy = RoutePolicy {
+        default_ttl: Some(Duration::from_secs(30)),
+        stale_if_error: Some(Duration::from_secs(300)),
+        ..RoutePolicy::default()
+    };
     let h = Harness::with_routes(
         Origin::new(|_, n| {
             if n == 1 {
@@ -413,11 +417,13 @@ async fn route_overrides_ttl_and_stale_windows() {
 
 #[tokio::test]
 async fn key_headers_and_query_rules_from_the_route() {
-    let mut policy = RoutePolicy::default();
-    policy.key_headers = vec![HeaderName::from_static("x-tenant")];
-    policy.query = revalidate_cache::key::QueryRules {
-        sort: true,
-        drop: vec!["utm_*".into()],
+    let policy = RoutePolicy {
+        key_headers: vec![HeaderName::from_static("x-tenant")],
+        query: revalidate_cache::key::QueryRules {
+            sort: true,
+            drop: vec!["utm_*".into()],
+        },
+        ..RoutePolicy::default()
     };
     let h = Harness::with_routes(
         Origin::new(|req, _| {
