@@ -1,4 +1,4 @@
-//! `revalidate`: the sample users API (`demo`); the caching proxy (`serve`) comes next.
+//! `revalidate`: the sample users API (`demo`) and the caching proxy (`serve`).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use revalidate_cli::demo::{UserStore, router};
+use revalidate_cli::serve::{self, ConfigError, InvalidUpstream, Upstream};
 use tokio::net::TcpListener;
 
 #[derive(Debug, Parser)]
@@ -34,7 +35,37 @@ enum Command {
         )]
         database: String,
     },
+    /// Put the cache and conditional layers in front of an HTTP API.
+    Serve(ServeArgs),
 }
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "REVALIDATE_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The API behind the proxy, e.g. http://127.0.0.1:5000.
+    #[arg(long, env = "REVALIDATE_UPSTREAM")]
+    upstream: String,
+    /// Route configuration (TOML); see revalidate.example.toml.
+    #[arg(long, env = "REVALIDATE_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// Address of the admin API (purge, stats, metrics).
+    #[arg(
+        long,
+        env = "REVALIDATE_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
+    admin_listen: SocketAddr,
+    /// Bearer token for the admin API; required off loopback.
+    #[arg(long, env = "REVALIDATE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+/// A mistake in the invocation or the configuration: exit code 2, like clap's.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct UsageError(String);
 
 fn main() -> ExitCode {
     // clap prints its own one-line error and exits with code 2 on bad flags.
@@ -54,6 +85,10 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.downcast_ref::<UsageError>().is_some() => {
+            eprintln!("revalidate: {error}");
+            ExitCode::from(2)
+        }
         Err(error) => {
             eprintln!("revalidate: {error:#}");
             ExitCode::FAILURE
@@ -64,7 +99,73 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Demo { listen, database } => demo(listen, &database).await,
+        Command::Serve(args) => serve(args).await,
     }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = match &args.config {
+        Some(path) => serve::load(path).map_err(|e: ConfigError| UsageError(e.to_string()))?,
+        None => serve::ServeConfig::default(),
+    };
+    let upstream = Upstream::new(&args.upstream, config.upstream_timeout)
+        .map_err(|e: InvalidUpstream| UsageError(e.to_string()))?;
+    let token = args.admin_token.filter(|t| !t.is_empty());
+    if token.is_none() && !args.admin_listen.ip().is_loopback() {
+        return Err(UsageError(format!(
+            "refusing to serve the admin API on {} without --admin-token (or REVALIDATE_ADMIN_TOKEN)",
+            args.admin_listen
+        ))
+        .into());
+    }
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+
+    let (app, cache) = serve::proxy(&config, upstream);
+    let admin = serve::admin::router(serve::admin::AdminState {
+        cache,
+        token,
+        metrics: Some(metrics),
+    });
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let admin_listener = TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin)", args.admin_listen))?;
+    let addr = listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    tracing::info!(%addr, %admin_addr, upstream = %args.upstream, "proxy listening");
+    println!(
+        "revalidate serve: http://{addr} -> {} (admin: http://{admin_addr})",
+        args.upstream
+    );
+
+    let (stop, _) = tokio::sync::watch::channel(false);
+    let admin_stop = stop.subscribe();
+    let admin_task = tokio::spawn(async move {
+        let mut admin_stop = admin_stop;
+        axum::serve(admin_listener, admin)
+            .with_graceful_shutdown(async move {
+                let _ = admin_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    let _ = stop.send(true);
+    let _ = admin_task.await;
+    result.context("server error")
 }
 
 async fn demo(listen: SocketAddr, database: &str) -> anyhow::Result<()> {

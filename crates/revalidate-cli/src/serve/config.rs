@@ -1,0 +1,425 @@
+//! The `revalidate serve` configuration file (TOML), checked whole at start: an
+//! invalid file is refused with its path, line, column and the reason.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use http::{HeaderName, Method};
+use revalidate::CacheControl;
+use revalidate_cache::key::QueryRules;
+use revalidate_cache::{
+    CacheConfig, InvalidationRule, Pattern, Route, RoutePolicy, Routes, Template,
+};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Cache limits.
+    #[serde(default)]
+    pub cache: CacheSection,
+    /// Upstream settings.
+    #[serde(default)]
+    pub upstream: UpstreamSection,
+    /// The policy of paths no route matches.
+    #[serde(default)]
+    pub defaults: RouteSection,
+    /// Routes, first match wins.
+    #[serde(default)]
+    pub routes: Vec<RouteSection>,
+}
+
+/// `[cache]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSection {
+    /// Memory budget for stored responses (body + header bytes).
+    pub max_bytes: ByteSize,
+    /// Largest body stored.
+    pub max_object_bytes: ByteSize,
+    /// How long coalesced requests wait for the leader.
+    #[serde(with = "humantime_serde")]
+    pub coalesce_timeout: Duration,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        Self {
+            max_bytes: ByteSize::mib(256),
+            max_object_bytes: ByteSize::mib(8),
+            coalesce_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[upstream]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamSection {
+    /// Time allowed for the upstream's response head.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for UpstreamSection {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[[routes]]` and `[defaults]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    /// The path pattern (`/users/{id}`, `/static/*`); not used in `[defaults]`.
+    pub path: Option<Spanned<String>>,
+    /// Forward only, never cache.
+    #[serde(default)]
+    pub bypass: bool,
+    /// Replaces the upstream's Cache-Control.
+    pub cache_control: Option<Spanned<String>>,
+    /// Freshness for responses that state none.
+    #[serde(default, with = "humantime_serde::option")]
+    pub default_ttl: Option<Duration>,
+    /// Overrides stale-while-revalidate.
+    #[serde(default, with = "humantime_serde::option")]
+    pub stale_while_revalidate: Option<Duration>,
+    /// Overrides stale-if-error.
+    #[serde(default, with = "humantime_serde::option")]
+    pub stale_if_error: Option<Duration>,
+    /// Add a content ETag where the upstream sends none.
+    #[serde(default)]
+    pub add_etag: bool,
+    /// Request headers added to the key.
+    #[serde(default)]
+    pub key_headers: Vec<Spanned<String>>,
+    /// Cookie names added to the key.
+    #[serde(default)]
+    pub key_cookies: Vec<String>,
+    /// Query normalization.
+    #[serde(default)]
+    pub query: QuerySection,
+    /// Credential header for user-scoped keys (e.g. "authorization").
+    pub user_scope: Option<Spanned<String>>,
+    /// Tags for every stored response, templated from path parameters.
+    #[serde(default)]
+    pub tags: Vec<Spanned<String>>,
+    /// Store responses that set cookies (without the cookies).
+    #[serde(default)]
+    pub allow_set_cookie: bool,
+    /// What writes to this route invalidate.
+    #[serde(default)]
+    pub invalidate: Vec<InvalidateSection>,
+}
+
+/// `query = { sort = true, drop = ["utm_*"] }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuerySection {
+    /// Sort parameters.
+    #[serde(default)]
+    pub sort: bool,
+    /// Parameters to drop (`utm_*` matches a prefix).
+    #[serde(default)]
+    pub drop: Vec<String>,
+}
+
+/// `[[routes.invalidate]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvalidateSection {
+    /// Methods that trigger it; empty means every unsafe method.
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    /// URLs to purge.
+    #[serde(default)]
+    pub urls: Vec<Spanned<String>>,
+    /// Prefixes to purge.
+    #[serde(default)]
+    pub prefixes: Vec<Spanned<String>>,
+    /// Tags to purge.
+    #[serde(default)]
+    pub tags: Vec<Spanned<String>>,
+}
+
+/// A configuration ready to run.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Cache limits.
+    pub cache: CacheConfig,
+    /// Memory budget.
+    pub max_bytes: u64,
+    /// Upstream timeout.
+    pub upstream_timeout: Duration,
+    /// Routes.
+    pub routes: Routes,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        parse("", "<defaults>").expect("the empty configuration is valid")
+    }
+}
+
+/// Why a configuration was refused: `file:line:column: reason`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}:{column}: {reason}")]
+pub struct ConfigError {
+    /// The file.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong and how to fix it.
+    pub reason: String,
+}
+
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, column)
+}
+
+/// Reads and checks a configuration file.
+pub fn load(path: &Path) -> Result<ServeConfig, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: file.clone(),
+        line: 1,
+        column: 1,
+        reason: format!("cannot read the file: {e}"),
+    })?;
+    parse(&text, &file)
+}
+
+/// Parses and checks configuration text.
+pub fn parse(text: &str, file: &str) -> Result<ServeConfig, ConfigError> {
+    let error_at = |offset: usize, reason: String| {
+        let (line, column) = position(text, offset);
+        ConfigError {
+            file: file.to_string(),
+            line,
+            column,
+            reason,
+        }
+    };
+    let raw: FileConfig = toml::from_str(text).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        error_at(offset, e.message().trim().to_string())
+    })?;
+    if raw.defaults.path.is_some() {
+        let offset = raw.defaults.path.as_ref().map_or(0, |p| p.span().start);
+        return Err(error_at(
+            offset,
+            "[defaults] applies to every unmatched path and takes no `path`".into(),
+        ));
+    }
+    if raw.cache.max_object_bytes.as_u64() > raw.cache.max_bytes.as_u64() {
+        return Err(error_at(
+            0,
+            "[cache] max_object_bytes cannot exceed max_bytes".into(),
+        ));
+    }
+    let default = policy(&raw.defaults, None, &error_at)?;
+    let mut routes = Vec::new();
+    for section in &raw.routes {
+        let Some(path) = &section.path else {
+            return Err(error_at(
+                0,
+                "every [[routes]] needs a `path`, such as \"/users/{id}\"".into(),
+            ));
+        };
+        let pattern =
+            Pattern::parse(path.get_ref()).map_err(|e| error_at(path.span().start, e.0))?;
+        let policy = policy(section, Some(&pattern), &error_at)?;
+        let on_write = section
+            .invalidate
+            .iter()
+            .map(|rule| invalidation(rule, &pattern, &error_at))
+            .collect::<Result<_, _>>()?;
+        routes.push(Route {
+            pattern,
+            policy,
+            on_write,
+        });
+    }
+    Ok(ServeConfig {
+        cache: CacheConfig {
+            max_object_bytes: usize::try_from(raw.cache.max_object_bytes.as_u64())
+                .unwrap_or(usize::MAX),
+            coalesce_timeout: raw.cache.coalesce_timeout,
+            invalidation_horizon: raw.upstream.timeout * 2 + Duration::from_secs(1),
+            ..CacheConfig::default()
+        },
+        max_bytes: raw.cache.max_bytes.as_u64(),
+        upstream_timeout: raw.upstream.timeout,
+        routes: Routes::new(routes, default),
+    })
+}
+
+type ErrorAt<'a> = dyn Fn(usize, String) -> ConfigError + 'a;
+
+fn header_name(value: &Spanned<String>, error_at: &ErrorAt<'_>) -> Result<HeaderName, ConfigError> {
+    HeaderName::from_bytes(value.get_ref().as_bytes()).map_err(|_| {
+        error_at(
+            value.span().start,
+            format!("{:?} is not a header name", value.get_ref()),
+        )
+    })
+}
+
+fn template(
+    value: &Spanned<String>,
+    pattern: Option<&Pattern>,
+    error_at: &ErrorAt<'_>,
+) -> Result<Template, ConfigError> {
+    let parsed = Template::parse(value.get_ref()).map_err(|e| error_at(value.span().start, e.0))?;
+    for name in parsed.names() {
+        let known = pattern.is_some_and(|p| {
+            p.param_names().any(|n| n == name) || (name == "*" && p.as_str().ends_with('*'))
+        });
+        if !known {
+            return Err(error_at(
+                value.span().start,
+                format!(
+                    "{{{name}}} in {:?} is not a parameter of the route's path",
+                    value.get_ref()
+                ),
+            ));
+        }
+    }
+    Ok(parsed)
+}
+
+fn policy(
+    section: &RouteSection,
+    pattern: Option<&Pattern>,
+    error_at: &ErrorAt<'_>,
+) -> Result<RoutePolicy, ConfigError> {
+    let cache_control = match &section.cache_control {
+        Some(value) => {
+            let cc = CacheControl::parse_str(value.get_ref());
+            if cc.is_empty() {
+                return Err(error_at(
+                    value.span().start,
+                    format!("cache_control {:?} has no known directive", value.get_ref()),
+                ));
+            }
+            Some(cc)
+        }
+        None => None,
+    };
+    Ok(RoutePolicy {
+        bypass: section.bypass,
+        cache_control,
+        default_ttl: section.default_ttl,
+        stale_while_revalidate: section.stale_while_revalidate,
+        stale_if_error: section.stale_if_error,
+        key_headers: section
+            .key_headers
+            .iter()
+            .map(|h| header_name(h, error_at))
+            .collect::<Result<_, _>>()?,
+        key_cookies: section.key_cookies.clone(),
+        query: QueryRules {
+            sort: section.query.sort,
+            drop: section.query.drop.clone(),
+        },
+        user_scope: section
+            .user_scope
+            .as_ref()
+            .map(|h| header_name(h, error_at))
+            .transpose()?,
+        tags: section
+            .tags
+            .iter()
+            .map(|t| template(t, pattern, error_at))
+            .collect::<Result<_, _>>()?,
+        allow_set_cookie: section.allow_set_cookie,
+        add_etag: section.add_etag,
+    })
+}
+
+fn invalidation(
+    section: &InvalidateSection,
+    pattern: &Pattern,
+    error_at: &ErrorAt<'_>,
+) -> Result<InvalidationRule, ConfigError> {
+    let methods = section
+        .methods
+        .iter()
+        .map(|m| {
+            let method =
+                Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()).map_err(|_| {
+                    error_at(m.span().start, format!("{:?} is not a method", m.get_ref()))
+                })?;
+            if method == Method::GET || method == Method::HEAD {
+                return Err(error_at(
+                    m.span().start,
+                    format!("{method} is safe: only writes invalidate"),
+                ));
+            }
+            Ok(method)
+        })
+        .collect::<Result<_, _>>()?;
+    let templates = |values: &[Spanned<String>]| -> Result<Vec<Template>, ConfigError> {
+        values
+            .iter()
+            .map(|t| template(t, Some(pattern), error_at))
+            .collect()
+    };
+    Ok(InvalidationRule {
+        methods,
+        urls: templates(&section.urls)?,
+        prefixes: templates(&section.prefixes)?,
+        tags: templates(&section.tags)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_annotated_example_is_valid() {
+        let text = include_str!("../../../../revalidate.example.toml");
+        let config = parse(text, "revalidate.example.toml").unwrap();
+        assert!(config.routes.iter().count() >= 3);
+    }
+
+    fn error(text: &str) -> ConfigError {
+        parse(text, "test.toml").unwrap_err()
+    }
+
+    #[test]
+    fn errors_name_the_line_and_reason() {
+        let e = error("[cache]\nmax_bytes = \"lots\"\n");
+        assert_eq!((e.line, e.file.as_str()), (2, "test.toml"));
+        let e = error("[[routes]]\npath = \"users\"\n");
+        assert_eq!(e.line, 2);
+        assert!(e.reason.contains("must start with '/'"), "{e}");
+        let e = error("[[routes]]\npath = \"/users/{id}\"\ntags = [\"user:{uid}\"]\n");
+        assert_eq!(e.line, 3);
+        assert!(e.reason.contains("{uid}"), "{e}");
+        let e = error("[[routes]]\npath = \"/a\"\ncolour = \"blue\"\n");
+        assert_eq!(e.line, 3);
+        assert!(e.reason.contains("unknown field"), "{e}");
+        let e = error("[[routes]]\npath = \"/a\"\n[[routes.invalidate]]\nmethods = [\"GET\"]\n");
+        assert_eq!(e.line, 4);
+        let e = error("[[routes]]\npath = \"/a\"\nkey_headers = [\"bad header\"]\n");
+        assert_eq!(e.line, 3);
+        let e = error("[upstream]\ntimeout = \"soon\"\n");
+        assert_eq!(e.line, 2);
+        assert!(e.to_string().starts_with("test.toml:2:"), "{e}");
+    }
+}

@@ -1,0 +1,57 @@
+//! Content ETags for the routes that ask for them (`add_etag = true`): the
+//! conditional layer of the `revalidate` crate, chosen per route.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use revalidate::{Conditional, ConditionalLayer, ContentHash};
+use revalidate_cache::Routes;
+use tower::{Layer, Service};
+
+use super::upstream::{Upstream, UpstreamBody};
+
+/// Routes each request to the upstream directly or through the conditional layer.
+#[derive(Debug, Clone)]
+pub struct EtagByRoute {
+    routes: Arc<Routes>,
+    plain: Upstream,
+    tagged: Conditional<Upstream, ContentHash>,
+}
+
+impl EtagByRoute {
+    /// Wraps `upstream` for the given routes.
+    pub fn new(routes: Arc<Routes>, upstream: Upstream) -> Self {
+        let tagged = ConditionalLayer::new().layer(upstream.clone());
+        Self {
+            routes,
+            plain: upstream,
+            tagged,
+        }
+    }
+}
+
+impl Service<Request<Body>> for EtagByRoute {
+    type Response = Response<UpstreamBody>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let (route, _) = self.routes.resolve(request.uri().path());
+        if self.routes.policy(route).add_etag {
+            let future = self.tagged.call(request);
+            Box::pin(async move { Ok(future.await?.map(|body| body.boxed())) })
+        } else {
+            Box::pin(self.plain.call(request))
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The upstream client: hyper-util's pooled keep-alive client, streaming bodies,
+//! with the request made safe to forward.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::header::{HOST, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use revalidate::Problem;
+use revalidate_cache::BoxError;
+use revalidate_cache::headers::strip_hop_by_hop;
+use tower::Service;
+
+/// A response body from the upstream (or a problem the proxy wrote).
+pub type UpstreamBody = BoxBody<Bytes, BoxError>;
+
+/// Request headers a client could use to make the upstream produce a response for
+/// another URL, method or host than the one the cache keys it under; they are
+/// never forwarded (the classic cache-poisoning vectors).
+const UNKEYED_OVERRIDES: [&str; 10] = [
+    "x-forwarded-host",
+    "x-forwarded-server",
+    "x-forwarded-port",
+    "x-forwarded-scheme",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "forwarded",
+];
+
+/// The upstream origin as a tower service.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    client: Client<HttpConnector, Body>,
+    scheme: Scheme,
+    authority: Authority,
+    base_path: String,
+    timeout: Duration,
+}
+
+/// Why an upstream URL was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid --upstream {0:?}: expected http://HOST[:PORT][/PATH]")]
+pub struct InvalidUpstream(pub String);
+
+impl Upstream {
+    /// An upstream at `url` (`http://host:port`, optionally with a base path).
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, InvalidUpstream> {
+        let uri: Uri = url.parse().map_err(|_| InvalidUpstream(url.to_string()))?;
+        let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
+        else {
+            return Err(InvalidUpstream(url.to_string()));
+        };
+        if scheme != Scheme::HTTP {
+            return Err(InvalidUpstream(url.to_string()));
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Ok(Self {
+            client,
+            scheme,
+            authority,
+            base_path: uri.path().trim_end_matches('/').to_string(),
+            timeout,
+        })
+    }
+
+    fn target(&self, uri: &Uri) -> Uri {
+        let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        let path = format!("{}{pq}", self.base_path);
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()
+            .unwrap_or_else(|_| Uri::from_static("/"))
+    }
+}
+
+fn problem(status: StatusCode, detail: String) -> Response<UpstreamBody> {
+    Problem::new(status).detail(detail).to_response().map(|b| {
+        http_body_util::Full::new(b)
+            .map_err(|never| match never {})
+            .boxed()
+    })
+}
+
+impl Service<Request<Body>> for Upstream {
+    type Response = Response<UpstreamBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let (mut parts, body) = request.into_parts();
+        let client_host = parts.headers.get(HOST).cloned();
+        strip_hop_by_hop(&mut parts.headers);
+        for name in UNKEYED_OVERRIDES {
+            parts.headers.remove(name);
+        }
+        // What the upstream may use to build absolute links: the keyed Host.
+        if let Some(host) = client_host {
+            parts
+                .headers
+                .insert(HeaderName::from_static("x-forwarded-host"), host);
+        }
+        parts.headers.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("http"),
+        );
+        if let Ok(host) = HeaderValue::from_str(self.authority.as_str()) {
+            parts.headers.insert(HOST, host);
+        }
+        parts.uri = self.target(&parts.uri);
+        parts.version = http::Version::HTTP_11;
+        let request = Request::from_parts(parts, body);
+        let client = self.client.clone();
+        let timeout = self.timeout;
+        let authority = self.authority.clone();
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, client.request(request)).await {
+                Ok(Ok(response)) => {
+                    let (mut parts, body) = response.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    Ok(Response::from_parts(
+                        parts,
+                        body.map_err(BoxError::from).boxed(),
+                    ))
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, upstream = %authority, "upstream unreachable");
+                    Ok(problem(
+                        StatusCode::BAD_GATEWAY,
+                        format!("the upstream {authority} could not be reached"),
+                    ))
+                }
+                Err(_) => {
+                    tracing::warn!(upstream = %authority, ?timeout, "upstream timed out");
+                    Ok(problem(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("the upstream {authority} did not answer within {timeout:?}"),
+                    ))
+                }
+            }
+        })
+    }
+}
