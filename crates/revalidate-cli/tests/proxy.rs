@@ -1,0 +1,449 @@
+//! `revalidate serve` over real sockets: the library's layers in front of an origin.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use revalidate_cli::serve::{Upstream, parse, proxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An origin that records the headers of every request it sees.
+#[derive(Clone, Default)]
+struct Origin {
+    calls: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<(String, HeaderMap)>>>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Origin {
+    fn router(&self) -> Router {
+        let origin = self.clone();
+        Router::new().fallback(
+            move |method: http::Method, uri: http::Uri, headers: HeaderMap| {
+                let origin = origin.clone();
+                async move {
+                    let n = origin.calls.fetch_add(1, Ordering::SeqCst) + 1;
+                    origin
+                        .seen
+                        .lock()
+                        .unwrap()
+                        .push((format!("{method} {uri}"), headers.clone()));
+                    if origin.down.load(Ordering::SeqCst) {
+                        return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
+                    }
+                    if method != http::Method::GET && method != http::Method::HEAD {
+                        return (StatusCode::NO_CONTENT, "").into_response();
+                    }
+                    if uri.path() == "/slow" {
+                        tokio::time::sleep(Duration::from_millis(700)).await;
+                    }
+                    let host = headers
+                        .get("x-forwarded-host")
+                        .map_or("-", |v| v.to_str().unwrap())
+                        .to_string();
+                    (
+                        [("cache-control", "public, max-age=60"), ("etag", "\"e1\"")],
+                        format!("{} #{n} via {host}", uri.path()),
+                    )
+                        .into_response()
+                }
+            },
+        )
+    }
+
+    fn requests(&self) -> Vec<(String, HeaderMap)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn spawn(router: Router) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router).await.unwrap();
+    });
+    (addr, task)
+}
+
+async fn start(
+    config: &str,
+) -> (
+    Origin,
+    SocketAddr,
+    tokio::task::JoinHandle<()>,
+    revalidate_cache::Cache,
+) {
+    let origin = Origin::default();
+    let (origin_addr, origin_task) = spawn(origin.router()).await;
+    let config = parse(config, "test.toml").unwrap();
+    let upstream = Upstream::new(&format!("http://{origin_addr}"), Duration::from_secs(5)).unwrap();
+    let (app, cache) = proxy(&config, upstream);
+    let (proxy_addr, _) = spawn(app).await;
+    (origin, proxy_addr, origin_task, cache)
+}
+
+struct Reply {
+    status: u16,
+    headers: HeaderMap,
+    body: String,
+}
+
+async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let client: Client<_, Body> = Client::builder(TokioExecutor::new()).build_http();
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let response = client
+        .request(builder.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn cache_status(reply: &Reply) -> &str {
+    reply
+        .headers
+        .get("cache-status")
+        .map_or("", |v| v.to_str().unwrap())
+}
+
+#[tokio::test]
+async fn hits_writes_and_conditional_requests_through_the_proxy() {
+    let (origin, proxy, _o, cache) = start("").await;
+    let first = request(proxy, "GET", "/items/1", &[]).await;
+    assert_eq!(first.status, 200);
+    let second = request(proxy, "GET", "/items/1", &[]).await;
+    assert!(
+        cache_status(&second).contains("hit"),
+        "{}",
+        cache_status(&second)
+    );
+    assert_eq!(second.body, first.body);
+    let nm = request(proxy, "GET", "/items/1", &[("if-none-match", "\"e1\"")]).await;
+    assert_eq!(nm.status, 304);
+    assert_eq!(origin.calls.load(Ordering::SeqCst), 1);
+
+    let write = request(proxy, "PUT", "/items/1", &[]).await;
+    assert_eq!(write.status, 204);
+    let after = request(proxy, "GET", "/items/1", &[]).await;
+    assert!(!cache_status(&after).contains("hit"));
+    assert!(after.body.contains("#3"), "{}", after.body);
+    assert_eq!(
+        cache.stats().hits,
+        2,
+        "the GET and the 304 were answered from the cache"
+    );
+}
+
+#[tokio::test]
+async fn request_headers_outside_the_key_never_reach_the_origin() {
+    let (origin, proxy, _o, _) = start("").await;
+    let attack = [
+        ("x-forwarded-host", "evil.test"),
+        ("x-original-url", "/admin"),
+        ("x-rewrite-url", "/admin"),
+        ("x-http-method-override", "DELETE"),
+        ("forwarded", "host=evil.test"),
+    ];
+    request(proxy, "GET", "/page", &attack).await;
+    let victim = request(proxy, "GET", "/page", &[]).await;
+    assert!(!victim.body.contains("evil"), "{}", victim.body);
+    for (_, headers) in origin.requests() {
+        for (name, _) in attack {
+            let value = headers.get(name).map(|v| v.to_str().unwrap().to_string());
+            assert!(
+                value
+                    .as_deref()
+                    .is_none_or(|v| !v.contains("evil") && !v.contains("admin") && v != "DELETE"),
+                "{name}: {value:?}"
+            );
+        }
+    }
+    // The Host the client used is keyed, and is what the origin sees as X-Forwarded-Host.
+    let other_host = request(proxy, "GET", "/page", &[("host", "other.test")]).await;
+    assert!(!cache_status(&other_host).contains("hit"));
+    assert!(
+        other_host.body.ends_with("via other.test"),
+        "{}",
+        other_host.body
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_502_problem() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let upstream =
+        Upstream::new(&format!("http://127.0.0.1:{port}"), Duration::from_secs(2)).unwrap();
+    let (app, _) = proxy(&parse("", "t.toml").unwrap(), upstream);
+    let (addr, _) = spawn(app).await;
+    let reply = request(addr, "GET", "/x", &[]).await;
+    assert_eq!(reply.status, 502);
+    assert_eq!(reply.headers["content-type"], "application/problem+json");
+}
+
+#[tokio::test]
+async fn stale_if_error_covers_an_upstream_outage() {
+    let config =
+        "[[routes]]\npath = \"/*\"\nstale_if_error = \"1h\"\ncache_control = \"max-age=0\"\n";
+    let (origin, proxy, _o, _) = start(config).await;
+    assert_eq!(request(proxy, "GET", "/p", &[]).await.status, 200);
+    origin.down.store(true, Ordering::SeqCst);
+    let stale = request(proxy, "GET", "/p", &[]).await;
+    assert_eq!(stale.status, 200, "stale content instead of the 503");
+    assert!(cache_status(&stale).contains("stale-if-error"));
+}
+
+/// Conflicting Content-Length and Transfer-Encoding never reach the origin as two requests.
+#[tokio::test]
+async fn request_smuggling_is_refused() {
+    let (origin, proxy, _o, _) = start("").await;
+    let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let smuggle = "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    stream.write_all(smuggle.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let seen: Vec<String> = origin
+        .requests()
+        .into_iter()
+        .map(|(line, _)| line)
+        .collect();
+    assert!(!seen.iter().any(|l| l.contains("smuggled")), "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|l| !l.starts_with("POST") || l.ends_with("/a")),
+        "{seen:?}"
+    );
+    let response = String::from_utf8_lossy(&buf);
+    assert!(
+        response.starts_with("HTTP/1.1 400") || seen.len() <= 1,
+        "{response}"
+    );
+}
+
+#[tokio::test]
+async fn admin_api_requires_its_token() {
+    let (_, proxy, _o, cache) = start("").await;
+    request(proxy, "GET", "/t", &[]).await;
+    let admin = revalidate_cli::serve::admin::router(revalidate_cli::serve::admin::AdminState {
+        cache,
+        token: Some("s3cret".into()),
+        metrics: None,
+    });
+    let (admin_addr, _) = spawn(admin).await;
+    let client: Client<_, Body> = Client::builder(TokioExecutor::new()).build_http();
+    let post = |auth: Option<&'static str>, body: &'static str| {
+        let mut builder = http::Request::post(format!("http://{admin_addr}/purge"))
+            .header("content-type", "application/json");
+        if let Some(auth) = auth {
+            builder = builder.header("authorization", auth);
+        }
+        client.request(builder.body(Body::from(body)).unwrap())
+    };
+    assert_eq!(
+        post(None, r#"{"urls":["/t"]}"#).await.unwrap().status(),
+        401
+    );
+    assert_eq!(
+        post(Some("Bearer wrong"), r#"{"urls":["/t"]}"#)
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        post(Some("Bearer s3cret"), r#"{"urls":["/t"], "color":"red"}"#)
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        post(Some("Bearer s3cret"), r#"{}"#).await.unwrap().status(),
+        422
+    );
+    let ok = post(Some("Bearer s3cret"), r#"{"urls":["/t"]}"#)
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let body = ok.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["purged"],
+        1
+    );
+    assert!(!cache_status(&request(proxy, "GET", "/t", &[]).await).contains("hit"));
+
+    let stats = client
+        .request(
+            http::Request::get(format!("http://{admin_addr}/stats"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stats.status(), 401);
+    let health = client
+        .request(
+            http::Request::get(format!("http://{admin_addr}/healthz"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+fn binary() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_revalidate"))
+}
+
+#[test]
+fn bad_flags_and_bad_config_exit_2_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[routes]]\npath = \"/users/{id}\"\ntags = [\"user:{uid}\"]\n",
+    )
+    .unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "serve".into(),
+                "--upstream".into(),
+                "http://127.0.0.1:1".into(),
+                "--config".into(),
+                bad.display().to_string(),
+            ],
+            "bad.toml:3:",
+        ),
+        (
+            vec!["serve".into(), "--upstream".into(), "ftp://x".into()],
+            "invalid --upstream",
+        ),
+        (
+            vec![
+                "serve".into(),
+                "--upstream".into(),
+                "http://127.0.0.1:1".into(),
+                "--admin-listen".into(),
+                "0.0.0.0:0".into(),
+            ],
+            "without --admin-token",
+        ),
+        (
+            vec![
+                "serve".into(),
+                "--listen".into(),
+                "nowhere".into(),
+                "--upstream".into(),
+                "http://127.0.0.1:1".into(),
+            ],
+            "invalid value",
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = binary()
+            .args(&args)
+            .env_remove("REVALIDATE_ADMIN_TOKEN")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let output = binary()
+        .args([
+            "serve",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--config",
+            &bad.display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+}
+
+/// SIGTERM lets an in-flight request finish before the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests() {
+    let origin = Origin::default();
+    let (origin_addr, _o) = spawn(origin.router()).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_revalidate"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--upstream", &format!("http://{origin_addr}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let in_flight = tokio::spawn(async move { request(addr, "GET", "/slow", &[]).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let reply = in_flight.await.unwrap();
+    assert_eq!(reply.status, 200, "the in-flight request completed");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
