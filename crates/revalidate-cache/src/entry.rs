@@ -12,7 +12,7 @@ use crate::key::Secondary;
 
 /// Bytes charged per entry beyond its body and header bytes: the struct, the
 /// header map's tables and the store's bookkeeping (measured; see the README).
-pub const ENTRY_OVERHEAD_BYTES: usize = 512;
+pub const ENTRY_OVERHEAD_BYTES: usize = 1536;
 
 /// One response held by the cache, with what freshness needs.
 #[derive(Debug)]
