@@ -29,7 +29,6 @@
 //! # });
 //! ```
 
-mod body;
 mod cache;
 pub mod clock;
 pub mod coalesce;
@@ -44,10 +43,10 @@ pub mod stats;
 pub mod status;
 pub mod store;
 
-pub use body::{BoxError, CacheBody};
 pub use cache::{Cache, CacheBuilder, CacheConfig, CacheLayer};
 pub use clock::{Clock, MockClock, SystemClock};
+pub use revalidate::{BoxError, ResponseBody as CacheBody};
 pub use routes::{InvalidationRule, Pattern, Route, RoutePolicy, Routes, Template};
-pub use service::{CacheService, Upstream};
+pub use service::{CacheService, CacheableBody, Upstream};
 pub use stats::{Outcome, Snapshot};
 pub use store::{MemoryStore, Purge, Store, StoreUsage};

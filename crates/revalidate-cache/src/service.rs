@@ -23,7 +23,6 @@ use tower::ServiceExt;
 use tower_service::Service;
 use twox_hash::XxHash3_128;
 
-use crate::body::{BoxError, CacheBody};
 use crate::cache::Shared;
 use crate::coalesce::{Flight, Role, wait};
 use crate::entry::{StoredResponse, Timing, Variants};
@@ -35,6 +34,7 @@ use crate::routes::{Params, Route, RoutePolicy};
 use crate::stats::Outcome;
 use crate::status::{CACHE_STATUS, CacheStatus};
 use crate::store::{Purge, Store};
+use revalidate::{BoxError, ResponseBody as CacheBody};
 
 /// The upstream a cache sits in front of: any cloneable tower service.
 pub trait Upstream<ReqBody, ResBody>:
@@ -53,6 +53,18 @@ impl<T, ReqBody, ResBody> Upstream<ReqBody, ResBody> for T where
 {
 }
 
+/// What the cache needs of an upstream response body: bytes it can buffer, stream
+/// on, and move between tasks.
+pub trait CacheableBody:
+    Body<Data = Bytes, Error: Into<BoxError>> + Unpin + Send + 'static
+{
+}
+
+impl<T> CacheableBody for T where
+    T: Body<Data = Bytes, Error: Into<BoxError>> + Unpin + Send + 'static
+{
+}
+
 /// Middleware that answers from, and fills, a shared cache. Built by
 /// [`CacheLayer`](crate::CacheLayer).
 #[derive(Debug, Clone)]
@@ -68,8 +80,7 @@ where
     S: Upstream<ReqBody, ResBody> + Service<Request<ReqBody>, Response = Response<ResBody>>,
     St: Store,
     ReqBody: Default + Send + 'static,
-    ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
-    ResBody::Error: Into<BoxError>,
+    ResBody: CacheableBody,
 {
     type Response = Response<CacheBody<ResBody>>;
     type Error = S::Error;
@@ -175,8 +186,7 @@ impl<St: Store> Shared<St> {
     where
         S: Upstream<ReqBody, ResBody>,
         ReqBody: Default + Send + 'static,
-        ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
-        ResBody::Error: Into<BoxError>,
+        ResBody: CacheableBody,
     {
         let (parts, body) = request.into_parts();
         let (route, params) = self.routes.resolve(parts.uri.path());
@@ -261,8 +271,7 @@ impl<St: Store> Shared<St> {
     where
         S: Upstream<ReqBody, ResBody>,
         ReqBody: Default + Send + 'static,
-        ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
-        ResBody::Error: Into<BoxError>,
+        ResBody: CacheableBody,
     {
         let now = self.clock.now();
         let age = entry.age(now);
@@ -349,8 +358,7 @@ impl<St: Store> Shared<St> {
     where
         S: Upstream<ReqBody, ResBody>,
         ReqBody: Default + Send + 'static,
-        ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
-        ResBody::Error: Into<BoxError>,
+        ResBody: CacheableBody,
     {
         match self.coalescer.join(primary) {
             Role::Leader(leader) => {
@@ -430,8 +438,7 @@ impl<St: Store> Shared<St> {
     ) where
         S: Upstream<ReqBody, ResBody>,
         ReqBody: Default + Send + 'static,
-        ResBody: Body<Data = Bytes> + Unpin + Send + 'static,
-        ResBody::Error: Into<BoxError>,
+        ResBody: CacheableBody,
     {
         if self.coalescer.in_flight(&primary) {
             return;

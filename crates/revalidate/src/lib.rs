@@ -26,6 +26,7 @@
 //!
 //! [tower]: https://docs.rs/tower
 
+pub mod body;
 pub mod cache_control;
 pub mod conditional;
 pub mod not_modified;
@@ -34,10 +35,9 @@ pub mod precondition;
 pub mod problem;
 pub mod validators;
 
+pub use body::{BoxError, ResponseBody};
 pub use cache_control::CacheControl;
-pub use conditional::{
-    Conditional, ConditionalBody, ConditionalLayer, ContentHash, ValidatorSource,
-};
+pub use conditional::{Conditional, ConditionalLayer, ContentHash, ValidatorSource};
 pub use not_modified::not_modified_headers;
 pub use policy::{CachePolicy, Scope};
 pub use precondition::{Evaluation, IfRange, MalformedPrecondition, Preconditions};

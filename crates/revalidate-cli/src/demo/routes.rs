@@ -81,8 +81,8 @@ pub fn router(store: UserStore) -> Router {
         .route(
             "/users/{id}",
             get(get_user)
-                .put(replace_user)
-                .patch(patch_user)
+                .put(update_user::<NewUser>)
+                .patch(update_user::<UserPatch>)
                 .delete(delete_user)
                 .layer(
                     ConditionalLayer::new()
@@ -386,15 +386,22 @@ fn write_failed<T>(id: i64, outcome: WriteOutcome<T>) -> ApiError {
     }
 }
 
-async fn write_user(
-    store: UserStore,
-    id: i64,
-    headers: &HeaderMap,
-    fields: Fields,
-) -> Result<Response, ApiError> {
+/// PUT (a whole [`NewUser`]) and PATCH (a [`UserPatch`]): read the body as `T`, then
+/// write it guarded by If-Match.
+async fn update_user<T>(
+    State(store): State<UserStore>,
+    path: Result<Path<i64>, PathRejection>,
+    request: Request,
+) -> Result<Response, ApiError>
+where
+    T: DeserializeOwned + Into<Fields>,
+{
+    let id = user_id(path)?;
+    let (parts, body) = request.into_parts();
+    let fields: Fields = json_body::<T>(&parts.headers, body).await?.into();
     validate(fields.name.as_deref(), fields.email.as_deref())?;
     match store
-        .update(id, &expected_versions(headers), &fields)
+        .update(id, &expected_versions(&parts.headers), &fields)
         .await?
     {
         WriteOutcome::Done(user) => Ok(user_response(StatusCode::OK, &user)),
@@ -402,44 +409,22 @@ async fn write_user(
     }
 }
 
-async fn replace_user(
-    State(store): State<UserStore>,
-    path: Result<Path<i64>, PathRejection>,
-    request: Request,
-) -> Result<Response, ApiError> {
-    let id = user_id(path)?;
-    let (parts, body) = request.into_parts();
-    let new: NewUser = json_body(&parts.headers, body).await?;
-    write_user(
-        store,
-        id,
-        &parts.headers,
+impl From<NewUser> for Fields {
+    fn from(new: NewUser) -> Self {
         Fields {
             name: Some(new.name),
             email: Some(new.email),
-        },
-    )
-    .await
+        }
+    }
 }
 
-async fn patch_user(
-    State(store): State<UserStore>,
-    path: Result<Path<i64>, PathRejection>,
-    request: Request,
-) -> Result<Response, ApiError> {
-    let id = user_id(path)?;
-    let (parts, body) = request.into_parts();
-    let patch: UserPatch = json_body(&parts.headers, body).await?;
-    write_user(
-        store,
-        id,
-        &parts.headers,
+impl From<UserPatch> for Fields {
+    fn from(patch: UserPatch) -> Self {
         Fields {
             name: patch.name,
             email: patch.email,
-        },
-    )
-    .await
+        }
+    }
 }
 
 async fn delete_user(

@@ -29,12 +29,10 @@
 //! # }
 //! ```
 
-mod body;
 mod layer;
 mod service;
 mod source;
 
-pub use body::{BoxError, ConditionalBody};
 pub use layer::{ConditionalLayer, DEFAULT_MAX_BUFFERED_BYTES};
 pub use service::Conditional;
 pub(crate) use service::hex128;

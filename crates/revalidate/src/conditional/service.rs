@@ -14,8 +14,8 @@ use http_body_util::BodyExt;
 use tower_service::Service;
 use twox_hash::{XxHash3_64, XxHash3_128};
 
-use super::body::{BoxError, ConditionalBody};
 use super::source::ValidatorSource;
+use crate::body::{BoxError, ResponseBody};
 use crate::not_modified::not_modified_headers;
 use crate::policy::{CachePolicy, Scope};
 use crate::precondition::{Evaluation, MalformedPrecondition, Preconditions, is_get_or_head};
@@ -51,7 +51,7 @@ impl<S, V> Conditional<S, V> {
 }
 
 type ResponseFuture<B, E> =
-    Pin<Box<dyn Future<Output = Result<Response<ConditionalBody<B>>, E>> + Send>>;
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, E>> + Send>>;
 
 impl<S, V, ReqBody, ResBody> Service<Request<ReqBody>> for Conditional<S, V>
 where
@@ -63,7 +63,7 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    type Response = Response<ConditionalBody<ResBody>>;
+    type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
     type Future = ResponseFuture<ResBody, S::Error>;
 
@@ -113,7 +113,7 @@ where
     }
 }
 
-fn ready<B, E: Send + 'static>(response: Response<ConditionalBody<B>>) -> ResponseFuture<B, E>
+fn ready<B, E: Send + 'static>(response: Response<ResponseBody<B>>) -> ResponseFuture<B, E>
 where
     B: Send + 'static,
 {
@@ -143,7 +143,7 @@ impl<S> Exchange<S> {
         mut parts: Parts,
         body: ReqBody,
         lookup: Fut,
-    ) -> Result<Response<ConditionalBody<ResBody>>, S::Error>
+    ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
         Fut: Future<Output = Option<Validators>>,
@@ -170,7 +170,7 @@ impl<S> Exchange<S> {
                         }
                     }
                     self.config.policy.decorate(&mut headers);
-                    let mut response = Response::new(ConditionalBody::empty());
+                    let mut response = Response::new(ResponseBody::empty());
                     *response.status_mut() = StatusCode::NOT_MODIFIED;
                     *response.headers_mut() = headers;
                     return Ok(response);
@@ -199,7 +199,7 @@ impl<S> Exchange<S> {
         if safe && head.status.is_success() {
             self.config.policy.decorate(&mut head.headers);
         }
-        Ok(Response::from_parts(head, ConditionalBody::streaming(body)))
+        Ok(Response::from_parts(head, ResponseBody::streaming(body)))
     }
 
     /// Validators from the response: hash the buffered body, then evaluate.
@@ -207,7 +207,7 @@ impl<S> Exchange<S> {
         mut self,
         mut parts: Parts,
         body: ReqBody,
-    ) -> Result<Response<ConditionalBody<ResBody>>, S::Error>
+    ) -> Result<Response<ResponseBody<ResBody>>, S::Error>
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
         ResBody: Body<Data = Bytes>,
@@ -223,7 +223,7 @@ impl<S> Exchange<S> {
                 head.headers
                     .insert(ETAG, self.scoped(tag).to_header_value());
             }
-            return Ok(Response::from_parts(head, ConditionalBody::streaming(body)));
+            return Ok(Response::from_parts(head, ResponseBody::streaming(body)));
         }
         // HEAD is answered as GET so both carry the same validators (RFC 9110 §9.3.2).
         let is_head = method == Method::HEAD;
@@ -238,7 +238,7 @@ impl<S> Exchange<S> {
         let response = self.inner.call(Request::from_parts(parts, body)).await?;
         let (mut head, body) = response.into_parts();
         if !head.status.is_success() {
-            return Ok(Response::from_parts(head, ConditionalBody::streaming(body)));
+            return Ok(Response::from_parts(head, ResponseBody::streaming(body)));
         }
 
         let mut validators = Validators::from_headers(&head.headers);
@@ -254,7 +254,7 @@ impl<S> Exchange<S> {
                 Err(error) => {
                     return Ok(Response::from_parts(
                         head,
-                        ConditionalBody::failed(error.into()),
+                        ResponseBody::failed(error.into()),
                     ));
                 }
             };
@@ -292,9 +292,9 @@ impl<S> Exchange<S> {
             Payload::Buffered(bytes) if is_head => {
                 head.headers
                     .insert(CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-                ConditionalBody::empty()
+                ResponseBody::empty()
             }
-            Payload::Buffered(bytes) => ConditionalBody::buffered(bytes),
+            Payload::Buffered(bytes) => ResponseBody::full(bytes),
             Payload::Streaming(body) => head_or(is_head, &mut head.headers, body),
         };
         Ok(Response::from_parts(head, body))
@@ -308,16 +308,16 @@ enum Payload<B> {
 
 /// The body to send: the handler's, or for HEAD nothing, with the GET's length
 /// where it is known.
-fn head_or<B: Body>(is_head: bool, headers: &mut HeaderMap, body: B) -> ConditionalBody<B> {
+fn head_or<B: Body>(is_head: bool, headers: &mut HeaderMap, body: B) -> ResponseBody<B> {
     if !is_head {
-        return ConditionalBody::streaming(body);
+        return ResponseBody::streaming(body);
     }
     if let Some(len) = body.size_hint().exact() {
         headers
             .entry(CONTENT_LENGTH)
             .or_insert(HeaderValue::from(len));
     }
-    ConditionalBody::empty()
+    ResponseBody::empty()
 }
 
 /// A strong tag over the body and the fields that distinguish representations of
@@ -370,14 +370,14 @@ fn with_coding_suffixes_removed(list: EntityTagMatch) -> EntityTagMatch {
     EntityTagMatch::Tags(tags)
 }
 
-fn not_modified<B>(headers_of_200: &HeaderMap) -> Response<ConditionalBody<B>> {
-    let mut response = Response::new(ConditionalBody::empty());
+fn not_modified<B>(headers_of_200: &HeaderMap) -> Response<ResponseBody<B>> {
+    let mut response = Response::new(ResponseBody::empty());
     *response.status_mut() = StatusCode::NOT_MODIFIED;
     *response.headers_mut() = not_modified_headers(headers_of_200);
     response
 }
 
-fn precondition_failed<B>(current: Option<&Validators>) -> Response<ConditionalBody<B>> {
+fn precondition_failed<B>(current: Option<&Validators>) -> Response<ResponseBody<B>> {
     let detail = match current.and_then(|v| v.etag.as_ref()) {
         Some(tag) => format!("the resource has changed; its current ETag is {tag}"),
         None => "the resource does not match the request's preconditions".to_string(),
@@ -389,10 +389,10 @@ fn precondition_failed<B>(current: Option<&Validators>) -> Response<ConditionalB
 fn problem_response<B>(
     problem: &Problem,
     current: Option<&Validators>,
-) -> Response<ConditionalBody<B>> {
+) -> Response<ResponseBody<B>> {
     let (mut head, body) = problem.to_response().into_parts();
     if let Some(v) = current {
         v.write_to(&mut head.headers);
     }
-    Response::from_parts(head, ConditionalBody::buffered(body))
+    Response::from_parts(head, ResponseBody::full(body))
 }

@@ -1,3 +1,5 @@
+//! The response body of the layers.
+
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -5,13 +7,15 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-/// The error type of [`CacheBody`].
+/// The error type of [`ResponseBody`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pin_project! {
-    /// A response body from the cache: stored bytes, or an upstream body that may
-    /// have had its first bytes read already (while trying to buffer it).
-    pub struct CacheBody<B> {
+    /// The response body of this crate's layers (and of `revalidate-cache`): bytes
+    /// in memory (a buffered or stored body, a problem, nothing for 304 and HEAD), or
+    /// the inner service's body streamed through, possibly after bytes already read
+    /// while trying to buffer it.
+    pub struct ResponseBody<B> {
         prefix: Option<Bytes>,
         #[pin]
         rest: Option<B>,
@@ -19,7 +23,7 @@ pin_project! {
     }
 }
 
-impl<B> CacheBody<B> {
+impl<B> ResponseBody<B> {
     /// A whole body in memory.
     pub fn full(bytes: Bytes) -> Self {
         Self {
@@ -38,6 +42,15 @@ impl<B> CacheBody<B> {
         }
     }
 
+    /// The inner service's body, streamed through untouched.
+    pub fn streaming(body: B) -> Self {
+        Self {
+            prefix: None,
+            rest: Some(body),
+            error: None,
+        }
+    }
+
     /// `prefix` (already read), then the rest of `body`.
     pub fn prefixed(prefix: Bytes, body: B) -> Self {
         Self {
@@ -47,7 +60,8 @@ impl<B> CacheBody<B> {
         }
     }
 
-    /// A body that fails at once with `error` (an upstream body error met while buffering).
+    /// A body that fails at once with `error`: how a body error met while
+    /// buffering reaches the server, as it would have without the layer.
     pub fn failed(error: BoxError) -> Self {
         Self {
             prefix: None,
@@ -57,7 +71,7 @@ impl<B> CacheBody<B> {
     }
 }
 
-impl<B> Body for CacheBody<B>
+impl<B> Body for ResponseBody<B>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
