@@ -104,6 +104,8 @@ struct RequestHead {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    /// Carried to the upstream request (the peer address, tracing context…).
+    extensions: http::Extensions,
 }
 
 impl RequestHead {
@@ -132,6 +134,7 @@ impl RequestHead {
             }
         }
         *request.headers_mut() = headers;
+        *request.extensions_mut() = self.extensions.clone();
         request
     }
 }
@@ -206,6 +209,7 @@ impl<St: Store> Shared<St> {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             headers: parts.headers.clone(),
+            extensions: parts.extensions.clone(),
         };
         let request_cc = CacheControl::from_headers(&head.headers);
         let (primary, path) = primary_key(policy, &head);
@@ -336,7 +340,9 @@ impl<St: Store> Shared<St> {
             primary,
             path,
             Some(entry),
-            "stale",
+            // RFC 9211: `request` when the entry was fresh but the request's own
+            // directives (no-cache, max-age, min-fresh) sent it upstream.
+            if ttl.is_some() { "request" } else { "stale" },
         )
         .await
     }
@@ -618,7 +624,13 @@ impl<St: Store> Shared<St> {
             tags,
             path.to_string(),
         ));
-        let stored = self.store_entry(ticket, primary, entry.clone()).await;
+        // A response that is stale at once and cannot be validated or served stale is
+        // of no later use: share it with waiting requests, but do not store it.
+        let useful = !entry.lifetime.is_zero()
+            || !entry.stale_while_revalidate.is_zero()
+            || !entry.stale_if_error.is_zero()
+            || entry.validators() != Validators::default();
+        let stored = useful && self.store_entry(ticket, primary, entry.clone()).await;
         let status = if stored { status.stored() } else { status };
         Fetched::Entry(entry, status, cookies)
     }
@@ -924,7 +936,7 @@ impl<St: Store> Shared<St> {
 }
 
 fn stale_outcome(reason: &str) -> Outcome {
-    if reason == "stale" {
+    if reason == "stale" || reason == "request" {
         Outcome::Revalidated
     } else {
         Outcome::Miss

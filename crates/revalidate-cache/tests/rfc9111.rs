@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use http::HeaderName;
-use revalidate_cache::{RoutePolicy, Routes};
+use revalidate_cache::{RoutePolicy, Routes, Store};
 use support::{Harness, Origin, response};
 
 const MAX_AGE_60: &[(&str, &str)] = &[("cache-control", "max-age=60"), ("etag", "\"v1\"")];
@@ -467,4 +467,20 @@ async fn unkeyed_headers_cannot_poison_the_cache() {
     h.get("/", &[("x-forwarded-host", "evil.test")]).await;
     let victim = h.get("/", &[]).await;
     assert_eq!(victim.body, "<a href=//origin.test/>");
+}
+
+#[tokio::test]
+async fn a_response_of_no_later_use_is_shared_but_not_stored() {
+    // Heuristically cacheable status, but no freshness, no validator, no stale window.
+    let h = Harness::new(Origin::fixed(200, &[], "x"));
+    let first = h.get("/", &[]).await;
+    assert!(
+        !first.cache_status().contains("stored"),
+        "{}",
+        first.cache_status()
+    );
+    assert!(h.cache.store().get("origin.test/").await.is_none());
+    // With a validator it is worth keeping: it can be revalidated.
+    let h = Harness::new(Origin::fixed(200, &[("etag", "\"v\"")], "x"));
+    assert!(h.get("/", &[]).await.cache_status().contains("stored"));
 }

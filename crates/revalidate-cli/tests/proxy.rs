@@ -447,3 +447,26 @@ async fn sigterm_drains_in_flight_requests() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// The proxy appends the peer's address to X-Forwarded-For; it never replaces the
+/// last hop with what the client claims.
+#[tokio::test]
+async fn x_forwarded_for_gets_the_peer_appended() {
+    let origin = Origin::default();
+    let (origin_addr, _o) = spawn(origin.router()).await;
+    let upstream = Upstream::new(&format!("http://{origin_addr}"), Duration::from_secs(5)).unwrap();
+    let (app, _) = proxy(&parse("", "t.toml").unwrap(), upstream);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    request(addr, "GET", "/xff", &[("x-forwarded-for", "203.0.113.9")]).await;
+    let (_, headers) = origin.requests().pop().unwrap();
+    assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+}

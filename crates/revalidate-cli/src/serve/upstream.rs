@@ -7,7 +7,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use bytes::Bytes;
 use http::header::{HOST, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -40,6 +43,8 @@ const UNKEYED_OVERRIDES: [&str; 10] = [
     "x-method-override",
     "forwarded",
 ];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The upstream origin as a tower service.
 #[derive(Debug, Clone)]
@@ -128,6 +133,21 @@ impl Service<Request<Body>> for Upstream {
             HeaderName::from_static("x-forwarded-proto"),
             HeaderValue::from_static("http"),
         );
+        // Append the peer's address, as nginx's $proxy_add_x_forwarded_for does: only
+        // the last entry is this proxy's word, earlier ones are the client's.
+        if let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+            let forwarded_for = match parts
+                .headers
+                .get(&X_FORWARDED_FOR)
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(previous) => format!("{previous}, {}", peer.ip()),
+                None => peer.ip().to_string(),
+            };
+            if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+                parts.headers.insert(X_FORWARDED_FOR.clone(), value);
+            }
+        }
         if let Ok(host) = HeaderValue::from_str(self.authority.as_str()) {
             parts.headers.insert(HOST, host);
         }
