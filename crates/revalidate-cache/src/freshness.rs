@@ -22,31 +22,36 @@ use revalidate::{CacheControl, HttpDate};
 /// `CDN-Cache-Control` (RFC 9213).
 pub static CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
 
+/// `Surrogate-Control` (W3C Edge Architecture), the older targeted field.
+pub static SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
+
 /// The upper bound on a heuristic lifetime.
 pub const HEURISTIC_MAX: Duration = Duration::from_secs(24 * 3600);
 
 /// The cache directives that govern a stored response.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Directives {
-    /// The parsed directives: `CDN-Cache-Control` when present, else `Cache-Control`.
+    /// The parsed directives: `CDN-Cache-Control`, else `Surrogate-Control`, else
+    /// `Cache-Control`.
     pub cc: CacheControl,
-    /// Whether they came from `CDN-Cache-Control`.
+    /// Whether they came from a targeted field (then `Expires` is ignored too).
     pub targeted: bool,
 }
 
 impl Directives {
     /// RFC 9213 §2.1: a cache that honours a targeted field ignores `Cache-Control`
-    /// when the targeted field is present and valid.
+    /// when the targeted field is present and valid. `CDN-Cache-Control` ranks
+    /// before `Surrogate-Control`.
     pub fn of_response(headers: &HeaderMap) -> Self {
-        if headers.contains_key(&CDN_CACHE_CONTROL) {
-            let cc = CacheControl::from_header_lines(headers, &CDN_CACHE_CONTROL);
-            if !cc.is_empty() {
-                return Self { cc, targeted: true };
-            }
-        }
-        Self {
-            cc: CacheControl::from_headers(headers),
-            targeted: false,
+        let targeted = cdn_cache_control(headers)
+            .filter(|cc| !cc.is_empty())
+            .or_else(|| surrogate_control(headers).filter(|cc| !cc.is_empty()));
+        match targeted {
+            Some(cc) => Self { cc, targeted: true },
+            None => Self {
+                cc: CacheControl::from_headers(headers),
+                targeted: false,
+            },
         }
     }
 
@@ -60,6 +65,125 @@ impl Directives {
     /// `s-maxage`, which implies `proxy-revalidate` for shared caches (§5.2.2.10).
     pub fn forbids_stale(&self) -> bool {
         self.cc.must_revalidate || self.cc.proxy_revalidate || self.cc.s_maxage.is_some()
+    }
+}
+
+/// Directives whose value must be a non-negative integer (delta-seconds).
+const INTEGER_DIRECTIVES: [&str; 4] = [
+    "max-age",
+    "s-maxage",
+    "stale-while-revalidate",
+    "stale-if-error",
+];
+
+/// `CDN-Cache-Control` read as the Structured Fields Dictionary RFC 9213 requires:
+/// an invalid field is ignored whole (`None`), a directive of the wrong type (a
+/// quoted `max-age`) is dropped.
+fn cdn_cache_control(headers: &HeaderMap) -> Option<CacheControl> {
+    let mut lines = Vec::new();
+    for value in headers.get_all(&CDN_CACHE_CONTROL) {
+        lines.push(value.to_str().ok()?);
+    }
+    if lines.is_empty() {
+        return None;
+    }
+    let joined = lines.join(",");
+    let mut accepted = Vec::new();
+    for member in split_members(&joined)? {
+        let member = member.trim_matches([' ', '\t']);
+        let (item, _params) = member.split_once(';').unwrap_or((member, ""));
+        let (key, value) = match item.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (item, None),
+        };
+        if !is_sf_key(key) || value.is_some_and(|v| !is_sf_bare_item(v)) {
+            return None;
+        }
+        let integer = value.filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
+        if INTEGER_DIRECTIVES.contains(&key) {
+            if let Some(n) = integer {
+                accepted.push(format!("{key}={n}"));
+            }
+        } else if value.is_none() || value == Some("?1") {
+            accepted.push(key.to_string());
+        }
+    }
+    Some(CacheControl::parse_str(&accepted.join(", ")))
+}
+
+/// `Surrogate-Control` directives not aimed at another device (`;target`).
+fn surrogate_control(headers: &HeaderMap) -> Option<CacheControl> {
+    let mut members = Vec::new();
+    for value in headers.get_all(&SURROGATE_CONTROL) {
+        let text = value.to_str().ok()?;
+        members.extend(
+            text.split(',')
+                .map(str::trim)
+                .filter(|m| !m.is_empty() && !m.contains(';')),
+        );
+    }
+    (!members.is_empty()).then(|| CacheControl::parse_str(&members.join(", ")))
+}
+
+/// Splits a dictionary on commas outside quoted strings; `None` on an empty member
+/// or an unterminated string.
+fn split_members(text: &str) -> Option<Vec<&str>> {
+    let mut members = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                members.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if quoted {
+        return None;
+    }
+    members.push(&text[start..]);
+    members
+        .iter()
+        .all(|m| !m.trim_matches([' ', '\t']).is_empty())
+        .then_some(members)
+}
+
+/// RFC 8941 §3.1.2 key: `( lcalpha / "*" ) *( lcalpha / DIGIT / "_" / "-" / "." / "*" )`.
+fn is_sf_key(key: &str) -> bool {
+    let mut bytes = key.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b == b'*')
+        && bytes.all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'.' | b'*')
+        })
+}
+
+/// RFC 8941 bare items: integer, decimal, string, token, byte sequence, boolean.
+fn is_sf_bare_item(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    match bytes.first() {
+        Some(b'"') => value.len() >= 2 && value.ends_with('"'),
+        Some(b'?') => value == "?0" || value == "?1",
+        Some(b':') => value.len() >= 2 && value.ends_with(':'),
+        Some(b) if b.is_ascii_digit() || *b == b'-' => {
+            let digits = value.trim_start_matches('-');
+            let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+            !int.is_empty()
+                && int.len() <= 15
+                && int.bytes().all(|b| b.is_ascii_digit())
+                && frac.len() <= 3
+                && frac.bytes().all(|b| b.is_ascii_digit())
+                && (frac.is_empty() || !digits.ends_with('.'))
+        }
+        Some(b) if b.is_ascii_alphabetic() || *b == b'*' => value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b)),
+        _ => false,
     }
 }
 
@@ -246,6 +370,66 @@ mod tests {
             ("cdn-cache-control", "max-age=600"),
         ]);
         assert!(!Directives::of_response(&h).cc.no_store);
+    }
+
+    #[test]
+    fn invalid_cdn_cache_control_is_ignored_whole() {
+        // Not a valid dictionary: Cache-Control's no-store governs.
+        let h = headers(&[
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=10000, &&&&&"),
+        ]);
+        assert!(Directives::of_response(&h).cc.no_store);
+        // A quoted max-age is the wrong type: dropped, leaving nothing targeted.
+        let h = headers(&[
+            ("cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=\"10000\""),
+        ]);
+        assert!(Directives::of_response(&h).cc.no_store);
+        let h = headers(&[("cdn-cache-control", "max-age=60, must-revalidate")]);
+        let d = Directives::of_response(&h);
+        assert_eq!(d.cc.max_age, Some(60));
+        assert!(d.cc.must_revalidate && d.targeted);
+    }
+
+    #[test]
+    fn surrogate_control_ranks_after_cdn_cache_control() {
+        assert_eq!(
+            life(
+                &[
+                    ("cache-control", "no-store"),
+                    ("surrogate-control", "max-age=300")
+                ],
+                200
+            ),
+            Some(300)
+        );
+        let h = headers(&[
+            ("cache-control", "max-age=300"),
+            ("surrogate-control", "no-store"),
+        ]);
+        assert!(Directives::of_response(&h).cc.no_store);
+        // Directives aimed at another device are not ours.
+        assert_eq!(
+            life(
+                &[
+                    ("cache-control", "max-age=5"),
+                    ("surrogate-control", "max-age=300;other")
+                ],
+                200
+            ),
+            Some(5)
+        );
+        assert_eq!(
+            life(
+                &[
+                    ("cdn-cache-control", "max-age=7"),
+                    ("surrogate-control", "max-age=300")
+                ],
+                200
+            ),
+            Some(7)
+        );
     }
 
     #[test]

@@ -98,6 +98,12 @@ where
     }
 }
 
+/// Marks a response that an upstream client made up because the upstream could not
+/// be reached or timed out: stale content may then stand in for it (RFC 9111
+/// §4.2.4), even without `stale-if-error`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UpstreamUnavailable;
+
 /// The parts of a client request that fetches are built from.
 #[derive(Debug, Clone)]
 struct RequestHead {
@@ -160,13 +166,16 @@ fn delta(s: u32) -> Duration {
     Duration::from_secs(s.into())
 }
 
-/// Statuses this cache stores: final, understood, and never the product of a
-/// malformed request (a 400 or 431 stored for everyone is a cache-poisoned DoS).
-fn cacheable_status(status: StatusCode) -> bool {
-    matches!(
-        status.as_u16(),
-        200 | 203 | 204 | 300 | 301 | 302 | 307 | 308 | 404 | 405 | 410 | 414 | 501
-    )
+/// Statuses never stored, whatever the response says: 206 (partial content is not
+/// stored), and the answers to a malformed or overlong request (400, 413, 431),
+/// which stored for everyone would be a cache-poisoned denial of service.
+fn never_stored(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 206 | 400 | 413 | 431) || status.is_informational()
+}
+
+/// Whether this cache knows the status's semantics (for `must-understand`).
+fn understood(status: StatusCode) -> bool {
+    status.canonical_reason().is_some()
 }
 
 fn is_server_error(status: StatusCode) -> bool {
@@ -418,6 +427,11 @@ impl<St: Store> Shared<St> {
         match fetched {
             Fetched::Entry(entry, status, cookies) => {
                 let mut response = self.respond_stored(head, &entry, status, outcome);
+                // Straight from the upstream: its own Age stands, as it sent it.
+                match entry.headers.get(AGE) {
+                    Some(age) => response.headers_mut().insert(AGE, age.clone()),
+                    None => response.headers_mut().remove(AGE),
+                };
                 for cookie in cookies {
                     response.headers_mut().append(SET_COOKIE, cookie);
                 }
@@ -507,31 +521,37 @@ impl<St: Store> Shared<St> {
         self.stats.upstream(started.elapsed().as_secs_f64());
         let response_time = self.clock.now();
 
-        let stale_if_error = |stale: &Option<Arc<StoredResponse>>, fwd_status: Option<u16>| {
-            let entry = stale.as_ref()?;
-            let staleness = entry.staleness(response_time);
-            let allowed = !entry.forbids_stale
-                && !entry.always_revalidate
-                && !entry.stale_if_error.is_zero()
-                && staleness <= entry.stale_if_error;
-            allowed.then(|| {
-                let mut status = CacheStatus::forward(reason)
-                    .ttl(-secs(staleness))
-                    .detail("stale-if-error");
-                if let Some(code) = fwd_status {
-                    status = status.fwd_status(code);
-                }
-                Fetched::Stale(entry.clone(), status)
-            })
-        };
+        // Stale content may stand in for an error within stale-if-error, and for an
+        // unreachable upstream at all (RFC 9111 §4.2.4: a disconnected cache), unless
+        // the response forbids stale reuse.
+        let stale_if_error =
+            |stale: &Option<Arc<StoredResponse>>, fwd_status: Option<u16>, disconnected: bool| {
+                let entry = stale.as_ref()?;
+                let staleness = entry.staleness(response_time);
+                let window = !entry.stale_if_error.is_zero() && staleness <= entry.stale_if_error;
+                let allowed =
+                    !entry.forbids_stale && !entry.always_revalidate && (window || disconnected);
+                allowed.then(|| {
+                    let mut status = CacheStatus::forward(reason)
+                        .ttl(-secs(staleness))
+                        .detail("stale-if-error");
+                    if let Some(code) = fwd_status {
+                        status = status.fwd_status(code);
+                    }
+                    Fetched::Stale(entry.clone(), status)
+                })
+            };
 
         let response = match result {
             Ok(response) => response,
-            Err(error) => return stale_if_error(&stale, None).unwrap_or(Fetched::Failed(error)),
+            Err(error) => {
+                return stale_if_error(&stale, None, true).unwrap_or(Fetched::Failed(error));
+            }
         };
         let code = response.status();
+        let disconnected = response.extensions().get::<UpstreamUnavailable>().is_some();
         if is_server_error(code)
-            && let Some(fallback) = stale_if_error(&stale, Some(code.as_u16()))
+            && let Some(fallback) = stale_if_error(&stale, Some(code.as_u16()), disconnected)
         {
             return fallback;
         }
@@ -542,7 +562,9 @@ impl<St: Store> Shared<St> {
                 .headers
                 .insert(http::header::CACHE_CONTROL, cc.to_header_value());
         }
-        if !parts.headers.contains_key(DATE) {
+        // A missing or invalid Date is replaced (RFC 9110 §6.6.1), so that freshness
+        // can be computed.
+        if HttpDate::from_headers(&parts.headers, &DATE).is_none() {
             parts.headers.insert(
                 DATE,
                 HttpDate::from_system_time(response_time).to_header_value(),
@@ -688,10 +710,14 @@ impl<St: Store> Shared<St> {
         if request_cc.no_store {
             return Err("request no-store");
         }
-        if !cacheable_status(status) {
+        if never_stored(status) {
             return Err("status");
         }
-        // must-understand lets a cache that knows the status ignore no-store (§5.2.2.3).
+        // must-understand: only a cache that knows the status may store, and it may
+        // then ignore no-store (§5.2.2.3).
+        if cc.must_understand && !understood(status) {
+            return Err("must-understand");
+        }
         if cc.no_store && !cc.must_understand {
             return Err("no-store");
         }

@@ -484,3 +484,60 @@ async fn a_response_of_no_later_use_is_shared_but_not_stored() {
     let h = Harness::new(Origin::fixed(200, &[("etag", "\"v\"")], "x"));
     assert!(h.get("/", &[]).await.cache_status().contains("stored"));
 }
+
+#[tokio::test]
+async fn any_final_status_with_explicit_freshness_is_stored() {
+    for status in [299, 303, 404, 500, 503, 599] {
+        let h = Harness::new(Origin::new(move |_, _| {
+            response(status, &[("cache-control", "max-age=60")], "x")
+        }));
+        h.get("/", &[]).await;
+        assert!(h.get("/", &[]).await.hit(), "{status}");
+    }
+    // must-understand with a status this cache does not know: never stored.
+    let h = Harness::new(Origin::fixed(
+        599,
+        &[("cache-control", "max-age=60, must-understand")],
+        "x",
+    ));
+    h.get("/", &[]).await;
+    assert!(!h.get("/", &[]).await.hit());
+    // Without explicit freshness, a 500 is not stored.
+    let h = Harness::new(Origin::fixed(
+        500,
+        &[("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")],
+        "x",
+    ));
+    h.get("/", &[]).await;
+    assert!(!h.get("/", &[]).await.hit());
+}
+
+#[tokio::test]
+async fn the_upstreams_age_passes_through_and_grows_in_the_cache() {
+    let h = Harness::new(Origin::fixed(
+        200,
+        &[("cache-control", "max-age=60"), ("age", "10")],
+        "x",
+    ));
+    let first = h.get("/", &[]).await;
+    assert_eq!(
+        first.header("age"),
+        "10",
+        "straight from the upstream: its own Age"
+    );
+    h.advance(5);
+    let second = h.get("/", &[]).await;
+    assert_eq!(second.header("age"), "15");
+    assert_eq!(second.cache_status(), "revalidate; hit; ttl=45");
+}
+
+#[tokio::test]
+async fn an_invalid_date_is_replaced_so_freshness_works() {
+    let h = Harness::new(Origin::fixed(
+        200,
+        &[("cache-control", "max-age=60"), ("date", "foo")],
+        "x",
+    ));
+    h.get("/", &[]).await;
+    assert!(h.get("/", &[]).await.hit());
+}

@@ -470,3 +470,27 @@ async fn x_forwarded_for_gets_the_peer_appended() {
     let (_, headers) = origin.requests().pop().unwrap();
     assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
 }
+
+/// An unreachable upstream is a disconnected cache's case (RFC 9111 §4.2.4): stale
+/// content is served even without stale-if-error.
+#[tokio::test]
+async fn a_disconnected_upstream_gets_stale_content() {
+    let config = "[[routes]]\npath = \"/*\"\ncache_control = \"max-age=0\"\n";
+    let (_origin, proxy, origin_task, _) = start(config).await;
+    let first = request(proxy, "GET", "/gone-soon", &[]).await;
+    assert!(
+        cache_status(&first).contains("stored"),
+        "{}",
+        cache_status(&first)
+    );
+    origin_task.abort();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stale = request(proxy, "GET", "/gone-soon", &[]).await;
+    assert_eq!(stale.status, 200, "{} {}", stale.body, cache_status(&stale));
+    assert_eq!(stale.body, first.body);
+    assert!(
+        cache_status(&stale).contains("fwd-status=502"),
+        "{}",
+        cache_status(&stale)
+    );
+}

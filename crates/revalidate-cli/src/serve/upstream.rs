@@ -99,12 +99,17 @@ impl Upstream {
     }
 }
 
+/// A 502 or 504 made up here, marked so the cache may serve stale content instead.
 fn problem(status: StatusCode, detail: String) -> Response<UpstreamBody> {
-    Problem::new(status).detail(detail).to_response().map(|b| {
+    let mut response = Problem::new(status).detail(detail).to_response().map(|b| {
         http_body_util::Full::new(b)
             .map_err(|never| match never {})
             .boxed()
-    })
+    });
+    response
+        .extensions_mut()
+        .insert(revalidate_cache::UpstreamUnavailable);
+    response
 }
 
 impl Service<Request<Body>> for Upstream {
