@@ -141,9 +141,35 @@ pub fn secondary(names: &[HeaderName], request: &HeaderMap) -> Secondary {
         names: names.to_vec(),
         values: names
             .iter()
-            .map(|name| combined(request.get_all(name).iter()))
+            .map(|name| {
+                let value = combined(request.get_all(name).iter());
+                if UNORDERED_CASELESS.contains(&name.as_str()) {
+                    value.map(|v| sorted_lowercase_members(&v))
+                } else {
+                    value
+                }
+            })
             .collect(),
     }
+}
+
+/// Fields whose members are case-insensitive tokens whose order carries no meaning
+/// beyond their weights, so `en, FR` and `fr, en` select the same variant.
+const UNORDERED_CASELESS: [&str; 2] = ["accept-language", "accept-encoding"];
+
+fn sorted_lowercase_members(value: &str) -> String {
+    let mut members: Vec<String> = value
+        .split(',')
+        .map(|m| {
+            m.chars()
+                .filter(|c| !c.is_whitespace())
+                .collect::<String>()
+                .to_ascii_lowercase()
+        })
+        .filter(|m| !m.is_empty())
+        .collect();
+    members.sort();
+    members.join(", ")
 }
 
 fn combined<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Option<String> {
@@ -207,6 +233,13 @@ mod tests {
         b.append("accept-encoding", "br".parse().unwrap());
         assert_eq!(secondary(&names, &a), secondary(&names, &b));
         assert_ne!(secondary(&names, &a), secondary(&names, &HeaderMap::new()));
+        let mut c = HeaderMap::new();
+        c.append("accept-encoding", "BR, gzip".parse().unwrap());
+        assert_eq!(
+            secondary(&names, &a),
+            secondary(&names, &c),
+            "order and case do not matter"
+        );
         response.append("vary", "*".parse().unwrap());
         assert_eq!(vary_names(&response), None);
     }

@@ -64,6 +64,7 @@ impl HttpDate {
         httpdate::parse_http_date(text)
             .ok()
             .map(Self::from_system_time)
+            .or_else(|| parse_layout_leniently(text.as_bytes()).map(Self::from_unix_secs))
     }
 
     /// Reads a date field that must appear exactly once with a valid date.
@@ -83,6 +84,81 @@ impl HttpDate {
     pub fn to_header_value(self) -> HeaderValue {
         HeaderValue::from_str(&self.to_string()).expect("IMF-fixdate is ASCII")
     }
+}
+
+const WEEKDAYS: [&[u8; 3]; 7] = [b"mon", b"tue", b"wed", b"thu", b"fri", b"sat", b"sun"];
+const MONTHS: [&[u8; 3]; 12] = [
+    b"jan", b"feb", b"mar", b"apr", b"may", b"jun", b"jul", b"aug", b"sep", b"oct", b"nov", b"dec",
+];
+
+/// IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) or asctime (`Sun Nov  6 08:49:37
+/// 1994`) in their exact layouts, but with names in any case and the weekday not
+/// checked against the date, as RFC 9110 §5.6.7 allows recipients to accept. The
+/// `httpdate` crate refuses both; everything else it refuses stays refused here.
+fn parse_layout_leniently(b: &[u8]) -> Option<u64> {
+    let lower = |range: std::ops::Range<usize>| -> Option<[u8; 3]> {
+        let s = b.get(range)?;
+        Some([
+            s[0].to_ascii_lowercase(),
+            s[1].to_ascii_lowercase(),
+            s[2].to_ascii_lowercase(),
+        ])
+    };
+    let number = |range: std::ops::Range<usize>| -> Option<u64> {
+        let digits = b.get(range)?;
+        digits
+            .iter()
+            .all(u8::is_ascii_digit)
+            .then(|| digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+    };
+    let (day, month, year, time) = match b.len() {
+        29 if b[3] == b','
+            && b[4] == b' '
+            && b[7] == b' '
+            && b[11] == b' '
+            && b[16] == b' '
+            && b[25] == b' ' =>
+        {
+            if &lower(26..29)? != b"gmt" {
+                return None;
+            }
+            (number(5..7)?, lower(8..11)?, number(12..16)?, 17)
+        }
+        24 if b[3] == b' ' && b[7] == b' ' && b[10] == b' ' && b[19] == b' ' => {
+            let day = if b[8] == b' ' {
+                number(9..10)?
+            } else {
+                number(8..10)?
+            };
+            (day, lower(4..7)?, number(20..24)?, 11)
+        }
+        _ => return None,
+    };
+    let weekday = lower(0..3)?;
+    if !WEEKDAYS.iter().any(|w| **w == weekday) || b[time + 2] != b':' || b[time + 5] != b':' {
+        return None;
+    }
+    let month = MONTHS.iter().position(|m| **m == month)? as u64 + 1;
+    let (hour, minute, second) = (
+        number(time..time + 2)?,
+        number(time + 3..time + 5)?,
+        number(time + 6..time + 8)?,
+    );
+    if !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 || year < 1970 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm), years from 1970.
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
 }
 
 impl fmt::Debug for HttpDate {
@@ -147,6 +223,30 @@ mod tests {
             );
         }
         assert_eq!(HttpDate::from_headers(&two_lines, &IF_MODIFIED_SINCE), None);
+    }
+
+    #[test]
+    fn names_in_any_case_and_a_wrong_weekday_are_accepted() {
+        let expected: HttpDate = "Mon, 08 Aug 2050 02:00:00 GMT".parse().unwrap();
+        for variant in [
+            "Thu, 08 Aug 2050 02:00:00 GMT",
+            "mon, 08 aug 2050 02:00:00 gmt",
+            "MON, 08 AUG 2050 02:00:00 GMT",
+            "Thu Aug  8 02:00:00 2050",
+        ] {
+            assert_eq!(variant.parse::<HttpDate>(), Ok(expected), "{variant}");
+        }
+        // Layout errors stay errors.
+        for bad in [
+            "Mon 08 Aug 2050 02:00:00 GMT",
+            "Mon, 08 Aug 2050 2:00:00 GMT",
+            "Mon, 08 Aug 2050 02:00:00 UTC",
+            "Mon,  08 Aug 2050 02:00:00 GMT",
+            "Mon, 08 Aug 50 02:00:00 GMT",
+            "Xyz, 08 Aug 2050 02:00:00 GMT",
+        ] {
+            assert!(bad.parse::<HttpDate>().is_err(), "{bad}");
+        }
     }
 
     #[test]
