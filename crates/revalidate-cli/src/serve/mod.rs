@@ -37,27 +37,16 @@ pub fn proxy(config: &ServeConfig, upstream: Upstream) -> (Router, Cache) {
         .config(config.cache.clone())
         .build();
     let service = cache.layer().layer(EtagByRoute::new(routes, upstream));
-    let router = Router::new().fallback_service(service).layer(access_log());
-    (router, cache)
-}
-
-/// One structured log line per request: method, path, status, Cache-Status, latency.
-fn access_log() -> tower_http::trace::TraceLayer<
-    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
-    impl Fn(&http::Request<axum::body::Body>) -> tracing::Span + Clone,
-    tower_http::trace::DefaultOnRequest,
-    impl Fn(&http::Response<axum::body::Body>, std::time::Duration, &tracing::Span) + Clone,
-> {
-    tower_http::trace::TraceLayer::new_for_http()
+    // One structured log line per request: method, path, status, Cache-Status, latency.
+    let access_log = tower_http::trace::TraceLayer::new_for_http()
         .make_span_with(|request: &http::Request<axum::body::Body>| {
             tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
         })
         .on_response(|response: &http::Response<axum::body::Body>, latency: std::time::Duration, _: &tracing::Span| {
-            let cache_status = response
-                .headers()
-                .get("cache-status")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            tracing::info!(status = response.status().as_u16(), cache_status, latency_us = latency.as_micros() as u64, "response");
-        })
+            let cache_status = response.headers().get("cache-status").and_then(|v| v.to_str().ok()).unwrap_or("");
+            let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+            tracing::info!(status = response.status().as_u16(), cache_status, latency_us, "response");
+        });
+    let router = Router::new().fallback_service(service).layer(access_log);
+    (router, cache)
 }
