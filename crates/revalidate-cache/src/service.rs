@@ -9,8 +9,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{
-    AGE, AUTHORIZATION, CONTENT_LENGTH, CONTENT_LOCATION, COOKIE, DATE, HOST, IF_MATCH,
-    IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, RANGE, SET_COOKIE,
+    AGE, AUTHORIZATION, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE, COOKIE, DATE, HOST,
+    IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, RANGE,
+    SET_COOKIE,
 };
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -792,6 +793,7 @@ impl<St: Store> Shared<St> {
         headers.insert(AGE, HeaderValue::from(entry.age(now).as_secs()));
         headers.insert(CACHE_STATUS.clone(), status.to_header_value());
 
+        let mut honor_range = true;
         if entry.status.is_success()
             && let Ok(preconditions) = Preconditions::from_request(&head.method, &head.headers)
             && !preconditions.is_empty()
@@ -812,8 +814,17 @@ impl<St: Store> Shared<St> {
                     self.stats.client_status(412);
                     return precondition_failed(&entry.validators());
                 }
-                Evaluation::Proceed { .. } => {}
+                Evaluation::Proceed { honor_range: honor } => honor_range = honor,
             }
+        }
+        let range = head
+            .headers
+            .get(RANGE)
+            .filter(|_| honor_range && head.method == Method::GET);
+        if entry.status == StatusCode::OK
+            && let Some(range) = range.and_then(|r| ByteRange::parse(r.as_bytes()))
+        {
+            return self.respond_range(headers, entry, range);
         }
         let mut response = Response::new(CacheBody::empty());
         *response.status_mut() = entry.status;
@@ -826,6 +837,41 @@ impl<St: Store> Shared<St> {
             *response.body_mut() = CacheBody::full(entry.body.clone());
             self.stats
                 .bytes(entry.body.len() as u64, entry.body.len() as u64);
+        }
+        *response.headers_mut() = headers;
+        response
+    }
+
+    /// A single byte range of a stored complete response (RFC 9110 §14): 206, or
+    /// 416 when it lies outside the representation.
+    fn respond_range<B>(
+        &self,
+        mut headers: HeaderMap,
+        entry: &StoredResponse,
+        range: ByteRange,
+    ) -> Response<CacheBody<B>> {
+        let len = entry.body.len() as u64;
+        let mut response = Response::new(CacheBody::empty());
+        match range.resolve(len) {
+            Some((first, last)) => {
+                let slice = entry.body.slice(first as usize..=last as usize);
+                self.stats.bytes(slice.len() as u64, slice.len() as u64);
+                *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+                headers.insert(
+                    CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("bytes {first}-{last}/{len}")).expect("ascii"),
+                );
+                headers.insert(CONTENT_LENGTH, HeaderValue::from(slice.len()));
+                *response.body_mut() = CacheBody::full(slice);
+            }
+            None => {
+                *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                headers.insert(
+                    CONTENT_RANGE,
+                    HeaderValue::from_str(&format!("bytes */{len}")).expect("ascii"),
+                );
+                headers.insert(CONTENT_LENGTH, HeaderValue::from(0));
+            }
         }
         *response.headers_mut() = headers;
         response
@@ -1064,6 +1110,53 @@ fn freshened(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
         }
     }
     headers
+}
+
+/// One range of `Range: bytes=…`; several ranges are served whole (a 200), which
+/// RFC 9110 §14.2 allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ByteRange {
+    /// `first-` or `first-last`.
+    From(u64, Option<u64>),
+    /// `-n`: the last n bytes.
+    Suffix(u64),
+}
+
+impl ByteRange {
+    fn parse(value: &[u8]) -> Option<Self> {
+        let spec = std::str::from_utf8(value)
+            .ok()?
+            .trim()
+            .strip_prefix("bytes=")?
+            .trim();
+        if spec.contains(',') {
+            return None;
+        }
+        let (first, last) = spec.split_once('-')?;
+        let number = |s: &str| {
+            (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse::<u64>().ok())
+                .flatten()
+        };
+        match (first.trim(), last.trim()) {
+            ("", suffix) => Some(Self::Suffix(number(suffix)?)),
+            (first, "") => Some(Self::From(number(first)?, None)),
+            (first, last) => {
+                let (first, last) = (number(first)?, number(last)?);
+                (first <= last).then_some(Self::From(first, Some(last)))
+            }
+        }
+    }
+
+    /// The inclusive byte positions within `len`, or `None` if unsatisfiable.
+    fn resolve(self, len: u64) -> Option<(u64, u64)> {
+        match self {
+            Self::From(first, _) if first >= len => None,
+            Self::From(first, last) => Some((first, last.map_or(len - 1, |l| l.min(len - 1)))),
+            Self::Suffix(0) => None,
+            Self::Suffix(n) => Some((len.saturating_sub(n), len.checked_sub(1)?)),
+        }
+    }
 }
 
 enum Buffered<B> {

@@ -541,3 +541,39 @@ async fn an_invalid_date_is_replaced_so_freshness_works() {
     h.get("/", &[]).await;
     assert!(h.get("/", &[]).await.hit());
 }
+
+#[tokio::test]
+async fn ranges_are_served_from_a_stored_complete_response() {
+    let h = Harness::new(Origin::fixed(200, MAX_AGE_60, "0123456789"));
+    let first = h.get("/", &[("range", "bytes=2-4")]).await;
+    assert_eq!(
+        (first.status, first.body.as_str()),
+        (206, "234"),
+        "a miss fetches the whole and serves the range"
+    );
+    assert_eq!(first.header("content-range"), "bytes 2-4/10");
+    assert!(!h.origin.last_request().contains_key("range"));
+    let suffix = h.get("/", &[("range", "bytes=-3")]).await;
+    assert_eq!((suffix.status, suffix.body.as_str()), (206, "789"));
+    assert!(suffix.hit());
+    let open = h.get("/", &[("range", "bytes=8-")]).await;
+    assert_eq!(open.body, "89");
+    let beyond = h.get("/", &[("range", "bytes=20-30")]).await;
+    assert_eq!(beyond.status, 416);
+    assert_eq!(beyond.header("content-range"), "bytes */10");
+    // If-Range that no longer matches, or several ranges: the whole representation.
+    let stale_if_range = h
+        .get("/", &[("range", "bytes=0-1"), ("if-range", "\"old\"")])
+        .await;
+    assert_eq!(
+        (stale_if_range.status, stale_if_range.body.as_str()),
+        (200, "0123456789")
+    );
+    let matching = h
+        .get("/", &[("range", "bytes=0-1"), ("if-range", "\"v1\"")])
+        .await;
+    assert_eq!((matching.status, matching.body.as_str()), (206, "01"));
+    let several = h.get("/", &[("range", "bytes=0-1,4-5")]).await;
+    assert_eq!(several.status, 200);
+    assert_eq!(h.origin.calls(), 1);
+}
