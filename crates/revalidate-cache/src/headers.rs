@@ -66,6 +66,20 @@ pub fn strip_for_storage(headers: &mut HeaderMap, qualified: &[String]) {
     }
 }
 
+/// A copy whose values own their bytes. Values parsed by hyper are slices of the
+/// connection's read buffer; stored as they are, each would keep that whole buffer
+/// alive for as long as the entry lives.
+pub fn compact(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let mut owned =
+            http::HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        owned.set_sensitive(value.is_sensitive());
+        out.append(name.clone(), owned);
+    }
+    out
+}
+
 /// Removes the tag fields meant for this cache, not for clients.
 pub fn strip_tags(headers: &mut HeaderMap) {
     headers.remove(&SURROGATE_KEY);

@@ -28,7 +28,7 @@ use crate::cache::Shared;
 use crate::coalesce::{Flight, Role, wait};
 use crate::entry::{StoredResponse, Timing, Variants};
 use crate::freshness::{self, Directives};
-use crate::headers::{response_tags, strip_for_storage, strip_hop_by_hop, strip_tags};
+use crate::headers::{compact, response_tags, strip_for_storage, strip_hop_by_hop, strip_tags};
 use crate::invalidation::Ticket;
 use crate::key::{normalize_target, secondary, vary_names};
 use crate::routes::{Params, Route, RoutePolicy};
@@ -216,10 +216,10 @@ impl<St: Store> Shared<St> {
         }
         drop(body);
         let head = RequestHead {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            headers: parts.headers.clone(),
-            extensions: parts.extensions.clone(),
+            method: parts.method,
+            uri: parts.uri,
+            headers: parts.headers,
+            extensions: parts.extensions,
         };
         let request_cc = CacheControl::from_headers(&head.headers);
         let (primary, path) = primary_key(policy, &head);
@@ -579,7 +579,7 @@ impl<St: Store> Shared<St> {
         if code == StatusCode::NOT_MODIFIED
             && let Some(old) = &stale
         {
-            let headers = freshened(&old.headers, &parts.headers);
+            let headers = compact(&freshened(&old.headers, &parts.headers));
             let tags = self.tags_of(policy, params, &headers);
             let entry = Arc::new(StoredResponse::new(
                 old.status,
@@ -636,6 +636,7 @@ impl<St: Store> Shared<St> {
             .cloned()
             .collect();
         strip_for_storage(&mut headers, &qualified);
+        let mut headers = compact(&headers);
         strip_tags(&mut headers);
         let names = vary_names(&headers).unwrap_or_default();
         let entry = Arc::new(StoredResponse::new(
@@ -1173,7 +1174,8 @@ where
     if body.size_hint().lower() > limit as u64 {
         return Err(Buffered::TooLarge(Bytes::new(), body));
     }
-    let mut collected = BytesMut::new();
+    let expected = body.size_hint().exact().unwrap_or(0).min(limit as u64) as usize;
+    let mut collected = BytesMut::with_capacity(expected);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| Buffered::Failed(e.into()))?;
         if let Ok(data) = frame.into_data() {
@@ -1183,7 +1185,10 @@ where
             }
         }
     }
-    Ok(collected.freeze())
+    // A stored body gets an allocation of its own, exactly its size: never the spare
+    // capacity of a growing buffer, never a slice that pins a connection's whole
+    // read buffer (that doubled the resident memory per entry).
+    Ok(Bytes::copy_from_slice(&collected))
 }
 
 fn gateway_timeout<B>(detail: &str) -> Response<CacheBody<B>> {

@@ -21,14 +21,50 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn label(self) -> &'static str {
-        match self {
-            Outcome::Hit => "hit",
-            Outcome::Miss => "miss",
-            Outcome::StaleServed => "stale",
-            Outcome::Revalidated => "revalidated",
-            Outcome::Coalesced => "coalesced",
-            Outcome::Bypassed => "bypassed",
+    /// Its position in [`Exported::outcomes`].
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Handles of the `metrics` facade, looked up once: a lookup per request by name
+/// and labels costs more than the rest of a hit's bookkeeping.
+#[derive(Debug)]
+struct Exported {
+    outcomes: [metrics::Counter; 6],
+    not_modified: metrics::Counter,
+    precondition_failed: metrics::Counter,
+    bytes_sent: metrics::Counter,
+    bytes_without_cache: metrics::Counter,
+    upstream_seconds: metrics::Histogram,
+    stored: metrics::Counter,
+    purges: metrics::Counter,
+    purged_entries: metrics::Counter,
+}
+
+impl Default for Exported {
+    fn default() -> Self {
+        let outcome = |label: &'static str| metrics::counter!("revalidate_cache_requests_total", "outcome" => label);
+        Self {
+            outcomes: [
+                "hit",
+                "miss",
+                "stale",
+                "revalidated",
+                "coalesced",
+                "bypassed",
+            ]
+            .map(outcome),
+            not_modified: metrics::counter!("revalidate_cache_client_conditional_total", "status" => "304"),
+            precondition_failed: metrics::counter!("revalidate_cache_client_conditional_total", "status" => "412"),
+            bytes_sent: metrics::counter!("revalidate_cache_body_bytes_sent_total"),
+            bytes_without_cache: metrics::counter!(
+                "revalidate_cache_body_bytes_without_cache_total"
+            ),
+            upstream_seconds: metrics::histogram!("revalidate_upstream_duration_seconds"),
+            stored: metrics::counter!("revalidate_cache_stored_total"),
+            purges: metrics::counter!("revalidate_cache_purges_total"),
+            purged_entries: metrics::counter!("revalidate_cache_purged_entries_total"),
         }
     }
 }
@@ -36,6 +72,7 @@ impl Outcome {
 /// The cache's counters.
 #[derive(Debug, Default)]
 pub struct Stats {
+    exported: Exported,
     hits: AtomicU64,
     misses: AtomicU64,
     stale_served: AtomicU64,
@@ -62,18 +99,20 @@ impl Stats {
             Outcome::Bypassed => &self.bypassed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("revalidate_cache_requests_total", "outcome" => outcome.label())
-            .increment(1);
+        self.exported.outcomes[outcome.index()].increment(1);
     }
 
     pub(crate) fn client_status(&self, status: u16) {
-        let counter = match status {
-            304 => &self.not_modified,
-            412 => &self.precondition_failed,
+        let (counter, exported) = match status {
+            304 => (&self.not_modified, &self.exported.not_modified),
+            412 => (
+                &self.precondition_failed,
+                &self.exported.precondition_failed,
+            ),
             _ => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("revalidate_cache_client_conditional_total", "status" => status.to_string()).increment(1);
+        exported.increment(1);
     }
 
     /// Body bytes sent, beside what a server without the cache would have sent.
@@ -81,25 +120,24 @@ impl Stats {
         self.bytes_sent.fetch_add(sent, Ordering::Relaxed);
         self.bytes_without_cache
             .fetch_add(without_cache, Ordering::Relaxed);
-        metrics::counter!("revalidate_cache_body_bytes_sent_total").increment(sent);
-        metrics::counter!("revalidate_cache_body_bytes_without_cache_total")
-            .increment(without_cache);
+        self.exported.bytes_sent.increment(sent);
+        self.exported.bytes_without_cache.increment(without_cache);
     }
 
     pub(crate) fn upstream(&self, seconds: f64) {
         self.upstream_requests.fetch_add(1, Ordering::Relaxed);
-        metrics::histogram!("revalidate_upstream_duration_seconds").record(seconds);
+        self.exported.upstream_seconds.record(seconds);
     }
 
     pub(crate) fn stored(&self) {
         self.stored.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("revalidate_cache_stored_total").increment(1);
+        self.exported.stored.increment(1);
     }
 
     pub(crate) fn purge(&self, entries: usize) {
         self.purges.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("revalidate_cache_purges_total").increment(1);
-        metrics::counter!("revalidate_cache_purged_entries_total").increment(entries as u64);
+        self.exported.purges.increment(1);
+        self.exported.purged_entries.increment(entries as u64);
     }
 
     /// A copy of every counter.

@@ -1,0 +1,646 @@
+#!/usr/bin/env bash
+# Loopback benchmark: revalidate vs nginx proxy_cache vs Varnish, all in front
+# of the same origin (bench-origin), with a bare hyper server (bench-bare) as
+# the ceiling. Writes a markdown report to bench/RESULTS.md.
+#
+#   bench/run.sh                      # defaults: wrk -t2 -c64 -d10s --latency
+#   DURATION=20s CONNECTIONS=128 bench/run.sh
+#
+# Needs root (or sudo) only to apt-get install nginx, varnish and wrk when missing.
+# Every server runs on its own free 127.0.0.1 port; nothing system-wide is touched
+# (no system nginx/varnish service is started, stopped or reconfigured).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RESULTS="$ROOT/bench/RESULTS.md"
+THREADS="${THREADS:-2}"
+CONNECTIONS="${CONNECTIONS:-64}"
+DURATION="${DURATION:-10s}"
+WARMUP="${WARMUP:-2s}"
+QUIET_PCT="${QUIET_PCT:-10}"        # "quiet": other processes use < 10% of all CPUs
+QUIET_BUDGET="${QUIET_BUDGET:-180}" # seconds the script may spend waiting for quiet
+HOT_PATH=/obj/1
+DISTINCT=10000      # scenario 2: /obj/0 .. /obj/9999
+PRIME="${PRIME:-100000}" # scenario 4: /obj/0 .. /obj/99999, 5120-byte bodies
+WRK_ARGS=(-t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency)
+COMMAND="bench/run.sh  (THREADS=$THREADS CONNECTIONS=$CONNECTIONS DURATION=$DURATION WARMUP=$WARMUP QUIET_PCT=$QUIET_PCT QUIET_BUDGET=$QUIET_BUDGET)"
+
+SERVERS=(bare revalidate nginx varnish)
+declare -A LABEL=([bare]="bare hyper" [revalidate]="revalidate" [nginx]="nginx proxy_cache" [varnish]="varnish")
+declare -A PORT=() PID=() AVAILABLE=() WHY=() RES=()
+NOTES=()
+STARTED_PIDS=()
+TMP=""
+SHM=""
+ORIGIN_ETAG=""
+
+log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
+note() { NOTES+=("$*"); log "NOTE: $*"; }
+
+cleanup() {
+    local pid
+    for pid in "${STARTED_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${STARTED_PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    [[ -n "$TMP" && -d "$TMP" ]] && rm -rf "$TMP"
+    [[ -n "$SHM" && -d "$SHM" ]] && rm -rf "$SHM"
+    return 0
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- packages ------------------------------------------------------------------
+ensure_packages() {
+    local missing=()
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+    command -v varnishd >/dev/null || [[ -x /usr/sbin/varnishd ]] || missing+=(varnish)
+    command -v curl >/dev/null || missing+=(curl)
+    if ((${#missing[@]})); then
+        log "installing: ${missing[*]}"
+        local sudo=()
+        ((EUID == 0)) || sudo=(sudo)
+        # policy-rc.d may or may not stop the packaged services from starting; they
+        # listen on :80 / :6081 and do not interfere with our own ports either way.
+        if ! { "${sudo[@]}" apt-get update -qq &&
+            DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}"; } >"$TMP/apt.log" 2>&1; then
+            log "apt-get install failed (see below); continuing with whatever is available"
+            tail -5 "$TMP/apt.log" >&2 || true
+        fi
+    fi
+    PATH="$PATH:/usr/sbin:/sbin"
+    if ! command -v wrk >/dev/null; then
+        echo "FATAL: wrk is not installed and could not be installed; no measurement is possible." >&2
+        exit 1
+    fi
+    AVAILABLE[bare]=1
+    AVAILABLE[revalidate]=1
+    if command -v nginx >/dev/null; then AVAILABLE[nginx]=1; else
+        AVAILABLE[nginx]=0
+        WHY[nginx]="nginx package unavailable"
+    fi
+    if command -v varnishd >/dev/null; then AVAILABLE[varnish]=1; else
+        AVAILABLE[varnish]=0
+        WHY[varnish]="varnish package unavailable"
+    fi
+}
+
+# --- ports and processes ---------------------------------------------------------
+declare -A TAKEN=()
+free_port() {
+    local p
+    while :; do
+        p=$((20000 + RANDOM % 40000))
+        [[ -n "${TAKEN[$p]:-}" ]] && continue
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            TAKEN[$p]=1
+            echo "$p"
+            return
+        fi
+    done
+}
+
+# wait_http NAME URL: poll until URL answers 200 (30 s max).
+wait_http() {
+    local name=$1 url=$2
+    for _ in $(seq 300); do
+        if [[ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true)" == 200 ]]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+
+# All PIDs of a process tree (root first).
+tree_pids() {
+    local pid=$1 child
+    echo "$pid"
+    for child in $(pgrep -P "$pid" || true); do tree_pids "$child"; done
+}
+
+# Memory of a process tree in KiB: "VmRSS-sum PSS-sum nprocs".
+tree_mem_kib() {
+    local rss=0 pss=0 n=0 pid v
+    for pid in $(tree_pids "$1"); do
+        v=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+        [[ -n "$v" ]] || continue
+        rss=$((rss + v))
+        v=$(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup" 2>/dev/null || true)
+        pss=$((pss + ${v:-0}))
+        n=$((n + 1))
+    done
+    echo "$rss $pss $n"
+}
+
+mib() { awk -v k="$1" 'BEGIN { printf "%.0f MiB", k / 1024 }'; }
+
+# --- servers ---------------------------------------------------------------------
+start_servers() {
+    local origin_port admin_port
+    origin_port=$(free_port)
+    PORT[origin]=$origin_port
+    "$ROOT/target/release/bench-origin" --listen "127.0.0.1:$origin_port" >"$TMP/origin.log" 2>&1 &
+    PID[origin]=$!
+    STARTED_PIDS+=("$!")
+    wait_http origin "http://127.0.0.1:$origin_port/obj/0" || {
+        cat "$TMP/origin.log" >&2
+        echo "FATAL: bench-origin did not start" >&2
+        exit 1
+    }
+
+    PORT[bare]=$(free_port)
+    "$ROOT/target/release/bench-bare" --listen "127.0.0.1:${PORT[bare]}" --objects "$PRIME" >"$TMP/bare.log" 2>&1 &
+    PID[bare]=$!
+    STARTED_PIDS+=("$!")
+
+    PORT[revalidate]=$(free_port)
+    admin_port=$(free_port)
+    PORT[revalidate_admin]=$admin_port
+    cat >"$TMP/revalidate.toml" <<EOF
+[cache]
+max_bytes = "2 GiB"
+EOF
+    RUST_LOG=warn "$ROOT/target/release/revalidate" serve \
+        --listen "127.0.0.1:${PORT[revalidate]}" \
+        --upstream "http://127.0.0.1:$origin_port" \
+        --config "$TMP/revalidate.toml" \
+        --admin-listen "127.0.0.1:$admin_port" >"$TMP/revalidate.log" 2>&1 &
+    PID[revalidate]=$!
+    STARTED_PIDS+=("$!")
+
+    if ((AVAILABLE[nginx])); then
+        PORT[nginx]=$(free_port)
+        mkdir -p "$TMP/nginx/logs" "$TMP/nginx/temp"
+        # The cache directory lives on tmpfs (/dev/shm) so nginx, like the others,
+        # keeps the bodies in RAM; its size is reported next to nginx's RSS.
+        NGINX_CACHE="$SHM/nginx-cache"
+        cat >"$TMP/nginx/nginx.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes auto;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_requests 1000000;
+    client_body_temp_path $TMP/nginx/temp/client;
+    proxy_temp_path $TMP/nginx/temp/proxy;
+    fastcgi_temp_path $TMP/nginx/temp/fastcgi;
+    uwsgi_temp_path $TMP/nginx/temp/uwsgi;
+    scgi_temp_path $TMP/nginx/temp/scgi;
+    # keys_zone: ~8,000 keys per MiB, so 64 MiB holds ~500,000 keys.
+    proxy_cache_path $NGINX_CACHE levels=1:2 keys_zone=bench:64m max_size=4g inactive=2h use_temp_path=off;
+    upstream origin {
+        server 127.0.0.1:$origin_port;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:${PORT[nginx]} backlog=4096;
+        location / {
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache bench;
+            proxy_cache_valid 200 1h;
+            proxy_cache_lock on;
+            proxy_cache_revalidate on;
+            add_header X-Cache-Status \$upstream_cache_status;
+        }
+    }
+}
+EOF
+        if nginx -t -p "$TMP/nginx" -e "$TMP/nginx/logs/error.log" -c "$TMP/nginx/nginx.conf" >"$TMP/nginx-t.log" 2>&1; then
+            nginx -p "$TMP/nginx" -e "$TMP/nginx/logs/error.log" -c "$TMP/nginx/nginx.conf" >"$TMP/nginx.log" 2>&1 &
+            PID[nginx]=$!
+            STARTED_PIDS+=("$!")
+        else
+            AVAILABLE[nginx]=0
+            WHY[nginx]="nginx rejected its configuration: $(tail -1 "$TMP/nginx-t.log")"
+        fi
+    fi
+
+    if ((AVAILABLE[varnish])); then
+        PORT[varnish]=$(free_port)
+        # varnishd refuses -b together with -f, so the backend is declared in the VCL;
+        # the rest is Varnish's built-in VCL (no header stripping, 304s on delivery).
+        cat >"$TMP/bench.vcl" <<EOF
+vcl 4.1;
+
+backend origin {
+    .host = "127.0.0.1";
+    .port = "$origin_port";
+}
+EOF
+        chmod 644 "$TMP/bench.vcl"
+        varnishd -F -a "127.0.0.1:${PORT[varnish]}" -f "$TMP/bench.vcl" -s malloc,2G \
+            -n "$TMP/varnish" -T none >"$TMP/varnish.log" 2>&1 &
+        PID[varnish]=$!
+        STARTED_PIDS+=("$!")
+    fi
+
+    local s
+    for s in "${SERVERS[@]}"; do
+        ((AVAILABLE[$s])) || continue
+        if ! wait_http "$s" "http://127.0.0.1:${PORT[$s]}/obj/0"; then
+            AVAILABLE[$s]=0
+            WHY[$s]="did not answer on 127.0.0.1:${PORT[$s]} within 30 s (log: $(tail -2 "$TMP/$s.log" 2>/dev/null | tr '\n' ' '))"
+            log "$s: ${WHY[$s]}"
+        else
+            log "$s listening on 127.0.0.1:${PORT[$s]} (pid ${PID[$s]})"
+        fi
+    done
+}
+
+# --- measurements ------------------------------------------------------------------
+# fetch_range NAME FIRST LAST: GET /obj/FIRST .. /obj/LAST once each, 16 in parallel;
+# prints how many answered 200.
+fetch_range() {
+    local s=$1 first=$2 last=$3
+    curl -s -Z --parallel-max 16 -o /dev/null -w '%{http_code}\n' \
+        "http://127.0.0.1:${PORT[$s]}/obj/[$first-$last]" 2>/dev/null | grep -c '^200$' || true
+}
+
+cat_lua() {
+    cat >"$TMP/random.lua" <<EOF
+-- Random GETs over /obj/0 .. /obj/$((DISTINCT - 1)); requests are preformatted
+-- so wrk spends as little time as possible in Lua.
+local counter = 0
+function setup(thread)
+    counter = counter + 1
+    thread:set("id", counter)
+end
+local requests = {}
+function init(args)
+    math.randomseed(os.time() * 1000 + (id or 0))
+    for i = 0, $((DISTINCT - 1)) do
+        requests[i + 1] = wrk.format("GET", "/obj/" .. i)
+    end
+end
+function request()
+    return requests[math.random(1, $DISTINCT)]
+end
+EOF
+}
+
+# --- CPU accounting -------------------------------------------------------------------
+# The machine may be shared (e.g. someone compiling), so every measured run records how
+# much CPU went to processes other than wrk, the server under test and the origin.
+HZ=$(getconf CLK_TCK)
+# "busy total" jiffies over all CPUs (busy excludes idle and iowait).
+cpu_sample() { awk '/^cpu / { b = $2 + $3 + $4 + $7 + $8 + $9; print b, b + $5 + $6; exit }' /proc/stat; }
+# utime + stime jiffies of a process tree (all threads).
+tree_cpu() {
+    local t=0 pid v
+    for pid in $(tree_pids "$1"); do
+        v=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}' || true)
+        t=$((t + ${v:-0}))
+    done
+    echo "$t"
+}
+# CPU seconds of this shell's reaped children (wrk); `times` must run in this shell.
+children_cpu() { awk 'NR == 2 { s = 0; for (i = 1; i <= 2; i++) { split($i, p, /[ms]/); s += p[1] * 60 + p[2] }; print s }' "$TMP/times"; }
+
+# Percentage of all CPUs busy over one second (servers are idle between runs).
+busy_pct() {
+    local b0 a0 b1 a1
+    read -r b0 a0 < <(cpu_sample)
+    sleep 1
+    read -r b1 a1 < <(cpu_sample)
+    echo $((100 * (b1 - b0) / (a1 - a0 > 0 ? a1 - a0 : 1)))
+}
+
+# Wait (within QUIET_BUDGET seconds for the whole script) until the machine has been
+# quiet (< QUIET_PCT % busy) for 3 seconds in a row.
+wait_quiet() {
+    local quiet=0 pct start=$SECONDS
+    while ((quiet < 3)); do
+        if ((QUIET_SPENT + SECONDS - start >= QUIET_BUDGET)); then
+            ((QUIET_EXHAUSTED)) || note "waited ${QUIET_BUDGET}s in all for a quiet machine; later runs started regardless"
+            QUIET_EXHAUSTED=1
+            break
+        fi
+        pct=$(busy_pct)
+        if ((pct < QUIET_PCT)); then quiet=$((quiet + 1)); else
+            ((quiet == 0 && SECONDS - start < 2)) && log "machine busy (${pct}% CPU used by other processes); waiting"
+            quiet=0
+        fi
+    done
+    QUIET_SPENT=$((QUIET_SPENT + SECONDS - start))
+}
+QUIET_SPENT=0
+QUIET_EXHAUSTED=0
+
+# run_wrk NAME SCENARIO ARGS...: warm-up run, then the measured run; stores
+# RES[NAME,SCENARIO,{rps,p50,p99,other}] and keeps the raw output. A run during which
+# other processes used more than QUIET_PCT % of the CPUs is repeated once; the run
+# with the least interference is kept.
+run_wrk() {
+    local s=$1 scenario=$2
+    shift 2
+    local out="$TMP/wrk-$s-$scenario.txt" attempt best="" best_other=1000
+    local b0 a0 b1 a1 p0 p1 c0 c1 other
+    for attempt in 1 2; do
+        wait_quiet
+        wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$@" >/dev/null 2>&1 || true
+        read -r b0 a0 < <(cpu_sample)
+        p0=$(($(tree_cpu "${PID[$s]}") + $(tree_cpu "${PID[origin]}")))
+        times >"$TMP/times"
+        c0=$(children_cpu)
+        if ! wrk "${WRK_ARGS[@]}" "$@" >"$out.$attempt" 2>&1; then
+            RES[$s,$scenario,rps]="failed"
+            note "$s/$scenario: wrk failed: $(tail -1 "$out.$attempt")"
+            return
+        fi
+        read -r b1 a1 < <(cpu_sample)
+        p1=$(($(tree_cpu "${PID[$s]}") + $(tree_cpu "${PID[origin]}")))
+        times >"$TMP/times"
+        c1=$(children_cpu)
+        other=$(awk -v hz="$HZ" -v busy=$((b1 - b0)) -v all=$((a1 - a0)) -v srv=$((p1 - p0)) -v c0="$c0" -v c1="$c1" \
+            'BEGIN { o = busy / hz - srv / hz - (c1 - c0); if (o < 0) o = 0; printf "%.0f", 100 * o / (all / hz) }')
+        log "$s/$scenario (attempt $attempt): $(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out.$attempt") req/s; other processes used ${other}% of the CPUs"
+        {
+            echo "### $s / $scenario (attempt $attempt; other processes: ${other}% CPU)"
+            echo '```'
+            cat "$out.$attempt"
+            echo '```'
+        } >>"$TMP/raw.md"
+        if ((other < best_other)); then
+            best_other=$other
+            best=$attempt
+        fi
+        ((other < QUIET_PCT)) && break
+    done
+    out="$out.$best"
+    RES[$s,$scenario,other]=$best_other
+    RES[$s,$scenario,attempts]=$attempt
+    RES[$s,$scenario,rps]=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out")
+    RES[$s,$scenario,p50]=$(awk '$1 == "50%" {print $2}' "$out")
+    RES[$s,$scenario,p99]=$(awk '$1 == "99%" {print $2}' "$out")
+    local bad errs
+    bad=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$out")
+    errs=$(grep -E '^ +Socket errors:' "$out" | sed 's/^ *//' || true)
+    [[ -n "$bad" ]] && note "$s/$scenario: $bad responses were not 2xx/3xx"
+    [[ -n "$errs" ]] && note "$s/$scenario: $errs"
+    ((best_other < QUIET_PCT)) || note "$s/$scenario: other processes used ${best_other}% of the CPUs during the kept run (marked †)"
+    log "$s/$scenario: ${RES[$s,$scenario,rps]} req/s, p50 ${RES[$s,$scenario,p50]}, p99 ${RES[$s,$scenario,p99]}"
+}
+
+# The response headers a server returns for the hot URL, on one line.
+probe() {
+    local url="http://127.0.0.1:${PORT[$1]}$HOT_PATH"
+    curl -s -o /dev/null -D - "$url" | tr -d '\r' |
+        grep -iE '^(HTTP/|cache-status|x-cache-status|x-varnish|age|etag|content-length)' | paste -sd ' ' - || true
+}
+declare -A CONDITIONAL_STATUS=() PROBE=() MEM=() WARM=()
+
+main() {
+    TMP=$(mktemp -d /tmp/revalidate-bench.XXXXXX)
+    SHM=$(mktemp -d /dev/shm/revalidate-bench.XXXXXX)
+    # varnishd and nginx workers drop privileges and must reach their files here.
+    chmod 755 "$TMP" "$SHM"
+    : >"$TMP/raw.md"
+
+    ensure_packages
+    log "building release binaries (cargo may wait for the build-directory lock)"
+    (cd "$ROOT" && cargo build --release -q -p revalidate-cli -p revalidate-bench)
+    start_servers
+    cat_lua
+
+    local s
+    ORIGIN_ETAG=$(curl -s -o /dev/null -D - "http://127.0.0.1:${PORT[origin]}$HOT_PATH" | tr -d '\r' | awk -F': ' 'tolower($1) == "etag" {print $2}')
+
+    for s in "${SERVERS[@]}"; do
+        ((AVAILABLE[$s])) || continue
+        MEM[$s,idle]=$(tree_mem_kib "${PID[$s]}")
+        log "$s: warming /obj/0 .. /obj/$((DISTINCT - 1))"
+        WARM[$s]=$(fetch_range "$s" 0 $((DISTINCT - 1)))
+        PROBE[$s]=$(probe "$s")
+        CONDITIONAL_STATUS[$s]=$(curl -s -o /dev/null -w '%{http_code}' -H "If-None-Match: $ORIGIN_ETAG" \
+            "http://127.0.0.1:${PORT[$s]}$HOT_PATH")
+        [[ "${CONDITIONAL_STATUS[$s]}" == 304 ]] ||
+            note "$s answered a matching If-None-Match with ${CONDITIONAL_STATUS[$s]}, not 304"
+    done
+
+    for s in "${SERVERS[@]}"; do
+        ((AVAILABLE[$s])) || continue
+        run_wrk "$s" hot "http://127.0.0.1:${PORT[$s]}$HOT_PATH"
+    done
+    for s in "${SERVERS[@]}"; do
+        ((AVAILABLE[$s])) || continue
+        run_wrk "$s" distinct -s "$TMP/random.lua" "http://127.0.0.1:${PORT[$s]}"
+    done
+    for s in "${SERVERS[@]}"; do
+        ((AVAILABLE[$s])) || continue
+        run_wrk "$s" cond -H "If-None-Match: $ORIGIN_ETAG" "http://127.0.0.1:${PORT[$s]}$HOT_PATH"
+    done
+    if ((AVAILABLE[revalidate])); then
+        STATS_AFTER_WRK=$(curl -s "http://127.0.0.1:${PORT[revalidate_admin]}/stats" || true)
+    fi
+
+    for s in "${SERVERS[@]}"; do
+        ((AVAILABLE[$s])) || continue
+        if [[ $s == bare ]]; then
+            WARM[$s,prime]="n/a (all $PRIME bodies precomputed at start)"
+        else
+            log "$s: priming /obj/0 .. /obj/$((PRIME - 1))"
+            WARM[$s,prime]=$(fetch_range "$s" 0 $((PRIME - 1)))
+        fi
+    done
+    sleep 3
+    for s in "${SERVERS[@]}"; do
+        ((AVAILABLE[$s])) || continue
+        MEM[$s,primed]=$(tree_mem_kib "${PID[$s]}")
+    done
+    if ((AVAILABLE[nginx])); then
+        NGINX_FILES=$(find "$NGINX_CACHE" -type f | wc -l)
+        NGINX_DU=$(du -sk "$NGINX_CACHE" | cut -f1)
+        NGINX_APPARENT=$(du -sk --apparent-size "$NGINX_CACHE" | cut -f1)
+    fi
+    if ((AVAILABLE[revalidate])); then
+        STATS_AFTER_PRIME=$(curl -s "http://127.0.0.1:${PORT[revalidate_admin]}/stats" || true)
+    fi
+    ORIGIN_MEM=$(tree_mem_kib "${PID[origin]}")
+
+    report
+    log "wrote $RESULTS"
+    cat "$RESULTS"
+}
+
+cell() { # cell NAME SCENARIO FIELD
+    local s=$1
+    if ! ((AVAILABLE[$s])); then echo "n/a"; return; fi
+    local v=${RES[$1,$2,$3]:-}
+    if [[ $3 == rps && -n "${RES[$1,$2,other]:-}" ]] && ((RES[$1,$2,other] >= QUIET_PCT)); then
+        v="$v †"
+    fi
+    echo "${v:-failed}"
+}
+
+report() {
+    local s rss pss n
+    local cpu nginx_v varnish_v wrk_v rev
+    cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+    nginx_v=$( (nginx -v 2>&1 || true) | head -1)
+    varnish_v=$( (varnishd -V 2>&1 || true) | head -1)
+    wrk_v=$( (wrk -v 2>&1 || true) | head -1)
+    rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    git -C "$ROOT" diff --quiet HEAD 2>/dev/null || rev="$rev + uncommitted changes"
+    {
+        echo "# revalidate vs nginx vs Varnish: loopback benchmark"
+        echo
+        echo "Generated by \`bench/run.sh\`; do not edit by hand."
+        echo
+        echo "- Command: \`$COMMAND\`"
+        echo "- wrk settings for every server and scenario: \`wrk ${WRK_ARGS[*]}\` (after an unmeasured ${WARMUP} warm-up run)"
+        echo "- Date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+        echo "- Machine: $(nproc) CPUs ($cpu), $(awk '/^MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -sr)"
+        echo "- Versions: $nginx_v; $varnish_v; $wrk_v; $(rustc -V 2>/dev/null || echo rustc unknown); revalidate $rev"
+        echo
+        echo "**Only $(nproc) cores:** wrk, the server under test (and, on misses, the origin) all share them, so"
+        echo "absolute figures are load-generator-bound and mostly useful side by side. The servers"
+        echo "not under test sit idle during each run."
+        echo
+        echo "| server | hot req/s | hot p50 | hot p99 | 10k req/s | 10k p50 | 10k p99 | 304 req/s | RSS after $((PRIME / 1000))k objects |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        for s in "${SERVERS[@]}"; do
+            local memcell="n/a"
+            if ((AVAILABLE[$s])); then
+                read -r rss pss n <<<"${MEM[$s,primed]}"
+                memcell=$(mib "$rss")
+                [[ $s == bare ]] && memcell="$memcell (bodies precomputed)"
+                [[ $s == nginx ]] && memcell="$memcell + $(mib "$NGINX_DU") cache files on tmpfs"
+            fi
+            local cond
+            cond=$(cell "$s" cond rps)
+            if ((AVAILABLE[$s])) && [[ "${CONDITIONAL_STATUS[$s]:-}" != 304 ]]; then
+                cond="$cond (answers ${CONDITIONAL_STATUS[$s]:-?}, not 304)"
+            fi
+            echo "| ${LABEL[$s]} | $(cell "$s" hot rps) | $(cell "$s" hot p50) | $(cell "$s" hot p99) | $(cell "$s" distinct rps) | $(cell "$s" distinct p50) | $(cell "$s" distinct p99) | $cond | $memcell |"
+        done
+        echo
+        echo "† = other processes on the machine used ≥ ${QUIET_PCT}% of the CPUs during that run (see \"Interference\" below)."
+        echo
+        echo "Scenarios:"
+        echo
+        echo "1. **hot**: \`GET $HOT_PATH\`, one cached URL."
+        echo "2. **10k**: \`GET /obj/N\`, N uniformly random in 0..$((DISTINCT - 1)), all $DISTINCT warmed first (wrk Lua script, preformatted requests)."
+        echo "3. **304**: \`GET $HOT_PATH\` with \`If-None-Match: $ORIGIN_ETAG\` (the origin's ETag); every server should answer 304 from cache."
+        echo "4. **RSS**: VmRSS from /proc/PID/status summed over the server's process tree, after fetching /obj/0..$((PRIME - 1)) (5120-byte bodies) once each. Raw payload: $PRIME x 5120 B = $(mib $((PRIME * 5)))."
+        echo
+        echo "## Interference"
+        echo
+        echo "Before each run the script waits (up to ${QUIET_BUDGET}s in all) for 3 quiet seconds, then measures the"
+        echo "CPU used during the run by everything except wrk, the server under test and the origin"
+        echo "(/proc/stat busy time minus their utime+stime; kernel work not charged to a process also lands here)."
+        echo "A run above ${QUIET_PCT}% is repeated once and the less disturbed attempt kept. Time spent waiting: ${QUIET_SPENT}s."
+        echo
+        echo "| server | hot: other CPU % (attempts) | 10k: other CPU % (attempts) | 304: other CPU % (attempts) |"
+        echo "|---|---:|---:|---:|"
+        for s in "${SERVERS[@]}"; do
+            ((AVAILABLE[$s])) || continue
+            echo "| ${LABEL[$s]} | ${RES[$s,hot,other]:-?} (${RES[$s,hot,attempts]:-?}) | ${RES[$s,distinct,other]:-?} (${RES[$s,distinct,attempts]:-?}) | ${RES[$s,cond,other]:-?} (${RES[$s,cond,attempts]:-?}) |"
+        done
+        echo
+        echo "## Memory detail"
+        echo
+        echo "VmRSS counts shared pages once per process (nginx's keys_zone is mapped by every worker, Varnish's"
+        echo "shared-memory log by both of its processes), so PSS (proportional set size, /proc/PID/smaps_rollup)"
+        echo "is given too. nginx keeps cached bodies in files: its cache directory was on tmpfs (/dev/shm), i.e."
+        echo "also in RAM, but outside any process's RSS, so it is reported separately."
+        echo
+        echo "| server | processes | VmRSS idle (after start) | VmRSS after $((PRIME / 1000))k | PSS after $((PRIME / 1000))k | objects fetched with 200 (of $PRIME) |"
+        echo "|---|---:|---:|---:|---:|---|"
+        for s in "${SERVERS[@]}"; do
+            if ! ((AVAILABLE[$s])); then
+                echo "| ${LABEL[$s]} | n/a | n/a | n/a | n/a | n/a |"
+                continue
+            fi
+            local irss ipss in
+            read -r irss ipss in <<<"${MEM[$s,idle]}"
+            read -r rss pss n <<<"${MEM[$s,primed]}"
+            echo "| ${LABEL[$s]} | $n | $(mib "$irss") | $(mib "$rss") | $(mib "$pss") | ${WARM[$s,prime]} |"
+        done
+        if ((AVAILABLE[nginx])); then
+            echo
+            echo "nginx cache directory (tmpfs): $NGINX_FILES files, $(mib "$NGINX_DU") allocated on tmpfs (the RAM it uses), $(mib "$NGINX_APPARENT") apparent size (each file holds a ~600-byte header plus the body; tmpfs allocates whole 4 KiB pages)."
+            echo "nginx total = VmRSS + tmpfs: $(mib $(( $(cut -d' ' -f1 <<<"${MEM[nginx,primed]}") + NGINX_DU )))."
+        fi
+        echo
+        echo "Origin (bench-origin) VmRSS at the end: $(mib "$(cut -d' ' -f1 <<<"$ORIGIN_MEM")")."
+        if ((AVAILABLE[revalidate])); then
+            echo
+            echo "revalidate \`/stats\` after the wrk runs: \`${STATS_AFTER_WRK:-unavailable}\`"
+            echo
+            echo "revalidate \`/stats\` after priming $((PRIME / 1000))k: \`${STATS_AFTER_PRIME:-unavailable}\`"
+        fi
+        echo
+        echo "## Checks"
+        echo
+        echo "Response headers for \`$HOT_PATH\` after warming, and the status of a conditional GET with the origin's ETag:"
+        echo
+        for s in "${SERVERS[@]}"; do
+            if ((AVAILABLE[$s])); then
+                echo "- ${LABEL[$s]}: \`${PROBE[$s]}\`; If-None-Match -> ${CONDITIONAL_STATUS[$s]}; warm-up of $DISTINCT URLs: ${WARM[$s]} x 200"
+            else
+                echo "- ${LABEL[$s]}: **not measured**: ${WHY[$s]}"
+            fi
+        done
+        if ((${#NOTES[@]})); then
+            echo
+            echo "## Notes from this run"
+            echo
+            local line
+            for line in "${NOTES[@]}"; do echo "- $line"; done
+        fi
+        echo
+        echo "## Configurations"
+        echo
+        echo "All servers listen on 127.0.0.1 only, in front of the same \`bench-origin\` (HTTP/1.1, keep-alive)."
+        echo
+        echo "<details><summary>revalidate</summary>"
+        echo
+        echo '```'
+        echo "RUST_LOG=warn revalidate serve --listen 127.0.0.1:PORT --upstream http://127.0.0.1:ORIGIN --config revalidate.toml --admin-listen 127.0.0.1:ADMIN"
+        echo "# revalidate.toml"
+        cat "$TMP/revalidate.toml"
+        echo '```'
+        echo "</details>"
+        if [[ -f "$TMP/nginx/nginx.conf" ]]; then
+            echo
+            echo "<details><summary>nginx</summary>"
+            echo
+            echo '```nginx'
+            echo "# nginx -p TMP/nginx -e TMP/nginx/logs/error.log -c TMP/nginx/nginx.conf"
+            sed -e "s|$TMP|TMP|g" -e "s|$SHM|/dev/shm/SHM|g" "$TMP/nginx/nginx.conf"
+            echo '```'
+            echo "</details>"
+        fi
+        if [[ -f "$TMP/bench.vcl" ]]; then
+            echo
+            echo "<details><summary>varnish</summary>"
+            echo
+            echo '```'
+            echo "varnishd -F -a 127.0.0.1:PORT -f bench.vcl -s malloc,2G -n TMP/varnish -T none"
+            echo "# (varnishd refuses -b together with -f; the VCL's backend is the origin, everything else is the built-in VCL)"
+            cat "$TMP/bench.vcl"
+            echo '```'
+            echo "</details>"
+        fi
+        echo
+        echo "<details><summary>Raw wrk output</summary>"
+        echo
+        cat "$TMP/raw.md"
+        echo "</details>"
+    } >"$RESULTS"
+}
+
+main "$@"
