@@ -206,7 +206,7 @@ impl<St: Store> Shared<St> {
         let policy = self.routes.policy(route);
 
         if parts.method != Method::GET && parts.method != Method::HEAD {
-            return self.forward_write(inner, parts, body, route, params).await;
+            return Box::pin(self.forward_write(inner, parts, body, route, params)).await;
         }
         if policy.bypass {
             self.stats.outcome(Outcome::Bypassed);
@@ -254,7 +254,7 @@ impl<St: Store> Shared<St> {
                         "only-if-cached: the response is not in the cache",
                     ));
                 }
-                self.fetch_coalesced(
+                Box::pin(self.fetch_coalesced(
                     inner,
                     &head,
                     &request_cc,
@@ -264,7 +264,7 @@ impl<St: Store> Shared<St> {
                     &path,
                     None,
                     reason,
-                )
+                ))
                 .await
             }
         }
@@ -341,7 +341,7 @@ impl<St: Store> Shared<St> {
             let status = CacheStatus::hit(Some(stale_ttl)).detail("stale-while-revalidate");
             return Ok(self.respond_stored(head, &entry, status, Outcome::StaleServed));
         }
-        self.fetch_coalesced(
+        Box::pin(self.fetch_coalesced(
             inner,
             head,
             request_cc,
@@ -353,11 +353,12 @@ impl<St: Store> Shared<St> {
             // RFC 9211: `request` when the entry was fresh but the request's own
             // directives (no-cache, max-age, min-fresh) sent it upstream.
             if ttl.is_some() { "request" } else { "stale" },
-        )
+        ))
         .await
     }
 
-    /// Fetches once for all concurrent requests of a key.
+    /// Fetches once for all concurrent requests of a key. (Callers box this future:
+    /// it is large, and a hit should not pay for moving it.)
     #[allow(clippy::too_many_arguments)]
     async fn fetch_coalesced<S, ReqBody, ResBody>(
         self: &Arc<Self>,

@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -49,6 +50,12 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// The upstream origin as a tower service.
 #[derive(Debug, Clone)]
 pub struct Upstream {
+    /// Shared: the service is cloned for every request (tower's readiness contract).
+    inner: Arc<UpstreamInner>,
+}
+
+#[derive(Debug)]
+struct UpstreamInner {
     client: Client<HttpConnector, Body>,
     scheme: Scheme,
     authority: Authority,
@@ -79,20 +86,22 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
         Ok(Self {
-            client,
-            scheme,
-            authority,
-            base_path: uri.path().trim_end_matches('/').to_string(),
-            timeout,
+            inner: Arc::new(UpstreamInner {
+                client,
+                scheme,
+                authority,
+                base_path: uri.path().trim_end_matches('/').to_string(),
+                timeout,
+            }),
         })
     }
 
     fn target(&self, uri: &Uri) -> Uri {
         let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
-        let path = format!("{}{pq}", self.base_path);
+        let path = format!("{}{pq}", self.inner.base_path);
         Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
+            .scheme(self.inner.scheme.clone())
+            .authority(self.inner.authority.clone())
             .path_and_query(path)
             .build()
             .unwrap_or_else(|_| Uri::from_static("/"))
@@ -153,15 +162,15 @@ impl Service<Request<Body>> for Upstream {
                 parts.headers.insert(X_FORWARDED_FOR.clone(), value);
             }
         }
-        if let Ok(host) = HeaderValue::from_str(self.authority.as_str()) {
+        if let Ok(host) = HeaderValue::from_str(self.inner.authority.as_str()) {
             parts.headers.insert(HOST, host);
         }
         parts.uri = self.target(&parts.uri);
         parts.version = http::Version::HTTP_11;
         let request = Request::from_parts(parts, body);
-        let client = self.client.clone();
-        let timeout = self.timeout;
-        let authority = self.authority.clone();
+        let client = self.inner.client.clone();
+        let timeout = self.inner.timeout;
+        let authority = self.inner.authority.clone();
         Box::pin(async move {
             match tokio::time::timeout(timeout, client.request(request)).await {
                 Ok(Ok(response)) => {
