@@ -102,10 +102,10 @@ impl StoredResponse {
 
     /// Current age (§4.2.3).
     pub fn age(&self, now: SystemTime) -> Duration {
-        self.initial_age
-            + now
-                .duration_since(self.response_time)
-                .unwrap_or(Duration::ZERO)
+        let resident = now
+            .duration_since(self.response_time)
+            .unwrap_or(Duration::ZERO);
+        self.initial_age.saturating_add(resident)
     }
 
     /// Time left before it goes stale; `None` when stale, soft-purged or `no-cache`.

@@ -250,11 +250,14 @@ pub fn initial_age(
         .get(AGE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_secs);
+        // RFC 9111 §1.2.2: a delta-seconds too large to represent is taken as 2^31.
+        .map_or(Duration::ZERO, |secs| {
+            Duration::from_secs(secs.min(1 << 31))
+        });
     let response_delay = response_time
         .duration_since(request_time)
         .unwrap_or(Duration::ZERO);
-    apparent_age.max(age_value + response_delay)
+    apparent_age.max(age_value.saturating_add(response_delay))
 }
 
 #[cfg(test)]
@@ -456,6 +459,9 @@ mod tests {
             initial_age(&h, t - Duration::from_secs(1), t),
             Duration::from_secs(31)
         );
+        // An Age too large to represent is 2^31 seconds, not a panic.
+        let h = headers(&[("date", &date), ("age", "18446744073709551615")]);
+        assert_eq!(initial_age(&h, t, t), Duration::from_secs(1 << 31));
         // A Date in the future gives no negative age.
         let future = HttpDate::from_system_time(t + Duration::from_secs(100)).to_string();
         assert_eq!(

@@ -79,8 +79,9 @@ impl InvalidationLog {
         }
     }
 
-    /// Records a purge; the caller then applies it to the store.
-    pub async fn record(&self, purge: &Purge) {
+    /// Records a purge and returns the lock: the caller applies the purge to the
+    /// store while holding it, so no store can interleave with the purge itself.
+    pub async fn record(&self, purge: &Purge) -> StoreGuard<'_> {
         let mut state = self.state.lock().await;
         let now = Instant::now();
         let seq = self.seq.fetch_add(1, Ordering::SeqCst);
@@ -99,6 +100,7 @@ impl InvalidationLog {
             at: now,
             purge: purge.clone(),
         });
+        StoreGuard { state }
     }
 }
 
@@ -110,7 +112,7 @@ mod tests {
     async fn a_purge_after_the_ticket_blocks_the_store() {
         let log = InvalidationLog::new(Duration::from_secs(60));
         let before = log.ticket();
-        log.record(&Purge::tags(["t"])).await;
+        drop(log.record(&Purge::tags(["t"])).await);
         let after = log.ticket();
         let guard = log.lock().await;
         assert!(guard.invalidated_since(before, "/x", &["t".into()]));
@@ -122,8 +124,8 @@ mod tests {
     async fn forgotten_records_refuse_old_tickets() {
         let log = InvalidationLog::new(Duration::ZERO);
         let old = log.ticket();
-        log.record(&Purge::urls(["/a"])).await;
-        log.record(&Purge::urls(["/b"])).await; // drops the first record
+        drop(log.record(&Purge::urls(["/a"])).await);
+        drop(log.record(&Purge::urls(["/b"])).await); // drops the first record
         let guard = log.lock().await;
         assert!(
             guard.invalidated_since(old, "/unrelated", &[]),

@@ -129,6 +129,9 @@ impl RequestHead {
             IF_UNMODIFIED_SINCE,
             IF_RANGE,
             RANGE,
+            // The fetch carries no body, so it carries no framing either.
+            CONTENT_LENGTH,
+            http::header::TRANSFER_ENCODING,
         ] {
             headers.remove(name);
         }
@@ -148,15 +151,27 @@ impl RequestHead {
 
 /// What a fetch produced.
 enum Fetched<B, E> {
-    /// A stored (or storable and shareable) response to serve, with the
-    /// Set-Cookie fields that only the client that caused the fetch may see.
-    Entry(Arc<StoredResponse>, CacheStatus, Vec<HeaderValue>),
+    /// A storable response to serve, with the Set-Cookie fields that only the
+    /// client that caused the fetch may see, and whether waiting requests may reuse it.
+    Entry(Arc<StoredResponse>, CacheStatus, Vec<HeaderValue>, bool),
     /// The stale entry, because the upstream failed (stale-if-error).
     Stale(Arc<StoredResponse>, CacheStatus),
     /// A response that cannot be shared.
     Live(Response<CacheBody<B>>, CacheStatus),
     /// The upstream failed and nothing stale may stand in.
     Failed(E),
+}
+
+impl<B, E> Fetched<B, E> {
+    /// What requests waiting on this fetch learn.
+    fn flight(&self) -> Flight {
+        match self {
+            Fetched::Entry(entry, _, _, true) | Fetched::Stale(entry, _) => {
+                Flight::Done(entry.clone())
+            }
+            Fetched::Entry(..) | Fetched::Live(..) | Fetched::Failed(_) => Flight::NotShareable,
+        }
+    }
 }
 
 fn secs(d: Duration) -> i64 {
@@ -171,7 +186,7 @@ fn delta(s: u32) -> Duration {
 /// stored), and the answers to a malformed or overlong request (400, 413, 431),
 /// which stored for everyone would be a cache-poisoned denial of service.
 fn never_stored(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 206 | 400 | 413 | 431) || status.is_informational()
+    matches!(status.as_u16(), 206 | 304 | 400 | 413 | 431) || status.is_informational()
 }
 
 /// Whether this cache knows the status's semantics (for `must-understand`).
@@ -201,8 +216,10 @@ impl<St: Store> Shared<St> {
         ReqBody: Default + Send + 'static,
         ResBody: CacheableBody,
     {
-        let (parts, body) = request.into_parts();
-        let (route, params) = self.routes.resolve(parts.uri.path());
+        let (mut parts, body) = request.into_parts();
+        // Routes match the normalized path, the same one keys and tags are built from.
+        let normalized = normalize_target(parts.uri.path(), &crate::key::QueryRules::default());
+        let (route, params) = self.routes.resolve(&normalized);
         let policy = self.routes.policy(route);
 
         if parts.method != Method::GET && parts.method != Method::HEAD {
@@ -215,6 +232,9 @@ impl<St: Store> Shared<St> {
             return Ok(with_header(response, &CacheStatus::forward("bypass")));
         }
         drop(body);
+        // Fields the upstream will never see (hop-by-hop, or named by Connection)
+        // must not select what is stored either.
+        strip_hop_by_hop(&mut parts.headers);
         let head = RequestHead {
             method: parts.method,
             uri: parts.uri,
@@ -222,7 +242,20 @@ impl<St: Store> Shared<St> {
             extensions: parts.extensions,
         };
         let request_cc = CacheControl::from_headers(&head.headers);
-        let (primary, path) = primary_key(policy, &head);
+        let Some((primary, path)) = primary_key(policy, &head) else {
+            self.stats.outcome(Outcome::Bypassed);
+            let mut request = Request::new(ReqBody::default());
+            *request.method_mut() = head.method;
+            *request.uri_mut() = head.uri;
+            *request.headers_mut() = head.headers;
+            *request.extensions_mut() = head.extensions;
+            let response = inner.oneshot(request).await?;
+            let response = response.map(|b| CacheBody::prefixed(Bytes::new(), b));
+            return Ok(with_header(
+                response,
+                &CacheStatus::forward("bypass").detail("invalid-host"),
+            ));
+        };
 
         let variants = self.store.get(&primary).await;
         let found = variants
@@ -384,13 +417,7 @@ impl<St: Store> Shared<St> {
                         inner, head, request_cc, route, params, primary, path, stale, reason,
                     )
                     .await;
-                let flight = match &fetched {
-                    Fetched::Entry(entry, ..) | Fetched::Stale(entry, _) => {
-                        Flight::Done(entry.clone())
-                    }
-                    Fetched::Live(..) | Fetched::Failed(_) => Flight::NotShareable,
-                };
-                leader.finish(flight);
+                leader.finish(fetched.flight());
                 self.respond_fetched(head, fetched, stale_outcome(reason))
             }
             Role::Follower(receiver) => match wait(receiver, self.config.coalesce_timeout).await {
@@ -427,7 +454,7 @@ impl<St: Store> Shared<St> {
         ResBody::Error: Into<BoxError>,
     {
         match fetched {
-            Fetched::Entry(entry, status, cookies) => {
+            Fetched::Entry(entry, status, cookies, _) => {
                 let mut response = self.respond_stored(head, &entry, status, outcome);
                 // Straight from the upstream: its own Age stands, as it sent it.
                 match entry.headers.get(AGE) {
@@ -485,10 +512,7 @@ impl<St: Store> Shared<St> {
                     "stale",
                 )
                 .await;
-            leader.finish(match fetched {
-                Fetched::Entry(entry, ..) | Fetched::Stale(entry, _) => Flight::Done(entry),
-                Fetched::Live(..) | Fetched::Failed(_) => Flight::NotShareable,
-            });
+            leader.finish(fetched.flight());
         });
     }
 
@@ -559,7 +583,12 @@ impl<St: Store> Shared<St> {
         }
 
         let (mut parts, body) = response.into_parts();
-        if let Some(cc) = &policy.cache_control {
+        // Route overrides describe the route's content, never its errors.
+        if let Some(cc) = policy
+            .cache_control
+            .as_ref()
+            .filter(|_| !code.is_server_error())
+        {
             parts
                 .headers
                 .insert(http::header::CACHE_CONTROL, cc.to_header_value());
@@ -580,8 +609,34 @@ impl<St: Store> Shared<St> {
         if code == StatusCode::NOT_MODIFIED
             && let Some(old) = &stale
         {
-            let headers = compact(&freshened(&old.headers, &parts.headers));
-            let tags = self.tags_of(policy, params, &headers);
+            // The 304's own cookies go to this client only; its other fields update the
+            // stored ones, and the result must still be storable.
+            let cookies: Vec<HeaderValue> =
+                parts.headers.get_all(SET_COOKIE).iter().cloned().collect();
+            let mut headers = freshened(&old.headers, &parts.headers);
+            let directives = Directives::of_response(&headers);
+            let verdict = self.storable(
+                policy,
+                head,
+                request_cc,
+                old.status,
+                &parts.headers,
+                &directives,
+            );
+            let qualified: Vec<String> = directives
+                .cc
+                .private_fields
+                .iter()
+                .chain(&directives.cc.no_cache_fields)
+                .cloned()
+                .collect();
+            strip_for_storage(&mut headers, &qualified);
+            let headers = compact(&headers);
+            // Tags: those the entry had, those the 304 names, the route's.
+            let mut tags = old.tags.clone();
+            tags.extend(self.tags_of(policy, params, &parts.headers));
+            tags.sort();
+            tags.dedup();
             let entry = Arc::new(StoredResponse::new(
                 old.status,
                 headers.clone(),
@@ -591,18 +646,23 @@ impl<St: Store> Shared<St> {
                 tags,
                 path.to_string(),
             ));
-            let stored = self.store_entry(ticket, primary, entry.clone()).await;
+            let stored = verdict.is_ok() && self.store_entry(ticket, primary, entry.clone()).await;
             let mut status = CacheStatus::forward(reason).fwd_status(304);
             if stored {
                 status = status.stored();
             }
-            return Fetched::Entry(entry, status, Vec::new());
+            let shareable = verdict.is_ok();
+            return Fetched::Entry(entry, status, cookies, shareable);
         }
 
         let status = CacheStatus::forward(reason).fwd_status(code.as_u16());
         let directives = Directives::of_response(&parts.headers);
-        if let Err(why) = self.storable(policy, head, request_cc, code, &parts.headers, &directives)
-        {
+        let verdict = if disconnected {
+            Err("made up by the upstream client")
+        } else {
+            self.storable(policy, head, request_cc, code, &parts.headers, &directives)
+        };
+        if let Err(why) = verdict {
             tracing::debug!(uri = %head.uri, why, "not storable");
             let mut response = Response::from_parts(parts, CacheBody::prefixed(Bytes::new(), body));
             strip_hop_by_hop(response.headers_mut());
@@ -657,7 +717,10 @@ impl<St: Store> Shared<St> {
             || entry.validators() != Validators::default();
         let stored = useful && self.store_entry(ticket, primary, entry.clone()).await;
         let status = if stored { status.stored() } else { status };
-        Fetched::Entry(entry, status, cookies)
+        // Waiting requests may reuse it only as they could reuse a stored response:
+        // while fresh (RFC 9111 §4.2), never a `no-cache` one without validation.
+        let shareable = entry.ttl(response_time).is_some();
+        Fetched::Entry(entry, status, cookies, shareable)
     }
 
     fn timing(
@@ -674,6 +737,7 @@ impl<St: Store> Shared<St> {
         } else {
             policy
                 .default_ttl
+                .filter(|_| !status.is_server_error())
                 .or_else(|| freshness::lifetime(&directives, headers, status))
         };
         Timing {
@@ -724,18 +788,27 @@ impl<St: Store> Shared<St> {
         if cc.no_store && !cc.must_understand {
             return Err("no-store");
         }
-        let scoped = policy.user_scope.is_some();
+        // Keyed per user only when the request carries the credential the route
+        // scopes on; without it the key is shared, so no exemption applies.
+        let scope = policy
+            .user_scope
+            .as_ref()
+            .filter(|name| head.headers.contains_key(*name));
+        let scoped = scope.is_some();
         if cc.private && cc.private_fields.is_empty() && !scoped {
             return Err("private");
         }
         let explicitly_shared = cc.public || cc.s_maxage.is_some() || cc.must_revalidate;
-        if head.headers.contains_key(AUTHORIZATION) && !scoped && !explicitly_shared {
+        if head.headers.contains_key(AUTHORIZATION)
+            && scope != Some(&AUTHORIZATION)
+            && !explicitly_shared
+        {
             return Err("authorization");
         }
         // Varnish's default: a request with cookies is personal unless the origin says
         // otherwise or the route keys on the cookies.
         if head.headers.contains_key(COOKIE)
-            && !scoped
+            && scope != Some(&COOKIE)
             && policy.key_cookies.is_empty()
             && !(cc.public || cc.s_maxage.is_some())
         {
@@ -750,7 +823,7 @@ impl<St: Store> Shared<St> {
         let has_freshness = freshness::has_explicit_lifetime(directives, headers)
             || cc.public
             || cc.no_cache
-            || policy.default_ttl.is_some()
+            || (policy.default_ttl.is_some() && !status.is_server_error())
             || freshness::heuristically_cacheable(status);
         if !has_freshness {
             return Err("no freshness information");
@@ -1001,8 +1074,9 @@ impl<St: Store> Shared<St> {
         if purge.is_empty() {
             return 0;
         }
-        self.log.record(purge).await;
+        let guard = self.log.record(purge).await;
         let touched = self.store.purge(purge).await;
+        drop(guard);
         self.stats.purge(touched);
         tracing::info!(urls = ?purge.urls, prefixes = ?purge.prefixes, tags = ?purge.tags, soft = purge.soft, touched, "purge");
         touched
@@ -1038,7 +1112,9 @@ fn same_origin_path(
 }
 
 /// The primary key (§4.1 plus route key additions) and the normalized path.
-fn primary_key(policy: &RoutePolicy, head: &RequestHead) -> (String, String) {
+/// `None` when the host is not a valid authority: such a request is never cached,
+/// so a `Host: a.com/x` cannot write into the key space of `a.com`'s `/x/…`.
+fn primary_key(policy: &RoutePolicy, head: &RequestHead) -> Option<(String, String)> {
     let target = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let path = normalize_target(target, &policy.query);
     let host = head
@@ -1052,6 +1128,9 @@ fn primary_key(policy: &RoutePolicy, head: &RequestHead) -> (String, String) {
                 .map(str::to_ascii_lowercase)
         })
         .unwrap_or_default();
+    if !host.is_empty() && host.parse::<http::uri::Authority>().is_err() {
+        return None;
+    }
     let mut primary = format!("{host}{path}");
     for name in &policy.key_headers {
         primary.push_str("\nh:");
@@ -1082,7 +1161,7 @@ fn primary_key(policy: &RoutePolicy, head: &RequestHead) -> (String, String) {
         }
         primary.push_str(&format!("\nu:{:032x}", hasher.finish_128()));
     }
-    (primary, path)
+    Some((primary, path))
 }
 
 fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -1211,4 +1290,31 @@ fn precondition_failed<B>(current: &Validators) -> Response<CacheBody<B>> {
         .into_parts();
     current.write_to(&mut parts.headers);
     Response::from_parts(parts, CacheBody::full(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(uri: &str, host: &str) -> RequestHead {
+        let mut headers = HeaderMap::new();
+        headers.insert(HOST, host.parse().unwrap());
+        RequestHead {
+            method: Method::GET,
+            uri: uri.parse().unwrap(),
+            headers,
+            extensions: http::Extensions::new(),
+        }
+    }
+
+    #[test]
+    fn hosts_that_are_not_authorities_are_never_keyed() {
+        let policy = RoutePolicy::default();
+        assert!(primary_key(&policy, &head("/y", "a.test/x")).is_none());
+        let (primary, path) = primary_key(&policy, &head("/x/y", "A.test")).unwrap();
+        assert_eq!((primary.as_str(), path.as_str()), ("a.test/x/y", "/x/y"));
+        // An absolute-form target's authority wins over Host.
+        let (primary, _) = primary_key(&policy, &head("http://shop.test/y", "evil.test")).unwrap();
+        assert_eq!(primary, "shop.test/y");
+    }
 }

@@ -322,3 +322,110 @@ async fn no_user_ever_receives_another_users_response() {
         "never stored unkeyed"
     );
 }
+
+#[tokio::test]
+async fn a_user_scoped_route_without_the_credential_stores_nothing_private() {
+    let policy = RoutePolicy {
+        user_scope: Some(HeaderName::from_static("authorization")),
+        ..RoutePolicy::default()
+    };
+    let me = Route {
+        pattern: Pattern::parse("/me").unwrap(),
+        policy,
+        on_write: vec![],
+    };
+    let h = Harness::with_routes(
+        Origin::new(|req, _| {
+            let cookie = req
+                .headers()
+                .get("cookie")
+                .map_or("-", |v| v.to_str().unwrap())
+                .to_string();
+            response(
+                200,
+                &[("cache-control", "private, max-age=600")],
+                &format!("page of {cookie}"),
+            )
+        }),
+        Routes::new(vec![me], RoutePolicy::default()),
+    );
+    assert_eq!(
+        h.get("/me", &[("cookie", "sid=A")]).await.body,
+        "page of sid=A"
+    );
+    assert_eq!(
+        h.get("/me", &[("cookie", "sid=B")]).await.body,
+        "page of sid=B"
+    );
+    assert_eq!(h.origin.calls(), 2);
+}
+
+#[tokio::test]
+async fn a_304_never_stores_its_set_cookie_and_keeps_the_tags() {
+    let headers: &[(&str, &str)] = &[
+        ("cache-control", "max-age=10"),
+        ("etag", "\"e\""),
+        ("surrogate-key", "product:42"),
+    ];
+    let cookie_304 = |_: &_, _| {
+        response(
+            304,
+            &[
+                ("cache-control", "max-age=10"),
+                ("etag", "\"e\""),
+                ("set-cookie", "sid=A2"),
+            ],
+            "",
+        )
+    };
+
+    // By default a 304 that sets a cookie does not refresh the shared entry.
+    let h = Harness::new(Origin::new(move |_, _| response(200, headers, "x")));
+    h.get("/p", &[]).await;
+    h.advance(20);
+    h.origin.set(cookie_304);
+    let revalidated = h.get("/p", &[("cookie", "sid=A")]).await;
+    assert_eq!(
+        revalidated.header("set-cookie"),
+        "sid=A2",
+        "the client that caused it gets its cookie"
+    );
+    assert!(!revalidated.cache_status().contains("stored"));
+
+    // Where the route allows cookies, the entry is refreshed without the cookie.
+    let policy = RoutePolicy {
+        allow_set_cookie: true,
+        ..RoutePolicy::default()
+    };
+    let h = Harness::with_routes(
+        Origin::new(move |_, _| response(200, headers, "x")),
+        Routes::new(vec![], policy),
+    );
+    h.get("/p", &[]).await;
+    h.advance(20);
+    h.origin.set(cookie_304);
+    assert_eq!(h.get("/p", &[]).await.header("set-cookie"), "sid=A2");
+    let other = h.get("/p", &[]).await;
+    assert!(other.hit());
+    assert_eq!(other.header("set-cookie"), "", "never replayed");
+    // The entry kept its Surrogate-Key tag through the revalidation.
+    assert_eq!(h.cache.purge(&Purge::tags(["product:42"])).await, 1);
+}
+
+#[tokio::test]
+async fn route_rules_apply_to_the_normalized_path() {
+    let route = Route {
+        pattern: Pattern::parse("/users/{id}").unwrap(),
+        policy: RoutePolicy {
+            tags: vec![Template::parse("user:{id}").unwrap()],
+            ..RoutePolicy::default()
+        },
+        on_write: vec![],
+    };
+    let h = Harness::with_routes(
+        Origin::fixed(200, &[("cache-control", "max-age=600")], "x"),
+        Routes::new(vec![route], RoutePolicy::default()),
+    );
+    h.get("/users/%31", &[]).await;
+    assert_eq!(h.cache.purge(&Purge::tags(["user:1"])).await, 1, "%31 is 1");
+}

@@ -577,3 +577,24 @@ async fn ranges_are_served_from_a_stored_complete_response() {
     assert_eq!(several.status, 200);
     assert_eq!(h.origin.calls(), 1);
 }
+
+#[tokio::test]
+async fn route_defaults_never_make_errors_cacheable_and_fetches_carry_no_framing() {
+    let policy = RoutePolicy {
+        default_ttl: Some(Duration::from_secs(60)),
+        cache_control: Some(
+            revalidate::CacheControl::new()
+                .public()
+                .max_age(Duration::from_secs(60)),
+        ),
+        ..RoutePolicy::default()
+    };
+    let h = Harness::with_routes(Origin::fixed(503, &[], "down"), Routes::new(vec![], policy));
+    h.get("/", &[("content-length", "10")]).await;
+    assert!(!h.origin.last_request().contains_key("content-length"));
+    assert!(
+        !h.get("/", &[]).await.hit(),
+        "a 503 is not stored under the route's defaults"
+    );
+    assert_eq!(h.origin.calls(), 2);
+}

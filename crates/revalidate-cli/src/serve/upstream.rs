@@ -132,7 +132,13 @@ impl Service<Request<Body>> for Upstream {
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let (mut parts, body) = request.into_parts();
-        let client_host = parts.headers.get(HOST).cloned();
+        // The host the cache keys on: an absolute-form target's authority wins over
+        // Host (RFC 9112 §3.2.2), here as in the key, so both name the same site.
+        let client_host = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            .or_else(|| parts.headers.get(HOST).cloned());
         strip_hop_by_hop(&mut parts.headers);
         for name in UNKEYED_OVERRIDES {
             parts.headers.remove(name);
