@@ -120,7 +120,8 @@ impl Secondary {
 pub fn vary_names(response: &HeaderMap) -> Option<Vec<HeaderName>> {
     let mut names = Vec::new();
     for value in response.get_all(http::header::VARY) {
-        for member in value.to_str().unwrap_or("").split(',') {
+        // A Vary that is not even ASCII cannot be matched safely: treat it as `*`.
+        for member in value.to_str().ok()?.split(',') {
             let member = member.trim();
             if member == "*" {
                 return None;

@@ -887,7 +887,7 @@ impl<St: Store> Shared<St> {
                 }
                 Evaluation::PreconditionFailed => {
                     self.stats.client_status(412);
-                    return precondition_failed(&entry.validators());
+                    return with_header(precondition_failed(&entry.validators()), &status);
                 }
                 Evaluation::Proceed { honor_range: honor } => honor_range = honor,
             }
@@ -1074,6 +1074,25 @@ impl<St: Store> Shared<St> {
         if purge.is_empty() {
             return 0;
         }
+        // Purges name paths as keys hold them: normalized, with the route's query rules.
+        let normalized;
+        let purge = if purge.urls.is_empty() && purge.prefixes.is_empty() {
+            purge
+        } else {
+            let mut copy = purge.clone();
+            for url in &mut copy.urls {
+                let path = url.split('?').next().unwrap_or("/");
+                let (route, _) = self
+                    .routes
+                    .resolve(&normalize_target(path, &crate::key::QueryRules::default()));
+                *url = normalize_target(url, &self.routes.policy(route).query);
+            }
+            for prefix in &mut copy.prefixes {
+                *prefix = normalize_target(prefix, &crate::key::QueryRules::default());
+            }
+            normalized = copy;
+            &normalized
+        };
         let guard = self.log.record(purge).await;
         let touched = self.store.purge(purge).await;
         drop(guard);

@@ -429,3 +429,12 @@ async fn route_rules_apply_to_the_normalized_path() {
     h.get("/users/%31", &[]).await;
     assert_eq!(h.cache.purge(&Purge::tags(["user:1"])).await, 1, "%31 is 1");
 }
+
+#[tokio::test]
+async fn purged_urls_are_normalized_like_keys() {
+    let h = Harness::new(Origin::fixed(200, &[("cache-control", "max-age=600")], "x"));
+    h.get("/a/~user", &[]).await;
+    assert_eq!(h.cache.purge(&Purge::urls(["/a/%7euser"])).await, 1);
+    h.get("/b/~x/1", &[]).await;
+    assert_eq!(h.cache.purge(&Purge::prefixes(["/b/%7Ex/"])).await, 1);
+}

@@ -598,3 +598,17 @@ async fn route_defaults_never_make_errors_cacheable_and_fetches_carry_no_framing
     );
     assert_eq!(h.origin.calls(), 2);
 }
+
+#[tokio::test]
+async fn a_vary_that_is_not_ascii_is_treated_as_star() {
+    let h = Harness::new(Origin::new(|_, _| {
+        let mut r = response(200, &[("cache-control", "max-age=60")], "x");
+        r.headers_mut().insert(
+            "vary",
+            http::HeaderValue::from_bytes(b"accept-\xe9").unwrap(),
+        );
+        r
+    }));
+    h.get("/", &[]).await;
+    assert!(!h.get("/", &[]).await.hit());
+}

@@ -108,6 +108,11 @@ impl<V: ValidatorSource> ConditionalLayer<V> {
 
     /// Answers 428 Precondition Required (RFC 6585) to unsafe requests without
     /// `If-Match`, so that no write can lose an update.
+    ///
+    /// With [`validators`](Self::validators) the layer also answers a stale
+    /// `If-Match` with 412 before the handler runs. On content-hashed routes it can
+    /// only require the field: the handler must compare it (atomically, as the demo's
+    /// `UPDATE … WHERE version = $n` does).
     pub fn require_if_match(mut self) -> Self {
         self.config.require_if_match = true;
         self
