@@ -105,6 +105,19 @@ where
 #[derive(Debug, Clone, Copy, Default)]
 pub struct UpstreamUnavailable;
 
+/// One request's place in the cache: what the lookup, fetch and store steps share.
+#[derive(Clone, Copy)]
+struct Lookup<'a> {
+    head: &'a RequestHead,
+    request_cc: &'a CacheControl,
+    route: Option<&'a Route>,
+    params: &'a Params,
+    /// The primary key.
+    primary: &'a str,
+    /// The normalized path (what URL and prefix purges name).
+    path: &'a str,
+}
+
 /// The parts of a client request that fetches are built from.
 #[derive(Debug, Clone)]
 struct RequestHead {
@@ -266,12 +279,14 @@ impl<St: Store> Shared<St> {
             Some(entry) => {
                 self.serve_stored_or_revalidate(
                     inner,
-                    &head,
-                    &request_cc,
-                    route,
-                    &params,
-                    &primary,
-                    &path,
+                    &Lookup {
+                        head: &head,
+                        request_cc: &request_cc,
+                        route,
+                        params: &params,
+                        primary: &primary,
+                        path: &path,
+                    },
                     entry,
                 )
                 .await
@@ -289,12 +304,14 @@ impl<St: Store> Shared<St> {
                 }
                 Box::pin(self.fetch_coalesced(
                     inner,
-                    &head,
-                    &request_cc,
-                    route,
-                    &params,
-                    &primary,
-                    &path,
+                    &Lookup {
+                        head: &head,
+                        request_cc: &request_cc,
+                        route,
+                        params: &params,
+                        primary: &primary,
+                        path: &path,
+                    },
                     None,
                     reason,
                 ))
@@ -303,16 +320,10 @@ impl<St: Store> Shared<St> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn serve_stored_or_revalidate<S, ReqBody, ResBody>(
         self: &Arc<Self>,
         inner: S,
-        head: &RequestHead,
-        request_cc: &CacheControl,
-        route: Option<&Route>,
-        params: &Params,
-        primary: &str,
-        path: &str,
+        lookup: &Lookup<'_>,
         entry: Arc<StoredResponse>,
     ) -> Result<Response<CacheBody<ResBody>>, S::Error>
     where
@@ -320,6 +331,13 @@ impl<St: Store> Shared<St> {
         ReqBody: Default + Send + 'static,
         ResBody: CacheableBody,
     {
+        let Lookup {
+            head,
+            request_cc,
+            primary,
+            path,
+            ..
+        } = *lookup;
         let now = self.clock.now();
         let age = entry.age(now);
         let ttl = entry.ttl(now);
@@ -376,12 +394,7 @@ impl<St: Store> Shared<St> {
         }
         Box::pin(self.fetch_coalesced(
             inner,
-            head,
-            request_cc,
-            route,
-            params,
-            primary,
-            path,
+            lookup,
             Some(entry),
             // RFC 9211: `request` when the entry was fresh but the request's own
             // directives (no-cache, max-age, min-fresh) sent it upstream.
@@ -392,16 +405,10 @@ impl<St: Store> Shared<St> {
 
     /// Fetches once for all concurrent requests of a key. (Callers box this future:
     /// it is large, and a hit should not pay for moving it.)
-    #[allow(clippy::too_many_arguments)]
     async fn fetch_coalesced<S, ReqBody, ResBody>(
         self: &Arc<Self>,
         inner: S,
-        head: &RequestHead,
-        request_cc: &CacheControl,
-        route: Option<&Route>,
-        params: &Params,
-        primary: &str,
-        path: &str,
+        lookup: &Lookup<'_>,
         stale: Option<Arc<StoredResponse>>,
         reason: &'static str,
     ) -> Result<Response<CacheBody<ResBody>>, S::Error>
@@ -410,13 +417,10 @@ impl<St: Store> Shared<St> {
         ReqBody: Default + Send + 'static,
         ResBody: CacheableBody,
     {
+        let Lookup { head, primary, .. } = *lookup;
         match self.coalescer.join(primary) {
             Role::Leader(leader) => {
-                let fetched = self
-                    .fetch(
-                        inner, head, request_cc, route, params, primary, path, stale, reason,
-                    )
-                    .await;
+                let fetched = self.fetch(inner, lookup, stale, reason).await;
                 leader.finish(fetched.flight());
                 self.respond_fetched(head, fetched, stale_outcome(reason))
             }
@@ -432,11 +436,7 @@ impl<St: Store> Shared<St> {
                 // Not shareable, a Vary mismatch, an abandoned leader or a timeout:
                 // go upstream alone, at once.
                 _ => {
-                    let fetched = self
-                        .fetch(
-                            inner, head, request_cc, route, params, primary, path, stale, reason,
-                        )
-                        .await;
+                    let fetched = self.fetch(inner, lookup, stale, reason).await;
                     self.respond_fetched(head, fetched, stale_outcome(reason))
                 }
             },
@@ -497,17 +497,20 @@ impl<St: Store> Shared<St> {
             let Role::Leader(leader) = shared.coalescer.join(&primary) else {
                 return;
             };
-            let (route, params) = shared.routes.resolve(head.uri.path());
+            let normalized = normalize_target(head.uri.path(), &crate::key::QueryRules::default());
+            let (route, params) = shared.routes.resolve(&normalized);
             let request_cc = CacheControl::from_headers(&head.headers);
             let fetched = shared
                 .fetch(
                     inner,
-                    &head,
-                    &request_cc,
-                    route,
-                    &params,
-                    &primary,
-                    &path,
+                    &Lookup {
+                        head: &head,
+                        request_cc: &request_cc,
+                        route,
+                        params: &params,
+                        primary: &primary,
+                        path: &path,
+                    },
                     Some(stale),
                     "stale",
                 )
@@ -518,16 +521,10 @@ impl<St: Store> Shared<St> {
 
     /// One upstream fetch: conditional when a stale entry has validators; stores
     /// what may be stored.
-    #[allow(clippy::too_many_arguments)]
     async fn fetch<S, ReqBody, ResBody>(
         &self,
         inner: S,
-        head: &RequestHead,
-        request_cc: &CacheControl,
-        route: Option<&Route>,
-        params: &Params,
-        primary: &str,
-        path: &str,
+        lookup: &Lookup<'_>,
         stale: Option<Arc<StoredResponse>>,
         reason: &'static str,
     ) -> Fetched<ResBody, S::Error>
@@ -537,6 +534,14 @@ impl<St: Store> Shared<St> {
         ResBody: Body<Data = Bytes> + Unpin,
         ResBody::Error: Into<BoxError>,
     {
+        let Lookup {
+            head,
+            request_cc,
+            route,
+            params,
+            primary,
+            path,
+        } = *lookup;
         let policy = self.routes.policy(route);
         let ticket = self.log.ticket();
         let validators = stale.as_ref().map(|e| e.validators());
