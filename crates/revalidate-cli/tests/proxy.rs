@@ -494,3 +494,19 @@ async fn a_disconnected_upstream_gets_stale_content() {
         cache_status(&stale)
     );
 }
+
+/// An absolute-form target names the site (RFC 9112 §3.2.2): the key and the
+/// upstream's X-Forwarded-Host both use it, never a conflicting Host.
+#[tokio::test]
+async fn absolute_form_targets_key_and_forward_the_same_host() {
+    let (origin, proxy, _o, _) = start("").await;
+    let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let raw = "GET http://shop.test/abs HTTP/1.1\r\nHost: evil.test\r\nConnection: close\r\n\r\n";
+    stream.write_all(raw.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("via shop.test"), "{response}");
+    let (_, headers) = origin.requests().pop().unwrap();
+    assert_eq!(headers["x-forwarded-host"], "shop.test");
+}
