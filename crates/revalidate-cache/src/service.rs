@@ -230,9 +230,7 @@ impl<St: Store> Shared<St> {
         ResBody: CacheableBody,
     {
         let (mut parts, body) = request.into_parts();
-        // Routes match the normalized path, the same one keys and tags are built from.
-        let normalized = normalize_target(parts.uri.path(), &crate::key::QueryRules::default());
-        let (route, params) = self.routes.resolve(&normalized);
+        let (route, params) = self.resolve_route(parts.uri.path());
         let policy = self.routes.policy(route);
 
         if parts.method != Method::GET && parts.method != Method::HEAD {
@@ -275,22 +273,16 @@ impl<St: Store> Shared<St> {
             .as_ref()
             .and_then(|v| v.find(&head.headers))
             .cloned();
+        let lookup = Lookup {
+            head: &head,
+            request_cc: &request_cc,
+            route,
+            params: &params,
+            primary: &primary,
+            path: &path,
+        };
         match found {
-            Some(entry) => {
-                self.serve_stored_or_revalidate(
-                    inner,
-                    &Lookup {
-                        head: &head,
-                        request_cc: &request_cc,
-                        route,
-                        params: &params,
-                        primary: &primary,
-                        path: &path,
-                    },
-                    entry,
-                )
-                .await
-            }
+            Some(entry) => self.serve_stored_or_revalidate(inner, &lookup, entry).await,
             None => {
                 let reason = if variants.is_some() {
                     "vary-miss"
@@ -302,20 +294,7 @@ impl<St: Store> Shared<St> {
                         "only-if-cached: the response is not in the cache",
                     ));
                 }
-                Box::pin(self.fetch_coalesced(
-                    inner,
-                    &Lookup {
-                        head: &head,
-                        request_cc: &request_cc,
-                        route,
-                        params: &params,
-                        primary: &primary,
-                        path: &path,
-                    },
-                    None,
-                    reason,
-                ))
-                .await
+                Box::pin(self.fetch_coalesced(inner, &lookup, None, reason)).await
             }
         }
     }
@@ -497,8 +476,7 @@ impl<St: Store> Shared<St> {
             let Role::Leader(leader) = shared.coalescer.join(&primary) else {
                 return;
             };
-            let normalized = normalize_target(head.uri.path(), &crate::key::QueryRules::default());
-            let (route, params) = shared.routes.resolve(&normalized);
+            let (route, params) = shared.resolve_route(head.uri.path());
             let request_cc = CacheControl::from_headers(&head.headers);
             let fetched = shared
                 .fetch(
@@ -1074,6 +1052,13 @@ impl<St: Store> Shared<St> {
 }
 
 impl<St: Store> Shared<St> {
+    /// The route of a path, matched on the normalized path: the same one keys, tags
+    /// and purges are built from, so `/users/%31` is `/users/1` everywhere.
+    fn resolve_route(&self, path: &str) -> (Option<&Route>, Params) {
+        self.routes
+            .resolve(&normalize_target(path, &crate::key::QueryRules::default()))
+    }
+
     /// Records, then applies, a purge (see [`crate::invalidation`]).
     pub(crate) async fn purge(&self, purge: &Purge) -> usize {
         if purge.is_empty() {
@@ -1087,9 +1072,7 @@ impl<St: Store> Shared<St> {
             let mut copy = purge.clone();
             for url in &mut copy.urls {
                 let path = url.split('?').next().unwrap_or("/");
-                let (route, _) = self
-                    .routes
-                    .resolve(&normalize_target(path, &crate::key::QueryRules::default()));
+                let (route, _) = self.resolve_route(path);
                 *url = normalize_target(url, &self.routes.policy(route).query);
             }
             for prefix in &mut copy.prefixes {

@@ -270,8 +270,8 @@ async fn route_tags_and_write_invalidation_rules() {
     assert!(h.get("/users/8", &[]).await.hit());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn no_user_ever_receives_another_users_response() {
+/// Routes where `/me` is keyed per `Authorization` credential.
+fn user_scoped_me() -> Routes {
     let policy = RoutePolicy {
         user_scope: Some(HeaderName::from_static("authorization")),
         ..RoutePolicy::default()
@@ -281,6 +281,11 @@ async fn no_user_ever_receives_another_users_response() {
         policy,
         on_write: vec![],
     };
+    Routes::new(vec![me], RoutePolicy::default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_user_ever_receives_another_users_response() {
     let h = Harness::with_routes(
         Origin::new(|req, _| {
             let who = req
@@ -295,7 +300,7 @@ async fn no_user_ever_receives_another_users_response() {
                 &format!("profile of {who}"),
             )
         }),
-        Routes::new(vec![me], RoutePolicy::default()),
+        user_scoped_me(),
     );
     *h.origin.delay.lock().unwrap() = Duration::from_millis(2);
     let tasks: Vec<_> = (0..400)
@@ -325,15 +330,6 @@ async fn no_user_ever_receives_another_users_response() {
 
 #[tokio::test]
 async fn a_user_scoped_route_without_the_credential_stores_nothing_private() {
-    let policy = RoutePolicy {
-        user_scope: Some(HeaderName::from_static("authorization")),
-        ..RoutePolicy::default()
-    };
-    let me = Route {
-        pattern: Pattern::parse("/me").unwrap(),
-        policy,
-        on_write: vec![],
-    };
     let h = Harness::with_routes(
         Origin::new(|req, _| {
             let cookie = req
@@ -347,7 +343,7 @@ async fn a_user_scoped_route_without_the_credential_stores_nothing_private() {
                 &format!("page of {cookie}"),
             )
         }),
-        Routes::new(vec![me], RoutePolicy::default()),
+        user_scoped_me(),
     );
     assert_eq!(
         h.get("/me", &[("cookie", "sid=A")]).await.body,
