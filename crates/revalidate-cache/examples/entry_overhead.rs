@@ -57,17 +57,13 @@ async fn main() {
             timing,
             Secondary::default(),
             vec![],
-            path.clone(),
+            Arc::from(path.as_str()),
         );
-        let variants = Variants {
-            vary: vec![],
-            entries: vec![Arc::new(entry)],
-        };
+        let variants = Variants::new(vec![], vec![Arc::new(entry)]);
         store
             .put(format!("127.0.0.1{path}"), Arc::new(variants))
             .await;
     }
-    store.sync().await;
     let after = rss_bytes();
     let usage = store.usage();
     let per_entry = (after - before) as f64 / entries as f64;

@@ -14,6 +14,10 @@ use crate::key::Secondary;
 /// header map's tables and the store's bookkeeping (measured; see the README).
 pub const ENTRY_OVERHEAD_BYTES: usize = 1536;
 
+/// Bytes charged per stored header field beyond its name and value (the header
+/// map's slot for it).
+pub const HEADER_OVERHEAD_BYTES: usize = 32;
+
 /// One response held by the cache, with what freshness needs.
 #[derive(Debug)]
 pub struct StoredResponse {
@@ -44,9 +48,11 @@ pub struct StoredResponse {
     pub secondary: Secondary,
     /// Invalidation tags.
     pub tags: Vec<String>,
-    /// The normalized path, for prefix purges.
-    pub path: String,
+    /// The normalized path, for URL and prefix purges (shared with the store's index).
+    pub path: Arc<str>,
     soft_purged: AtomicBool,
+    /// Bytes charged against the memory budget (fixed: the entry never changes).
+    weight: usize,
 }
 
 /// What [`StoredResponse::new`] needs beyond the response itself.
@@ -77,10 +83,16 @@ impl StoredResponse {
         timing: Timing,
         secondary: Secondary,
         tags: Vec<String>,
-        path: String,
+        path: Arc<str>,
     ) -> Self {
         let initial_age =
             crate::freshness::initial_age(&headers, timing.request_time, timing.response_time);
+        let header_bytes: usize = headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + HEADER_OVERHEAD_BYTES)
+            .sum();
+        let tag_bytes: usize = tags.iter().map(String::len).sum();
+        let weight = body.len() + header_bytes + tag_bytes + path.len() + ENTRY_OVERHEAD_BYTES;
         Self {
             status,
             headers,
@@ -97,6 +109,7 @@ impl StoredResponse {
             tags,
             path,
             soft_purged: AtomicBool::new(false),
+            weight,
         }
     }
 
@@ -146,13 +159,7 @@ impl StoredResponse {
 
     /// Bytes charged against the memory budget.
     pub fn weight(&self) -> usize {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + 32)
-            .sum();
-        let tags: usize = self.tags.iter().map(String::len).sum();
-        self.body.len() + headers + tags + self.path.len() + ENTRY_OVERHEAD_BYTES
+        self.weight
     }
 }
 
@@ -163,9 +170,20 @@ pub struct Variants {
     pub vary: Vec<HeaderName>,
     /// One entry per distinct secondary key.
     pub entries: Vec<Arc<StoredResponse>>,
+    weight: usize,
 }
 
 impl Variants {
+    /// The variants `entries`, selected by the `vary` field names.
+    pub fn new(vary: Vec<HeaderName>, entries: Vec<Arc<StoredResponse>>) -> Self {
+        let weight = entries.iter().map(|e| e.weight()).sum();
+        Self {
+            vary,
+            entries,
+            weight,
+        }
+    }
+
     /// The entry `request` selects.
     pub fn find(&self, request: &http::HeaderMap) -> Option<&Arc<StoredResponse>> {
         self.entries.iter().find(|e| e.secondary.matches(request))
@@ -192,12 +210,17 @@ impl Variants {
         if entries.len() > max_variants {
             entries.remove(0);
         }
-        Self { vary, entries }
+        Self::new(vary, entries)
     }
 
     /// Bytes charged against the memory budget.
     pub fn weight(&self) -> usize {
-        self.entries.iter().map(|e| e.weight()).sum()
+        self.weight
+    }
+
+    /// The normalized path all variants share.
+    pub fn path(&self) -> Option<&Arc<str>> {
+        self.entries.first().map(|e| &e.path)
     }
 
     /// Tags of all entries.

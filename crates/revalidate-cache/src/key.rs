@@ -71,14 +71,39 @@ pub fn normalize_target(path_and_query: &str, rules: &QueryRules) -> String {
         None => (path_and_query, None),
     };
     let mut out = String::with_capacity(path_and_query.len() + 1);
+    push_normalized_path(path, &mut out);
+    push_normalized_query(query, rules, &mut out);
+    out
+}
+
+/// Appends a path, percent-encodings normalized (`/` when empty).
+pub fn push_normalized_path(path: &str, out: &mut String) {
     if path.is_empty() {
         out.push('/');
     } else {
-        normalize_percent(path, &mut out);
+        normalize_percent(path, out);
     }
+}
+
+/// Appends `?` and a query normalized by `rules` (nothing when there is no query,
+/// or when the rules leave nothing of it).
+pub fn push_normalized_query(query: Option<&str>, rules: &QueryRules, out: &mut String) {
     let Some(query) = query else {
-        return out;
+        return;
     };
+    if !rules.sort && rules.drop.is_empty() {
+        // The common case needs no list of parameters.
+        out.push('?');
+        let mut first = true;
+        for param in query.split('&').filter(|p| !p.is_empty()) {
+            if !first {
+                out.push('&');
+            }
+            first = false;
+            normalize_percent(param, out);
+        }
+        return;
+    }
     let mut params: Vec<&str> = query
         .split('&')
         .filter(|p| !p.is_empty())
@@ -87,16 +112,15 @@ pub fn normalize_target(path_and_query: &str, rules: &QueryRules) -> String {
     if rules.sort {
         params.sort_by(|a, b| a.split('=').next().cmp(&b.split('=').next()));
     }
-    if !params.is_empty() || (!rules.sort && rules.drop.is_empty()) {
+    if !params.is_empty() {
         out.push('?');
         for (i, param) in params.iter().enumerate() {
             if i > 0 {
                 out.push('&');
             }
-            normalize_percent(param, &mut out);
+            normalize_percent(param, out);
         }
     }
-    out
 }
 
 /// The request's values for the fields a response varies on, normalized so that

@@ -30,7 +30,9 @@ use crate::entry::{StoredResponse, Timing, Variants};
 use crate::freshness::{self, Directives};
 use crate::headers::{compact, response_tags, strip_for_storage, strip_hop_by_hop, strip_tags};
 use crate::invalidation::Ticket;
-use crate::key::{normalize_target, secondary, vary_names};
+use crate::key::{
+    normalize_target, push_normalized_path, push_normalized_query, secondary, vary_names,
+};
 use crate::routes::{Params, Route, RoutePolicy};
 use crate::stats::Outcome;
 use crate::status::{CACHE_STATUS, CacheStatus};
@@ -116,6 +118,14 @@ struct Lookup<'a> {
     primary: &'a str,
     /// The normalized path (what URL and prefix purges name).
     path: &'a str,
+}
+
+/// Where a request target leads: see [`Shared::locate`].
+struct Located<'a> {
+    route: Option<&'a Route>,
+    params: Params,
+    /// The normalized path and query.
+    target: String,
 }
 
 /// The parts of a client request that fetches are built from.
@@ -230,7 +240,11 @@ impl<St: Store> Shared<St> {
         ResBody: CacheableBody,
     {
         let (mut parts, body) = request.into_parts();
-        let (route, params) = self.resolve_route(parts.uri.path());
+        let Located {
+            route,
+            params,
+            target,
+        } = self.locate(&parts.uri);
         let policy = self.routes.policy(route);
 
         if parts.method != Method::GET && parts.method != Method::HEAD {
@@ -253,7 +267,7 @@ impl<St: Store> Shared<St> {
             extensions: parts.extensions,
         };
         let request_cc = CacheControl::from_headers(&head.headers);
-        let Some((primary, path)) = primary_key(policy, &head) else {
+        let Some(primary) = primary_key(policy, &head, &target) else {
             self.stats.outcome(Outcome::Bypassed);
             let mut request = Request::new(ReqBody::default());
             *request.method_mut() = head.method;
@@ -267,6 +281,7 @@ impl<St: Store> Shared<St> {
                 &CacheStatus::forward("bypass").detail("invalid-host"),
             ));
         };
+        let path = target.as_str();
 
         let variants = self.store.get(&primary).await;
         let found = variants
@@ -279,7 +294,7 @@ impl<St: Store> Shared<St> {
             route,
             params: &params,
             primary: &primary,
-            path: &path,
+            path,
         };
         match found {
             Some(entry) => self.serve_stored_or_revalidate(inner, &lookup, entry).await,
@@ -627,7 +642,7 @@ impl<St: Store> Shared<St> {
                 timing(&headers, old.status),
                 old.secondary.clone(),
                 tags,
-                path.to_string(),
+                old.path.clone(),
             ));
             let stored = verdict.is_ok() && self.store_entry(ticket, primary, entry.clone()).await;
             let mut status = CacheStatus::forward(reason).fwd_status(304);
@@ -690,7 +705,7 @@ impl<St: Store> Shared<St> {
             timing(&headers, code),
             secondary(&names, &head.headers),
             tags,
-            path.to_string(),
+            Arc::from(path),
         ));
         // A response that is stale at once and cannot be validated or served stale is
         // of no later use: share it with waiting requests, but do not store it.
@@ -847,7 +862,12 @@ impl<St: Store> Shared<St> {
     ) -> Response<CacheBody<B>> {
         self.stats.outcome(outcome);
         let now = self.clock.now();
-        let mut headers = entry.headers.clone();
+        // Copied into a map with room for the two fields added here: a clone of the
+        // stored map would have to grow (and rehash) to take them.
+        let mut headers = HeaderMap::with_capacity(entry.headers.len() + 2);
+        for (name, value) in &entry.headers {
+            headers.append(name.clone(), value.clone());
+        }
         headers.insert(AGE, HeaderValue::from(entry.age(now).as_secs()));
         headers.insert(CACHE_STATUS.clone(), status.to_header_value());
 
@@ -1052,8 +1072,22 @@ impl<St: Store> Shared<St> {
 }
 
 impl<St: Store> Shared<St> {
-    /// The route of a path, matched on the normalized path: the same one keys, tags
-    /// and purges are built from, so `/users/%31` is `/users/1` everywhere.
+    /// The route of a target, matched on its normalized path, and the normalized
+    /// target (with the route's query rules) that keys, tags and purges are built
+    /// from, so `/users/%31` is `/users/1` everywhere.
+    fn locate(&self, uri: &Uri) -> Located<'_> {
+        let mut target = String::with_capacity(uri.path().len() + uri.query().map_or(0, |q| q.len() + 1));
+        push_normalized_path(uri.path(), &mut target);
+        let (route, params) = self.routes.resolve(&target);
+        push_normalized_query(uri.query(), &self.routes.policy(route).query, &mut target);
+        Located {
+            route,
+            params,
+            target,
+        }
+    }
+
+    /// The route of a path, matched on the normalized path.
     fn resolve_route(&self, path: &str) -> (Option<&Route>, Params) {
         self.routes
             .resolve(&normalize_target(path, &crate::key::QueryRules::default()))
@@ -1118,27 +1152,23 @@ fn same_origin_path(
     pq.starts_with('/').then(|| pq.to_string())
 }
 
-/// The primary key (§4.1 plus route key additions) and the normalized path.
-/// `None` when the host is not a valid authority: such a request is never cached,
-/// so a `Host: a.com/x` cannot write into the key space of `a.com`'s `/x/…`.
-fn primary_key(policy: &RoutePolicy, head: &RequestHead) -> Option<(String, String)> {
-    let target = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let path = normalize_target(target, &policy.query);
-    let host = head
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_ascii_lowercase())
-        .or_else(|| {
-            head.headers
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_ascii_lowercase)
-        })
-        .unwrap_or_default();
+/// The primary key (§4.1 plus route key additions): the host, then the normalized
+/// target. `None` when the host is not a valid authority: such a request is never
+/// cached, so a `Host: a.com/x` cannot write into the key space of `a.com`'s `/x/…`.
+fn primary_key(policy: &RoutePolicy, head: &RequestHead, target: &str) -> Option<String> {
+    let host = match head.uri.authority() {
+        Some(authority) => authority.as_str(),
+        None => match head.headers.get(HOST) {
+            Some(value) => value.to_str().unwrap_or(""),
+            None => "",
+        },
+    };
     if !host.is_empty() && host.parse::<http::uri::Authority>().is_err() {
         return None;
     }
-    let mut primary = format!("{host}{path}");
+    let mut primary = String::with_capacity(host.len() + target.len());
+    primary.extend(host.chars().map(|c| c.to_ascii_lowercase()));
+    primary.push_str(target);
     for name in &policy.key_headers {
         primary.push_str("\nh:");
         primary.push_str(name.as_str());
@@ -1168,7 +1198,7 @@ fn primary_key(policy: &RoutePolicy, head: &RequestHead) -> Option<(String, Stri
         }
         primary.push_str(&format!("\nu:{:032x}", hasher.finish_128()));
     }
-    Some((primary, path))
+    Some(primary)
 }
 
 fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -1317,11 +1347,11 @@ mod tests {
     #[test]
     fn hosts_that_are_not_authorities_are_never_keyed() {
         let policy = RoutePolicy::default();
-        assert!(primary_key(&policy, &head("/y", "a.test/x")).is_none());
-        let (primary, path) = primary_key(&policy, &head("/x/y", "A.test")).unwrap();
-        assert_eq!((primary.as_str(), path.as_str()), ("a.test/x/y", "/x/y"));
+        assert!(primary_key(&policy, &head("/y", "a.test/x"), "/y").is_none());
+        let primary = primary_key(&policy, &head("/x/y", "A.test"), "/x/y").unwrap();
+        assert_eq!(primary, "a.test/x/y");
         // An absolute-form target's authority wins over Host.
-        let (primary, _) = primary_key(&policy, &head("http://shop.test/y", "evil.test")).unwrap();
+        let primary = primary_key(&policy, &head("http://shop.test/y", "evil.test"), "/y").unwrap();
         assert_eq!(primary, "shop.test/y");
     }
 }

@@ -84,34 +84,47 @@ impl CacheStatus {
 
     /// The field value.
     pub fn to_header_value(&self) -> HeaderValue {
-        HeaderValue::from_str(&self.to_string()).expect("ascii")
+        // Written straight into the value's own buffer: this runs on every hit.
+        let mut out = String::with_capacity(64);
+        self.write_to(&mut out);
+        HeaderValue::try_from(out).expect("ascii")
+    }
+
+    fn write_to(&self, out: &mut String) {
+        let mut numbers = itoa::Buffer::new();
+        out.push_str("revalidate");
+        if self.hit {
+            out.push_str("; hit");
+        }
+        if let Some(fwd) = self.fwd {
+            out.push_str("; fwd=");
+            out.push_str(fwd);
+        }
+        if let Some(status) = self.fwd_status {
+            out.push_str("; fwd-status=");
+            out.push_str(numbers.format(status));
+        }
+        if let Some(ttl) = self.ttl {
+            out.push_str("; ttl=");
+            out.push_str(numbers.format(ttl));
+        }
+        if self.stored {
+            out.push_str("; stored");
+        }
+        if self.collapsed {
+            out.push_str("; collapsed");
+        }
+        if let Some(detail) = self.detail {
+            out.push_str("; detail=");
+            out.push_str(detail);
+        }
     }
 }
 
 impl fmt::Display for CacheStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("revalidate")?;
-        if self.hit {
-            f.write_str("; hit")?;
-        }
-        if let Some(fwd) = self.fwd {
-            write!(f, "; fwd={fwd}")?;
-        }
-        if let Some(status) = self.fwd_status {
-            write!(f, "; fwd-status={status}")?;
-        }
-        if let Some(ttl) = self.ttl {
-            write!(f, "; ttl={ttl}")?;
-        }
-        if self.stored {
-            f.write_str("; stored")?;
-        }
-        if self.collapsed {
-            f.write_str("; collapsed")?;
-        }
-        if let Some(detail) = self.detail {
-            write!(f, "; detail={detail}")?;
-        }
-        Ok(())
+        let mut out = String::new();
+        self.write_to(&mut out);
+        f.write_str(&out)
     }
 }

@@ -160,9 +160,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             })
             .await
     });
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    let result = serve::server::run(listener, app, shutdown_signal()).await;
     let _ = stop.send(true);
     let _ = admin_task.await;
     result.context("server error")

@@ -20,7 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use revalidate_cache::{Cache, Purge};
 use revalidate_cli::serve::admin::{AdminState, router as admin_router};
-use revalidate_cli::serve::{Upstream, parse, proxy};
+use revalidate_cli::serve::{Proxy, Upstream, parse, proxy, server};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -388,6 +388,13 @@ async fn serve(app: axum::Router) -> String {
     format!("http://{addr}")
 }
 
+async fn serve_proxy(app: Proxy) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server::run(listener, app, std::future::pending()));
+    format!("http://{addr}")
+}
+
 impl Setup {
     async fn start() -> Self {
         let http = Http::new();
@@ -395,7 +402,7 @@ impl Setup {
         let config = parse(CONFIG, "flask.toml").unwrap_or_else(|e| panic!("{e}"));
         let upstream = Upstream::new(&flask.url, config.upstream_timeout).unwrap();
         let (app, cache) = proxy(&config, upstream);
-        let proxy = serve(app).await;
+        let proxy = serve_proxy(app).await;
         let admin = serve(admin_router(AdminState {
             cache: cache.clone(),
             token: None,

@@ -12,7 +12,7 @@ use axum::response::IntoResponse;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use revalidate_cli::serve::{Upstream, parse, proxy};
+use revalidate_cli::serve::{Proxy, Upstream, parse, proxy, server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An origin that records the headers of every request it sees.
@@ -64,6 +64,13 @@ impl Origin {
     }
 }
 
+async fn spawn_proxy(app: Proxy) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server::run(listener, app, std::future::pending()));
+    addr
+}
+
 async fn spawn(router: Router) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -86,7 +93,7 @@ async fn start(
     let config = parse(config, "test.toml").unwrap();
     let upstream = Upstream::new(&format!("http://{origin_addr}"), Duration::from_secs(5)).unwrap();
     let (app, cache) = proxy(&config, upstream);
-    let (proxy_addr, _) = spawn(app).await;
+    let proxy_addr = spawn_proxy(app).await;
     (origin, proxy_addr, origin_task, cache)
 }
 
@@ -206,7 +213,7 @@ async fn an_unreachable_upstream_is_a_502_problem() {
     let upstream =
         Upstream::new(&format!("http://127.0.0.1:{port}"), Duration::from_secs(2)).unwrap();
     let (app, _) = proxy(&parse("", "t.toml").unwrap(), upstream);
-    let (addr, _) = spawn(app).await;
+    let addr = spawn_proxy(app).await;
     let reply = request(addr, "GET", "/x", &[]).await;
     assert_eq!(reply.status, 502);
     assert_eq!(reply.headers["content-type"], "application/problem+json");
@@ -456,16 +463,7 @@ async fn x_forwarded_for_gets_the_peer_appended() {
     let (origin_addr, _o) = spawn(origin.router()).await;
     let upstream = Upstream::new(&format!("http://{origin_addr}"), Duration::from_secs(5)).unwrap();
     let (app, _) = proxy(&parse("", "t.toml").unwrap(), upstream);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
+    let addr = spawn_proxy(app).await;
     request(addr, "GET", "/xff", &[("x-forwarded-for", "203.0.113.9")]).await;
     let (_, headers) = origin.requests().pop().unwrap();
     assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");

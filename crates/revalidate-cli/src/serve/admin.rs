@@ -117,7 +117,6 @@ async fn stats(State(state): State<AdminState>, headers: HeaderMap) -> Response 
     if let Some(denied) = refused(&state, &headers) {
         return denied;
     }
-    state.cache.store().sync().await;
     let counters = state.cache.stats();
     let usage = state.cache.usage();
     let answered = counters.hits

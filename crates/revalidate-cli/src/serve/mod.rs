@@ -5,48 +5,43 @@
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
-//! use revalidate_cli::serve::{ServeConfig, Upstream, proxy};
+//! use revalidate_cli::serve::{ServeConfig, Upstream, proxy, server};
 //!
 //! let config = ServeConfig::default();
 //! let upstream = Upstream::new("http://127.0.0.1:5000", config.upstream_timeout)?;
-//! let (app, _cache) = proxy(&config, upstream);
+//! let (service, _cache) = proxy(&config, upstream);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! axum::serve(listener, app).await?;
+//! server::run(listener, service, std::future::pending()).await?;
 //! # Ok(()) }
 //! ```
 
+pub mod access_log;
 pub mod admin;
 pub mod config;
 mod etag;
+pub mod server;
 mod upstream;
 
 use std::sync::Arc;
 
-use axum::Router;
+pub use access_log::{AccessLog, AccessLogLayer};
 pub use config::{ConfigError, ServeConfig, load, parse};
 pub use etag::EtagByRoute;
-use revalidate_cache::{Cache, MemoryStore};
+use revalidate_cache::{Cache, CacheService, MemoryStore};
 use tower::Layer;
 pub use upstream::{InvalidUpstream, Upstream, UpstreamBody};
 
-/// The proxy's router and the cache behind it.
-pub fn proxy(config: &ServeConfig, upstream: Upstream) -> (Router, Cache) {
+/// The proxy as one tower service: access log, cache, per-route content ETags,
+/// upstream.
+pub type Proxy = AccessLog<CacheService<EtagByRoute, MemoryStore>>;
+
+/// The proxy's service and the cache inside it.
+pub fn proxy(config: &ServeConfig, upstream: Upstream) -> (Proxy, Cache) {
     let routes = Arc::new(config.routes.clone());
     let cache = Cache::builder(MemoryStore::new(config.max_bytes))
         .routes(config.routes.clone())
         .config(config.cache.clone())
         .build();
-    let service = cache.layer().layer(EtagByRoute::new(routes, upstream));
-    // One structured log line per request: method, path, status, Cache-Status, latency.
-    let access_log = tower_http::trace::TraceLayer::new_for_http()
-        .make_span_with(|request: &http::Request<axum::body::Body>| {
-            tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
-        })
-        .on_response(|response: &http::Response<axum::body::Body>, latency: std::time::Duration, _: &tracing::Span| {
-            let cache_status = response.headers().get("cache-status").and_then(|v| v.to_str().ok()).unwrap_or("");
-            let latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-            tracing::info!(status = response.status().as_u16(), cache_status, latency_us, "response");
-        });
-    let router = Router::new().fallback_service(service).layer(access_log);
-    (router, cache)
+    let service = AccessLogLayer.layer(cache.layer().layer(EtagByRoute::new(routes, upstream)));
+    (service, cache)
 }
