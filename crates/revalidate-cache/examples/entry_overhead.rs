@@ -38,6 +38,8 @@ async fn main() {
     for i in 0..entries {
         let mut h = headers.clone();
         h.insert("etag", format!("\"{i:016x}\"").parse().unwrap());
+        // As the cache stores them: the values copied into one allocation.
+        let h = revalidate_cache::headers::compact(&h);
         let mut body = vec![b'x'; body_len];
         body[..8].copy_from_slice(&(i as u64).to_le_bytes());
         let timing = Timing {

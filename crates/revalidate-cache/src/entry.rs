@@ -12,7 +12,7 @@ use crate::key::Secondary;
 
 /// Bytes charged per entry beyond its body and header bytes: the struct, the
 /// header map's tables and the store's bookkeeping (measured; see the README).
-pub const ENTRY_OVERHEAD_BYTES: usize = 1536;
+pub const ENTRY_OVERHEAD_BYTES: usize = 1088;
 
 /// Bytes charged per stored header field beyond its name and value (the header
 /// map's slot for it).
@@ -50,9 +50,58 @@ pub struct StoredResponse {
     pub tags: Vec<String>,
     /// The normalized path, for URL and prefix purges (shared with the store's index).
     pub path: Arc<str>,
+    /// For a stored 206: which bytes of the representation the body holds.
+    pub part: Option<Part>,
     soft_purged: AtomicBool,
     /// Bytes charged against the memory budget (fixed: the entry never changes).
     weight: usize,
+}
+
+/// The bytes a stored 206 holds: `first..=last` of a representation of `complete`
+/// bytes (RFC 9111 §3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    /// First byte position held.
+    pub first: u64,
+    /// Last byte position held.
+    pub last: u64,
+    /// The length of the whole representation.
+    pub complete: u64,
+}
+
+impl Part {
+    /// The part a 206 with a single `Content-Range: bytes first-last/complete` and a
+    /// body of exactly that many bytes holds; `None` for anything else (an unknown
+    /// complete length, a multipart body, a mismatch).
+    pub fn of(headers: &HeaderMap, body_len: usize) -> Option<Self> {
+        let value = headers
+            .get(http::header::CONTENT_RANGE)?
+            .to_str()
+            .ok()?
+            .trim();
+        let (range, complete) = value.strip_prefix("bytes ")?.split_once('/')?;
+        let (first, last) = range.split_once('-')?;
+        let number = |s: &str| {
+            let s = s.trim();
+            (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse::<u64>().ok())
+                .flatten()
+        };
+        let part = Self {
+            first: number(first)?,
+            last: number(last)?,
+            complete: number(complete)?,
+        };
+        let consistent = part.first <= part.last
+            && part.last < part.complete
+            && part.last - part.first + 1 == body_len as u64;
+        consistent.then_some(part)
+    }
+
+    /// Whether it holds every byte of `first..=last`.
+    pub fn holds(&self, first: u64, last: u64) -> bool {
+        self.first <= first && last <= self.last
+    }
 }
 
 /// What [`StoredResponse::new`] needs beyond the response itself.
@@ -93,6 +142,9 @@ impl StoredResponse {
             .sum();
         let tag_bytes: usize = tags.iter().map(String::len).sum();
         let weight = body.len() + header_bytes + tag_bytes + path.len() + ENTRY_OVERHEAD_BYTES;
+        let part = (status == StatusCode::PARTIAL_CONTENT)
+            .then(|| Part::of(&headers, body.len()))
+            .flatten();
         Self {
             status,
             headers,
@@ -108,6 +160,7 @@ impl StoredResponse {
             secondary,
             tags,
             path,
+            part,
             soft_purged: AtomicBool::new(false),
             weight,
         }
@@ -226,5 +279,31 @@ impl Variants {
     /// Tags of all entries.
     pub fn tags(&self) -> impl Iterator<Item = &String> {
         self.entries.iter().flat_map(|e| e.tags.iter())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_come_only_from_a_consistent_single_content_range() {
+        let headers = |value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::CONTENT_RANGE, value.parse().unwrap());
+            h
+        };
+        let part = Part::of(&headers("bytes 4-9/10"), 6).unwrap();
+        assert_eq!((part.first, part.last, part.complete), (4, 9, 10));
+        assert!(part.holds(6, 8) && !part.holds(3, 8));
+        assert_eq!(
+            Part::of(&headers("bytes 4-9/10"), 5),
+            None,
+            "body too short"
+        );
+        assert_eq!(Part::of(&headers("bytes 4-9/*"), 6), None, "unknown length");
+        assert_eq!(Part::of(&headers("bytes 9-4/10"), 6), None);
+        assert_eq!(Part::of(&headers("bytes 4-10/10"), 7), None);
+        assert_eq!(Part::of(&HeaderMap::new(), 0), None);
     }
 }

@@ -66,6 +66,16 @@ impl Directives {
     pub fn forbids_stale(&self) -> bool {
         self.cc.must_revalidate || self.cc.proxy_revalidate || self.cc.s_maxage.is_some()
     }
+
+    /// The field names a qualified `private` or `no-cache` names: never stored.
+    pub fn qualified_fields(&self) -> Vec<String> {
+        let cc = &self.cc;
+        cc.private_fields
+            .iter()
+            .chain(&cc.no_cache_fields)
+            .cloned()
+            .collect()
+    }
 }
 
 /// Directives whose value must be a non-negative integer (delta-seconds).
@@ -238,6 +248,21 @@ pub fn lifetime(
     None
 }
 
+/// An `Age` field value in seconds (RFC 9111 §5.1): of a list, the first member;
+/// anything but digits is invalid and ignored; a value too large to represent is
+/// 2^31 (§1.2.2).
+fn age_seconds(value: &str) -> Option<u64> {
+    let first = value.split(',').next()?.trim();
+    if first.is_empty() || !first.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(
+        first
+            .parse::<u64>()
+            .map_or(1 << 31, |secs| secs.min(1 << 31)),
+    )
+}
+
 /// The corrected initial age of a response when it was received (§4.2.3).
 pub fn initial_age(
     headers: &HeaderMap,
@@ -249,11 +274,8 @@ pub fn initial_age(
     let age_value = headers
         .get(AGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        // RFC 9111 §1.2.2: a delta-seconds too large to represent is taken as 2^31.
-        .map_or(Duration::ZERO, |secs| {
-            Duration::from_secs(secs.min(1 << 31))
-        });
+        .and_then(age_seconds)
+        .map_or(Duration::ZERO, Duration::from_secs);
     let response_delay = response_time
         .duration_since(request_time)
         .unwrap_or(Duration::ZERO);
@@ -462,6 +484,11 @@ mod tests {
         // An Age too large to represent is 2^31 seconds, not a panic.
         let h = headers(&[("date", &date), ("age", "18446744073709551615")]);
         assert_eq!(initial_age(&h, t, t), Duration::from_secs(1 << 31));
+        // Of a list, the first member counts (§5.1); a parameter makes it invalid.
+        let h = headers(&[("date", &date), ("age", "7200, 0")]);
+        assert_eq!(initial_age(&h, t, t), Duration::from_secs(7200));
+        let h = headers(&[("date", &date), ("age", "7200;foo=bar")]);
+        assert_eq!(initial_age(&h, t, t), Duration::from_secs(10));
         // A Date in the future gives no negative age.
         let future = HttpDate::from_system_time(t + Duration::from_secs(100)).to_string();
         assert_eq!(

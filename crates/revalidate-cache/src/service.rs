@@ -26,9 +26,9 @@ use twox_hash::XxHash3_128;
 
 use crate::cache::Shared;
 use crate::coalesce::{Flight, Role, wait};
-use crate::entry::{StoredResponse, Timing, Variants};
+use crate::entry::{Part, StoredResponse, Timing, Variants};
 use crate::freshness::{self, Directives};
-use crate::headers::{compact, response_tags, strip_for_storage, strip_hop_by_hop, strip_tags};
+use crate::headers::{compact, response_tags, split_for_storage, strip_hop_by_hop, strip_tags};
 use crate::invalidation::Ticket;
 use crate::key::{
     normalize_target, push_normalized_path, push_normalized_query, secondary, vary_names,
@@ -140,8 +140,13 @@ struct RequestHead {
 
 impl RequestHead {
     /// A GET for a storable response: the client's own validators and Range are
-    /// left out (the cache answers those itself), the stored response's are added.
-    fn upstream_request<B: Default>(&self, validators: Option<&Validators>) -> Request<B> {
+    /// left out (the cache answers those itself), the stored response's are added,
+    /// and `range` is asked for when given.
+    fn upstream_request<B: Default>(
+        &self,
+        validators: Option<&Validators>,
+        range: Option<&HeaderValue>,
+    ) -> Request<B> {
         let mut request = Request::new(B::default());
         *request.uri_mut() = self.uri.clone();
         let mut headers = self.headers.clone();
@@ -157,6 +162,9 @@ impl RequestHead {
             http::header::TRANSFER_ENCODING,
         ] {
             headers.remove(name);
+        }
+        if let Some(range) = range {
+            headers.insert(RANGE, range.clone());
         }
         if let Some(v) = validators {
             if let Some(etag) = &v.etag {
@@ -174,9 +182,15 @@ impl RequestHead {
 
 /// What a fetch produced.
 enum Fetched<B, E> {
-    /// A storable response to serve, with the Set-Cookie fields that only the
-    /// client that caused the fetch may see, and whether waiting requests may reuse it.
-    Entry(Arc<StoredResponse>, CacheStatus, Vec<HeaderValue>, bool),
+    /// A storable response to serve, with the fields that only the client that
+    /// caused the fetch may see (Set-Cookie, qualified private and no-cache), and
+    /// whether waiting requests may reuse it.
+    Entry(
+        Arc<StoredResponse>,
+        CacheStatus,
+        Vec<(HeaderName, HeaderValue)>,
+        bool,
+    ),
     /// The stale entry, because the upstream failed (stale-if-error).
     Stale(Arc<StoredResponse>, CacheStatus),
     /// A response that cannot be shared.
@@ -205,11 +219,12 @@ fn delta(s: u32) -> Duration {
     Duration::from_secs(s.into())
 }
 
-/// Statuses never stored, whatever the response says: 206 (partial content is not
-/// stored), and the answers to a malformed or overlong request (400, 413, 431),
-/// which stored for everyone would be a cache-poisoned denial of service.
+/// Statuses never stored, whatever the response says: the answers to a malformed or
+/// overlong request (400, 413, 431), which stored for everyone would be a
+/// cache-poisoned denial of service, and 416, which depends on the request's Range.
+/// (A 206 is stored only as the answer to a Range this cache forwarded.)
 fn never_stored(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 206 | 304 | 400 | 413 | 431) || status.is_informational()
+    matches!(status.as_u16(), 304 | 400 | 413 | 416 | 431) || status.is_informational()
 }
 
 /// Whether this cache knows the status's semantics (for `must-understand`).
@@ -332,6 +347,19 @@ impl<St: Store> Shared<St> {
             path,
             ..
         } = *lookup;
+        // A stored part answers only a range it holds (RFC 9111 §3.3); anything else
+        // goes upstream as a miss, asking for the client's range if it has one.
+        if entry
+            .part
+            .is_some_and(|part| !holds_requested_range(head, part))
+        {
+            if request_cc.only_if_cached {
+                return Ok(gateway_timeout(
+                    "only-if-cached: the cache holds only part of the response",
+                ));
+            }
+            return Box::pin(self.fetch_coalesced(inner, lookup, None, "partial")).await;
+        }
         let now = self.clock.now();
         let age = entry.age(now);
         let ttl = entry.ttl(now);
@@ -448,15 +476,15 @@ impl<St: Store> Shared<St> {
         ResBody::Error: Into<BoxError>,
     {
         match fetched {
-            Fetched::Entry(entry, status, cookies, _) => {
+            Fetched::Entry(entry, status, requester_only, _) => {
                 let mut response = self.respond_stored(head, &entry, status, outcome);
                 // Straight from the upstream: its own Age stands, as it sent it.
                 match entry.headers.get(AGE) {
                     Some(age) => response.headers_mut().insert(AGE, age.clone()),
                     None => response.headers_mut().remove(AGE),
                 };
-                for cookie in cookies {
-                    response.headers_mut().append(SET_COOKIE, cookie);
+                for (name, value) in requester_only {
+                    response.headers_mut().append(name, value);
                 }
                 Ok(response)
             }
@@ -538,7 +566,15 @@ impl<St: Store> Shared<St> {
         let policy = self.routes.policy(route);
         let ticket = self.log.ticket();
         let validators = stale.as_ref().map(|e| e.validators());
-        let request = head.upstream_request::<ReqBody>(validators.as_ref());
+        // With nothing stored to validate, a single range is asked for as the client
+        // asked (its 206 is stored as a part); with If-Range, the whole is fetched.
+        let range = head
+            .headers
+            .get(RANGE)
+            .filter(|_| stale.is_none() && head.method == Method::GET)
+            .filter(|_| !head.headers.contains_key(IF_RANGE))
+            .filter(|r| ByteRange::parse(r.as_bytes()).is_some());
+        let request = head.upstream_request::<ReqBody>(validators.as_ref(), range);
         let request_time = self.clock.now();
         let started = Instant::now();
         let result = inner.oneshot(request).await;
@@ -607,10 +643,9 @@ impl<St: Store> Shared<St> {
         if code == StatusCode::NOT_MODIFIED
             && let Some(old) = &stale
         {
-            // The 304's own cookies go to this client only; its other fields update the
-            // stored ones, and the result must still be storable.
-            let cookies: Vec<HeaderValue> =
-                parts.headers.get_all(SET_COOKIE).iter().cloned().collect();
+            // The 304's fields update the stored ones, and the result must still be
+            // storable; its cookies and qualified private/no-cache fields go to this
+            // client only.
             let mut headers = freshened(&old.headers, &parts.headers);
             let directives = Directives::of_response(&headers);
             let verdict = self.storable(
@@ -621,14 +656,7 @@ impl<St: Store> Shared<St> {
                 &parts.headers,
                 &directives,
             );
-            let qualified: Vec<String> = directives
-                .cc
-                .private_fields
-                .iter()
-                .chain(&directives.cc.no_cache_fields)
-                .cloned()
-                .collect();
-            strip_for_storage(&mut headers, &qualified);
+            let requester_only = split_for_storage(&mut headers, &directives.qualified_fields());
             let headers = compact(&headers);
             // Tags: those the entry had, those the 304 names, the route's.
             let mut tags = old.tags.clone();
@@ -650,13 +678,15 @@ impl<St: Store> Shared<St> {
                 status = status.stored();
             }
             let shareable = verdict.is_ok();
-            return Fetched::Entry(entry, status, cookies, shareable);
+            return Fetched::Entry(entry, status, requester_only, shareable);
         }
 
         let status = CacheStatus::forward(reason).fwd_status(code.as_u16());
         let directives = Directives::of_response(&parts.headers);
         let verdict = if disconnected {
             Err("made up by the upstream client")
+        } else if code == StatusCode::PARTIAL_CONTENT && range.is_none() {
+            Err("a 206 to a request without Range")
         } else {
             self.storable(policy, head, request_cc, code, &parts.headers, &directives)
         };
@@ -685,16 +715,8 @@ impl<St: Store> Shared<St> {
         }
 
         let tags = self.tags_of(policy, params, &parts.headers);
-        let cookies: Vec<HeaderValue> = parts.headers.get_all(SET_COOKIE).iter().cloned().collect();
         let mut headers = parts.headers;
-        let qualified: Vec<String> = directives
-            .cc
-            .private_fields
-            .iter()
-            .chain(&directives.cc.no_cache_fields)
-            .cloned()
-            .collect();
-        strip_for_storage(&mut headers, &qualified);
+        let requester_only = split_for_storage(&mut headers, &directives.qualified_fields());
         let mut headers = compact(&headers);
         strip_tags(&mut headers);
         let names = vary_names(&headers).unwrap_or_default();
@@ -708,17 +730,20 @@ impl<St: Store> Shared<St> {
             Arc::from(path),
         ));
         // A response that is stale at once and cannot be validated or served stale is
-        // of no later use: share it with waiting requests, but do not store it.
-        let useful = !entry.lifetime.is_zero()
-            || !entry.stale_while_revalidate.is_zero()
-            || !entry.stale_if_error.is_zero()
-            || entry.validators() != Validators::default();
+        // of no later use: share it with waiting requests, but do not store it. A 206
+        // whose Content-Range does not describe its body is not stored either.
+        let useful = (code != StatusCode::PARTIAL_CONTENT || entry.part.is_some())
+            && (!entry.lifetime.is_zero()
+                || !entry.stale_while_revalidate.is_zero()
+                || !entry.stale_if_error.is_zero()
+                || entry.validators() != Validators::default());
         let stored = useful && self.store_entry(ticket, primary, entry.clone()).await;
         let status = if stored { status.stored() } else { status };
         // Waiting requests may reuse it only as they could reuse a stored response:
-        // while fresh (RFC 9111 §4.2), never a `no-cache` one without validation.
-        let shareable = entry.ttl(response_time).is_some();
-        Fetched::Entry(entry, status, cookies, shareable)
+        // while fresh (RFC 9111 §4.2), never a `no-cache` one without validation,
+        // and never a part (they may want other bytes).
+        let shareable = entry.ttl(response_time).is_some() && code != StatusCode::PARTIAL_CONTENT;
+        Fetched::Entry(entry, status, requester_only, shareable)
     }
 
     fn timing(
@@ -876,7 +901,23 @@ impl<St: Store> Shared<St> {
             && let Ok(preconditions) = Preconditions::from_request(&head.method, &head.headers)
             && !preconditions.is_empty()
         {
-            match preconditions.evaluate(&head.method, Some(&entry.validators())) {
+            let validators = entry.validators();
+            let mut evaluation = preconditions.evaluate(&head.method, Some(&validators));
+            // RFC 9111 §4.3.2: without Last-Modified, If-Modified-Since is evaluated
+            // against the stored response's Date (or when it was received).
+            if let (Evaluation::Proceed { .. }, None, None, Some(since)) = (
+                &evaluation,
+                &preconditions.if_none_match,
+                validators.last_modified,
+                preconditions.if_modified_since,
+            ) && revalidate::is_get_or_head(&head.method)
+                && HttpDate::from_headers(&entry.headers, &DATE)
+                    .unwrap_or_else(|| HttpDate::from_system_time(entry.response_time))
+                    <= since
+            {
+                evaluation = Evaluation::NotModified;
+            }
+            match evaluation {
                 Evaluation::NotModified => {
                     self.stats.client_status(304);
                     self.stats.bytes(0, entry.body.len() as u64);
@@ -890,7 +931,7 @@ impl<St: Store> Shared<St> {
                 }
                 Evaluation::PreconditionFailed => {
                     self.stats.client_status(412);
-                    return with_header(precondition_failed(&entry.validators()), &status);
+                    return with_header(precondition_failed(&validators), &status);
                 }
                 Evaluation::Proceed { honor_range: honor } => honor_range = honor,
             }
@@ -899,6 +940,14 @@ impl<St: Store> Shared<St> {
             .headers
             .get(RANGE)
             .filter(|_| honor_range && head.method == Method::GET);
+        if let Some(part) = entry.part
+            && let Some((first, last)) = range
+                .and_then(|r| ByteRange::parse(r.as_bytes()))
+                .and_then(|r| r.resolve(part.complete))
+                .filter(|&(first, last)| part.holds(first, last))
+        {
+            return self.respond_part(headers, entry, part, first, last);
+        }
         if entry.status == StatusCode::OK
             && let Some(range) = range.and_then(|r| ByteRange::parse(r.as_bytes()))
         {
@@ -951,6 +1000,31 @@ impl<St: Store> Shared<St> {
                 headers.insert(CONTENT_LENGTH, HeaderValue::from(0));
             }
         }
+        *response.headers_mut() = headers;
+        response
+    }
+
+    /// Bytes `first..=last` from a stored part (a 206).
+    fn respond_part<B>(
+        &self,
+        mut headers: HeaderMap,
+        entry: &StoredResponse,
+        part: Part,
+        first: u64,
+        last: u64,
+    ) -> Response<CacheBody<B>> {
+        let start = (first - part.first) as usize;
+        let end = (last - part.first) as usize;
+        let slice = entry.body.slice(start..=end);
+        self.stats.bytes(slice.len() as u64, slice.len() as u64);
+        headers.insert(
+            CONTENT_RANGE,
+            HeaderValue::from_str(&format!("bytes {first}-{last}/{}", part.complete))
+                .expect("ascii"),
+        );
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(slice.len()));
+        let mut response = Response::new(CacheBody::full(slice));
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
         *response.headers_mut() = headers;
         response
     }
@@ -1076,7 +1150,8 @@ impl<St: Store> Shared<St> {
     /// target (with the route's query rules) that keys, tags and purges are built
     /// from, so `/users/%31` is `/users/1` everywhere.
     fn locate(&self, uri: &Uri) -> Located<'_> {
-        let mut target = String::with_capacity(uri.path().len() + uri.query().map_or(0, |q| q.len() + 1));
+        let mut target =
+            String::with_capacity(uri.path().len() + uri.query().map_or(0, |q| q.len() + 1));
         push_normalized_path(uri.path(), &mut target);
         let (route, params) = self.routes.resolve(&target);
         push_normalized_query(uri.query(), &self.routes.policy(route).query, &mut target);
@@ -1130,6 +1205,19 @@ fn stale_outcome(reason: &str) -> Outcome {
     } else {
         Outcome::Miss
     }
+}
+
+/// Whether a stored part holds the single range a GET asks for (without If-Range,
+/// whose answer may need the whole representation).
+fn holds_requested_range(head: &RequestHead, part: Part) -> bool {
+    head.method == Method::GET
+        && !head.headers.contains_key(IF_RANGE)
+        && head
+            .headers
+            .get(RANGE)
+            .and_then(|r| ByteRange::parse(r.as_bytes()))
+            .and_then(|r| r.resolve(part.complete))
+            .is_some_and(|(first, last)| part.holds(first, last))
 }
 
 /// The path of a Location or Content-Location value when it is same-origin.

@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use http::HeaderName;
-use revalidate_cache::{RoutePolicy, Routes, Store};
+use revalidate_cache::{Clock, RoutePolicy, Routes, Store};
 use support::{Harness, Origin, response};
 
 const MAX_AGE_60: &[(&str, &str)] = &[("cache-control", "max-age=60"), ("etag", "\"v1\"")];
@@ -552,7 +552,11 @@ async fn ranges_are_served_from_a_stored_complete_response() {
         "a miss fetches the whole and serves the range"
     );
     assert_eq!(first.header("content-range"), "bytes 2-4/10");
-    assert!(!h.origin.last_request().contains_key("range"));
+    assert_eq!(
+        h.origin.last_request()["range"],
+        "bytes=2-4",
+        "the range is asked for; an origin that ignores it fills the cache"
+    );
     let suffix = h.get("/", &[("range", "bytes=-3")]).await;
     assert_eq!((suffix.status, suffix.body.as_str()), (206, "789"));
     assert!(suffix.hit());
@@ -611,4 +615,141 @@ async fn a_vary_that_is_not_ascii_is_treated_as_star() {
     }));
     h.get("/", &[]).await;
     assert!(!h.get("/", &[]).await.hit());
+}
+
+/// RFC 9111 §3.3: a 206 to a forwarded Range is stored as a part and answers the
+/// ranges it holds; other requests go upstream (`fwd=partial`).
+#[tokio::test]
+async fn partial_content_is_stored_and_answers_the_ranges_it_holds() {
+    let h = Harness::new(Origin::new(|request, _| {
+        match request.headers().get("range").map(|r| r.to_str().unwrap()) {
+            Some("bytes=-5") => response(
+                206,
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("content-range", "bytes 5-9/10"),
+                ],
+                "56789",
+            ),
+            Some(other) => panic!("unexpected range {other}"),
+            None => response(200, MAX_AGE_60, "0123456789"),
+        }
+    }));
+    let first = h.get("/", &[("range", "bytes=-5")]).await;
+    assert_eq!((first.status, first.body.as_str()), (206, "56789"));
+    assert!(
+        first.cache_status().contains("stored"),
+        "{}",
+        first.cache_status()
+    );
+    for (range, body, content_range) in [
+        ("bytes=-5", "56789", "bytes 5-9/10"),
+        ("bytes=6-8", "678", "bytes 6-8/10"),
+        ("bytes=7-", "789", "bytes 7-9/10"),
+        ("bytes=-1", "9", "bytes 9-9/10"),
+    ] {
+        let reply = h.get("/", &[("range", range)]).await;
+        assert_eq!((reply.status, reply.body.as_str()), (206, body), "{range}");
+        assert!(reply.hit(), "{range}");
+        assert_eq!(reply.header("content-range"), content_range);
+        assert_eq!(reply.header("content-length"), body.len().to_string());
+    }
+    assert_eq!(h.origin.calls(), 1);
+    // A part never answers a request for the whole: that is fetched, and replaces it.
+    let whole = h.get("/", &[]).await;
+    assert_eq!((whole.status, whole.body.as_str()), (200, "0123456789"));
+    assert!(
+        whole.cache_status().contains("fwd=partial"),
+        "{}",
+        whole.cache_status()
+    );
+    assert!(!h.origin.last_request().contains_key("range"));
+    let again = h.get("/", &[("range", "bytes=0-1")]).await;
+    assert_eq!(
+        (again.status, again.body.as_str(), again.hit()),
+        (206, "01", true)
+    );
+    assert_eq!(h.origin.calls(), 2);
+}
+
+/// A 206 whose Content-Range does not describe its body, or that answers a request
+/// without Range, is passed on but never stored.
+#[tokio::test]
+async fn inconsistent_partial_content_is_not_stored() {
+    let h = Harness::new(Origin::fixed(
+        206,
+        &[
+            ("cache-control", "max-age=60"),
+            ("content-range", "bytes 0-9/10"),
+        ],
+        "short",
+    ));
+    let first = h.get("/", &[("range", "bytes=0-9")]).await;
+    assert_eq!(first.status, 206);
+    assert!(!first.cache_status().contains("stored"));
+    h.get("/", &[]).await;
+    assert!(
+        !h.get("/", &[]).await.hit(),
+        "a 206 to a request without Range"
+    );
+    assert_eq!(h.origin.calls(), 3);
+}
+
+/// RFC 9111 §5.1: of an `Age` list, the first member counts.
+#[tokio::test]
+async fn the_first_member_of_an_age_list_counts() {
+    let h = Harness::new(Origin::fixed(
+        200,
+        &[("cache-control", "max-age=3600"), ("age", "7200, 0")],
+        "old",
+    ));
+    h.get("/", &[]).await;
+    assert!(!h.get("/", &[]).await.hit(), "already 7200 s old: stale");
+}
+
+/// RFC 9111 §4.3.2: without Last-Modified, If-Modified-Since is evaluated against
+/// the stored response's Date.
+#[tokio::test]
+async fn if_modified_since_uses_the_stored_date_without_last_modified() {
+    let h = Harness::new(Origin::fixed(200, &[("cache-control", "max-age=600")], "x"));
+    h.get("/", &[]).await;
+    let now = revalidate::HttpDate::from_system_time(h.clock.now()).to_string();
+    let before = revalidate::HttpDate::from_system_time(h.clock.now() - Duration::from_secs(3000))
+        .to_string();
+    let later = h.get("/", &[("if-modified-since", &now)]).await;
+    assert_eq!((later.status, later.hit()), (304, true));
+    let earlier = h.get("/", &[("if-modified-since", &before)]).await;
+    assert_eq!(
+        earlier.status, 200,
+        "the stored response is newer than the date"
+    );
+    assert_eq!(h.origin.calls(), 1);
+}
+
+/// RFC 9111 §5.2.2.4 and §5.2.2.7: fields named by a qualified `no-cache` or
+/// `private` are never stored, but the response that was fetched for a client
+/// still carries them to that client.
+#[tokio::test]
+async fn qualified_fields_reach_the_requester_but_are_not_stored() {
+    let h = Harness::new(Origin::fixed(
+        200,
+        &[
+            ("cache-control", "max-age=60, no-cache=\"a\", private=\"b\""),
+            ("a", "1"),
+            ("b", "2"),
+            ("c", "3"),
+        ],
+        "x",
+    ));
+    let first = h.get("/", &[]).await;
+    assert_eq!(
+        (first.header("a"), first.header("b"), first.header("c")),
+        ("1", "2", "3")
+    );
+    let second = h.get("/", &[]).await;
+    assert!(second.hit());
+    assert_eq!(
+        (second.header("a"), second.header("b"), second.header("c")),
+        ("", "", "3")
+    );
 }

@@ -22,6 +22,9 @@ pub struct MemoryStore {
     inner: Arc<Inner>,
 }
 
+/// A primary key and what is stored under it.
+type Stored = (Arc<str>, Arc<Variants>);
+
 type Entries = Cache<Arc<str>, Arc<Variants>, ByBytes, DefaultHashBuilder, EvictionNotices>;
 
 #[derive(Debug)]
@@ -51,7 +54,7 @@ impl Weighter<Arc<str>, Arc<Variants>> for ByBytes {
 /// is updated after the insert that caused them returns.
 #[derive(Debug, Clone, Default)]
 struct EvictionNotices {
-    evicted: Arc<Mutex<Vec<(Arc<str>, Arc<Variants>)>>>,
+    evicted: Arc<Mutex<Vec<Stored>>>,
     count: Arc<AtomicU64>,
 }
 
@@ -110,7 +113,8 @@ impl Index {
         let mut out = HashSet::new();
         let from = |path: &str| {
             let start: (Arc<str>, Arc<str>) = (Arc::from(path), Arc::from(""));
-            self.by_path.range((Bound::Included(start), Bound::Unbounded))
+            self.by_path
+                .range((Bound::Included(start), Bound::Unbounded))
         };
         for url in &purge.urls {
             let named = from(url).take_while(|(path, _)| **path == **url);
@@ -152,8 +156,12 @@ impl MemoryStore {
             .build()
             .expect("weight and item capacities are set");
         let notices = EvictionNotices::default();
-        let entries =
-            Cache::with_options(options, ByBytes, DefaultHashBuilder::default(), notices.clone());
+        let entries = Cache::with_options(
+            options,
+            ByBytes,
+            DefaultHashBuilder::default(),
+            notices.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 entries,
@@ -265,7 +273,9 @@ mod tests {
     async fn purges_select_by_url_prefix_and_tag() {
         let store = MemoryStore::new(64 << 20);
         store.put("h/a".into(), variants("/a", &["t1"], 10)).await;
-        store.put("h/a/b".into(), variants("/a/b", &["t2"], 10)).await;
+        store
+            .put("h/a/b".into(), variants("/a/b", &["t2"], 10))
+            .await;
         store.put("h/ab".into(), variants("/ab", &[], 10)).await;
         store.put("h/c".into(), variants("/c", &["t1"], 10)).await;
         assert_eq!(store.purge(&Purge::urls(["/a"])).await, 1);
@@ -286,7 +296,9 @@ mod tests {
         assert_eq!(store.purge(&Purge::tags(["old"])).await, 0);
         for i in 0..100 {
             let path = format!("/o{i}");
-            store.put(format!("h{path}"), variants(&path, &["all"], 4096)).await;
+            store
+                .put(format!("h{path}"), variants(&path, &["all"], 4096))
+                .await;
         }
         let usage = store.usage();
         assert!(usage.evictions > 0 && usage.bytes <= 64 << 10, "{usage:?}");
@@ -299,6 +311,10 @@ mod tests {
             tagged_all,
             "a tag names only what is still stored"
         );
-        assert_eq!(indexed(&store).1, usize::from(x_left), "only /x's tag is left");
+        assert_eq!(
+            indexed(&store).1,
+            usize::from(x_left),
+            "only /x's tag is left"
+        );
     }
 }

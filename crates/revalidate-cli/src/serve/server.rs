@@ -33,10 +33,7 @@ pub async fn run<S, B>(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()>
 where
-    S: Service<Request<Body>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: HttpBody + Send + 'static,
     B::Data: Send,
@@ -95,7 +92,10 @@ mod tests {
         let service = tower::service_fn(move |request: Request<Body>| {
             let released = released.clone();
             async move {
-                let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+                let peer = request
+                    .extensions()
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0);
                 assert!(peer.is_some_and(|p| p.ip().is_loopback()));
                 if let Some(released) = released.lock().await.take() {
                     let _ = released.await;
@@ -121,7 +121,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         stop.send(()).unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!server.is_finished(), "the request in flight holds the drain");
+        assert!(
+            !server.is_finished(),
+            "the request in flight holds the drain"
+        );
         release.send(()).unwrap();
         let reply = client.await.unwrap();
         assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");

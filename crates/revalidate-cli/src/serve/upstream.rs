@@ -16,6 +16,7 @@ use bytes::Bytes;
 use http::header::{HOST, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper_util::client::legacy::Client;
@@ -82,8 +83,10 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeout));
+        // Idle connections are dropped before the common upstream keep-alive
+        // timeouts (Node and uvicorn: 5 s) can close them under a request.
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(Duration::from_secs(4))
             .build(connector);
         Ok(Self {
             inner: Arc::new(UpstreamInner {
@@ -173,12 +176,33 @@ impl Service<Request<Body>> for Upstream {
         }
         parts.uri = self.target(&parts.uri);
         parts.version = http::Version::HTTP_11;
+        // An idempotent request without a body can be sent again when a pooled
+        // connection turns out to have been closed by the upstream as it was sent
+        // (its keep-alive timeout racing the reuse), as nginx's proxy_next_upstream
+        // does; a body may already be half consumed, so those are not retried.
+        let retry = (parts.method.is_idempotent() && body.is_end_stream()).then(|| {
+            let mut again = Request::new(Body::empty());
+            *again.method_mut() = parts.method.clone();
+            *again.uri_mut() = parts.uri.clone();
+            *again.version_mut() = parts.version;
+            *again.headers_mut() = parts.headers.clone();
+            again
+        });
         let request = Request::from_parts(parts, body);
         let client = self.inner.client.clone();
         let timeout = self.inner.timeout;
         let authority = self.inner.authority.clone();
         Box::pin(async move {
-            match tokio::time::timeout(timeout, client.request(request)).await {
+            let exchange = async {
+                match (client.request(request).await, retry) {
+                    (Err(error), Some(again)) if !error.is_connect() => {
+                        tracing::debug!(%error, "upstream connection lost; sending again");
+                        client.request(again).await
+                    }
+                    (result, _) => result,
+                }
+            };
+            match tokio::time::timeout(timeout, exchange).await {
                 Ok(Ok(response)) => {
                     let (mut parts, body) = response.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
