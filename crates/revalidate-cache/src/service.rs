@@ -561,7 +561,7 @@ impl<St: Store> Shared<St> {
             route,
             params,
             primary,
-            path,
+            ..
         } = *lookup;
         let policy = self.routes.policy(route);
         let ticket = self.log.ticket();
@@ -714,36 +714,52 @@ impl<St: Store> Shared<St> {
             return Fetched::Live(response, status);
         }
 
-        let tags = self.tags_of(policy, params, &parts.headers);
-        let mut headers = parts.headers;
-        let requester_only = split_for_storage(&mut headers, &directives.qualified_fields());
-        let mut headers = compact(&headers);
-        strip_tags(&mut headers);
-        let names = vary_names(&headers).unwrap_or_default();
-        let entry = Arc::new(StoredResponse::new(
+        let (entry, requester_only) = self.entry_of(
+            lookup,
             code,
-            headers.clone(),
+            parts.headers,
             bytes,
-            timing(&headers, code),
-            secondary(&names, &head.headers),
-            tags,
-            Arc::from(path),
-        ));
-        // A response that is stale at once and cannot be validated or served stale is
-        // of no later use: share it with waiting requests, but do not store it. A 206
-        // whose Content-Range does not describe its body is not stored either.
-        let useful = (code != StatusCode::PARTIAL_CONTENT || entry.part.is_some())
-            && (!entry.lifetime.is_zero()
-                || !entry.stale_while_revalidate.is_zero()
-                || !entry.stale_if_error.is_zero()
-                || entry.validators() != Validators::default());
-        let stored = useful && self.store_entry(ticket, primary, entry.clone()).await;
+            &directives,
+            (request_time, response_time),
+        );
+        let stored =
+            worth_storing(&entry) && self.store_entry(ticket, primary, entry.clone()).await;
         let status = if stored { status.stored() } else { status };
         // Waiting requests may reuse it only as they could reuse a stored response:
         // while fresh (RFC 9111 §4.2), never a `no-cache` one without validation,
         // and never a part (they may want other bytes).
         let shareable = entry.ttl(response_time).is_some() && code != StatusCode::PARTIAL_CONTENT;
         Fetched::Entry(entry, status, requester_only, shareable)
+    }
+
+    /// A response as it is stored: the fields for the requester only split off (and
+    /// returned), the values compacted, its tags and its secondary key taken.
+    fn entry_of(
+        &self,
+        lookup: &Lookup<'_>,
+        code: StatusCode,
+        mut headers: HeaderMap,
+        body: Bytes,
+        directives: &Directives,
+        (request_time, response_time): (SystemTime, SystemTime),
+    ) -> (Arc<StoredResponse>, Vec<(HeaderName, HeaderValue)>) {
+        let policy = self.routes.policy(lookup.route);
+        let tags = self.tags_of(policy, lookup.params, &headers);
+        let requester_only = split_for_storage(&mut headers, &directives.qualified_fields());
+        let mut headers = compact(&headers);
+        strip_tags(&mut headers);
+        let names = vary_names(&headers).unwrap_or_default();
+        let timing = self.timing(policy, &headers, code, request_time, response_time);
+        let entry = StoredResponse::new(
+            code,
+            headers,
+            body,
+            timing,
+            secondary(&names, &lookup.head.headers),
+            tags,
+            Arc::from(lookup.path),
+        );
+        (Arc::new(entry), requester_only)
     }
 
     fn timing(
@@ -1207,6 +1223,18 @@ fn stale_outcome(reason: &str) -> Outcome {
     }
 }
 
+/// Whether an entry is worth storing: a response that is stale at once and can be
+/// neither validated nor served stale is of no later use (it is still shared with
+/// waiting requests), and a 206 whose Content-Range does not describe its body is
+/// never trusted.
+fn worth_storing(entry: &StoredResponse) -> bool {
+    (entry.status != StatusCode::PARTIAL_CONTENT || entry.part.is_some())
+        && (!entry.lifetime.is_zero()
+            || !entry.stale_while_revalidate.is_zero()
+            || !entry.stale_if_error.is_zero()
+            || entry.validators() != Validators::default())
+}
+
 /// Whether a stored part holds the single range a GET asks for (without If-Range,
 /// whose answer may need the whole representation).
 fn holds_requested_range(head: &RequestHead, part: Part) -> bool {
@@ -1251,7 +1279,11 @@ fn primary_key(policy: &RoutePolicy, head: &RequestHead, target: &str) -> Option
             None => "",
         },
     };
-    if !host.is_empty() && host.parse::<http::uri::Authority>().is_err() {
+    // A plain `name[:port]` needs no parse; anything else must be an authority.
+    let plain = host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
+    if !plain && host.parse::<http::uri::Authority>().is_err() {
         return None;
     }
     let mut primary = String::with_capacity(host.len() + target.len());

@@ -9,6 +9,13 @@ use revalidate_cli::demo::{UserStore, router};
 use revalidate_cli::serve::{self, ConfigError, InvalidUpstream, Upstream};
 use tokio::net::TcpListener;
 
+// jemalloc, as Varnish uses: a cache lives with constant churn of 5 KiB-ish blocks,
+// which fragments glibc's arenas over time, and a hit's dozen small allocations
+// (header map, Age and Cache-Status values, boxed future) come from thread caches.
+// Measured against glibc and mimalloc (README: resident memory, hit throughput).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "revalidate",

@@ -508,3 +508,59 @@ async fn absolute_form_targets_key_and_forward_the_same_host() {
     let (_, headers) = origin.requests().pop().unwrap();
     assert_eq!(headers["x-forwarded-host"], "shop.test");
 }
+
+/// An origin that answers one request per connection and then closes the connection
+/// as the next request on it arrives, without answering it: the keep-alive race.
+async fn origin_closing_reused_connections() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut served = 0;
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            served += 1;
+            let body = format!("answer {served}");
+            tokio::spawn(async move {
+                let mut buffer = vec![0; 4096];
+                // The first request: answered, the connection kept open.
+                let _ = stream.read(&mut buffer).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncache-control: no-store\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                stream.write_all(head.as_bytes()).await.unwrap();
+                // The next one: read, then the connection closes unanswered.
+                let _ = stream.read(&mut buffer).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A GET sent on a pooled connection the origin closes under it is sent again on a
+/// new one; a request with a body is not (it may be half consumed), so it is a 502.
+#[tokio::test]
+async fn idempotent_requests_survive_a_closed_keep_alive_connection() {
+    let origin = origin_closing_reused_connections().await;
+    let upstream = Upstream::new(&format!("http://{origin}"), Duration::from_secs(5)).unwrap();
+    let (app, _) = proxy(&parse("", "t.toml").unwrap(), upstream);
+    let addr = spawn_proxy(app).await;
+    let first = request(addr, "GET", "/a", &[]).await;
+    assert_eq!((first.status, first.body.as_str()), (200, "answer 1"));
+    let second = request(addr, "GET", "/a", &[]).await;
+    assert_eq!(
+        (second.status, second.body.as_str()),
+        (200, "answer 2"),
+        "sent again on a new connection"
+    );
+
+    // The connection that answered the second GET is pooled: the origin closes it
+    // under this POST.
+    let client: Client<_, Body> = Client::builder(TokioExecutor::new()).build_http();
+    let post = http::Request::post(format!("http://{addr}/a"))
+        .body(Body::from("x"))
+        .unwrap();
+    let lost = client.request(post).await.unwrap();
+    assert_eq!(lost.status(), 502, "a body is never sent twice");
+    assert_eq!(request(addr, "GET", "/a", &[]).await.body, "answer 3");
+}
