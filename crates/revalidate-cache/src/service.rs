@@ -903,17 +903,15 @@ impl<St: Store> Shared<St> {
     ) -> Response<CacheBody<B>> {
         self.stats.outcome(outcome);
         let now = self.clock.now();
-        // Copied into a map with room for the two fields added here: a clone of the
-        // stored map would have to grow (and rehash) to take them.
-        let mut headers = HeaderMap::with_capacity(entry.headers.len() + 2);
-        for (name, value) in &entry.headers {
-            headers.append(name.clone(), value.clone());
-        }
+        // A clone copies the stored map's slots without rehashing; its index was
+        // sized for the two fields added here (see `headers::compact`).
+        let mut headers = entry.headers.clone();
         headers.insert(AGE, HeaderValue::from(entry.age(now).as_secs()));
         headers.insert(CACHE_STATUS.clone(), status.to_header_value());
 
         let mut honor_range = true;
         if entry.status.is_success()
+            && has_conditionals(&head.headers)
             && let Ok(preconditions) = Preconditions::from_request(&head.method, &head.headers)
             && !preconditions.is_empty()
         {
@@ -1223,6 +1221,22 @@ fn stale_outcome(reason: &str) -> Outcome {
     }
 }
 
+/// Whether a request carries a conditional field or Range: one pass over its names
+/// (cheap comparisons of standard names) instead of six lookups on every hit.
+fn has_conditionals(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| {
+        [
+            IF_MATCH,
+            IF_NONE_MATCH,
+            IF_MODIFIED_SINCE,
+            IF_UNMODIFIED_SINCE,
+            IF_RANGE,
+            RANGE,
+        ]
+        .contains(name)
+    })
+}
+
 /// Whether an entry is worth storing: a response that is stale at once and can be
 /// neither validated nor served stale is of no later use (it is still shared with
 /// waiting requests), and a 206 whose Content-Range does not describe its body is
@@ -1287,7 +1301,8 @@ fn primary_key(policy: &RoutePolicy, head: &RequestHead, target: &str) -> Option
         return None;
     }
     let mut primary = String::with_capacity(host.len() + target.len());
-    primary.extend(host.chars().map(|c| c.to_ascii_lowercase()));
+    primary.push_str(host);
+    primary.make_ascii_lowercase();
     primary.push_str(target);
     for name in &policy.key_headers {
         primary.push_str("\nh:");
