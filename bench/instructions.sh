@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Instructions per cache hit, counted by callgrind: repeatable where wrk's figures on
+# a shared 2-core machine are not. Both servers answer N keep-alive GETs of one
+# 5 KiB object (curl, one connection); the count is the user-space instructions of
+# the connection tasks (accept loop, hyper, the service) divided by N. The kernel's
+# share (the TCP work, about the same for both) is not counted.
+#
+#   bench/instructions.sh            # N=2000
+#   N=5000 bench/instructions.sh
+#
+# Needs valgrind and curl (apt-get install valgrind curl).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+N="${N:-2000}"
+TMP=$(mktemp -d /tmp/revalidate-instructions.XXXXXX)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+for tool in valgrind callgrind_annotate curl; do
+    command -v "$tool" >/dev/null || { echo "FATAL: $tool is not installed" >&2; exit 1; }
+done
+(cd "$ROOT" && cargo build --release -q -p revalidate-cli -p revalidate-bench)
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_up() {
+    for _ in $(seq 240); do
+        curl -s -o /dev/null "http://127.0.0.1:$1/obj/1" && return 0
+        sleep 0.5
+    done
+    echo "FATAL: nothing answers on port $1" >&2
+    exit 1
+}
+
+ORIGIN=$(port)
+"$ROOT/target/release/bench-origin" --listen "127.0.0.1:$ORIGIN" >/dev/null 2>&1 &
+PIDS+=($!)
+wait_up "$ORIGIN"
+
+# measure NAME FUNCTION-PATTERN COMMAND...: instructions per request in FUNCTION.
+measure() {
+    local name=$1 pattern=$2 listen=$3 file
+    shift 3
+    file="$TMP/callgrind.${name// /-}"
+    RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$file.%p" "$@" >/dev/null 2>&1 &
+    local pid=$!
+    wait_up "$listen" # the first request (a miss for the cache) is not counted below
+    for _ in $(seq "$N"); do
+        printf 'url = "http://127.0.0.1:%s/obj/1"\noutput = /dev/null\n' "$listen"
+    done >"$TMP/urls"
+    curl -s -K "$TMP/urls"
+    kill -INT "$pid"
+    sleep 1
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    local total
+    total=$(callgrind_annotate --inclusive=yes "$file".* 2>/dev/null |
+        grep -F "$pattern" | grep -v "=>" | head -1 | awk '{gsub(",", "", $1); print $1}')
+    echo "$name: $((total / N)) instructions per request"
+}
+
+BARE=$(port)
+measure "bare hyper" "revalidate_bench::serve::{{closure}}::{{closure}}" "$BARE" \
+    "$ROOT/target/release/bench-bare" --listen "127.0.0.1:$BARE" --objects 10
+PROXY=$(port)
+ADMIN=$(port)
+measure "revalidate (hit)" "revalidate_cli::serve::server::run::{{closure}}::{{closure}}" "$PROXY" \
+    "$ROOT/target/release/revalidate" serve --listen "127.0.0.1:$PROXY" \
+    --upstream "http://127.0.0.1:$ORIGIN" --admin-listen "127.0.0.1:$ADMIN"
