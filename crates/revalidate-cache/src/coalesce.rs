@@ -17,6 +17,9 @@ pub enum Flight {
     Waiting,
     /// The leader stored (or could share) this response.
     Done(Arc<StoredResponse>),
+    /// The leader asked for a range and got this part (a 206): it answers the
+    /// waiters whose range it holds; the others fetch again together, once.
+    Part(Arc<StoredResponse>),
     /// The response cannot be shared (private, Set-Cookie, Vary: *, an error, too
     /// large): every waiter goes upstream on its own, at once.
     NotShareable,

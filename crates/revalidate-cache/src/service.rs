@@ -204,7 +204,11 @@ impl<B, E> Fetched<B, E> {
     fn flight(&self) -> Flight {
         match self {
             Fetched::Entry(entry, _, _, true) | Fetched::Stale(entry, _) => {
-                Flight::Done(entry.clone())
+                if entry.part.is_some() {
+                    Flight::Part(entry.clone())
+                } else {
+                    Flight::Done(entry.clone())
+                }
             }
             Fetched::Entry(..) | Fetched::Live(..) | Fetched::Failed(_) => Flight::NotShareable,
         }
@@ -349,10 +353,7 @@ impl<St: Store> Shared<St> {
         } = *lookup;
         // A stored part answers only a range it holds (RFC 9111 §3.3); anything else
         // goes upstream as a miss, asking for the client's range if it has one.
-        if entry
-            .part
-            .is_some_and(|part| !holds_requested_range(head, part))
-        {
+        if entry.part.is_some() && !holds_requested_range(head, entry.part) {
             if request_cc.only_if_cached {
                 return Ok(gateway_timeout(
                     "only-if-cached: the cache holds only part of the response",
@@ -440,28 +441,43 @@ impl<St: Store> Shared<St> {
         ResBody: CacheableBody,
     {
         let Lookup { head, primary, .. } = *lookup;
-        match self.coalescer.join(primary) {
-            Role::Leader(leader) => {
-                let fetched = self.fetch(inner, lookup, stale, reason).await;
-                leader.finish(fetched.flight());
-                self.respond_fetched(head, fetched, stale_outcome(reason))
-            }
-            Role::Follower(receiver) => match wait(receiver, self.config.coalesce_timeout).await {
-                Flight::Done(entry) if entry.secondary.matches(&head.headers) => {
-                    let now = self.clock.now();
-                    let ttl = entry
-                        .ttl(now)
-                        .map_or_else(|| -secs(entry.staleness(now)), secs);
-                    let status = CacheStatus::forward(reason).ttl(ttl).collapsed();
-                    Ok(self.respond_stored(head, &entry, status, Outcome::Coalesced))
+        let mut rejoined = false;
+        loop {
+            let receiver = match self.coalescer.join(primary) {
+                Role::Leader(leader) => {
+                    let fetched = self.fetch(inner, lookup, stale, reason).await;
+                    leader.finish(fetched.flight());
+                    return self.respond_fetched(head, fetched, stale_outcome(reason));
                 }
-                // Not shareable, a Vary mismatch, an abandoned leader or a timeout:
-                // go upstream alone, at once.
+                Role::Follower(receiver) => receiver,
+            };
+            let entry = match wait(receiver, self.config.coalesce_timeout).await {
+                Flight::Done(entry) if entry.status != StatusCode::PARTIAL_CONTENT => entry,
+                Flight::Part(entry) if holds_requested_range(head, entry.part) => entry,
+                // A part that does not hold this request's bytes: fetch again, with
+                // the others that it did not serve either.
+                Flight::Part(_) if !rejoined => {
+                    rejoined = true;
+                    continue;
+                }
+                // Not shareable, an abandoned leader or a timeout: go upstream alone,
+                // at once.
                 _ => {
                     let fetched = self.fetch(inner, lookup, stale, reason).await;
-                    self.respond_fetched(head, fetched, stale_outcome(reason))
+                    return self.respond_fetched(head, fetched, stale_outcome(reason));
                 }
-            },
+            };
+            if !entry.secondary.matches(&head.headers) {
+                // A Vary mismatch: alone, at once, too.
+                let fetched = self.fetch(inner, lookup, stale, reason).await;
+                return self.respond_fetched(head, fetched, stale_outcome(reason));
+            }
+            let now = self.clock.now();
+            let ttl = entry
+                .ttl(now)
+                .map_or_else(|| -secs(entry.staleness(now)), secs);
+            let status = CacheStatus::forward(reason).ttl(ttl).collapsed();
+            return Ok(self.respond_stored(head, &entry, status, Outcome::Coalesced));
         }
     }
 
@@ -726,9 +742,10 @@ impl<St: Store> Shared<St> {
             worth_storing(&entry) && self.store_entry(ticket, primary, entry.clone()).await;
         let status = if stored { status.stored() } else { status };
         // Waiting requests may reuse it only as they could reuse a stored response:
-        // while fresh (RFC 9111 §4.2), never a `no-cache` one without validation,
-        // and never a part (they may want other bytes).
-        let shareable = entry.ttl(response_time).is_some() && code != StatusCode::PARTIAL_CONTENT;
+        // while fresh (RFC 9111 §4.2), never a `no-cache` one without validation (a
+        // part only for the ranges it holds: see `Flight::Part`).
+        let shareable = entry.ttl(response_time).is_some()
+            && (code != StatusCode::PARTIAL_CONTENT || entry.part.is_some());
         Fetched::Entry(entry, status, requester_only, shareable)
     }
 
@@ -746,8 +763,9 @@ impl<St: Store> Shared<St> {
         let policy = self.routes.policy(lookup.route);
         let tags = self.tags_of(policy, lookup.params, &headers);
         let requester_only = split_for_storage(&mut headers, &directives.qualified_fields());
-        let mut headers = compact(&headers);
+        // Before the copy: the tag fields' bytes would stay alive in it, uncharged.
         strip_tags(&mut headers);
+        let headers = compact(&headers);
         let names = vary_names(&headers).unwrap_or_default();
         let timing = self.timing(policy, &headers, code, request_time, response_time);
         let entry = StoredResponse::new(
@@ -884,12 +902,15 @@ impl<St: Store> Shared<St> {
             entry,
             self.config.max_variants,
         );
-        self.store
+        let kept = self
+            .store
             .put(primary.to_string(), Arc::new(variants))
             .await;
         drop(guard);
-        self.stats.stored();
-        true
+        if kept {
+            self.stats.stored();
+        }
+        kept
     }
 
     /// A response built from a stored entry, answering the client's own conditional
@@ -1251,7 +1272,10 @@ fn worth_storing(entry: &StoredResponse) -> bool {
 
 /// Whether a stored part holds the single range a GET asks for (without If-Range,
 /// whose answer may need the whole representation).
-fn holds_requested_range(head: &RequestHead, part: Part) -> bool {
+fn holds_requested_range(head: &RequestHead, part: Option<Part>) -> bool {
+    let Some(part) = part else {
+        return false;
+    };
     head.method == Method::GET
         && !head.headers.contains_key(IF_RANGE)
         && head
@@ -1294,9 +1318,12 @@ fn primary_key(policy: &RoutePolicy, head: &RequestHead, target: &str) -> Option
         },
     };
     // A plain `name[:port]` needs no parse; anything else must be an authority.
-    let plain = host
+    let (name, port) = host.split_once(':').unwrap_or((host, "0"));
+    let plain = name
         .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+        && !port.is_empty()
+        && port.bytes().all(|b| b.is_ascii_digit());
     if !plain && host.parse::<http::uri::Authority>().is_err() {
         return None;
     }
@@ -1483,6 +1510,8 @@ mod tests {
     fn hosts_that_are_not_authorities_are_never_keyed() {
         let policy = RoutePolicy::default();
         assert!(primary_key(&policy, &head("/y", "a.test/x"), "/y").is_none());
+        assert!(primary_key(&policy, &head("/y", "a:b:c"), "/y").is_none());
+        assert!(primary_key(&policy, &head("/y", "a.test:"), "/y").is_some());
         let primary = primary_key(&policy, &head("/x/y", "A.test"), "/x/y").unwrap();
         assert_eq!(primary, "a.test/x/y");
         // An absolute-form target's authority wins over Host.

@@ -672,10 +672,10 @@ async fn partial_content_is_stored_and_answers_the_ranges_it_holds() {
     assert_eq!(h.origin.calls(), 2);
 }
 
-/// A 206 whose Content-Range does not describe its body, or that answers a request
-/// without Range, is passed on but never stored.
+/// A 206 whose Content-Range does not describe its body is passed on but never
+/// stored; neither is a 206 to a request without Range.
 #[tokio::test]
-async fn inconsistent_partial_content_is_not_stored() {
+async fn inconsistent_or_unasked_partial_content_is_not_stored() {
     let h = Harness::new(Origin::fixed(
         206,
         &[
@@ -687,12 +687,58 @@ async fn inconsistent_partial_content_is_not_stored() {
     let first = h.get("/", &[("range", "bytes=0-9")]).await;
     assert_eq!(first.status, 206);
     assert!(!first.cache_status().contains("stored"));
-    h.get("/", &[]).await;
-    assert!(
-        !h.get("/", &[]).await.hit(),
-        "a 206 to a request without Range"
+    assert!(!h.get("/", &[("range", "bytes=0-9")]).await.hit());
+
+    // A consistent part, but sent to a request that asked for the whole.
+    let h = Harness::new(Origin::fixed(
+        206,
+        &[
+            ("cache-control", "max-age=60"),
+            ("content-range", "bytes 0-4/10"),
+        ],
+        "short",
+    ));
+    let unasked = h.get("/", &[]).await;
+    assert_eq!(unasked.status, 206, "passed on as it came");
+    assert!(!unasked.cache_status().contains("stored"));
+    let ranged = h.get("/", &[("range", "bytes=0-4")]).await;
+    assert!(!ranged.hit(), "nothing was stored to answer it");
+    assert_eq!(h.origin.calls(), 2);
+}
+
+/// Waiting requests share a leader's part only for the bytes it holds; the others
+/// fetch again together (one more upstream request, not one each).
+#[tokio::test]
+async fn a_part_is_shared_only_with_waiters_whose_range_it_holds() {
+    let h = Harness::new(Origin::new(|request, _| {
+        match request.headers().get("range").map(|r| r.to_str().unwrap()) {
+            Some("bytes=0-4") => response(
+                206,
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("content-range", "bytes 0-4/10"),
+                ],
+                "01234",
+            ),
+            _ => response(200, MAX_AGE_60, "0123456789"),
+        }
+    }));
+    *h.origin.delay.lock().unwrap() = Duration::from_millis(50);
+    let leader = h.get("/", &[("range", "bytes=0-4")]);
+    let held = h.get("/", &[("range", "bytes=1-2")]);
+    let whole = h.get("/", &[]);
+    let other = h.get("/", &[("range", "bytes=6-7")]);
+    let (leader, held, whole, other) = tokio::join!(leader, held, whole, other);
+    assert_eq!((leader.status, leader.body.as_str()), (206, "01234"));
+    assert_eq!((held.status, held.body.as_str()), (206, "12"));
+    assert!(held.cache_status().contains("collapsed"));
+    assert_eq!((whole.status, whole.body.as_str()), (200, "0123456789"));
+    assert_eq!((other.status, other.body.as_str()), (206, "67"));
+    assert_eq!(
+        h.origin.calls(),
+        2,
+        "the part, then the whole once for both others"
     );
-    assert_eq!(h.origin.calls(), 3);
 }
 
 /// RFC 9111 §5.1: of an `Age` list, the first member counts.

@@ -142,10 +142,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl MemoryStore {
     /// A store holding at most `budget_bytes` of responses.
     pub fn new(budget_bytes: u64) -> Self {
-        // quick_cache splits the budget evenly between shards and evicts per shard:
-        // keep shards large (at least 16 MiB, or one shard) so that one large object
-        // never crowds out a whole shard.
-        let shards = (budget_bytes / (16 << 20)).clamp(1, 16).next_power_of_two() as usize;
+        // quick_cache splits the budget evenly between shards, evicts per shard and
+        // refuses an entry heavier than its shard: keep shards large (at least
+        // 16 MiB, or a single one) so that the largest object stored (8 MiB by
+        // default) fits and never crowds out a whole shard.
+        let shards = 1usize << (budget_bytes / (16 << 20)).clamp(1, 16).ilog2();
         let estimated_items = usize::try_from(budget_bytes / (16 << 10))
             .unwrap_or(usize::MAX)
             .clamp(64, 1 << 20);
@@ -194,16 +195,20 @@ impl Store for MemoryStore {
         self.inner.entries.get(primary)
     }
 
-    async fn put(&self, primary: String, variants: Arc<Variants>) {
+    async fn put(&self, primary: String, variants: Arc<Variants>) -> bool {
         let primary: Arc<str> = Arc::from(primary);
         let mut index = lock(&self.inner.index);
         if let Some(old) = self.inner.entries.peek(&*primary) {
             index.remove(&primary, &old);
         }
         index.add(&primary, &variants);
-        self.inner.entries.insert(primary, variants);
+        self.inner.entries.insert(primary.clone(), variants.clone());
         // The insert may have evicted others, or refused this one (too heavy).
         self.inner.unindex_evicted(&mut index);
+        self.inner
+            .entries
+            .peek(&*primary)
+            .is_some_and(|kept| Arc::ptr_eq(&kept, &variants))
     }
 
     async fn purge(&self, purge: &Purge) -> usize {
@@ -302,6 +307,13 @@ mod tests {
         }
         let usage = store.usage();
         assert!(usage.evictions > 0 && usage.bytes <= 64 << 10, "{usage:?}");
+        assert!(
+            !store
+                .put("h/big".into(), variants("/big", &[], 80 << 10))
+                .await,
+            "an entry heavier than the store is refused, and says so"
+        );
+        assert!(store.get("h/big").await.is_none());
         let (paths, _) = indexed(&store);
         assert_eq!(paths as u64, usage.entries, "evicted entries are unindexed");
         let x_left = store.get("h/x").await.is_some();

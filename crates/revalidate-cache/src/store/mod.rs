@@ -39,8 +39,9 @@ pub struct StoreUsage {
 pub trait Store: Clone + Send + Sync + 'static {
     /// The variants stored under `primary`.
     fn get(&self, primary: &str) -> impl Future<Output = Option<Arc<Variants>>> + Send;
-    /// Stores (or replaces) the variants of `primary`.
-    fn put(&self, primary: String, variants: Arc<Variants>) -> impl Future<Output = ()> + Send;
+    /// Stores (or replaces) the variants of `primary`; returns whether they are kept
+    /// (a store may refuse what it cannot hold).
+    fn put(&self, primary: String, variants: Arc<Variants>) -> impl Future<Output = bool> + Send;
     /// Removes or (soft) marks stale every entry the purge names; returns how many
     /// primary keys it touched. Costs time in the number of entries named.
     fn purge(&self, purge: &Purge) -> impl Future<Output = usize> + Send;

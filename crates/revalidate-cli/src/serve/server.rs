@@ -89,8 +89,13 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (release, released) = tokio::sync::oneshot::channel::<()>();
         let released = std::sync::Arc::new(tokio::sync::Mutex::new(Some(released)));
+        let (started, has_started) = tokio::sync::oneshot::channel::<()>();
+        let started = std::sync::Arc::new(std::sync::Mutex::new(Some(started)));
         let service = tower::service_fn(move |request: Request<Body>| {
             let released = released.clone();
+            if let Some(started) = started.lock().unwrap().take() {
+                let _ = started.send(());
+            }
             async move {
                 let peer = request
                     .extensions()
@@ -118,7 +123,7 @@ mod tests {
             stream.read_to_end(&mut reply).await.unwrap();
             String::from_utf8(reply).unwrap()
         });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        has_started.await.unwrap();
         stop.send(()).unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(
