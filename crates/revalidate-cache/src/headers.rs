@@ -8,20 +8,23 @@ pub static SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
 /// `Cache-Tag`: comma-separated tags (Cloudflare's convention).
 pub static CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
 
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    [CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE].contains(name)
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
-}
+/// The fixed hop-by-hop fields (RFC 9110 §7.6.1), with the obsolete `Keep-Alive`
+/// and `Proxy-Connection`.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    CONNECTION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
 
 /// Removes hop-by-hop fields (RFC 9110 §7.6.1), including those `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the names (cheap comparisons of
     // standard names) saves seven removals, each hashing its name.
-    if !headers.keys().any(is_hop_by_hop) {
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
         return;
     }
     let named: Vec<HeaderName> = headers
@@ -34,11 +37,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE] {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
 }
 
 /// The tags a response names in `Surrogate-Key` and `Cache-Tag`.

@@ -150,17 +150,11 @@ impl RequestHead {
         let mut request = Request::new(B::default());
         *request.uri_mut() = self.uri.clone();
         let mut headers = self.headers.clone();
-        for name in [
-            IF_MATCH,
-            IF_NONE_MATCH,
-            IF_MODIFIED_SINCE,
-            IF_UNMODIFIED_SINCE,
-            IF_RANGE,
-            RANGE,
-            // The fetch carries no body, so it carries no framing either.
-            CONTENT_LENGTH,
-            http::header::TRANSFER_ENCODING,
-        ] {
+        // The fetch carries no body, so it carries no framing either.
+        for name in CONDITIONAL_FIELDS
+            .iter()
+            .chain(&[CONTENT_LENGTH, http::header::TRANSFER_ENCODING])
+        {
             headers.remove(name);
         }
         if let Some(range) = range {
@@ -976,10 +970,7 @@ impl<St: Store> Shared<St> {
             .get(RANGE)
             .filter(|_| honor_range && head.method == Method::GET);
         if let Some(part) = entry.part
-            && let Some((first, last)) = range
-                .and_then(|r| ByteRange::parse(r.as_bytes()))
-                .and_then(|r| r.resolve(part.complete))
-                .filter(|&(first, last)| part.holds(first, last))
+            && let Some((first, last)) = range.and_then(|r| held_range(r, part))
         {
             return self.respond_part(headers, entry, part, first, last);
         }
@@ -1242,20 +1233,21 @@ fn stale_outcome(reason: &str) -> Outcome {
     }
 }
 
+/// The request fields the cache answers itself from what it stores: the
+/// preconditions (RFC 9110 §13.1) and Range.
+const CONDITIONAL_FIELDS: [HeaderName; 6] = [
+    IF_MATCH,
+    IF_NONE_MATCH,
+    IF_MODIFIED_SINCE,
+    IF_UNMODIFIED_SINCE,
+    IF_RANGE,
+    RANGE,
+];
+
 /// Whether a request carries a conditional field or Range: one pass over its names
 /// (cheap comparisons of standard names) instead of six lookups on every hit.
 fn has_conditionals(headers: &HeaderMap) -> bool {
-    headers.keys().any(|name| {
-        [
-            IF_MATCH,
-            IF_NONE_MATCH,
-            IF_MODIFIED_SINCE,
-            IF_UNMODIFIED_SINCE,
-            IF_RANGE,
-            RANGE,
-        ]
-        .contains(name)
-    })
+    headers.keys().any(|name| CONDITIONAL_FIELDS.contains(name))
 }
 
 /// Whether an entry is worth storing: a response that is stale at once and can be
@@ -1281,9 +1273,16 @@ fn holds_requested_range(head: &RequestHead, part: Option<Part>) -> bool {
         && head
             .headers
             .get(RANGE)
-            .and_then(|r| ByteRange::parse(r.as_bytes()))
-            .and_then(|r| r.resolve(part.complete))
-            .is_some_and(|(first, last)| part.holds(first, last))
+            .and_then(|r| held_range(r, part))
+            .is_some()
+}
+
+/// The byte positions a `Range` value asks for, when it is one range that `part`
+/// holds.
+fn held_range(range: &HeaderValue, part: Part) -> Option<(u64, u64)> {
+    ByteRange::parse(range.as_bytes())?
+        .resolve(part.complete)
+        .filter(|&(first, last)| part.holds(first, last))
 }
 
 /// The path of a Location or Content-Location value when it is same-origin.
