@@ -17,11 +17,12 @@ TMP=$(mktemp -d /tmp/revalidate-instructions.XXXXXX)
 PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    if [[ -n "${KEEP:-}" ]]; then mkdir -p "$KEEP" && cp "$TMP"/callgrind.* "$KEEP"/; fi
     rm -rf "$TMP"
 }
 trap cleanup EXIT
 
-for tool in valgrind callgrind_annotate curl; do
+for tool in valgrind callgrind_annotate callgrind_control curl; do
     command -v "$tool" >/dev/null || { echo "FATAL: $tool is not installed" >&2; exit 1; }
 done
 (cd "$ROOT" && cargo build --release -q -p revalidate-cli -p revalidate-bench)
@@ -48,7 +49,10 @@ measure() {
     file="$TMP/callgrind.${name// /-}"
     RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$file.%p" "$@" >/dev/null 2>&1 &
     local pid=$!
-    wait_up "$listen" # the first request (a miss for the cache) is not counted below
+    wait_up "$listen" # the first request is a miss for the cache
+    for _ in $(seq 10); do curl -s -o /dev/null "http://127.0.0.1:$listen/obj/1"; done
+    # Counted from here: only the N requests below.
+    callgrind_control --zero "$pid" >/dev/null 2>&1
     for _ in $(seq "$N"); do
         printf 'url = "http://127.0.0.1:%s/obj/1"\noutput = /dev/null\n' "$listen"
     done >"$TMP/urls"

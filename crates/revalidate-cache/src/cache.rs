@@ -101,6 +101,8 @@ impl<St: Store> CacheBuilder<St> {
 
     /// The cache.
     pub fn build(self) -> Cache<St> {
+        // Made now rather than by the first answer.
+        crate::headers::prepare_age_values();
         Cache {
             shared: Arc::new(Shared {
                 store: self.store,
@@ -144,6 +146,17 @@ impl<St: Store> Cache<St> {
     /// Counters.
     pub fn stats(&self) -> Snapshot {
         self.shared.stats.snapshot()
+    }
+
+    /// Sets the `metrics` facade's counters and store gauges to their current
+    /// values. Counters are summed on demand rather than sent on every request
+    /// (see [`Stats`]), so call this before an exporter renders, as
+    /// `revalidate serve` does on every scrape of `/metrics`.
+    pub fn publish_metrics(&self) {
+        self.shared.stats.publish();
+        let usage = self.usage();
+        metrics::gauge!("revalidate_store_entries").set(usage.entries as f64);
+        metrics::gauge!("revalidate_store_bytes").set(usage.bytes as f64);
     }
 
     /// Store occupancy.

@@ -1,5 +1,7 @@
 //! Header handling shared by the cache and the proxy.
 
+use std::sync::LazyLock;
+
 use http::header::{CONNECTION, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -119,6 +121,41 @@ pub fn compact(headers: &HeaderMap) -> HeaderMap {
     out.clone()
 }
 
+/// Ages below this have a value made once (see [`age_value`]): an hour and more.
+const PREPARED_AGES: u64 = 10_000;
+
+/// `Age` values below [`PREPARED_AGES`], made from `'static` text.
+static AGE_VALUES: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
+    static TEXT: LazyLock<String> =
+        LazyLock::new(|| (0..PREPARED_AGES).map(|n| n.to_string()).collect());
+    let text: &'static str = TEXT.as_str();
+    let mut at = 0;
+    (0..PREPARED_AGES)
+        .map(|n| {
+            let len = n.checked_ilog10().map_or(1, |log| log as usize + 1);
+            let value = HeaderValue::from_static(&text[at..at + len]);
+            at += len;
+            value
+        })
+        .collect()
+});
+
+/// Makes the prepared `Age` values (about a millisecond of work) if they are not
+/// made yet.
+pub(crate) fn prepare_age_values() {
+    LazyLock::force(&AGE_VALUES);
+}
+
+/// The `Age` value for `seconds`. Every answer from the cache carries one; below
+/// [`PREPARED_AGES`] it is a copy of a value made once from `'static` text, which
+/// costs neither an allocation nor a shared reference count.
+pub fn age_value(seconds: u64) -> HeaderValue {
+    match AGE_VALUES.get(seconds as usize) {
+        Some(value) => value.clone(),
+        None => HeaderValue::from(seconds),
+    }
+}
+
 /// Removes the tag fields meant for this cache, not for clients.
 pub fn strip_tags(headers: &mut HeaderMap) {
     headers.remove(&SURROGATE_KEY);
@@ -128,6 +165,13 @@ pub fn strip_tags(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prepared_ages_read_as_their_number() {
+        for seconds in [0, 1, 9, 10, 99, 100, 3599, 9_999, 10_000, u64::MAX] {
+            assert_eq!(age_value(seconds), seconds.to_string().as_str());
+        }
+    }
 
     #[test]
     fn tags_from_both_fields() {

@@ -136,7 +136,14 @@ pub struct Secondary {
 impl Secondary {
     /// Whether `request` selects this variant.
     pub fn matches(&self, request: &HeaderMap) -> bool {
-        *self == secondary(&self.names, request)
+        // Field by field: no key is built (most responses vary on nothing, and
+        // this runs on every hit).
+        self.names.len() == self.values.len()
+            && self
+                .names
+                .iter()
+                .zip(&self.values)
+                .all(|(name, stored)| request_value(name, request) == *stored)
     }
 }
 
@@ -166,15 +173,18 @@ pub fn secondary(names: &[HeaderName], request: &HeaderMap) -> Secondary {
         names: names.to_vec(),
         values: names
             .iter()
-            .map(|name| {
-                let value = combined(request.get_all(name).iter());
-                if UNORDERED_CASELESS.contains(&name.as_str()) {
-                    value.map(|v| sorted_lowercase_members(&v))
-                } else {
-                    value
-                }
-            })
+            .map(|name| request_value(name, request))
             .collect(),
+    }
+}
+
+/// The request's normalized value of one field a response varies on.
+fn request_value(name: &HeaderName, request: &HeaderMap) -> Option<String> {
+    let value = combined(request.get_all(name).iter());
+    if UNORDERED_CASELESS.contains(&name.as_str()) {
+        value.map(|v| sorted_lowercase_members(&v))
+    } else {
+        value
     }
 }
 

@@ -28,7 +28,9 @@ use crate::cache::Shared;
 use crate::coalesce::{Flight, Role, wait};
 use crate::entry::{Part, StoredResponse, Timing, Variants};
 use crate::freshness::{self, Directives};
-use crate::headers::{compact, response_tags, split_for_storage, strip_hop_by_hop, strip_tags};
+use crate::headers::{
+    age_value, compact, response_tags, split_for_storage, strip_hop_by_hop, strip_tags,
+};
 use crate::invalidation::Ticket;
 use crate::key::{
     normalize_target, push_normalized_path, push_normalized_query, secondary, vary_names,
@@ -119,6 +121,9 @@ struct Lookup<'a> {
     /// The normalized path (what URL and prefix purges name).
     path: &'a str,
 }
+
+/// Bytes reserved ahead of a normalized target for the host of its primary key.
+const HOST_ROOM: usize = 32;
 
 /// Where a request target leads: see [`Shared::locate`].
 struct Located<'a> {
@@ -280,7 +285,7 @@ impl<St: Store> Shared<St> {
             extensions: parts.extensions,
         };
         let request_cc = CacheControl::from_headers(&head.headers);
-        let Some(primary) = primary_key(policy, &head, &target) else {
+        let Some(primary) = primary_key(policy, &head, target) else {
             self.stats.outcome(Outcome::Bypassed);
             let mut request = Request::new(ReqBody::default());
             *request.method_mut() = head.method;
@@ -294,9 +299,9 @@ impl<St: Store> Shared<St> {
                 &CacheStatus::forward("bypass").detail("invalid-host"),
             ));
         };
-        let path = target.as_str();
+        let path = primary.target();
 
-        let variants = self.store.get(&primary).await;
+        let variants = self.store.get(&primary.key).await;
         let found = variants
             .as_ref()
             .and_then(|v| v.find(&head.headers))
@@ -306,7 +311,7 @@ impl<St: Store> Shared<St> {
             request_cc: &request_cc,
             route,
             params: &params,
-            primary: &primary,
+            primary: &primary.key,
             path,
         };
         match found {
@@ -921,7 +926,7 @@ impl<St: Store> Shared<St> {
         // A clone copies the stored map's slots without rehashing; its index was
         // sized for the two fields added here (see `headers::compact`).
         let mut headers = entry.headers.clone();
-        headers.insert(AGE, HeaderValue::from(entry.age(now).as_secs()));
+        headers.insert(AGE, age_value(entry.age(now).as_secs()));
         headers.insert(CACHE_STATUS.clone(), status.to_header_value());
 
         let mut honor_range = true;
@@ -1176,8 +1181,10 @@ impl<St: Store> Shared<St> {
     /// target (with the route's query rules) that keys, tags and purges are built
     /// from, so `/users/%31` is `/users/1` everywhere.
     fn locate(&self, uri: &Uri) -> Located<'_> {
-        let mut target =
-            String::with_capacity(uri.path().len() + uri.query().map_or(0, |q| q.len() + 1));
+        // Room for the host, which the primary key puts in front of the target.
+        let mut target = String::with_capacity(
+            HOST_ROOM + uri.path().len() + uri.query().map_or(0, |q| q.len() + 1),
+        );
         push_normalized_path(uri.path(), &mut target);
         let (route, params) = self.routes.resolve(&target);
         push_normalized_query(uri.query(), &self.routes.policy(route).query, &mut target);
@@ -1305,31 +1312,38 @@ fn same_origin_path(
     pq.starts_with('/').then(|| pq.to_string())
 }
 
+/// A primary key and, within it, the normalized target that URL and prefix purges
+/// name: one string, built once per request.
+struct PrimaryKey {
+    key: String,
+    target: std::ops::Range<usize>,
+}
+
+impl PrimaryKey {
+    fn target(&self) -> &str {
+        &self.key[self.target.clone()]
+    }
+}
+
 /// The primary key (§4.1 plus route key additions): the host, then the normalized
 /// target. `None` when the host is not a valid authority: such a request is never
 /// cached, so a `Host: a.com/x` cannot write into the key space of `a.com`'s `/x/…`.
-fn primary_key(policy: &RoutePolicy, head: &RequestHead, target: &str) -> Option<String> {
+fn primary_key(policy: &RoutePolicy, head: &RequestHead, target: String) -> Option<PrimaryKey> {
     let host = match head.uri.authority() {
         Some(authority) => authority.as_str(),
         None => match head.headers.get(HOST) {
-            Some(value) => value.to_str().unwrap_or(""),
+            Some(value) => value.to_str().ok()?,
             None => "",
         },
     };
     // A plain `name[:port]` needs no parse; anything else must be an authority.
-    let (name, port) = host.split_once(':').unwrap_or((host, "0"));
-    let plain = name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
-        && !port.is_empty()
-        && port.bytes().all(|b| b.is_ascii_digit());
-    if !plain && host.parse::<http::uri::Authority>().is_err() {
+    if !is_plain_host(host.as_bytes()) && host.parse::<http::uri::Authority>().is_err() {
         return None;
     }
-    let mut primary = String::with_capacity(host.len() + target.len());
-    primary.push_str(host);
-    primary.make_ascii_lowercase();
-    primary.push_str(target);
+    let mut primary = target;
+    primary.insert_str(0, host);
+    primary[..host.len()].make_ascii_lowercase();
+    let target = host.len()..primary.len();
     for name in &policy.key_headers {
         primary.push_str("\nh:");
         primary.push_str(name.as_str());
@@ -1359,7 +1373,22 @@ fn primary_key(policy: &RoutePolicy, head: &RequestHead, target: &str) -> Option
         }
         primary.push_str(&format!("\nu:{:032x}", hasher.finish_128()));
     }
-    Some(primary)
+    Some(PrimaryKey {
+        key: primary,
+        target,
+    })
+}
+
+/// `name` or `name:port` with a plain name (letters, digits, dots, hyphens) and a
+/// numeric port: the common case, checked in one pass.
+fn is_plain_host(host: &[u8]) -> bool {
+    let (name, port) = match host.iter().position(|&b| b == b':') {
+        Some(colon) => (&host[..colon], Some(&host[colon + 1..])),
+        None => (host, None),
+    };
+    name.iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        && port.is_none_or(|port| !port.is_empty() && port.iter().all(u8::is_ascii_digit))
 }
 
 fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -1508,13 +1537,18 @@ mod tests {
     #[test]
     fn hosts_that_are_not_authorities_are_never_keyed() {
         let policy = RoutePolicy::default();
-        assert!(primary_key(&policy, &head("/y", "a.test/x"), "/y").is_none());
-        assert!(primary_key(&policy, &head("/y", "a:b:c"), "/y").is_none());
-        assert!(primary_key(&policy, &head("/y", "a.test:"), "/y").is_some());
-        let primary = primary_key(&policy, &head("/x/y", "A.test"), "/x/y").unwrap();
-        assert_eq!(primary, "a.test/x/y");
+        let key = |uri: &str, host: &str, target: &str| {
+            primary_key(&policy, &head(uri, host), target.to_string())
+        };
+        assert!(key("/y", "a.test/x", "/y").is_none());
+        assert!(key("/y", "a:b:c", "/y").is_none());
+        assert!(key("/y", "a.test:", "/y").is_some());
+        assert!(key("/y", "[::1]:8080", "/y").is_some());
+        let primary = key("/x/y?q=A", "A.test:8080", "/x/y?q=A").unwrap();
+        assert_eq!(primary.key, "a.test:8080/x/y?q=A");
+        assert_eq!(primary.target(), "/x/y?q=A");
         // An absolute-form target's authority wins over Host.
-        let primary = primary_key(&policy, &head("http://shop.test/y", "evil.test"), "/y").unwrap();
-        assert_eq!(primary, "shop.test/y");
+        let primary = key("http://shop.test/y", "evil.test", "/y").unwrap();
+        assert_eq!(primary.key, "shop.test/y");
     }
 }

@@ -9,6 +9,7 @@
 //! assert_eq!(miss.to_string(), "revalidate; fwd=uri-miss; stored");
 //! ```
 
+use std::cell::RefCell;
 use std::fmt;
 
 use http::{HeaderName, HeaderValue};
@@ -84,10 +85,22 @@ impl CacheStatus {
 
     /// The field value.
     pub fn to_header_value(&self) -> HeaderValue {
-        // Written straight into the value's own buffer: this runs on every hit.
-        let mut out = String::with_capacity(64);
-        self.write_to(&mut out);
-        HeaderValue::try_from(out).expect("ascii")
+        // Every answer carries one, and under load a thread's consecutive answers
+        // mostly carry the same one (the same ttl, within a second): the last value
+        // a thread made is kept and handed out again.
+        thread_local! {
+            static LAST: RefCell<Option<(CacheStatus, HeaderValue)>> = const { RefCell::new(None) };
+        }
+        LAST.with_borrow_mut(|last| match last {
+            Some((status, value)) if status == self => value.clone(),
+            _ => {
+                let mut out = String::with_capacity(64);
+                self.write_to(&mut out);
+                let value = HeaderValue::try_from(out).expect("ascii");
+                *last = Some((self.clone(), value.clone()));
+                value
+            }
+        })
     }
 
     fn write_to(&self, out: &mut String) {
@@ -126,5 +139,31 @@ impl fmt::Display for CacheStatus {
         let mut out = String::new();
         self.write_to(&mut out);
         f.write_str(&out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_value_is_handed_out_only_for_the_same_status() {
+        let hit = CacheStatus::hit(Some(5));
+        assert_eq!(hit.to_header_value(), "revalidate; hit; ttl=5");
+        assert_eq!(hit.to_header_value(), "revalidate; hit; ttl=5");
+        assert_eq!(
+            CacheStatus::hit(Some(4)).to_header_value(),
+            "revalidate; hit; ttl=4"
+        );
+        let stale = CacheStatus::hit(Some(4)).detail("max-stale");
+        assert_eq!(
+            stale.to_header_value(),
+            "revalidate; hit; ttl=4; detail=max-stale"
+        );
+        assert_eq!(
+            CacheStatus::forward("uri-miss").stored().to_header_value(),
+            "revalidate; fwd=uri-miss; stored"
+        );
+        assert_eq!(hit.to_header_value(), "revalidate; hit; ttl=5");
     }
 }

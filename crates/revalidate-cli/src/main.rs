@@ -167,7 +167,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             })
             .await
     });
-    let result = serve::server::run(listener, app, shutdown_signal()).await;
+    let result =
+        serve::server::run(listener, move |peer| app.for_peer(peer), shutdown_signal()).await;
     let _ = stop.send(true);
     let _ = admin_task.await;
     result.context("server error")

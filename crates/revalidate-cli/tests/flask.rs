@@ -391,7 +391,11 @@ async fn serve(app: axum::Router) -> String {
 async fn serve_proxy(app: Proxy) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(server::run(listener, app, std::future::pending()));
+    tokio::spawn(server::run(
+        listener,
+        move |peer| app.for_peer(peer),
+        std::future::pending(),
+    ));
     format!("http://{addr}")
 }
 

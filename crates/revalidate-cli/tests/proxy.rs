@@ -67,7 +67,11 @@ impl Origin {
 async fn spawn_proxy(app: Proxy) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(server::run(listener, app, std::future::pending()));
+    tokio::spawn(server::run(
+        listener,
+        move |peer| app.for_peer(peer),
+        std::future::pending(),
+    ));
     addr
 }
 
@@ -167,6 +171,21 @@ async fn hits_writes_and_conditional_requests_through_the_proxy() {
         2,
         "the GET and the 304 were answered from the cache"
     );
+
+    // Counters reach Prometheus when published, as the admin listener does on
+    // every scrape of /metrics.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || cache.publish_metrics());
+    let text = handle.render();
+    for line in [
+        "revalidate_cache_requests_total{outcome=\"hit\"} 2",
+        "revalidate_cache_requests_total{outcome=\"miss\"} 2",
+        "revalidate_cache_client_conditional_total{status=\"304\"} 1",
+        "revalidate_store_entries 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+    }
 }
 
 #[tokio::test]

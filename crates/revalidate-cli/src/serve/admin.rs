@@ -140,9 +140,7 @@ async fn stats(State(state): State<AdminState>, headers: HeaderMap) -> Response 
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    let usage = state.cache.usage();
-    metrics::gauge!("revalidate_store_entries").set(usage.entries as f64);
-    metrics::gauge!("revalidate_store_bytes").set(usage.bytes as f64);
+    state.cache.publish_metrics();
     match &state.metrics {
         Some(handle) => (
             [(CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -17,6 +17,13 @@ use super::upstream::{Upstream, UpstreamBody};
 /// Routes each request to the upstream directly or through the conditional layer.
 #[derive(Debug, Clone)]
 pub struct EtagByRoute {
+    /// One reference to count: the cache clones its inner service for every
+    /// request, hits included, and the upstreams are needed only on a miss.
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     routes: Arc<Routes>,
     plain: Upstream,
     tagged: Conditional<Upstream, ContentHash>,
@@ -27,9 +34,11 @@ impl EtagByRoute {
     pub fn new(routes: Arc<Routes>, upstream: Upstream) -> Self {
         let tagged = ConditionalLayer::new().layer(upstream.clone());
         Self {
-            routes,
-            plain: upstream,
-            tagged,
+            inner: Arc::new(Inner {
+                routes,
+                plain: upstream,
+                tagged,
+            }),
         }
     }
 }
@@ -46,12 +55,14 @@ impl Service<Request<Body>> for EtagByRoute {
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let (route, _) = self.routes.resolve(request.uri().path());
-        if self.routes.policy(route).add_etag {
-            let future = self.tagged.call(request);
+        // Both are always ready (`Upstream::poll_ready`), so clones may be called.
+        let inner = &*self.inner;
+        let (route, _) = inner.routes.resolve(request.uri().path());
+        if inner.routes.policy(route).add_etag {
+            let future = inner.tagged.clone().call(request);
             Box::pin(async move { Ok(future.await?.map(|body| body.boxed())) })
         } else {
-            Box::pin(self.plain.call(request))
+            Box::pin(inner.plain.clone().call(request))
         }
     }
 }

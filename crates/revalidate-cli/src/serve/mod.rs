@@ -9,9 +9,9 @@
 //!
 //! let config = ServeConfig::default();
 //! let upstream = Upstream::new("http://127.0.0.1:5000", config.upstream_timeout)?;
-//! let (service, _cache) = proxy(&config, upstream);
+//! let (proxy, _cache) = proxy(&config, upstream);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! server::run(listener, service, std::future::pending()).await?;
+//! server::run(listener, move |peer| proxy.for_peer(peer), std::future::pending()).await?;
 //! # Ok(()) }
 //! ```
 
@@ -22,26 +22,56 @@ mod etag;
 pub mod server;
 mod upstream;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use access_log::{AccessLog, AccessLogLayer};
 pub use config::{ConfigError, ServeConfig, load, parse};
 pub use etag::EtagByRoute;
-use revalidate_cache::{Cache, CacheService, MemoryStore};
+use revalidate_cache::{Cache, CacheService, MemoryStore, Routes};
 use tower::Layer;
 pub use upstream::{InvalidUpstream, Upstream, UpstreamBody};
 
+/// The proxy's parts, from which each client connection gets its own service
+/// ([`Proxy::for_peer`]).
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    cache: Cache,
+    routes: Arc<Routes>,
+    upstream: Upstream,
+}
+
 /// The proxy as one tower service: access log, cache, per-route content ETags,
 /// upstream.
-pub type Proxy = AccessLog<CacheService<EtagByRoute, MemoryStore>>;
+pub type ProxyService = AccessLog<CacheService<EtagByRoute, MemoryStore>>;
 
-/// The proxy's service and the cache inside it.
+impl Proxy {
+    /// The service for one client connection; requests it forwards name `peer` in
+    /// `X-Forwarded-For`. The address belongs to the connection, so it is given
+    /// once here rather than carried in every request's extensions.
+    pub fn for_peer(&self, peer: SocketAddr) -> ProxyService {
+        let upstream = EtagByRoute::new(self.routes.clone(), self.upstream.for_peer(peer));
+        AccessLogLayer.layer(self.cache.layer().layer(upstream))
+    }
+
+    /// The service for requests that carry their peer, if any, as axum's
+    /// `ConnectInfo` extension.
+    pub fn service(&self) -> ProxyService {
+        let upstream = EtagByRoute::new(self.routes.clone(), self.upstream.clone());
+        AccessLogLayer.layer(self.cache.layer().layer(upstream))
+    }
+}
+
+/// The proxy and the cache inside it.
 pub fn proxy(config: &ServeConfig, upstream: Upstream) -> (Proxy, Cache) {
-    let routes = Arc::new(config.routes.clone());
     let cache = Cache::builder(MemoryStore::new(config.max_bytes))
         .routes(config.routes.clone())
         .config(config.cache.clone())
         .build();
-    let service = AccessLogLayer.layer(cache.layer().layer(EtagByRoute::new(routes, upstream)));
-    (service, cache)
+    let proxy = Proxy {
+        cache: cache.clone(),
+        routes: Arc::new(config.routes.clone()),
+        upstream,
+    };
+    (proxy, cache)
 }

@@ -1,6 +1,6 @@
 //! The proxy's listener: hyper's HTTP/1.1 and HTTP/2 connections served straight
-//! into the tower stack, with the peer's address on every request and a graceful
-//! drain on shutdown.
+//! into the tower stack, a service per connection made for its peer's address,
+//! and a graceful drain on shutdown.
 //!
 //! axum's `serve` would route every request through a `Router` and re-box every
 //! response body; the proxy has one service and no routes, and on a cache hit
@@ -8,10 +8,10 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use http::{Request, Response};
 use http_body::Body as HttpBody;
 use hyper::body::Incoming;
@@ -22,17 +22,17 @@ use revalidate_cache::BoxError;
 use tokio::net::TcpListener;
 use tower::{Service, ServiceExt};
 
-/// Serves `service` on `listener` until `shutdown` resolves, then stops accepting
-/// and waits for in-flight requests to finish.
-///
-/// Each request carries [`ConnectInfo<SocketAddr>`] with the peer's address (the
-/// upstream client appends it to `X-Forwarded-For`).
-pub async fn run<S, B>(
+/// Serves `listener` until `shutdown` resolves, then stops accepting and waits for
+/// in-flight requests to finish. Each connection is served by the service that
+/// `make_service` makes for its peer's address (the upstream client appends it to
+/// `X-Forwarded-For`).
+pub async fn run<M, S, B>(
     listener: TcpListener,
-    service: S,
+    make_service: M,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()>
 where
+    M: Fn(SocketAddr) -> S,
     S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: HttpBody + Send + 'static,
@@ -57,11 +57,9 @@ where
         };
         // Responses are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
-        let service = service.clone();
+        let service = make_service(peer);
         let per_request = hyper::service::service_fn(move |request: Request<Incoming>| {
-            let mut request = request.map(Body::new);
-            request.extensions_mut().insert(ConnectInfo(peer));
-            service.clone().oneshot(request)
+            service.clone().oneshot(request.map(Body::new))
         });
         let watcher = graceful.watcher();
         tokio::spawn(async move {
@@ -79,8 +77,6 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-
     use super::*;
 
     #[tokio::test]
@@ -91,25 +87,24 @@ mod tests {
         let released = std::sync::Arc::new(tokio::sync::Mutex::new(Some(released)));
         let (started, has_started) = tokio::sync::oneshot::channel::<()>();
         let started = std::sync::Arc::new(std::sync::Mutex::new(Some(started)));
-        let service = tower::service_fn(move |request: Request<Body>| {
-            let released = released.clone();
-            if let Some(started) = started.lock().unwrap().take() {
-                let _ = started.send(());
-            }
-            async move {
-                let peer = request
-                    .extensions()
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .map(|c| c.0);
-                assert!(peer.is_some_and(|p| p.ip().is_loopback()));
-                if let Some(released) = released.lock().await.take() {
-                    let _ = released.await;
+        let make_service = move |peer: SocketAddr| {
+            let (released, started) = (released.clone(), started.clone());
+            tower::service_fn(move |_: Request<Body>| {
+                let released = released.clone();
+                if let Some(started) = started.lock().unwrap().take() {
+                    let _ = started.send(());
                 }
-                Ok::<_, Infallible>(Response::new(Body::from("done")))
-            }
-        });
+                async move {
+                    if let Some(released) = released.lock().await.take() {
+                        let _ = released.await;
+                    }
+                    let body = format!("done for {}", peer.ip());
+                    Ok::<_, Infallible>(Response::new(Body::from(body)))
+                }
+            })
+        };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(run(listener, service, async {
+        let server = tokio::spawn(run(listener, make_service, async {
             let _ = stopped.await;
         }));
         let client = tokio::spawn(async move {
@@ -133,7 +128,7 @@ mod tests {
         release.send(()).unwrap();
         let reply = client.await.unwrap();
         assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-        assert!(reply.ends_with("done"), "{reply}");
+        assert!(reply.ends_with("done for 127.0.0.1"), "{reply}");
         server.await.unwrap().unwrap();
     }
 }

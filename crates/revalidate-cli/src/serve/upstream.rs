@@ -53,6 +53,9 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub struct Upstream {
     /// Shared: the service is cloned for every request (tower's readiness contract).
     inner: Arc<UpstreamInner>,
+    /// The client at the other end of the connection this copy serves (see
+    /// [`Upstream::for_peer`]).
+    peer: Option<SocketAddr>,
 }
 
 #[derive(Debug)]
@@ -96,7 +99,18 @@ impl Upstream {
                 base_path: uri.path().trim_end_matches('/').to_string(),
                 timeout,
             }),
+            peer: None,
         })
+    }
+
+    /// A copy for one client connection: requests it forwards name `peer` in
+    /// `X-Forwarded-For`. Without one, a request's [`ConnectInfo`] extension (as
+    /// axum's `into_make_service_with_connect_info` adds) is used.
+    pub fn for_peer(&self, peer: SocketAddr) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            peer: Some(peer),
+        }
     }
 
     fn target(&self, uri: &Uri) -> Uri {
@@ -158,7 +172,13 @@ impl Service<Request<Body>> for Upstream {
         );
         // Append the peer's address, as nginx's $proxy_add_x_forwarded_for does: only
         // the last entry is this proxy's word, earlier ones are the client's.
-        if let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+        let peer = self.peer.or_else(|| {
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(peer)| *peer)
+        });
+        if let Some(peer) = peer {
             let forwarded_for = match parts
                 .headers
                 .get(&X_FORWARDED_FOR)
