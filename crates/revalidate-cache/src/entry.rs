@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, StatusCode};
 use revalidate::Validators;
+use smallvec::SmallVec;
 
 use crate::key::Secondary;
 
@@ -221,8 +222,9 @@ impl StoredResponse {
 pub struct Variants {
     /// Field names of the most recent response's `Vary`.
     pub vary: Vec<HeaderName>,
-    /// One entry per distinct secondary key.
-    pub entries: Vec<Arc<StoredResponse>>,
+    /// One entry per distinct secondary key. Most keys have one, kept inline: a
+    /// hit reads it without following another pointer.
+    pub entries: SmallVec<[Arc<StoredResponse>; 1]>,
     weight: usize,
 }
 
@@ -232,7 +234,7 @@ impl Variants {
         let weight = entries.iter().map(|e| e.weight()).sum();
         Self {
             vary,
-            entries,
+            entries: entries.into_iter().collect(),
             weight,
         }
     }

@@ -47,6 +47,6 @@ pub use cache::{Cache, CacheBuilder, CacheConfig, CacheLayer};
 pub use clock::{Clock, MockClock, SystemClock};
 pub use revalidate::{BoxError, ResponseBody as CacheBody};
 pub use routes::{InvalidationRule, Pattern, Route, RoutePolicy, Routes, Template};
-pub use service::{CacheService, CacheableBody, Upstream, UpstreamUnavailable};
+pub use service::{CacheService, CacheableBody, ResponseFuture, Upstream, UpstreamUnavailable};
 pub use stats::{Outcome, Snapshot};
 pub use store::{MemoryStore, Purge, Store, StoreUsage};

@@ -29,7 +29,8 @@ use crate::coalesce::{Flight, Role, wait};
 use crate::entry::{Part, StoredResponse, Timing, Variants};
 use crate::freshness::{self, Directives};
 use crate::headers::{
-    age_value, compact, response_tags, split_for_storage, strip_hop_by_hop, strip_tags,
+    age_value, compact, compact_with_body, response_tags, split_for_storage, strip_hop_by_hop,
+    strip_tags,
 };
 use crate::invalidation::Ticket;
 use crate::key::{
@@ -78,8 +79,6 @@ pub struct CacheService<S, St> {
     pub(crate) shared: Arc<Shared<St>>,
 }
 
-type ResponseFuture<B, E> = Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, E>> + Send>>;
-
 impl<S, St, ReqBody, ResBody> Service<Request<ReqBody>> for CacheService<S, St>
 where
     S: Upstream<ReqBody, ResBody> + Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -96,11 +95,59 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // A fresh hit in a store that answers at once is answered here, without a
+        // task-sized future or a copy of the upstream service.
+        let request = match self.shared.answer_at_once(request) {
+            AtOnce::Answered(response) => {
+                return ResponseFuture::Ready(std::future::ready(Ok(response)));
+            }
+            AtOnce::Later(request) => request,
+        };
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
-        Box::pin(async move { shared.handle(inner, request).await })
+        ResponseFuture::Pending(Box::pin(async move { shared.handle(inner, request).await }))
     }
+}
+
+type BoxedResponseFuture<B, E> =
+    Pin<Box<dyn Future<Output = Result<Response<CacheBody<B>>, E>> + Send>>;
+
+/// The response future of [`CacheService`].
+pub enum ResponseFuture<B, E> {
+    /// Answered when called (a fresh hit).
+    Ready(std::future::Ready<Result<Response<CacheBody<B>>, E>>),
+    /// Looked up, fetched, stored.
+    Pending(BoxedResponseFuture<B, E>),
+}
+
+impl<B, E> Future for ResponseFuture<B, E> {
+    type Output = Result<Response<CacheBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Both variants are `Unpin` (`Ready` always is, the other is boxed).
+        match self.get_mut() {
+            Self::Ready(ready) => Pin::new(ready).poll(cx),
+            Self::Pending(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<B, E> std::fmt::Debug for ResponseFuture<B, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Ready(_) => "ResponseFuture::Ready",
+            Self::Pending(_) => "ResponseFuture::Pending",
+        })
+    }
+}
+
+/// What [`Shared::answer_at_once`] made of a request.
+enum AtOnce<ReqBody, ResBody> {
+    /// A fresh hit's answer.
+    Answered(Response<CacheBody<ResBody>>),
+    /// The request, for the full path.
+    Later(Request<ReqBody>),
 }
 
 /// Marks a response that an upstream client made up because the upstream could not
@@ -247,6 +294,76 @@ fn with_header<B>(mut response: Response<B>, status: &CacheStatus) -> Response<B
 }
 
 impl<St: Store> Shared<St> {
+    /// The answer to `request` from a fresh stored response, when the store can
+    /// look it up without waiting; otherwise the request, untouched but for
+    /// hop-by-hop fields, for [`Shared::handle`].
+    fn answer_at_once<ReqBody, ResBody>(
+        &self,
+        request: Request<ReqBody>,
+    ) -> AtOnce<ReqBody, ResBody> {
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return AtOnce::Later(request);
+        }
+        let (mut parts, body) = request.into_parts();
+        let Located { route, target, .. } = self.locate(&parts.uri);
+        let policy = self.routes.policy(route);
+        if policy.bypass {
+            return AtOnce::Later(Request::from_parts(parts, body));
+        }
+        strip_hop_by_hop(&mut parts.headers);
+        let version = parts.version;
+        let head = RequestHead {
+            method: parts.method,
+            uri: parts.uri,
+            headers: parts.headers,
+            extensions: parts.extensions,
+        };
+        let found = primary_key(policy, &head, target).and_then(|primary| {
+            let variants = self.store.get_now(&primary.key)??;
+            variants.find(&head.headers).cloned()
+        });
+        let request_cc;
+        let answer = match found {
+            // A stored part answers only some ranges: the full path decides.
+            Some(entry) if entry.part.is_none() => {
+                request_cc = CacheControl::from_headers(&head.headers);
+                self.fresh_answer(&head, &request_cc, &entry, self.clock.now())
+            }
+            _ => None,
+        };
+        if let Some(response) = answer {
+            return AtOnce::Answered(response);
+        }
+        let mut request = Request::new(body);
+        *request.version_mut() = version;
+        *request.method_mut() = head.method;
+        *request.uri_mut() = head.uri;
+        *request.headers_mut() = head.headers;
+        *request.extensions_mut() = head.extensions;
+        AtOnce::Later(request)
+    }
+
+    /// The answer from a stored response that is fresh enough for the request's
+    /// directives (RFC 9111 §4.2, §5.2.1); `None` when it must be revalidated or
+    /// served stale.
+    fn fresh_answer<B>(
+        &self,
+        head: &RequestHead,
+        request_cc: &CacheControl,
+        entry: &StoredResponse,
+        now: SystemTime,
+    ) -> Option<Response<CacheBody<B>>> {
+        let ttl = entry.ttl(now)?;
+        let fresh_enough = !request_cc.no_cache
+            && request_cc
+                .max_age
+                .is_none_or(|m| entry.age(now) <= delta(m))
+            && request_cc.min_fresh.is_none_or(|m| ttl >= delta(m));
+        fresh_enough.then(|| {
+            self.respond_stored(head, entry, CacheStatus::hit(Some(secs(ttl))), Outcome::Hit)
+        })
+    }
+
     async fn handle<S, ReqBody, ResBody>(
         self: Arc<Self>,
         inner: S,
@@ -361,22 +478,10 @@ impl<St: Store> Shared<St> {
             return Box::pin(self.fetch_coalesced(inner, lookup, None, "partial")).await;
         }
         let now = self.clock.now();
-        let age = entry.age(now);
-        let ttl = entry.ttl(now);
-        // Request directives (RFC 9111 §5.2.1).
-        let within_max_age = request_cc.max_age.is_none_or(|m| age <= delta(m));
-        if let Some(ttl) = ttl
-            && !request_cc.no_cache
-            && within_max_age
-            && request_cc.min_fresh.is_none_or(|m| ttl >= delta(m))
-        {
-            return Ok(self.respond_stored(
-                head,
-                &entry,
-                CacheStatus::hit(Some(secs(ttl))),
-                Outcome::Hit,
-            ));
+        if let Some(response) = self.fresh_answer(head, request_cc, &entry, now) {
+            return Ok(response);
         }
+        let ttl = entry.ttl(now);
 
         let staleness = entry.staleness(now);
         let stale_ttl = -secs(staleness);
@@ -764,7 +869,7 @@ impl<St: Store> Shared<St> {
         let requester_only = split_for_storage(&mut headers, &directives.qualified_fields());
         // Before the copy: the tag fields' bytes would stay alive in it, uncharged.
         strip_tags(&mut headers);
-        let headers = compact(&headers);
+        let (headers, body) = compact_with_body(&headers, &body);
         let names = vary_names(&headers).unwrap_or_default();
         let timing = self.timing(policy, &headers, code, request_time, response_time);
         let entry = StoredResponse::new(

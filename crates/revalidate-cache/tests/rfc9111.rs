@@ -57,6 +57,65 @@ async fn miss_then_hit_with_age_then_revalidation_freshens() {
     assert_eq!(h.origin.calls(), 2);
 }
 
+/// A store that cannot answer at once (as a network tier): every request takes
+/// the path through `Store::get`, which must answer exactly as the one for
+/// stores that can.
+#[derive(Clone)]
+struct AwaitedStore(revalidate_cache::MemoryStore);
+
+impl Store for AwaitedStore {
+    async fn get(
+        &self,
+        primary: &str,
+    ) -> Option<std::sync::Arc<revalidate_cache::entry::Variants>> {
+        self.0.get(primary).await
+    }
+
+    async fn put(
+        &self,
+        primary: String,
+        variants: std::sync::Arc<revalidate_cache::entry::Variants>,
+    ) -> bool {
+        self.0.put(primary, variants).await
+    }
+
+    async fn purge(&self, purge: &revalidate_cache::Purge) -> usize {
+        self.0.purge(purge).await
+    }
+
+    fn usage(&self) -> revalidate_cache::StoreUsage {
+        self.0.usage()
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_answer_at_once_serves_the_same_hits() {
+    use tower::Layer;
+    let origin = Origin::fixed(200, MAX_AGE_60, "body");
+    let clock = revalidate_cache::MockClock::new();
+    let cache =
+        revalidate_cache::Cache::builder(AwaitedStore(revalidate_cache::MemoryStore::new(1 << 20)))
+            .clock(clock.clone())
+            .build();
+    let service = cache
+        .layer()
+        .layer(tower::util::BoxCloneSyncService::new(origin.service()));
+    let miss = support::send(&service, "GET", "/a", &[]).await;
+    assert!(!miss.hit());
+    clock.advance(Duration::from_secs(10));
+    let hit = support::send(&service, "GET", "/a", &[]).await;
+    assert_eq!(hit.cache_status(), "revalidate; hit; ttl=50");
+    assert_eq!(hit.header("age"), "10");
+    assert_eq!(hit.body, "body");
+    let not_modified = support::send(&service, "GET", "/a", &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(not_modified.status, 304);
+    // Request directives still decide: too old for this client, so it goes upstream.
+    let too_old = support::send(&service, "GET", "/a", &[("cache-control", "max-age=5")]).await;
+    assert!(!too_old.hit(), "{}", too_old.cache_status());
+    assert_eq!(origin.calls(), 2);
+    assert_eq!(cache.stats().hits, 2);
+}
+
 #[tokio::test]
 async fn freshness_precedence_s_maxage_then_max_age_then_expires() {
     let h = Harness::new(Origin::fixed(

@@ -195,6 +195,10 @@ impl Store for MemoryStore {
         self.inner.entries.get(primary)
     }
 
+    fn get_now(&self, primary: &str) -> Option<Option<Arc<Variants>>> {
+        Some(self.inner.entries.get(primary))
+    }
+
     async fn put(&self, primary: String, variants: Arc<Variants>) -> bool {
         let primary: Arc<str> = Arc::from(primary);
         let mut index = lock(&self.inner.index);

@@ -39,6 +39,14 @@ pub struct StoreUsage {
 pub trait Store: Clone + Send + Sync + 'static {
     /// The variants stored under `primary`.
     fn get(&self, primary: &str) -> impl Future<Output = Option<Arc<Variants>>> + Send;
+    /// The variants stored under `primary`, when the store can tell without
+    /// waiting (an in-process tier): `Some(None)` is a miss. `None`, the default,
+    /// means "ask [`Store::get`]". The cache answers fresh hits found this way
+    /// before it makes a future for the request.
+    fn get_now(&self, primary: &str) -> Option<Option<Arc<Variants>>> {
+        let _ = primary;
+        None
+    }
     /// Stores (or replaces) the variants of `primary`; returns whether they are kept
     /// (a store may refuse what it cannot hold).
     fn put(&self, primary: String, variants: Arc<Variants>) -> impl Future<Output = bool> + Send;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use revalidate_cache::{Cache, CacheBody, CacheService, MemoryStore, MockClock, Routes};
+use revalidate_cache::{Cache, CacheBody, CacheService, MemoryStore, MockClock, Routes, Store};
 use tower::{Layer, ServiceExt};
 
 pub type Handler = Arc<dyn Fn(&Request<Full<Bytes>>, usize) -> Response<Full<Bytes>> + Send + Sync>;
@@ -97,10 +97,10 @@ impl Origin {
     }
 }
 
-pub type Service = CacheService<
-    tower::util::BoxCloneSyncService<Request<Full<Bytes>>, Response<Full<Bytes>>, Infallible>,
-    MemoryStore,
->;
+pub type Upstream =
+    tower::util::BoxCloneSyncService<Request<Full<Bytes>>, Response<Full<Bytes>>, Infallible>;
+
+pub type Service<St = MemoryStore> = CacheService<Upstream, St>;
 
 /// A cache with a mock clock over an origin.
 pub struct Harness {
@@ -148,7 +148,12 @@ impl Harness {
     }
 }
 
-pub async fn send(service: &Service, method: &str, uri: &str, headers: &[(&str, &str)]) -> Reply {
+pub async fn send<St: Store>(
+    service: &Service<St>,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
     let mut builder = Request::builder()
         .method(method)
         .uri(format!("http://origin.test{uri}"));
