@@ -2,8 +2,9 @@
 # Instructions per cache hit, counted by callgrind: repeatable where wrk's figures on
 # a shared 2-core machine are not. Both servers answer N keep-alive GETs of one
 # 5 KiB object (curl, one connection); the count is the user-space instructions of
-# the connection tasks (accept loop, hyper, the service) divided by N. The kernel's
-# share (the TCP work, about the same for both) is not counted.
+# the connection tasks (accept loop, hyper, the service) divided by N, for N plain
+# GETs and for N conditional GETs answered 304. The kernel's share (the TCP work,
+# about the same for both) is not counted.
 #
 #   bench/instructions.sh            # N=2000
 #   N=5000 bench/instructions.sh
@@ -17,6 +18,7 @@ TMP=$(mktemp -d /tmp/revalidate-instructions.XXXXXX)
 PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # KEEP=DIR keeps the callgrind files, for callgrind_annotate.
     if [[ -n "${KEEP:-}" ]]; then mkdir -p "$KEEP" && cp "$TMP"/callgrind.* "$KEEP"/; fi
     rm -rf "$TMP"
 }
@@ -42,29 +44,51 @@ ORIGIN=$(port)
 PIDS+=($!)
 wait_up "$ORIGIN"
 
-# measure NAME FUNCTION-PATTERN COMMAND...: instructions per request in FUNCTION.
+# requests FILE PORT [HEADER]: a curl config for N keep-alive GETs of /obj/1.
+requests() {
+    local file=$1 listen=$2 header=${3:-}
+    {
+        # A config file's options apply to every URL in it: the header is given once.
+        [[ -z "$header" ]] || printf 'header = "%s"\n' "$header"
+        for _ in $(seq "$N"); do
+            printf 'url = "http://127.0.0.1:%s/obj/1"\noutput = /dev/null\n' "$listen"
+        done
+    } >"$file"
+}
+
+# count FILE PATTERN: instructions per request in FUNCTION-PATTERN, from one dump.
+count() {
+    local total
+    total=$(callgrind_annotate --inclusive=yes "$1" 2>/dev/null |
+        grep -F "$2" | grep -v "=>" | head -1 | awk '{gsub(",", "", $1); print $1}')
+    echo $((total / N))
+}
+
+# measure NAME FUNCTION-PATTERN PORT COMMAND...: instructions per request in
+# FUNCTION-PATTERN, for a 200 and for a 304 (If-None-Match with the ETag).
 measure() {
     local name=$1 pattern=$2 listen=$3 file
     shift 3
     file="$TMP/callgrind.${name// /-}"
-    RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$file.%p" "$@" >/dev/null 2>&1 &
+    RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$file" "$@" >/dev/null 2>&1 &
     local pid=$!
     wait_up "$listen" # the first request is a miss for the cache
     for _ in $(seq 10); do curl -s -o /dev/null "http://127.0.0.1:$listen/obj/1"; done
-    # Counted from here: only the N requests below.
-    callgrind_control --zero "$pid" >/dev/null 2>&1
-    for _ in $(seq "$N"); do
-        printf 'url = "http://127.0.0.1:%s/obj/1"\noutput = /dev/null\n' "$listen"
-    done >"$TMP/urls"
-    curl -s -K "$TMP/urls"
+    requests "$TMP/ok" "$listen"
+    requests "$TMP/not-modified" "$listen" 'If-None-Match: \"obj-1-v1\"'
+    local kind results=()
+    for kind in ok not-modified; do
+        # Counted: only the N requests between the zeroing and the dump.
+        callgrind_control --zero "$pid" >/dev/null 2>&1
+        curl -s -K "$TMP/$kind"
+        callgrind_control --dump="$kind" "$pid" >/dev/null 2>&1
+        results+=("$(count "$(ls -t "$file".* | head -1)" "$pattern")")
+    done
     kill -INT "$pid"
     sleep 1
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
-    local total
-    total=$(callgrind_annotate --inclusive=yes "$file".* 2>/dev/null |
-        grep -F "$pattern" | grep -v "=>" | head -1 | awk '{gsub(",", "", $1); print $1}')
-    echo "$name: $((total / N)) instructions per request"
+    echo "$name: ${results[0]} instructions per 200, ${results[1]} per 304"
 }
 
 BARE=$(port)

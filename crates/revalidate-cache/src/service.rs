@@ -1028,11 +1028,7 @@ impl<St: Store> Shared<St> {
     ) -> Response<CacheBody<B>> {
         self.stats.outcome(outcome);
         let now = self.clock.now();
-        // A clone copies the stored map's slots without rehashing; its index was
-        // sized for the two fields added here (see `headers::compact`).
-        let mut headers = entry.headers.clone();
-        headers.insert(AGE, age_value(entry.age(now).as_secs()));
-        headers.insert(CACHE_STATUS.clone(), status.to_header_value());
+        let age = age_value(entry.age(now).as_secs());
 
         let mut honor_range = true;
         if entry.status.is_success()
@@ -1062,8 +1058,8 @@ impl<St: Store> Shared<St> {
                     self.stats.bytes(0, entry.body.len() as u64);
                     let mut response = Response::new(CacheBody::empty());
                     *response.status_mut() = StatusCode::NOT_MODIFIED;
-                    let mut nm = not_modified_headers(&headers);
-                    nm.insert(AGE, headers[AGE].clone());
+                    let mut nm = not_modified_headers(&entry.headers);
+                    nm.insert(AGE, age);
                     nm.insert(CACHE_STATUS.clone(), status.to_header_value());
                     *response.headers_mut() = nm;
                     return response;
@@ -1075,6 +1071,11 @@ impl<St: Store> Shared<St> {
                 Evaluation::Proceed { honor_range: honor } => honor_range = honor,
             }
         }
+        // A clone copies the stored map's slots without rehashing; its index was
+        // sized for the two fields added here (see `headers::compact`).
+        let mut headers = entry.headers.clone();
+        headers.insert(AGE, age);
+        headers.insert(CACHE_STATUS.clone(), status.to_header_value());
         let range = head
             .headers
             .get(RANGE)
