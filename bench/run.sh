@@ -347,12 +347,14 @@ run_wrk() {
     local s=$1 scenario=$2
     shift 2
     local out="$TMP/wrk-$s-$scenario.txt" attempt best="" best_other=1000
-    local b0 a0 b1 a1 p0 p1 c0 c1 other
+    local b0 a0 b1 a1 p0 p1 s0 s1 c0 c1 other
+    local -a cpu_us=()
     for attempt in 1 2; do
         wait_quiet
         wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$@" >/dev/null 2>&1 || true
         read -r b0 a0 < <(cpu_sample)
-        p0=$(($(tree_cpu "${PID[$s]}") + $(tree_cpu "${PID[origin]}")))
+        s0=$(tree_cpu "${PID[$s]}")
+        p0=$((s0 + $(tree_cpu "${PID[origin]}")))
         times >"$TMP/times"
         c0=$(children_cpu)
         if ! wrk "${WRK_ARGS[@]}" "$@" >"$out.$attempt" 2>&1; then
@@ -361,7 +363,10 @@ run_wrk() {
             return
         fi
         read -r b1 a1 < <(cpu_sample)
-        p1=$(($(tree_cpu "${PID[$s]}") + $(tree_cpu "${PID[origin]}")))
+        s1=$(tree_cpu "${PID[$s]}")
+        p1=$((s1 + $(tree_cpu "${PID[origin]}")))
+        # The server's own CPU time (user + system) per request answered.
+        cpu_us[$attempt]=$(awk -v hz="$HZ" -v t=$((s1 - s0)) '/ requests in / { if ($1 > 0) printf "%.2f", t / hz / $1 * 1e6 }' "$out.$attempt")
         times >"$TMP/times"
         c1=$(children_cpu)
         other=$(awk -v hz="$HZ" -v busy=$((b1 - b0)) -v all=$((a1 - a0)) -v srv=$((p1 - p0)) -v c0="$c0" -v c1="$c1" \
@@ -383,6 +388,7 @@ run_wrk() {
     RES[$s,$scenario,other]=$best_other
     RES[$s,$scenario,attempts]=$attempt
     RES[$s,$scenario,rps]=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out")
+    RES[$s,$scenario,cpu]=${cpu_us[$best]:-?}
     RES[$s,$scenario,p50]=$(awk '$1 == "50%" {print $2}' "$out")
     RES[$s,$scenario,p99]=$(awk '$1 == "99%" {print $2}' "$out")
     local bad errs
@@ -535,6 +541,19 @@ report() {
         echo "2. **10k**: \`GET /obj/N\`, N uniformly random in 0..$((DISTINCT - 1)), all $DISTINCT warmed first (wrk Lua script, preformatted requests)."
         echo "3. **304**: \`GET $HOT_PATH\` with \`If-None-Match: $ORIGIN_ETAG\` (the origin's ETag); every server should answer 304 from cache."
         echo "4. **RSS**: VmRSS from /proc/PID/status summed over the server's process tree, after fetching /obj/0..$((PRIME - 1)) (5120-byte bodies) once each. Raw payload: $PRIME x 5120 B = $(mib $((PRIME * 5)))."
+        echo
+        echo "## Server CPU per request"
+        echo
+        echo "The server's own CPU time (user + system, its whole process tree, from /proc) during each kept"
+        echo "run, divided by the requests wrk counted: what a request costs the server, less bound by the load"
+        echo "generator than req/s. (For nginx and Varnish a hit is all they do; the origin is not counted.)"
+        echo
+        echo "| server | hot µs/request | 10k µs/request | 304 µs/request |"
+        echo "|---|---:|---:|---:|"
+        for s in "${SERVERS[@]}"; do
+            ((AVAILABLE[$s])) || continue
+            echo "| ${LABEL[$s]} | ${RES[$s,hot,cpu]:-?} | ${RES[$s,distinct,cpu]:-?} | ${RES[$s,cond,cpu]:-?} |"
+        done
         echo
         echo "## Interference"
         echo

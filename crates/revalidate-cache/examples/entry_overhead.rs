@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use revalidate_cache::entry::{StoredResponse, Timing, Variants};
 use revalidate_cache::key::Secondary;
@@ -37,10 +38,10 @@ async fn main() {
     for i in 0..entries {
         let mut h = headers.clone();
         h.insert("etag", format!("\"{i:016x}\"").parse().unwrap());
+        // As the cache stores them: the values copied into one allocation.
+        let h = revalidate_cache::headers::compact(&h);
         let mut body = vec![b'x'; body_len];
         body[..8].copy_from_slice(&(i as u64).to_le_bytes());
-        // As the cache stores them: the values and the body copied into one allocation.
-        let (h, body) = revalidate_cache::headers::compact_with_body(&h, &body);
         let timing = Timing {
             request_time: now,
             response_time: now,
@@ -54,7 +55,7 @@ async fn main() {
         let entry = StoredResponse::new(
             StatusCode::OK,
             h,
-            body,
+            Bytes::from(body),
             timing,
             Secondary::default(),
             vec![],

@@ -2,7 +2,6 @@
 
 use std::sync::LazyLock;
 
-use bytes::Bytes;
 use http::header::{CONNECTION, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -97,21 +96,15 @@ pub fn split_for_storage(
 /// A copy whose values own their bytes. Values parsed by hyper are slices of the
 /// connection's read buffer; stored as they are, each would keep that whole buffer
 /// alive for as long as the entry lives. The copies share one allocation (a value
-/// per allocation cost about as much again as the bytes themselves).
+/// per allocation cost about as much again as the bytes themselves). The body keeps
+/// its own: appended here, a 5 KiB body moves up to the allocator's 6 KiB size
+/// class (measured: 742 instead of 657 MiB for 100,000 such entries).
 pub fn compact(headers: &HeaderMap) -> HeaderMap {
-    compact_with_body(headers, &[]).0
-}
-
-/// [`compact`], with a copy of `body` in the same allocation, after the values:
-/// what a hit reads (each value, the body, the one reference count) lies
-/// together, and an entry costs one allocation fewer.
-pub fn compact_with_body(headers: &HeaderMap, body: &[u8]) -> (HeaderMap, Bytes) {
     let total: usize = headers.values().map(HeaderValue::len).sum();
-    let mut block = bytes::BytesMut::with_capacity(total + body.len());
+    let mut block = bytes::BytesMut::with_capacity(total);
     for value in headers.values() {
         block.extend_from_slice(value.as_bytes());
     }
-    block.extend_from_slice(body);
     let block = block.freeze();
     // Room in the index for the two fields every answer from the cache adds (Age
     // and Cache-Status), so a hit's copy takes them without rehashing.
@@ -124,15 +117,10 @@ pub fn compact_with_body(headers: &HeaderMap, body: &[u8]) -> (HeaderMap, Bytes)
         owned.set_sensitive(value.is_sensitive());
         out.append(name.clone(), owned);
     }
-    let body = if body.is_empty() {
-        Bytes::new()
-    } else {
-        block.slice(total..)
-    };
     // A map grows its slots ahead of its entries; a clone holds exactly its entries
     // (about 100 bytes less per spare slot, for as long as the entry is stored) and
     // keeps the index as it is.
-    (out.clone(), body)
+    out.clone()
 }
 
 /// Ages below this have a value made once (see [`age_value`]): an hour and more.
@@ -179,26 +167,6 @@ pub fn strip_tags(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn values_and_body_share_one_allocation() {
-        let mut h = HeaderMap::new();
-        h.append("etag", "\"a\"".parse().unwrap());
-        h.append("vary", "accept".parse().unwrap());
-        h.append("vary", "origin".parse().unwrap());
-        let (map, body) = compact_with_body(&h, b"hello");
-        assert_eq!(map, h);
-        assert_eq!(body, "hello");
-        let block_start = map["etag"].as_bytes().as_ptr();
-        let body_start = body.as_ptr();
-        assert_eq!(
-            body_start,
-            block_start.wrapping_add("\"a\"acceptorigin".len())
-        );
-        let (map, body) = compact_with_body(&h, b"");
-        assert_eq!(map, h);
-        assert!(body.is_empty());
-    }
 
     #[test]
     fn prepared_ages_read_as_their_number() {

@@ -29,8 +29,7 @@ use crate::coalesce::{Flight, Role, wait};
 use crate::entry::{Part, StoredResponse, Timing, Variants};
 use crate::freshness::{self, Directives};
 use crate::headers::{
-    age_value, compact, compact_with_body, response_tags, split_for_storage, strip_hop_by_hop,
-    strip_tags,
+    age_value, compact, response_tags, split_for_storage, strip_hop_by_hop, strip_tags,
 };
 use crate::invalidation::Ticket;
 use crate::key::{
@@ -869,7 +868,7 @@ impl<St: Store> Shared<St> {
         let requester_only = split_for_storage(&mut headers, &directives.qualified_fields());
         // Before the copy: the tag fields' bytes would stay alive in it, uncharged.
         strip_tags(&mut headers);
-        let (headers, body) = compact_with_body(&headers, &body);
+        let headers = compact(&headers);
         let names = vary_names(&headers).unwrap_or_default();
         let timing = self.timing(policy, &headers, code, request_time, response_time);
         let entry = StoredResponse::new(
