@@ -67,6 +67,10 @@ struct ServeArgs {
     /// Bearer token for the admin API; required off loopback.
     #[arg(long, env = "REVALIDATE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Threads serving clients, each with its own listening socket (default: one
+    /// per CPU).
+    #[arg(long, env = "REVALIDATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
 }
 
 /// A mistake in the invocation or the configuration: exit code 2, like clap's.
@@ -143,15 +147,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         token,
         metrics: Some(metrics),
     });
-    let listener = TcpListener::bind(args.listen)
-        .await
+    let workers = args.workers.map_or_else(
+        || std::thread::available_parallelism().map_or(1, usize::from),
+        usize::from,
+    );
+    let listeners = serve::server::bind_per_core(args.listen, workers)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let admin_listener = TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {} (admin)", args.admin_listen))?;
-    let addr = listener.local_addr()?;
+    let addr = listeners[0].local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
-    tracing::info!(%addr, %admin_addr, upstream = %args.upstream, "proxy listening");
+    tracing::info!(%addr, %admin_addr, upstream = %args.upstream, workers, "proxy listening");
     println!(
         "revalidate serve: http://{addr} -> {} (admin: http://{admin_addr})",
         args.upstream
@@ -167,8 +174,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             })
             .await
     });
-    let result =
-        serve::server::run(listener, move |peer| app.for_peer(peer), shutdown_signal()).await;
+    let make_service = move |peer| app.for_peer(peer);
+    let result = serve::server::run_per_core(listeners, make_service, shutdown_signal()).await;
     let _ = stop.send(true);
     let _ = admin_task.await;
     result.context("server error")

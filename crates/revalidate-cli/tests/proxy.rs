@@ -398,6 +398,16 @@ fn bad_flags_and_bad_config_exit_2_with_one_line() {
             ],
             "invalid value",
         ),
+        (
+            vec![
+                "serve".into(),
+                "--upstream".into(),
+                "http://127.0.0.1:1".into(),
+                "--workers".into(),
+                "0".into(),
+            ],
+            "invalid value '0' for '--workers",
+        ),
     ];
     for (args, expected) in cases {
         let output = binary()
