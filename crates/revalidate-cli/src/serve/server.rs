@@ -103,8 +103,8 @@ pub fn bind_per_core(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<St
 ///
 /// A connection stays on the thread that accepted it, as in nginx's worker
 /// processes: no task moves between cores and no core wakes another for it. On the
-/// proxy benchmark this served about 15% more hits per second than one
-/// work-stealing runtime for all connections, for less CPU per request. The cost:
+/// proxy benchmark this served 10–20% more hits per second than one work-stealing
+/// runtime for all connections, for less CPU per request (see the README). The cost:
 /// the kernel balances connections, not requests, so a few very busy connections
 /// can load one core more than another.
 pub async fn run_per_core<M, S, B>(
