@@ -236,6 +236,8 @@ pub struct Variants {
 impl Variants {
     /// The variants `entries`, selected by the `vary` field names.
     pub fn new(vary: Vec<HeaderName>, entries: Vec<Arc<StoredResponse>>) -> Self {
+        // `find` relies on it: without Vary, one variant.
+        debug_assert!(!vary.is_empty() || entries.len() <= 1);
         let weight = entries.iter().map(|e| e.weight()).sum();
         Self {
             vary,

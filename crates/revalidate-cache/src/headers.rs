@@ -152,7 +152,10 @@ pub(crate) fn prepare_age_values() {
 /// [`PREPARED_AGES`] it is a copy of a value made once from `'static` text, which
 /// costs neither an allocation nor a shared reference count.
 pub fn age_value(seconds: u64) -> HeaderValue {
-    match AGE_VALUES.get(seconds as usize) {
+    match usize::try_from(seconds)
+        .ok()
+        .and_then(|i| AGE_VALUES.get(i))
+    {
         Some(value) => value.clone(),
         None => HeaderValue::from(seconds),
     }

@@ -41,9 +41,9 @@ enum Counter {
 
 const COUNTERS: usize = Counter::BytesWithoutCache as usize + 1;
 
-/// Stripes per [`Stats`]: at least the worker threads of a typical runtime, so
-/// each thread counts on its own cache line.
-const STRIPES: usize = 16;
+/// Stripes per [`Stats`] (128 B each): at least the worker threads of most
+/// machines (one per CPU), so each thread counts on its own cache line.
+const STRIPES: usize = 64;
 
 /// One thread's counters, alone on its cache line(s).
 #[derive(Debug, Default)]
@@ -78,7 +78,7 @@ pub struct Stats {
 impl Default for Stats {
     fn default() -> Self {
         Self {
-            stripes: Box::default(),
+            stripes: Box::new(std::array::from_fn(|_| Stripe::default())),
             upstream_seconds: metrics::histogram!("revalidate_upstream_duration_seconds"),
         }
     }

@@ -77,18 +77,25 @@ where
 
 /// `workers` listening sockets on `addr`, bound with `SO_REUSEPORT` so that the
 /// kernel spreads incoming connections among them (for [`run_per_core`]). With port
-/// 0, the first socket's port is taken by the others.
-#[cfg(unix)]
+/// 0, the first socket's port is taken by the others. An address already in use
+/// is refused, as a plain bind would: `SO_REUSEPORT` alone would let a second
+/// process share the port and silently take half of the connections.
 pub fn bind_per_core(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<StdListener>> {
+    // Elsewhere than Unix there is no SO_REUSEPORT to spread connections: one worker.
+    let workers = if cfg!(unix) { workers.max(1) } else { 1 };
+    if addr.port() != 0 {
+        drop(StdListener::bind(addr)?);
+    }
     let mut addr = addr;
     let mut listeners = Vec::with_capacity(workers);
-    for _ in 0..workers.max(1) {
+    for _ in 0..workers {
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
             TcpSocket::new_v6()?
         };
         socket.set_reuseaddr(true)?;
+        #[cfg(unix)]
         socket.set_reuseport(true)?;
         socket.bind(addr)?;
         let listener = socket.listen(1024)?.into_std()?;
@@ -99,7 +106,8 @@ pub fn bind_per_core(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<St
 }
 
 /// Serves each listener on a thread of its own, with a single-threaded runtime,
-/// until `shutdown` resolves; then every thread drains as [`run`] does.
+/// until `shutdown` resolves or a worker fails; then every worker drains as [`run`]
+/// does, and the first failure, if any, is returned.
 ///
 /// A connection stays on the thread that accepted it, as in nginx's worker
 /// processes: no task moves between cores and no core wakes another for it. On the
@@ -107,6 +115,10 @@ pub fn bind_per_core(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<St
 /// runtime for all connections, for less CPU per request (see the README). The cost:
 /// the kernel balances connections, not requests, so a few very busy connections
 /// can load one core more than another.
+///
+/// Tasks a worker spawns (upstream connections, which the upstream client pools for
+/// every worker, and background refreshes) run on its runtime, so no runtime is
+/// dropped before all workers have drained.
 pub async fn run_per_core<M, S, B>(
     listeners: Vec<StdListener>,
     make_service: M,
@@ -120,48 +132,91 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    let workers = listeners.len();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut threads = Vec::with_capacity(listeners.len());
+    let (all_drained, drained) = tokio::sync::watch::channel(false);
+    let (exited, mut exits) = tokio::sync::mpsc::unbounded_channel::<std::io::Result<()>>();
+    let mut threads = Vec::with_capacity(workers);
     for (index, listener) in listeners.into_iter().enumerate() {
         let make_service = make_service.clone();
-        let mut stopped = stopped.clone();
-        let thread = std::thread::Builder::new()
+        let (mut stopped, mut drained) = (stopped.clone(), drained.clone());
+        let worker_exited = exited.clone();
+        let spawned = std::thread::Builder::new()
             .name(format!("revalidate-worker-{index}"))
             .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
+                let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
-                    .build()?;
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => return drop(worker_exited.send(Err(error))),
+                };
                 runtime.block_on(async move {
-                    let listener = TcpListener::from_std(listener)?;
-                    let shutdown = async move {
-                        let _ = stopped.wait_for(|stop| *stop).await;
+                    let served = match TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            let shutdown = async move {
+                                let _ = stopped.wait_for(|stop| *stop).await;
+                            };
+                            run(listener, make_service, shutdown).await
+                        }
+                        Err(error) => Err(error),
                     };
-                    run(listener, make_service, shutdown).await
-                })
-            })?;
-        threads.push(thread);
+                    let _ = worker_exited.send(served);
+                    let _ = drained.wait_for(|all| *all).await;
+                });
+            });
+        match spawned {
+            Ok(thread) => threads.push(thread),
+            Err(error) => {
+                let _ = exited.send(Err(error));
+            }
+        }
     }
-    shutdown.await;
+    drop(exited);
+    // Until the signal, or until a worker stops on its own (it could not start, or
+    // its listener failed): then all stop.
+    let mut results = Vec::with_capacity(workers);
+    tokio::select! {
+        () = shutdown => {}
+        Some(result) = exits.recv() => {
+            if let Err(error) = &result {
+                tracing::error!(%error, "a worker stopped; stopping the others");
+            }
+            results.push(result);
+        }
+    }
     let _ = stop.send(true);
-    // Joined off the async runtime: each thread returns once it has drained.
+    while results.len() < workers {
+        match exits.recv().await {
+            Some(result) => results.push(result),
+            None => break,
+        }
+    }
+    let _ = all_drained.send(true);
+    // Joined off the async runtime: each thread returns once all have drained.
     tokio::task::spawn_blocking(move || {
-        threads
-            .into_iter()
-            .map(|thread| {
-                thread
-                    .join()
-                    .unwrap_or_else(|_| Err(std::io::Error::other("a worker panicked")))
-            })
-            .collect::<std::io::Result<Vec<()>>>()
-            .map(drop)
+        for thread in threads {
+            let _ = thread.join();
+        }
     })
     .await
-    .map_err(std::io::Error::other)?
+    .map_err(std::io::Error::other)?;
+    results
+        .into_iter()
+        .collect::<std::io::Result<Vec<()>>>()
+        .map(drop)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_in_use_is_refused_despite_reuseport() {
+        let taken = StdListener::bind("127.0.0.1:0").unwrap();
+        let error = bind_per_core(taken.local_addr().unwrap(), 2).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
+    }
 
     #[tokio::test]
     async fn workers_share_one_port_and_stop_together() {
