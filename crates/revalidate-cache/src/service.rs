@@ -96,16 +96,18 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         // A fresh hit in a store that answers at once is answered here, without a
         // task-sized future or a copy of the upstream service.
-        let request = match self.shared.answer_at_once(request) {
+        let (request, looked_up) = match self.shared.answer_at_once(request) {
             AtOnce::Answered(response) => {
                 return ResponseFuture::Ready(std::future::ready(Ok(response)));
             }
-            AtOnce::Later(request) => request,
+            AtOnce::Later(request, looked_up) => (request, looked_up),
         };
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
-        ResponseFuture::Pending(Box::pin(async move { shared.handle(inner, request).await }))
+        ResponseFuture::Pending(Box::pin(async move {
+            shared.handle(inner, request, looked_up).await
+        }))
     }
 }
 
@@ -145,8 +147,9 @@ impl<B, E> std::fmt::Debug for ResponseFuture<B, E> {
 enum AtOnce<ReqBody, ResBody> {
     /// A fresh hit's answer.
     Answered(Response<CacheBody<ResBody>>),
-    /// The request, for the full path.
-    Later(Request<ReqBody>),
+    /// The request, for the full path, with what the store held under its key
+    /// when it was looked up (the full path does not ask the store again).
+    Later(Request<ReqBody>, Option<Option<Arc<Variants>>>),
 }
 
 /// Marks a response that an upstream client made up because the upstream could not
@@ -184,12 +187,38 @@ struct Located<'a> {
 struct RequestHead {
     method: Method,
     uri: Uri,
+    version: http::Version,
     headers: HeaderMap,
     /// Carried to the upstream request (the peer address, tracing context…).
     extensions: http::Extensions,
 }
 
 impl RequestHead {
+    /// The head of a client request. Fields the upstream will never see
+    /// (hop-by-hop, or named by Connection) are removed: they must not select what
+    /// is stored either.
+    fn of(mut parts: Parts) -> Self {
+        strip_hop_by_hop(&mut parts.headers);
+        Self {
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+            headers: parts.headers,
+            extensions: parts.extensions,
+        }
+    }
+
+    /// The request again, with `body`.
+    fn into_request<B>(self, body: B) -> Request<B> {
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers;
+        *request.extensions_mut() = self.extensions;
+        request
+    }
+
     /// A GET for a storable response: the client's own validators and Range are
     /// left out (the cache answers those itself), the stored response's are added,
     /// and `range` is asked for when given.
@@ -301,25 +330,20 @@ impl<St: Store> Shared<St> {
         request: Request<ReqBody>,
     ) -> AtOnce<ReqBody, ResBody> {
         if request.method() != Method::GET && request.method() != Method::HEAD {
-            return AtOnce::Later(request);
+            return AtOnce::Later(request, None);
         }
-        let (mut parts, body) = request.into_parts();
+        let (parts, body) = request.into_parts();
         let Located { route, target, .. } = self.locate(&parts.uri);
         let policy = self.routes.policy(route);
         if policy.bypass {
-            return AtOnce::Later(Request::from_parts(parts, body));
+            return AtOnce::Later(Request::from_parts(parts, body), None);
         }
-        strip_hop_by_hop(&mut parts.headers);
-        let version = parts.version;
-        let head = RequestHead {
-            method: parts.method,
-            uri: parts.uri,
-            headers: parts.headers,
-            extensions: parts.extensions,
-        };
+        let head = RequestHead::of(parts);
+        let mut looked_up = None;
         let found = primary_key(policy, &head, target).and_then(|primary| {
-            let variants = self.store.get_now(&primary.key)??;
-            variants.find(&head.headers).cloned()
+            let variants = self.store.get_now(&primary.key)?;
+            looked_up = Some(variants.clone());
+            variants?.find(&head.headers).cloned()
         });
         let request_cc;
         let answer = match found {
@@ -330,16 +354,10 @@ impl<St: Store> Shared<St> {
             }
             _ => None,
         };
-        if let Some(response) = answer {
-            return AtOnce::Answered(response);
+        match answer {
+            Some(response) => AtOnce::Answered(response),
+            None => AtOnce::Later(head.into_request(body), looked_up),
         }
-        let mut request = Request::new(body);
-        *request.version_mut() = version;
-        *request.method_mut() = head.method;
-        *request.uri_mut() = head.uri;
-        *request.headers_mut() = head.headers;
-        *request.extensions_mut() = head.extensions;
-        AtOnce::Later(request)
     }
 
     /// The answer from a stored response that is fresh enough for the request's
@@ -367,13 +385,14 @@ impl<St: Store> Shared<St> {
         self: Arc<Self>,
         inner: S,
         request: Request<ReqBody>,
+        looked_up: Option<Option<Arc<Variants>>>,
     ) -> Result<Response<CacheBody<ResBody>>, S::Error>
     where
         S: Upstream<ReqBody, ResBody>,
         ReqBody: Default + Send + 'static,
         ResBody: CacheableBody,
     {
-        let (mut parts, body) = request.into_parts();
+        let (parts, body) = request.into_parts();
         let Located {
             route,
             params,
@@ -391,24 +410,11 @@ impl<St: Store> Shared<St> {
             return Ok(with_header(response, &CacheStatus::forward("bypass")));
         }
         drop(body);
-        // Fields the upstream will never see (hop-by-hop, or named by Connection)
-        // must not select what is stored either.
-        strip_hop_by_hop(&mut parts.headers);
-        let head = RequestHead {
-            method: parts.method,
-            uri: parts.uri,
-            headers: parts.headers,
-            extensions: parts.extensions,
-        };
+        let head = RequestHead::of(parts);
         let request_cc = CacheControl::from_headers(&head.headers);
         let Some(primary) = primary_key(policy, &head, target) else {
             self.stats.outcome(Outcome::Bypassed);
-            let mut request = Request::new(ReqBody::default());
-            *request.method_mut() = head.method;
-            *request.uri_mut() = head.uri;
-            *request.headers_mut() = head.headers;
-            *request.extensions_mut() = head.extensions;
-            let response = inner.oneshot(request).await?;
+            let response = inner.oneshot(head.into_request(ReqBody::default())).await?;
             let response = response.map(|b| CacheBody::prefixed(Bytes::new(), b));
             return Ok(with_header(
                 response,
@@ -417,7 +423,10 @@ impl<St: Store> Shared<St> {
         };
         let path = primary.target();
 
-        let variants = self.store.get(&primary.key).await;
+        let variants = match looked_up {
+            Some(variants) => variants,
+            None => self.store.get(&primary.key).await,
+        };
         let found = variants
             .as_ref()
             .and_then(|v| v.find(&head.headers))
@@ -1634,6 +1643,7 @@ mod tests {
         RequestHead {
             method: Method::GET,
             uri: uri.parse().unwrap(),
+            version: http::Version::HTTP_11,
             headers,
             extensions: http::Extensions::new(),
         }

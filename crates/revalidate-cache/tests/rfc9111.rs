@@ -116,6 +116,78 @@ async fn a_store_that_cannot_answer_at_once_serves_the_same_hits() {
     assert_eq!(cache.stats().hits, 2);
 }
 
+/// A store that answers at once and counts its lookups.
+#[derive(Clone)]
+struct CountingStore(
+    revalidate_cache::MemoryStore,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+);
+
+impl Store for CountingStore {
+    async fn get(
+        &self,
+        primary: &str,
+    ) -> Option<std::sync::Arc<revalidate_cache::entry::Variants>> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.get(primary).await
+    }
+
+    fn get_now(
+        &self,
+        primary: &str,
+    ) -> Option<Option<std::sync::Arc<revalidate_cache::entry::Variants>>> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.get_now(primary)
+    }
+
+    async fn put(
+        &self,
+        primary: String,
+        variants: std::sync::Arc<revalidate_cache::entry::Variants>,
+    ) -> bool {
+        self.0.put(primary, variants).await
+    }
+
+    async fn purge(&self, purge: &revalidate_cache::Purge) -> usize {
+        self.0.purge(purge).await
+    }
+
+    fn usage(&self) -> revalidate_cache::StoreUsage {
+        self.0.usage()
+    }
+}
+
+#[tokio::test]
+async fn a_request_the_store_cannot_answer_at_once_reads_it_once() {
+    use std::sync::atomic::Ordering;
+    use tower::Layer;
+    let origin = Origin::fixed(200, MAX_AGE_60, "body");
+    let lookups = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clock = revalidate_cache::MockClock::new();
+    let cache = revalidate_cache::Cache::builder(CountingStore(
+        revalidate_cache::MemoryStore::new(1 << 20),
+        lookups.clone(),
+    ))
+    .clock(clock.clone())
+    .build();
+    let service = cache
+        .layer()
+        .layer(tower::util::BoxCloneSyncService::new(origin.service()));
+    // Storing reads the key once more, to merge the new variant with the others.
+    support::send(&service, "GET", "/a", &[]).await;
+    assert_eq!(lookups.swap(0, Ordering::SeqCst), 2, "a miss, stored");
+    support::send(&service, "GET", "/a", &[]).await;
+    assert_eq!(lookups.swap(0, Ordering::SeqCst), 1, "a fresh hit");
+    clock.advance(Duration::from_secs(61));
+    let stale = support::send(&service, "GET", "/a", &[]).await;
+    assert!(!stale.hit());
+    assert_eq!(
+        lookups.swap(0, Ordering::SeqCst),
+        2,
+        "a stale entry, revalidated and stored"
+    );
+}
+
 #[tokio::test]
 async fn freshness_precedence_s_maxage_then_max_age_then_expires() {
     let h = Harness::new(Origin::fixed(
