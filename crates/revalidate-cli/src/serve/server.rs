@@ -211,6 +211,16 @@ where
 mod tests {
     use super::*;
 
+    /// Sends `request` on a new connection and reads until the server closes it.
+    async fn exchange(addr: SocketAddr, request: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).await.unwrap();
+        reply
+    }
+
     #[test]
     fn an_address_in_use_is_refused_despite_reuseport() {
         let taken = StdListener::bind("127.0.0.1:0").unwrap();
@@ -237,14 +247,11 @@ mod tests {
             let _ = stopped.await;
         }));
         for _ in 0..8 {
-            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            stream
-                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .await
-                .unwrap();
-            let mut reply = String::new();
-            stream.read_to_string(&mut reply).await.unwrap();
+            let reply = exchange(
+                addr,
+                "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .await;
             assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
             assert!(reply.contains("revalidate-worker-"), "{reply}");
             assert!(reply.ends_with(" for 127.0.0.1"), "{reply}");
@@ -285,17 +292,7 @@ mod tests {
         let server = tokio::spawn(run(listener, make_service, async {
             let _ = stopped.await;
         }));
-        let client = tokio::spawn(async move {
-            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            stream
-                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-                .await
-                .unwrap();
-            let mut reply = Vec::new();
-            stream.read_to_end(&mut reply).await.unwrap();
-            String::from_utf8(reply).unwrap()
-        });
+        let client = tokio::spawn(exchange(addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
         has_started.await.unwrap();
         stop.send(()).unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
