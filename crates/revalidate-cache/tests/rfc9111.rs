@@ -2,6 +2,8 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::HeaderName;
@@ -57,49 +59,82 @@ async fn miss_then_hit_with_age_then_revalidation_freshens() {
     assert_eq!(h.origin.calls(), 2);
 }
 
-/// A store that cannot answer at once (as a network tier): every request takes
-/// the path through `Store::get`, which must answer exactly as the one for
-/// stores that can.
+/// The memory store, counting its lookups, and able to refuse to answer at once
+/// (as a network tier would): then every request takes the path through
+/// `Store::get`, which must answer exactly as the one for stores that can.
 #[derive(Clone)]
-struct AwaitedStore(revalidate_cache::MemoryStore);
+struct WrappedStore {
+    inner: revalidate_cache::MemoryStore,
+    at_once: bool,
+    lookups: Arc<AtomicUsize>,
+}
 
-impl Store for AwaitedStore {
-    async fn get(
-        &self,
-        primary: &str,
-    ) -> Option<std::sync::Arc<revalidate_cache::entry::Variants>> {
-        self.0.get(primary).await
+impl WrappedStore {
+    fn new(at_once: bool) -> Self {
+        Self {
+            inner: revalidate_cache::MemoryStore::new(1 << 20),
+            at_once,
+            lookups: Arc::default(),
+        }
     }
 
-    async fn put(
-        &self,
-        primary: String,
-        variants: std::sync::Arc<revalidate_cache::entry::Variants>,
-    ) -> bool {
-        self.0.put(primary, variants).await
+    /// Lookups since the last call.
+    fn lookups(&self) -> usize {
+        self.lookups.swap(0, Ordering::SeqCst)
+    }
+}
+
+impl Store for WrappedStore {
+    async fn get(&self, primary: &str) -> Option<Arc<revalidate_cache::entry::Variants>> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        self.inner.get(primary).await
+    }
+
+    fn get_now(&self, primary: &str) -> Option<Option<Arc<revalidate_cache::entry::Variants>>> {
+        if !self.at_once {
+            return None;
+        }
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        self.inner.get_now(primary)
+    }
+
+    async fn put(&self, primary: String, variants: Arc<revalidate_cache::entry::Variants>) -> bool {
+        self.inner.put(primary, variants).await
     }
 
     async fn purge(&self, purge: &revalidate_cache::Purge) -> usize {
-        self.0.purge(purge).await
+        self.inner.purge(purge).await
     }
 
     fn usage(&self) -> revalidate_cache::StoreUsage {
-        self.0.usage()
+        self.inner.usage()
     }
+}
+
+/// A cache on `store` in front of `origin`, with a mock clock.
+fn cache_on(
+    store: WrappedStore,
+    origin: &Origin,
+) -> (
+    revalidate_cache::Cache<WrappedStore>,
+    support::Service<WrappedStore>,
+    revalidate_cache::MockClock,
+) {
+    use tower::Layer;
+    let clock = revalidate_cache::MockClock::new();
+    let cache = revalidate_cache::Cache::builder(store)
+        .clock(clock.clone())
+        .build();
+    let service = cache
+        .layer()
+        .layer(tower::util::BoxCloneSyncService::new(origin.service()));
+    (cache, service, clock)
 }
 
 #[tokio::test]
 async fn a_store_that_cannot_answer_at_once_serves_the_same_hits() {
-    use tower::Layer;
     let origin = Origin::fixed(200, MAX_AGE_60, "body");
-    let clock = revalidate_cache::MockClock::new();
-    let cache =
-        revalidate_cache::Cache::builder(AwaitedStore(revalidate_cache::MemoryStore::new(1 << 20)))
-            .clock(clock.clone())
-            .build();
-    let service = cache
-        .layer()
-        .layer(tower::util::BoxCloneSyncService::new(origin.service()));
+    let (cache, service, clock) = cache_on(WrappedStore::new(false), &origin);
     let miss = support::send(&service, "GET", "/a", &[]).await;
     assert!(!miss.hit());
     clock.advance(Duration::from_secs(10));
@@ -116,76 +151,20 @@ async fn a_store_that_cannot_answer_at_once_serves_the_same_hits() {
     assert_eq!(cache.stats().hits, 2);
 }
 
-/// A store that answers at once and counts its lookups.
-#[derive(Clone)]
-struct CountingStore(
-    revalidate_cache::MemoryStore,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-);
-
-impl Store for CountingStore {
-    async fn get(
-        &self,
-        primary: &str,
-    ) -> Option<std::sync::Arc<revalidate_cache::entry::Variants>> {
-        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.0.get(primary).await
-    }
-
-    fn get_now(
-        &self,
-        primary: &str,
-    ) -> Option<Option<std::sync::Arc<revalidate_cache::entry::Variants>>> {
-        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.0.get_now(primary)
-    }
-
-    async fn put(
-        &self,
-        primary: String,
-        variants: std::sync::Arc<revalidate_cache::entry::Variants>,
-    ) -> bool {
-        self.0.put(primary, variants).await
-    }
-
-    async fn purge(&self, purge: &revalidate_cache::Purge) -> usize {
-        self.0.purge(purge).await
-    }
-
-    fn usage(&self) -> revalidate_cache::StoreUsage {
-        self.0.usage()
-    }
-}
-
 #[tokio::test]
 async fn a_request_the_store_cannot_answer_at_once_reads_it_once() {
-    use std::sync::atomic::Ordering;
-    use tower::Layer;
     let origin = Origin::fixed(200, MAX_AGE_60, "body");
-    let lookups = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let clock = revalidate_cache::MockClock::new();
-    let cache = revalidate_cache::Cache::builder(CountingStore(
-        revalidate_cache::MemoryStore::new(1 << 20),
-        lookups.clone(),
-    ))
-    .clock(clock.clone())
-    .build();
-    let service = cache
-        .layer()
-        .layer(tower::util::BoxCloneSyncService::new(origin.service()));
+    let store = WrappedStore::new(true);
+    let (_cache, service, clock) = cache_on(store.clone(), &origin);
     // Storing reads the key once more, to merge the new variant with the others.
     support::send(&service, "GET", "/a", &[]).await;
-    assert_eq!(lookups.swap(0, Ordering::SeqCst), 2, "a miss, stored");
+    assert_eq!(store.lookups(), 2, "a miss, stored");
     support::send(&service, "GET", "/a", &[]).await;
-    assert_eq!(lookups.swap(0, Ordering::SeqCst), 1, "a fresh hit");
+    assert_eq!(store.lookups(), 1, "a fresh hit");
     clock.advance(Duration::from_secs(61));
     let stale = support::send(&service, "GET", "/a", &[]).await;
     assert!(!stale.hit());
-    assert_eq!(
-        lookups.swap(0, Ordering::SeqCst),
-        2,
-        "a stale entry, revalidated and stored"
-    );
+    assert_eq!(store.lookups(), 2, "a stale entry, revalidated and stored");
 }
 
 #[tokio::test]
