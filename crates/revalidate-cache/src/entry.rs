@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use http::header::LAST_MODIFIED;
 use http::{HeaderMap, HeaderName, StatusCode};
-use revalidate::Validators;
+use revalidate::{EntityTag, HttpDate, Preconditions, Validators};
 use smallvec::SmallVec;
 
 use crate::key::Secondary;
@@ -43,7 +44,8 @@ pub struct StoredResponse {
     /// For a stored 206: which bytes of the representation the body holds.
     pub part: Option<Part>,
     /// Headers as stored: no hop-by-hop fields, no Set-Cookie, no fields named by a
-    /// qualified `private` or `no-cache`.
+    /// qualified `private` or `no-cache`; placeholders for `Age` and `Cache-Status`
+    /// first (see [`crate::headers::for_storage`]).
     pub headers: HeaderMap,
     /// The whole body.
     pub body: Bytes,
@@ -130,7 +132,9 @@ pub struct Timing {
 }
 
 impl StoredResponse {
-    /// Builds an entry.
+    /// Builds an entry from a response's fields as received (their `Age` goes into
+    /// the initial age); they are kept as [`for_storage`](crate::headers::for_storage)
+    /// makes them.
     pub fn new(
         status: StatusCode,
         headers: HeaderMap,
@@ -142,6 +146,7 @@ impl StoredResponse {
     ) -> Self {
         let initial_age =
             crate::freshness::initial_age(&headers, timing.request_time, timing.response_time);
+        let headers = crate::headers::for_storage(&headers);
         let header_bytes: usize = headers
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len() + HEADER_OVERHEAD_BYTES)
@@ -214,6 +219,19 @@ impl StoredResponse {
     /// Its entity tag and last-modified date.
     pub fn validators(&self) -> Validators {
         Validators::from_headers(&self.headers)
+    }
+
+    /// What `preconditions` compare with: the entity tag, and the last-modified
+    /// date only when they compare dates (parsing a date costs more than the rest
+    /// of a conditional hit's evaluation).
+    pub fn validators_for(&self, preconditions: &Preconditions) -> Validators {
+        Validators {
+            etag: EntityTag::from_headers(&self.headers),
+            last_modified: preconditions
+                .compares_dates()
+                .then(|| HttpDate::from_headers(&self.headers, &LAST_MODIFIED))
+                .flatten(),
+        }
     }
 
     /// Bytes charged against the memory budget.

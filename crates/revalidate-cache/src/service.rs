@@ -29,7 +29,7 @@ use crate::coalesce::{Flight, Role, wait};
 use crate::entry::{Part, StoredResponse, Timing, Variants};
 use crate::freshness::{self, Directives};
 use crate::headers::{
-    age_value, compact, response_tags, split_for_storage, strip_hop_by_hop, strip_tags,
+    age_value, response_tags, set_answer_fields, split_for_storage, strip_hop_by_hop, strip_tags,
 };
 use crate::invalidation::Ticket;
 use crate::key::{
@@ -257,8 +257,8 @@ impl RequestHead {
 /// What a fetch produced.
 enum Fetched<B, E> {
     /// A storable response to serve, with the fields that only the client that
-    /// caused the fetch may see (Set-Cookie, qualified private and no-cache), and
-    /// whether waiting requests may reuse it.
+    /// caused the fetch may see (Set-Cookie, qualified private and no-cache, the
+    /// upstream's Age), and whether waiting requests may reuse it.
     Entry(
         Arc<StoredResponse>,
         CacheStatus,
@@ -606,11 +606,9 @@ impl<St: Store> Shared<St> {
         match fetched {
             Fetched::Entry(entry, status, requester_only, _) => {
                 let mut response = self.respond_stored(head, &entry, status, outcome);
-                // Straight from the upstream: its own Age stands, as it sent it.
-                match entry.headers.get(AGE) {
-                    Some(age) => response.headers_mut().insert(AGE, age.clone()),
-                    None => response.headers_mut().remove(AGE),
-                };
+                // Straight from the upstream: its own Age stands, as it sent it (it
+                // is among the requester's fields when there was one).
+                response.headers_mut().remove(AGE);
                 for (name, value) in requester_only {
                     response.headers_mut().append(name, value);
                 }
@@ -784,18 +782,20 @@ impl<St: Store> Shared<St> {
                 &parts.headers,
                 &directives,
             );
-            let requester_only = split_for_storage(&mut headers, &directives.qualified_fields());
-            let headers = compact(&headers);
+            let mut requester_only =
+                split_for_storage(&mut headers, &directives.qualified_fields());
+            requester_only.extend(parts.headers.get(AGE).map(|age| (AGE, age.clone())));
             // Tags: those the entry had, those the 304 names, the route's.
             let mut tags = old.tags.clone();
             tags.extend(self.tags_of(policy, params, &parts.headers));
             tags.sort();
             tags.dedup();
+            let timing = timing(&headers, old.status);
             let entry = Arc::new(StoredResponse::new(
                 old.status,
-                headers.clone(),
+                headers,
                 old.body.clone(),
-                timing(&headers, old.status),
+                timing,
                 old.secondary.clone(),
                 tags,
                 old.path.clone(),
@@ -862,7 +862,7 @@ impl<St: Store> Shared<St> {
     }
 
     /// A response as it is stored: the fields for the requester only split off (and
-    /// returned), the values compacted, its tags and its secondary key taken.
+    /// returned), its tags and its secondary key taken.
     fn entry_of(
         &self,
         lookup: &Lookup<'_>,
@@ -874,10 +874,12 @@ impl<St: Store> Shared<St> {
     ) -> (Arc<StoredResponse>, Vec<(HeaderName, HeaderValue)>) {
         let policy = self.routes.policy(lookup.route);
         let tags = self.tags_of(policy, lookup.params, &headers);
-        let requester_only = split_for_storage(&mut headers, &directives.qualified_fields());
+        let mut requester_only = split_for_storage(&mut headers, &directives.qualified_fields());
+        // The stored entry keeps a placeholder: the upstream's Age goes to the
+        // requester as it was sent.
+        requester_only.extend(headers.get(AGE).map(|age| (AGE, age.clone())));
         // Before the copy: the tag fields' bytes would stay alive in it, uncharged.
         strip_tags(&mut headers);
-        let headers = compact(&headers);
         let names = vary_names(&headers).unwrap_or_default();
         let timing = self.timing(policy, &headers, code, request_time, response_time);
         let entry = StoredResponse::new(
@@ -1044,7 +1046,7 @@ impl<St: Store> Shared<St> {
             && let Ok(preconditions) = Preconditions::from_request(&head.method, &head.headers)
             && !preconditions.is_empty()
         {
-            let validators = entry.validators();
+            let validators = entry.validators_for(&preconditions);
             let mut evaluation = preconditions.evaluate(&head.method, Some(&validators));
             // RFC 9111 §4.3.2: without Last-Modified, If-Modified-Since is evaluated
             // against the stored response's Date (or when it was received).
@@ -1074,16 +1076,16 @@ impl<St: Store> Shared<St> {
                 }
                 Evaluation::PreconditionFailed => {
                     self.stats.client_status(412);
-                    return with_header(precondition_failed(&validators), &status);
+                    // The 412 carries both validators, the date too.
+                    return with_header(precondition_failed(&entry.validators()), &status);
                 }
                 Evaluation::Proceed { honor_range: honor } => honor_range = honor,
             }
         }
-        // A clone copies the stored map's slots without rehashing; its index was
-        // sized for the two fields added here (see `headers::compact`).
+        // A clone copies the stored map's slots without rehashing, the answer fields
+        // included (see `headers::for_storage`).
         let mut headers = entry.headers.clone();
-        headers.insert(AGE, age);
-        headers.insert(CACHE_STATUS.clone(), status.to_header_value());
+        set_answer_fields(&mut headers, age, status.to_header_value());
         let range = head
             .headers
             .get(RANGE)

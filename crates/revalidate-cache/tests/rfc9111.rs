@@ -20,6 +20,10 @@ async fn miss_then_hit_with_age_then_revalidation_freshens() {
         first.cache_status(),
         "revalidate; fwd=uri-miss; fwd-status=200; stored"
     );
+    assert!(
+        !first.headers.contains_key("age"),
+        "straight from an upstream that sent no Age: none"
+    );
     h.advance(10);
     let second = h.get("/a", &[]).await;
     assert_eq!(second.cache_status(), "revalidate; hit; ttl=50");
@@ -54,8 +58,14 @@ async fn miss_then_hit_with_age_then_revalidation_freshens() {
         "headers are updated from the 304"
     );
     assert_eq!(third.header("cache-control"), "max-age=30");
+    assert!(
+        !third.headers.contains_key("age"),
+        "just validated with the origin, whose 304 sent no Age"
+    );
+    h.advance(3);
     let fourth = h.get("/a", &[]).await;
-    assert_eq!(fourth.cache_status(), "revalidate; hit; ttl=30");
+    assert_eq!(fourth.cache_status(), "revalidate; hit; ttl=27");
+    assert_eq!(fourth.header("age"), "3");
     assert_eq!(h.origin.calls(), 2);
 }
 

@@ -157,6 +157,12 @@ async fn hits_writes_and_conditional_requests_through_the_proxy() {
         cache_status(&second)
     );
     assert_eq!(second.body, first.body);
+    // A hit is framed by the body it sends (the stored map keeps no length).
+    assert_eq!(
+        second.headers["content-length"],
+        second.body.len().to_string().as_str()
+    );
+    assert!(!second.headers.contains_key("transfer-encoding"));
     let nm = request(proxy, "GET", "/items/1", &[("if-none-match", "\"e1\"")]).await;
     assert_eq!(nm.status, 304);
     assert_eq!(origin.calls.load(Ordering::SeqCst), 1);

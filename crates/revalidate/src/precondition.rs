@@ -126,6 +126,14 @@ impl Preconditions {
         *self == Self::default()
     }
 
+    /// Whether [`evaluate`](Self::evaluate) may read the last-modified date: a
+    /// caller holding only an unparsed date can skip parsing it otherwise.
+    pub fn compares_dates(&self) -> bool {
+        self.if_unmodified_since.is_some()
+            || self.if_modified_since.is_some()
+            || matches!(self.if_range, Some(IfRange::Date(_)))
+    }
+
     /// Evaluates the preconditions against the current state of the target resource,
     /// `None` meaning it has no current representation.
     ///
@@ -510,6 +518,29 @@ mod tests {
                 if outcome == Evaluation::NotModified {
                     prop_assert!(is_get_or_head(&method));
                 }
+            }
+        }
+
+        #[test]
+        fn without_date_preconditions_the_date_is_never_read(
+            fields in proptest::collection::vec((0..6usize, 0..6usize), 0..6),
+            method in prop_oneof![Just(Method::GET), Just(Method::HEAD), Just(Method::PUT)],
+            modified in prop_oneof![Just(T0 - 60), Just(T0), Just(T0 + 60)],
+        ) {
+            // Well-formed values, so that every field takes part.
+            let names = ["if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "if-range", "range"];
+            let values = ["\"v2\"", "W/\"v1\"", "*", &date(T0), &date(T0 - 3600), "bytes=0-1"];
+            let mut map = HeaderMap::new();
+            for (name, value) in fields {
+                map.append(names[name], values[value].parse().unwrap());
+            }
+            let Ok(pre) = Preconditions::from_request(&method, &map) else { return Ok(()) };
+            let dated = Validators::new()
+                .etag(EntityTag::strong("v2").unwrap())
+                .last_modified(HttpDate::from_unix_secs(modified));
+            let undated = Validators::new().etag(EntityTag::strong("v2").unwrap());
+            if !pre.compares_dates() {
+                prop_assert_eq!(pre.evaluate(&method, Some(&dated)), pre.evaluate(&method, Some(&undated)));
             }
         }
     }

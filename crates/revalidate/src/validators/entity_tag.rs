@@ -88,6 +88,23 @@ impl EntityTag {
         Ok(Self { weak, value })
     }
 
+    /// The tag a field value holds when the value is exactly one `entity-tag`,
+    /// sharing the value's bytes: reading a validator then costs a reference count,
+    /// not an allocation (a cache reads the stored ETag for every conditional hit).
+    fn of_whole_value(value: &HeaderValue) -> Option<Self> {
+        let (weak, rest) = match value.as_bytes() {
+            [b'W', b'/', rest @ ..] => (true, rest),
+            rest => (false, rest),
+        };
+        match rest {
+            [b'"', inner @ .., b'"'] if inner.iter().all(|&b| is_etagc(b)) => Some(Self {
+                weak,
+                value: value.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     /// Parses one `entity-tag`, with no surrounding whitespace.
     pub fn parse(bytes: &[u8]) -> Option<Self> {
         let (weak, rest) = match bytes {
@@ -143,7 +160,7 @@ impl EntityTag {
         if values.next().is_some() {
             return None;
         }
-        Self::parse(trim_ows(first.as_bytes()))
+        Self::of_whole_value(first).or_else(|| Self::parse(trim_ows(first.as_bytes())))
     }
 }
 
@@ -207,10 +224,14 @@ impl EntityTagMatch {
         if lines.peek().is_none() {
             return Ok(None);
         }
-        let mut tags = Vec::new();
+        let mut tags = Vec::with_capacity(1);
         let mut any = false;
         for line in lines {
-            parse_list_into(line.as_bytes(), &mut tags, &mut any)?;
+            // Most lines hold a single tag, which then shares the line's bytes.
+            match EntityTag::of_whole_value(line) {
+                Some(tag) => tags.push(tag),
+                None => parse_list_into(line.as_bytes(), &mut tags, &mut any)?,
+            }
         }
         match (any, tags.is_empty()) {
             (true, true) => Ok(Some(Self::Any)),
@@ -405,6 +426,27 @@ mod tests {
                 }
             }
             let _ = EntityTagMatch::from_headers(&headers, &IF_NONE_MATCH);
+        }
+
+        #[test]
+        fn a_line_read_whole_reads_as_the_list_parser_reads_it(bytes in prop_oneof![
+            "(W/)?\"[!#-~]{0,8}\"".prop_map(String::into_bytes),
+            "[ W/\",a-c*]{0,10}".prop_map(String::into_bytes),
+            proptest::collection::vec(any::<u8>(), 0..24),
+        ]) {
+            // `of_whole_value` is a shortcut: it must agree with the general parser
+            // wherever it accepts, and accept every single well-formed tag.
+            let Ok(value) = HeaderValue::from_bytes(&bytes) else { return Ok(()) };
+            let mut tags = Vec::new();
+            let mut any = false;
+            let listed = parse_list_into(&bytes, &mut tags, &mut any).map(|()| tags);
+            match EntityTag::of_whole_value(&value) {
+                Some(tag) => {
+                    prop_assert_eq!(listed, Ok(vec![tag.clone()]));
+                    prop_assert_eq!(tag.to_header_value(), value);
+                }
+                None => prop_assert!(EntityTag::parse(&bytes).is_none()),
+            }
         }
 
         #[test]
