@@ -25,8 +25,10 @@ PRIME="${PRIME:-100000}" # scenario 4: /obj/0 .. /obj/99999, 5120-byte bodies
 WRK_ARGS=(-t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency)
 COMMAND="bench/run.sh  (THREADS=$THREADS CONNECTIONS=$CONNECTIONS DURATION=$DURATION WARMUP=$WARMUP QUIET_PCT=$QUIET_PCT QUIET_BUDGET=$QUIET_BUDGET)"
 
-SERVERS=(bare revalidate nginx varnish)
-declare -A LABEL=([bare]="bare hyper" [revalidate]="revalidate" [nginx]="nginx proxy_cache" [varnish]="varnish")
+# revalidate runs twice: with its default scheduler (a runtime per CPU) and with
+# `--scheduler work-stealing`, the trade-off between requests per CPU and latency tail.
+SERVERS=(bare revalidate revalidate_ws nginx varnish)
+declare -A LABEL=([bare]="bare hyper" [revalidate]="revalidate" [revalidate_ws]="revalidate (work-stealing)" [nginx]="nginx proxy_cache" [varnish]="varnish")
 declare -A PORT=() PID=() AVAILABLE=() WHY=() RES=()
 NOTES=()
 STARTED_PIDS=()
@@ -79,6 +81,7 @@ ensure_packages() {
     fi
     AVAILABLE[bare]=1
     AVAILABLE[revalidate]=1
+    AVAILABLE[revalidate_ws]=1
     if command -v nginx >/dev/null; then AVAILABLE[nginx]=1; else
         AVAILABLE[nginx]=0
         WHY[nginx]="nginx package unavailable"
@@ -171,6 +174,16 @@ EOF
         --config "$TMP/revalidate.toml" \
         --admin-listen "127.0.0.1:$admin_port" >"$TMP/revalidate.log" 2>&1 &
     PID[revalidate]=$!
+    STARTED_PIDS+=("$!")
+
+    PORT[revalidate_ws]=$(free_port)
+    RUST_LOG=warn "$ROOT/target/release/revalidate" serve \
+        --listen "127.0.0.1:${PORT[revalidate_ws]}" \
+        --upstream "http://127.0.0.1:$origin_port" \
+        --config "$TMP/revalidate.toml" \
+        --admin-listen "127.0.0.1:$(free_port)" \
+        --scheduler work-stealing >"$TMP/revalidate_ws.log" 2>&1 &
+    PID[revalidate_ws]=$!
     STARTED_PIDS+=("$!")
 
     if ((AVAILABLE[nginx])); then
@@ -629,6 +642,7 @@ report() {
         echo
         echo '```'
         echo "RUST_LOG=warn revalidate serve --listen 127.0.0.1:PORT --upstream http://127.0.0.1:ORIGIN --config revalidate.toml --admin-listen 127.0.0.1:ADMIN"
+        echo "# revalidate (work-stealing): the same, plus --scheduler work-stealing"
         echo "# revalidate.toml"
         cat "$TMP/revalidate.toml"
         echo '```'

@@ -67,10 +67,22 @@ struct ServeArgs {
     /// Bearer token for the admin API; required off loopback.
     #[arg(long, env = "REVALIDATE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
-    /// Threads serving clients, each with its own listening socket (default: one
-    /// per CPU).
+    /// Threads serving clients (default: one per CPU).
     #[arg(long, env = "REVALIDATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
+    /// How connections meet threads: `per-core` (each thread has its own socket
+    /// and keeps its connections: the most requests per CPU) or `work-stealing`
+    /// (one runtime whose threads share the connections' work: a shorter latency
+    /// tail when the CPUs are also busy with other work).
+    #[arg(long, env = "REVALIDATE_SCHEDULER", value_enum, default_value_t = Scheduler::PerCore)]
+    scheduler: Scheduler,
+}
+
+/// See `ServeArgs::scheduler`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Scheduler {
+    PerCore,
+    WorkStealing,
 }
 
 /// A mistake in the invocation or the configuration: exit code 2, like clap's.
@@ -87,7 +99,17 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Under work-stealing, this runtime serves the clients: it gets the workers.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Serve(ServeArgs {
+        scheduler: Scheduler::WorkStealing,
+        workers: Some(workers),
+        ..
+    }) = &cli.command
+    {
+        builder.worker_threads(usize::from(*workers));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("revalidate: cannot start the runtime: {error}");
@@ -151,14 +173,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         || std::thread::available_parallelism().map_or(1, usize::from),
         usize::from,
     );
-    let listeners = serve::server::bind_per_core(args.listen, workers)
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listeners = match args.scheduler {
+        Scheduler::PerCore => serve::server::bind_per_core(args.listen, workers),
+        Scheduler::WorkStealing => std::net::TcpListener::bind(args.listen).map(|l| vec![l]),
+    }
+    .with_context(|| format!("cannot listen on {}", args.listen))?;
     let admin_listener = TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {} (admin)", args.admin_listen))?;
     let addr = listeners[0].local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
-    tracing::info!(%addr, %admin_addr, upstream = %args.upstream, workers, "proxy listening");
+    let scheduler = args.scheduler;
+    tracing::info!(%addr, %admin_addr, upstream = %args.upstream, workers, ?scheduler, "proxy listening");
     println!(
         "revalidate serve: http://{addr} -> {} (admin: http://{admin_addr})",
         args.upstream
@@ -175,10 +201,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
     });
     let make_service = move |peer| app.for_peer(peer);
-    let result = serve::server::run_per_core(listeners, make_service, shutdown_signal()).await;
+    let result = match scheduler {
+        Scheduler::PerCore => {
+            serve::server::run_per_core(listeners, make_service, shutdown_signal()).await
+        }
+        Scheduler::WorkStealing => match listeners.into_iter().next().map(tokio_listener) {
+            Some(Ok(listener)) => {
+                serve::server::run(listener, make_service, shutdown_signal()).await
+            }
+            Some(Err(error)) => Err(error),
+            None => Ok(()),
+        },
+    };
     let _ = stop.send(true);
     let _ = admin_task.await;
     result.context("server error")
+}
+
+/// A std listener handed to the current runtime.
+fn tokio_listener(listener: std::net::TcpListener) -> std::io::Result<TcpListener> {
+    listener.set_nonblocking(true)?;
+    TcpListener::from_std(listener)
 }
 
 async fn demo(listen: SocketAddr, database: &str) -> anyhow::Result<()> {

@@ -414,6 +414,16 @@ fn bad_flags_and_bad_config_exit_2_with_one_line() {
             ],
             "invalid value '0' for '--workers",
         ),
+        (
+            vec![
+                "serve".into(),
+                "--upstream".into(),
+                "http://127.0.0.1:1".into(),
+                "--scheduler".into(),
+                "sideways".into(),
+            ],
+            "invalid value 'sideways' for '--scheduler",
+        ),
     ];
     for (args, expected) in cases {
         let output = binary()
@@ -440,9 +450,16 @@ fn bad_flags_and_bad_config_exit_2_with_one_line() {
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
 }
 
-/// SIGTERM lets an in-flight request finish before the process exits.
+/// SIGTERM lets an in-flight request finish before the process exits, whichever
+/// way connections are scheduled; a hit is served either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests() {
+    for scheduler in ["per-core", "work-stealing"] {
+        sigterm_drains_in_flight_requests_with(scheduler).await;
+    }
+}
+
+async fn sigterm_drains_in_flight_requests_with(scheduler: &str) {
     let origin = Origin::default();
     let (origin_addr, _o) = spawn(origin.router()).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -457,6 +474,10 @@ async fn sigterm_drains_in_flight_requests() {
             &format!("127.0.0.1:{port}"),
             "--admin-listen",
             "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--scheduler",
+            scheduler,
         ])
         .args(["--upstream", &format!("http://{origin_addr}")])
         .stdout(std::process::Stdio::null())
@@ -471,6 +492,13 @@ async fn sigterm_drains_in_flight_requests() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    request(addr, "GET", "/items/1", &[]).await;
+    let hit = request(addr, "GET", "/items/1", &[]).await;
+    assert!(
+        cache_status(&hit).contains("hit"),
+        "{scheduler}: {}",
+        cache_status(&hit)
+    );
     let in_flight = tokio::spawn(async move { request(addr, "GET", "/slow", &[]).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let pid = child.id().unwrap().to_string();
@@ -482,12 +510,15 @@ async fn sigterm_drains_in_flight_requests() {
             .success()
     );
     let reply = in_flight.await.unwrap();
-    assert_eq!(reply.status, 200, "the in-flight request completed");
+    assert_eq!(
+        reply.status, 200,
+        "{scheduler}: the in-flight request completed"
+    );
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .unwrap()
         .unwrap();
-    assert!(status.success(), "{status:?}");
+    assert!(status.success(), "{scheduler}: {status:?}");
 }
 
 /// The proxy appends the peer's address to X-Forwarded-For; it never replaces the

@@ -114,7 +114,9 @@ pub fn bind_per_core(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<St
 /// proxy benchmark this served 10–20% more hits per second than one work-stealing
 /// runtime for all connections, for less CPU per request (see the README). The cost:
 /// the kernel balances connections, not requests, so a few very busy connections
-/// can load one core more than another.
+/// can load one core more than another, and when another process takes a core, its
+/// connections wait for it (a longer latency tail than [`run`] on a work-stealing
+/// runtime, which `revalidate serve --scheduler work-stealing` chooses).
 ///
 /// Tasks a worker spawns (upstream connections, which the upstream client pools for
 /// every worker, and background refreshes) run on its runtime, so no runtime is
