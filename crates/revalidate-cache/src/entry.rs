@@ -44,8 +44,9 @@ pub struct StoredResponse {
     /// For a stored 206: which bytes of the representation the body holds.
     pub part: Option<Part>,
     /// Headers as stored: no hop-by-hop fields, no Set-Cookie, no fields named by a
-    /// qualified `private` or `no-cache`; placeholders for `Age` and `Cache-Status`
-    /// first (see [`crate::headers::for_storage`]).
+    /// qualified `private` or `no-cache`, no `Content-Length`; placeholders for `Age`
+    /// and `Cache-Status` first instead of the upstream's (see
+    /// [`crate::headers::for_storage`]).
     pub headers: HeaderMap,
     /// The whole body.
     pub body: Bytes,
@@ -132,9 +133,10 @@ pub struct Timing {
 }
 
 impl StoredResponse {
-    /// Builds an entry from a response's fields as received (their `Age` goes into
-    /// the initial age); they are kept as [`for_storage`](crate::headers::for_storage)
-    /// makes them.
+    /// Builds an entry from a response's fields as received, or as a 304 freshened
+    /// them (their `Age` goes into the initial age; a stored map's placeholder `Age`
+    /// is 0, as good as none); they are kept as
+    /// [`for_storage`](crate::headers::for_storage) makes them.
     pub fn new(
         status: StatusCode,
         headers: HeaderMap,

@@ -652,6 +652,41 @@ async fn the_upstreams_age_passes_through_and_grows_in_the_cache() {
 }
 
 #[tokio::test]
+async fn a_304_without_age_restarts_the_age_from_its_arrival() {
+    let h = Harness::new(Origin::fixed(
+        200,
+        &[
+            ("cache-control", "max-age=60"),
+            ("etag", "\"v1\""),
+            ("age", "10"),
+        ],
+        "x",
+    ));
+    h.get("/", &[]).await;
+    h.advance(55);
+    h.origin.set(|_, _| {
+        response(
+            304,
+            &[("cache-control", "max-age=60"), ("etag", "\"v1\"")],
+            "",
+        )
+    });
+    let validated = h.get("/", &[]).await;
+    assert_eq!(
+        validated.cache_status(),
+        "revalidate; fwd=stale; fwd-status=304; stored"
+    );
+    assert!(
+        !validated.headers.contains_key("age"),
+        "validated by the origin for this request: the 200's Age no longer applies"
+    );
+    h.advance(3);
+    let hit = h.get("/", &[]).await;
+    assert_eq!(hit.header("age"), "3");
+    assert_eq!(hit.cache_status(), "revalidate; hit; ttl=57");
+}
+
+#[tokio::test]
 async fn an_invalid_date_is_replaced_so_freshness_works() {
     let h = Harness::new(Origin::fixed(
         200,

@@ -492,6 +492,22 @@ async fn sigterm_drains_in_flight_requests_with(scheduler: &str) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Per-core workers are threads of their own, named for it; work-stealing
+    // serves on the main runtime's threads.
+    #[cfg(target_os = "linux")]
+    {
+        let pid = child.id().unwrap();
+        let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .collect();
+        let workers = names
+            .iter()
+            .filter(|n| n.starts_with("revalidate-work"))
+            .count();
+        let expected = if scheduler == "per-core" { 2 } else { 0 };
+        assert_eq!(workers, expected, "{scheduler}: {names:?}");
+    }
     request(addr, "GET", "/items/1", &[]).await;
     let hit = request(addr, "GET", "/items/1", &[]).await;
     assert!(
