@@ -134,8 +134,7 @@ pub struct Timing {
 
 impl StoredResponse {
     /// Builds an entry from a response's fields as received, or as a 304 freshened
-    /// them (their `Age` goes into the initial age; a stored map's placeholder `Age`
-    /// is 0, as good as none); they are kept as
+    /// them (their `Age` goes into the initial age); they are kept as
     /// [`for_storage`](crate::headers::for_storage) makes them.
     pub fn new(
         status: StatusCode,

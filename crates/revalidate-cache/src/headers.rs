@@ -77,7 +77,9 @@ pub fn response_tags(headers: &HeaderMap) -> Vec<String> {
 /// Removes what must never be stored or replayed: hop-by-hop fields, Set-Cookie and
 /// the fields a qualified `private` or `no-cache` names (RFC 9111 §5.2.2.4,
 /// §5.2.2.7). All but the hop-by-hop fields are returned: they still belong in the
-/// response to the request that caused the fetch, and only there.
+/// response to the request that caused the fetch, and only there. So does the
+/// upstream's `Age`, as it was sent: it stays in `headers` (the initial age is
+/// computed from it) but is not stored (see [`for_storage`]), so a copy is returned.
 pub fn split_for_storage(
     headers: &mut HeaderMap,
     qualified: &[String],
@@ -94,6 +96,7 @@ pub fn split_for_storage(
             requester_only.extend(values.map(|value| (name.clone(), value)));
         }
     }
+    requester_only.extend(headers.get(AGE).map(|age| (AGE, age.clone())));
     requester_only
 }
 
@@ -280,10 +283,16 @@ mod tests {
         h.append("set-cookie", "b=2".parse().unwrap());
         h.append("x-user", "ada".parse().unwrap());
         h.append("etag", "\"a\"".parse().unwrap());
+        h.append("age", "5".parse().unwrap());
         let split = split_for_storage(&mut h, &["X-User".to_string()]);
-        assert_eq!(h.len(), 1, "only the ETag is stored");
-        assert_eq!(split.len(), 3);
+        assert_eq!(
+            h.len(),
+            2,
+            "the ETag, and the Age the initial age is read from"
+        );
+        assert_eq!(split.len(), 4);
         assert!(split.iter().any(|(n, v)| n == "x-user" && v == "ada"));
+        assert!(split.iter().any(|(n, v)| n == "age" && v == "5"));
     }
 
     #[test]

@@ -782,9 +782,7 @@ impl<St: Store> Shared<St> {
                 &parts.headers,
                 &directives,
             );
-            let mut requester_only =
-                split_for_storage(&mut headers, &directives.qualified_fields());
-            requester_only.extend(parts.headers.get(AGE).map(|age| (AGE, age.clone())));
+            let requester_only = split_for_storage(&mut headers, &directives.qualified_fields());
             // Tags: those the entry had, those the 304 names, the route's.
             let mut tags = old.tags.clone();
             tags.extend(self.tags_of(policy, params, &parts.headers));
@@ -874,10 +872,7 @@ impl<St: Store> Shared<St> {
     ) -> (Arc<StoredResponse>, Vec<(HeaderName, HeaderValue)>) {
         let policy = self.routes.policy(lookup.route);
         let tags = self.tags_of(policy, lookup.params, &headers);
-        let mut requester_only = split_for_storage(&mut headers, &directives.qualified_fields());
-        // The stored entry keeps a placeholder: the upstream's Age goes to the
-        // requester as it was sent.
-        requester_only.extend(headers.get(AGE).map(|age| (AGE, age.clone())));
+        let requester_only = split_for_storage(&mut headers, &directives.qualified_fields());
         // Before the copy: the tag fields' bytes would stay alive in it, uncharged.
         strip_tags(&mut headers);
         let names = vary_names(&headers).unwrap_or_default();
@@ -1520,8 +1515,11 @@ fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
 
 /// The stored headers updated from a 304 (RFC 9111 §3.2): every field the 304
 /// carries replaces the stored one, except Content-Length and hop-by-hop fields.
+/// The stored answer placeholders are left out: the result's `Age` is the 304's.
 fn freshened(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
     let mut headers = stored.clone();
+    headers.remove(AGE);
+    headers.remove(&CACHE_STATUS);
     let mut update = not_modified.clone();
     strip_hop_by_hop(&mut update);
     update.remove(CONTENT_LENGTH);

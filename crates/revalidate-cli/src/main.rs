@@ -206,7 +206,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Scheduler::PerCore => {
             serve::server::run_per_core(listeners, make_service, shutdown_signal()).await
         }
-        Scheduler::WorkStealing => match listeners.into_iter().next().map(tokio_listener) {
+        // `bind_per_core`'s sockets are already non-blocking (tokio made them).
+        Scheduler::WorkStealing => match listeners.into_iter().next().map(TcpListener::from_std) {
             Some(Ok(listener)) => {
                 serve::server::run(listener, make_service, shutdown_signal()).await
             }
@@ -217,12 +218,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let _ = stop.send(true);
     let _ = admin_task.await;
     result.context("server error")
-}
-
-/// A std listener handed to the current runtime.
-fn tokio_listener(listener: std::net::TcpListener) -> std::io::Result<TcpListener> {
-    listener.set_nonblocking(true)?;
-    TcpListener::from_std(listener)
 }
 
 async fn demo(listen: SocketAddr, database: &str) -> anyhow::Result<()> {
