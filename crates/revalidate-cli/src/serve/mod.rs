@@ -18,6 +18,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod config;
+pub mod cpu_share;
 mod etag;
 pub mod server;
 mod upstream;

@@ -22,8 +22,11 @@ use revalidate_cache::BoxError;
 use tokio::net::{TcpListener, TcpSocket};
 use tower::{Service, ServiceExt};
 
+use super::cpu_share;
+
 /// Serves `listener` until `shutdown` resolves, then stops accepting and waits for
-/// in-flight requests to finish. Each connection is served by the service that
+/// in-flight requests to finish. Each request counts towards its worker's next
+/// yield of the CPU ([`cpu_share`]). Each connection is served by the service that
 /// `make_service` makes for its peer's address (the upstream client appends it to
 /// `X-Forwarded-For`).
 pub async fn run<M, S, B>(
@@ -59,6 +62,7 @@ where
         let _ = stream.set_nodelay(true);
         let service = make_service(peer);
         let per_request = hyper::service::service_fn(move |request: Request<Incoming>| {
+            cpu_share::before_request();
             service.clone().oneshot(request.map(Body::new))
         });
         let watcher = graceful.watcher();
@@ -115,8 +119,9 @@ pub fn bind_per_core(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<St
 /// runtime for all connections, for less CPU per request (see the README). The cost:
 /// the kernel balances connections, not requests, so a few very busy connections
 /// can load one core more than another, and when another process takes a core, its
-/// connections wait for it (a longer latency tail than [`run`] on a work-stealing
-/// runtime, which `revalidate serve --scheduler work-stealing` chooses).
+/// connections wait for it (`revalidate serve --scheduler work-stealing` lets
+/// another worker take them over). A busy worker yields its core after a run of
+/// requests ([`cpu_share`]), so that wait is short.
 ///
 /// Tasks a worker spawns (upstream connections, which the upstream client pools for
 /// every worker, and background refreshes) run on its runtime, so no runtime is
@@ -264,6 +269,40 @@ mod tests {
             tokio::net::TcpStream::connect(addr).await.is_err(),
             "no worker listens after the stop"
         );
+    }
+
+    #[tokio::test]
+    async fn a_worker_yields_its_cpu_every_run_of_requests() {
+        use cpu_share::REQUESTS_BEFORE_YIELD;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let make_service = |_: SocketAddr| {
+            tower::service_fn(|_: Request<Body>| async {
+                Ok::<_, Infallible>(Response::new(Body::from("ok")))
+            })
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(run(listener, make_service, async {
+            let _ = stopped.await;
+        }));
+        let before = cpu_share::yields();
+        // Pipelined on one connection, as a busy keep-alive client sends them.
+        let mut requests =
+            "GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2 * REQUESTS_BEFORE_YIELD as usize - 1);
+        requests.push_str("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let reply = exchange(addr, requests.leak()).await;
+        assert_eq!(
+            reply.matches("HTTP/1.1 200").count(),
+            2 * REQUESTS_BEFORE_YIELD as usize
+        );
+        // Other tests' servers may yield too, in this process: at least ours did.
+        assert!(
+            cpu_share::yields() >= before + 2,
+            "{} yields",
+            cpu_share::yields() - before
+        );
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
     }
 
     #[tokio::test]
