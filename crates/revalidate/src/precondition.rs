@@ -13,7 +13,7 @@
 //! ```
 
 use http::header::{
-    IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE,
+    HeaderName, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE,
 };
 use http::{HeaderMap, Method};
 
@@ -84,6 +84,41 @@ pub fn is_get_or_head(method: &Method) -> bool {
     method == Method::GET || method == Method::HEAD
 }
 
+/// Which of the fields [`Preconditions::from_request`] reads a request carries, from
+/// one pass over its names: comparing standard names is cheap, while a lookup hashes
+/// its name, and most requests carry one precondition or none.
+#[derive(Debug, Default)]
+struct Present {
+    if_match: bool,
+    if_none_match: bool,
+    if_modified_since: bool,
+    if_unmodified_since: bool,
+    if_range: bool,
+    range: bool,
+}
+
+impl Present {
+    fn of(headers: &HeaderMap) -> Self {
+        let mut present = Self::default();
+        for name in headers.keys() {
+            if name == IF_NONE_MATCH {
+                present.if_none_match = true;
+            } else if name == IF_MODIFIED_SINCE {
+                present.if_modified_since = true;
+            } else if name == IF_MATCH {
+                present.if_match = true;
+            } else if name == IF_UNMODIFIED_SINCE {
+                present.if_unmodified_since = true;
+            } else if name == IF_RANGE {
+                present.if_range = true;
+            } else if name == RANGE {
+                present.range = true;
+            }
+        }
+        present
+    }
+}
+
 impl Preconditions {
     /// Parses the conditional fields of a request.
     ///
@@ -96,9 +131,18 @@ impl Preconditions {
         method: &Method,
         headers: &HeaderMap,
     ) -> Result<Self, MalformedPrecondition> {
-        let if_match = EntityTagMatch::from_headers(headers, &IF_MATCH)
-            .map_err(|_| MalformedPrecondition { field: "if-match" })?;
-        let if_none_match = match EntityTagMatch::from_headers(headers, &IF_NONE_MATCH) {
+        let present = Present::of(headers);
+        let if_match = if present.if_match {
+            EntityTagMatch::from_headers(headers, &IF_MATCH)
+                .map_err(|_| MalformedPrecondition { field: "if-match" })?
+        } else {
+            None
+        };
+        let if_none_match = match present
+            .if_none_match
+            .then(|| EntityTagMatch::from_headers(headers, &IF_NONE_MATCH))
+            .unwrap_or(Ok(None))
+        {
             Ok(list) => list,
             Err(_) if is_get_or_head(method) => None,
             Err(_) => {
@@ -107,16 +151,21 @@ impl Preconditions {
                 });
             }
         };
-        let if_range = if headers.contains_key(RANGE) && method == Method::GET {
+        let if_range = if present.if_range && present.range && method == Method::GET {
             headers.get(IF_RANGE).map(|v| parse_if_range(v.as_bytes()))
         } else {
             None
         };
+        let date = |present: bool, name: &HeaderName| {
+            present
+                .then(|| HttpDate::from_headers(headers, name))
+                .flatten()
+        };
         Ok(Self {
             if_match,
-            if_unmodified_since: HttpDate::from_headers(headers, &IF_UNMODIFIED_SINCE),
+            if_unmodified_since: date(present.if_unmodified_since, &IF_UNMODIFIED_SINCE),
             if_none_match,
-            if_modified_since: HttpDate::from_headers(headers, &IF_MODIFIED_SINCE),
+            if_modified_since: date(present.if_modified_since, &IF_MODIFIED_SINCE),
             if_range,
         })
     }
