@@ -138,11 +138,12 @@ impl Preconditions {
         } else {
             None
         };
-        let if_none_match = match present
-            .if_none_match
-            .then(|| EntityTagMatch::from_headers(headers, &IF_NONE_MATCH))
-            .unwrap_or(Ok(None))
-        {
+        let listed = if present.if_none_match {
+            EntityTagMatch::from_headers(headers, &IF_NONE_MATCH)
+        } else {
+            Ok(None)
+        };
+        let if_none_match = match listed {
             Ok(list) => list,
             Err(_) if is_get_or_head(method) => None,
             Err(_) => {
