@@ -13,7 +13,7 @@
 //! CPU time used, which a yield does not change); it changes when each one runs.
 //!
 //! On the proxy benchmark (2 cores shared with wrk), the p99 of cache hits went
-//! from 7.9 ms (two ticks) to 0.8 ms, for the same requests per second; yielding
+//! from 7.9 ms (two ticks) to 0.8–1.0 ms, for the same requests per second; yielding
 //! every 128 requests gave 2 ms, every 16 the same as every 32 (see the README).
 //! The count does not restart when a worker waits for work: tokio's park hook runs
 //! whenever the worker polls for I/O, which, under load, returns at once without
