@@ -1064,8 +1064,7 @@ impl<St: Store> Shared<St> {
                     let mut response = Response::new(CacheBody::empty());
                     *response.status_mut() = StatusCode::NOT_MODIFIED;
                     let mut nm = not_modified_headers(&entry.headers);
-                    nm.insert(AGE, age);
-                    nm.insert(CACHE_STATUS.clone(), status.to_header_value());
+                    set_answer_fields(&mut nm, age, status.to_header_value());
                     *response.headers_mut() = nm;
                     return response;
                 }

@@ -664,13 +664,7 @@ async fn a_304_without_age_restarts_the_age_from_its_arrival() {
     ));
     h.get("/", &[]).await;
     h.advance(55);
-    h.origin.set(|_, _| {
-        response(
-            304,
-            &[("cache-control", "max-age=60"), ("etag", "\"v1\"")],
-            "",
-        )
-    });
+    h.origin.set(|_, _| response(304, MAX_AGE_60, ""));
     let validated = h.get("/", &[]).await;
     assert_eq!(
         validated.cache_status(),
