@@ -26,11 +26,57 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     HeaderName::from_static("proxy-connection"),
 ];
 
+/// Which of the fields that steer the cache a request carries, found in one pass
+/// over its names. `false` means certainly absent; `true`, that the field was
+/// there when the pass was made (a later removal, of a field `Connection` names,
+/// leaves it set: a lookup then finds nothing, which is never wrong).
+///
+/// Most requests carry none of them: one pass costs a length test per name, where
+/// a lookup per field would hash every field's name (a few hundred instructions on
+/// every cache hit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Carried {
+    /// A hop-by-hop field (RFC 9110 §7.6.1).
+    pub hop_by_hop: bool,
+    /// `Cache-Control`.
+    pub cache_control: bool,
+    /// `If-Match`, `If-None-Match`, `If-Modified-Since`, `If-Unmodified-Since` or
+    /// `If-Range`.
+    pub preconditions: bool,
+    /// `Range`.
+    pub range: bool,
+}
+
+impl Carried {
+    /// The fields `headers` carries.
+    pub fn of(headers: &HeaderMap) -> Self {
+        let mut carried = Self::default();
+        for name in headers.keys() {
+            // Names are lowercase; their length rules out all but one or two.
+            match (name.as_str().len(), name.as_str()) {
+                (2, "te")
+                | (7, "trailer" | "upgrade")
+                | (10, "connection" | "keep-alive")
+                | (16, "proxy-connection")
+                | (17, "transfer-encoding") => carried.hop_by_hop = true,
+                (13, "cache-control") => carried.cache_control = true,
+                (8, "if-match" | "if-range")
+                | (13, "if-none-match")
+                | (17, "if-modified-since")
+                | (19, "if-unmodified-since") => carried.preconditions = true,
+                (5, "range") => carried.range = true,
+                _ => {}
+            }
+        }
+        carried
+    }
+}
+
 /// Removes hop-by-hop fields (RFC 9110 §7.6.1), including those `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names (cheap comparisons of
-    // standard names) saves seven removals, each hashing its name.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    // Most messages carry none: one pass over the names saves seven removals, each
+    // hashing its name.
+    if !Carried::of(headers).hop_by_hop {
         return;
     }
     let named: Vec<HeaderName> = headers
@@ -222,6 +268,50 @@ pub fn strip_tags(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn carried(names: &[&str]) -> Carried {
+        let mut headers = HeaderMap::new();
+        for name in names {
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            headers.append(name, HeaderValue::from_static("x"));
+        }
+        Carried::of(&headers)
+    }
+
+    #[test]
+    fn carried_fields_are_found_by_name() {
+        for name in &HOP_BY_HOP {
+            assert!(carried(&[name.as_str()]).hop_by_hop, "{name}");
+        }
+        for name in [
+            "if-match",
+            "if-none-match",
+            "if-modified-since",
+            "if-unmodified-since",
+            "if-range",
+        ] {
+            let found = carried(&["host", name]);
+            assert!(found.preconditions && !found.range, "{name}");
+        }
+        assert!(carried(&["Cache-Control"]).cache_control);
+        assert!(carried(&["range"]).range);
+        let all = carried(&["range", "te", "cache-control", "if-match"]);
+        assert!(all.range && all.hop_by_hop && all.cache_control && all.preconditions);
+        // Near misses: same length or a shared prefix.
+        let none = carried(&[
+            "host",
+            "rang",
+            "ranges",
+            "if-matches",
+            "accept-ranges",
+            "cache-controls",
+            "keep-alive2",
+            "x-if-none-match",
+            "content-type",
+            "authorization",
+        ]);
+        assert_eq!(none, Carried::default());
+    }
 
     #[test]
     fn prepared_ages_read_as_their_number() {

@@ -29,7 +29,8 @@ use crate::coalesce::{Flight, Role, wait};
 use crate::entry::{Part, StoredResponse, Timing, Variants};
 use crate::freshness::{self, Directives};
 use crate::headers::{
-    age_value, response_tags, set_answer_fields, split_for_storage, strip_hop_by_hop, strip_tags,
+    Carried, age_value, response_tags, set_answer_fields, split_for_storage, strip_hop_by_hop,
+    strip_tags,
 };
 use crate::invalidation::Ticket;
 use crate::key::{
@@ -189,6 +190,8 @@ struct RequestHead {
     uri: Uri,
     version: http::Version,
     headers: HeaderMap,
+    /// Which fields that steer the cache `headers` may hold.
+    carried: Carried,
     /// Carried to the upstream request (the peer address, tracing context…).
     extensions: http::Extensions,
 }
@@ -198,14 +201,35 @@ impl RequestHead {
     /// (hop-by-hop, or named by Connection) are removed: they must not select what
     /// is stored either.
     fn of(mut parts: Parts) -> Self {
-        strip_hop_by_hop(&mut parts.headers);
+        let carried = Carried::of(&parts.headers);
+        if carried.hop_by_hop {
+            strip_hop_by_hop(&mut parts.headers);
+        }
         Self {
             method: parts.method,
             uri: parts.uri,
             version: parts.version,
             headers: parts.headers,
+            carried,
             extensions: parts.extensions,
         }
+    }
+
+    /// The request's `Cache-Control` directives.
+    fn cache_control(&self) -> CacheControl {
+        if self.carried.cache_control {
+            CacheControl::from_headers(&self.headers)
+        } else {
+            CacheControl::default()
+        }
+    }
+
+    /// Its `Range` field, if any.
+    fn range(&self) -> Option<&HeaderValue> {
+        self.carried
+            .range
+            .then(|| self.headers.get(RANGE))
+            .flatten()
     }
 
     /// The request again, with `body`.
@@ -339,18 +363,20 @@ impl<St: Store> Shared<St> {
             return AtOnce::Later(Request::from_parts(parts, body), None);
         }
         let head = RequestHead::of(parts);
-        let mut looked_up = None;
-        let found = primary_key(policy, &head, target).and_then(|primary| {
-            let variants = self.store.get_now(&primary.key)?;
-            looked_up = Some(variants.clone());
-            variants?.find(&head.headers).cloned()
-        });
+        // What the store holds is borrowed, not cloned, to answer: a clone and its
+        // drop are two atomic writes to an entry that, over many keys, is rarely in
+        // the CPU's cache. The full path gets it whole.
+        let looked_up =
+            primary_key(policy, &head, target).and_then(|primary| self.store.get_now(&primary.key));
+        let found = looked_up
+            .as_ref()
+            .and_then(|variants| variants.as_deref()?.find(&head.headers));
         let request_cc;
         let answer = match found {
             // A stored part answers only some ranges: the full path decides.
             Some(entry) if entry.part.is_none() => {
-                request_cc = CacheControl::from_headers(&head.headers);
-                self.fresh_answer(&head, &request_cc, &entry, self.clock.now())
+                request_cc = head.cache_control();
+                self.fresh_answer(&head, &request_cc, entry, self.clock.now())
             }
             _ => None,
         };
@@ -411,7 +437,7 @@ impl<St: Store> Shared<St> {
         }
         drop(body);
         let head = RequestHead::of(parts);
-        let request_cc = CacheControl::from_headers(&head.headers);
+        let request_cc = head.cache_control();
         let Some(primary) = primary_key(policy, &head, target) else {
             self.stats.outcome(Outcome::Bypassed);
             let response = inner.oneshot(head.into_request(ReqBody::default())).await?;
@@ -646,7 +672,7 @@ impl<St: Store> Shared<St> {
                 return;
             };
             let (route, params) = shared.resolve_route(head.uri.path());
-            let request_cc = CacheControl::from_headers(&head.headers);
+            let request_cc = head.cache_control();
             let fetched = shared
                 .fetch(
                     inner,
@@ -695,8 +721,7 @@ impl<St: Store> Shared<St> {
         // With nothing stored to validate, a single range is asked for as the client
         // asked (its 206 is stored as a part); with If-Range, the whole is fetched.
         let range = head
-            .headers
-            .get(RANGE)
+            .range()
             .filter(|_| stale.is_none() && head.method == Method::GET)
             .filter(|_| !head.headers.contains_key(IF_RANGE))
             .filter(|r| ByteRange::parse(r.as_bytes()).is_some());
@@ -1037,7 +1062,7 @@ impl<St: Store> Shared<St> {
 
         let mut honor_range = true;
         if entry.status.is_success()
-            && has_conditionals(&head.headers)
+            && head.carried.preconditions
             && let Ok(preconditions) = Preconditions::from_request(&head.method, &head.headers)
             && !preconditions.is_empty()
         {
@@ -1081,8 +1106,7 @@ impl<St: Store> Shared<St> {
         let mut headers = entry.headers.clone();
         set_answer_fields(&mut headers, age, status.to_header_value());
         let range = head
-            .headers
-            .get(RANGE)
+            .range()
             .filter(|_| honor_range && head.method == Method::GET);
         if let Some(part) = entry.part
             && let Some((first, last)) = range.and_then(|r| held_range(r, part))
@@ -1363,10 +1387,6 @@ const CONDITIONAL_FIELDS: [HeaderName; 6] = [
 
 /// Whether a request carries a conditional field or Range: one pass over its names
 /// (cheap comparisons of standard names) instead of six lookups on every hit.
-fn has_conditionals(headers: &HeaderMap) -> bool {
-    headers.keys().any(|name| CONDITIONAL_FIELDS.contains(name))
-}
-
 /// Whether an entry is worth storing: a response that is stale at once and can be
 /// neither validated nor served stale is of no later use (it is still shared with
 /// waiting requests), and a 206 whose Content-Range does not describe its body is
@@ -1387,11 +1407,7 @@ fn holds_requested_range(head: &RequestHead, part: Option<Part>) -> bool {
     };
     head.method == Method::GET
         && !head.headers.contains_key(IF_RANGE)
-        && head
-            .headers
-            .get(RANGE)
-            .and_then(|r| held_range(r, part))
-            .is_some()
+        && head.range().and_then(|r| held_range(r, part)).is_some()
 }
 
 /// The byte positions a `Range` value asks for, when it is one range that `part`
@@ -1643,6 +1659,7 @@ mod tests {
             method: Method::GET,
             uri: uri.parse().unwrap(),
             version: http::Version::HTTP_11,
+            carried: Carried::of(&headers),
             headers,
             extensions: http::Extensions::new(),
         }
