@@ -41,27 +41,30 @@ fn hex_value(b: u8) -> Option<u8> {
 
 /// RFC 3986 §6.2.2: uppercase percent-encodings, decode unreserved characters.
 fn normalize_percent(input: &str, out: &mut String) {
-    let bytes = input.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let escape = (bytes[i] == b'%' && i + 2 < bytes.len())
-            .then(|| Some((hex_value(bytes[i + 1])?, hex_value(bytes[i + 2])?)))
+    let mut rest = input;
+    // Most targets have no escapes: text is copied in runs, up to each `%`.
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        let bytes = &rest.as_bytes()[at..];
+        let escape = (bytes.len() >= 3)
+            .then(|| Some((hex_value(bytes[1])?, hex_value(bytes[2])?)))
             .flatten();
-        if let Some((high, low)) = escape {
-            let decoded = high * 16 + low;
-            if is_unreserved(decoded) {
-                out.push(decoded as char);
-            } else {
-                out.push('%');
-                out.push(bytes[i + 1].to_ascii_uppercase() as char);
-                out.push(bytes[i + 2].to_ascii_uppercase() as char);
-            }
-            i += 3;
+        let Some((high, low)) = escape else {
+            out.push('%');
+            rest = &rest[at + 1..];
             continue;
+        };
+        let decoded = high * 16 + low;
+        if is_unreserved(decoded) {
+            out.push(decoded as char);
+        } else {
+            out.push('%');
+            out.push(bytes[1].to_ascii_uppercase() as char);
+            out.push(bytes[2].to_ascii_uppercase() as char);
         }
-        out.push(bytes[i] as char);
-        i += 1;
+        rest = &rest[at + 3..];
     }
+    out.push_str(rest);
 }
 
 /// The path and query of a request target, normalized for use as a key.
@@ -233,6 +236,11 @@ mod tests {
         assert_eq!(normalize_target("/a%2fb%7E%41", &none), "/a%2Fb~A");
         assert_eq!(normalize_target("/x?q=%7e", &none), "/x?q=~");
         assert_eq!(normalize_target("/bad%zz%4", &none), "/bad%zz%4");
+        assert_eq!(normalize_target("/%%41%", &none), "/%A%");
+        assert_eq!(normalize_target("/%7e%7E/%2f%2F", &none), "/~~/%2F%2F");
+        // A target the http crate accepts with bytes beyond ASCII keeps them as they are.
+        let uri: http::Uri = "/caf\u{e9}%C3%A9".parse().unwrap();
+        assert_eq!(normalize_target(uri.path(), &none), "/caf\u{e9}%C3%A9");
     }
 
     #[test]
