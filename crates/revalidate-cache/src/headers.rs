@@ -76,9 +76,14 @@ impl Carried {
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the names saves seven removals, each
     // hashing its name.
-    if !Carried::of(headers).hop_by_hop {
-        return;
+    if Carried::of(headers).hop_by_hop {
+        remove_hop_by_hop(headers);
     }
+}
+
+/// [`strip_hop_by_hop`] for a map already known to carry a hop-by-hop field (see
+/// [`Carried`]): the removals without the pass over the names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()

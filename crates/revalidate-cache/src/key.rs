@@ -50,7 +50,10 @@ fn normalize_percent(input: &str, out: &mut String) {
             .then(|| Some((hex_value(bytes[1])?, hex_value(bytes[2])?)))
             .flatten();
         let Some((high, low)) = escape else {
-            out.push('%');
+            // A `%` that starts no escape stands for itself: written as one, so that
+            // normalizing a normalized target changes nothing (purges normalize the
+            // paths they are given, which may come from keys).
+            out.push_str("%25");
             rest = &rest[at + 1..];
             continue;
         };
@@ -107,22 +110,26 @@ pub fn push_normalized_query(query: Option<&str>, rules: &QueryRules, out: &mut 
         }
         return;
     }
-    let mut params: Vec<&str> = query
+    // Names are compared once normalized: `%62` sorts, and is dropped, as `b`.
+    fn name(param: &str) -> &str {
+        param.split('=').next().unwrap_or("")
+    }
+    let mut params: Vec<String> = query
         .split('&')
         .filter(|p| !p.is_empty())
-        .filter(|p| !rules.drops(p.split('=').next().unwrap_or("")))
+        .map(|param| {
+            let mut normalized = String::with_capacity(param.len());
+            normalize_percent(param, &mut normalized);
+            normalized
+        })
+        .filter(|p| !rules.drops(name(p)))
         .collect();
     if rules.sort {
-        params.sort_by(|a, b| a.split('=').next().cmp(&b.split('=').next()));
+        params.sort_by(|a, b| name(a).cmp(name(b)));
     }
     if !params.is_empty() {
         out.push('?');
-        for (i, param) in params.iter().enumerate() {
-            if i > 0 {
-                out.push('&');
-            }
-            normalize_percent(param, out);
-        }
+        out.push_str(&params.join("&"));
     }
 }
 
@@ -235,12 +242,44 @@ mod tests {
         let none = QueryRules::default();
         assert_eq!(normalize_target("/a%2fb%7E%41", &none), "/a%2Fb~A");
         assert_eq!(normalize_target("/x?q=%7e", &none), "/x?q=~");
-        assert_eq!(normalize_target("/bad%zz%4", &none), "/bad%zz%4");
-        assert_eq!(normalize_target("/%%41%", &none), "/%A%");
+        assert_eq!(normalize_target("/bad%zz%4", &none), "/bad%25zz%254");
+        assert_eq!(normalize_target("/%%41%", &none), "/%25A%25");
+        // Decoding cannot make a new escape out of a lone `%` and what follows.
+        assert_eq!(normalize_target("/%%34%31", &none), "/%2541");
+        // Sorting and dropping compare names once normalized.
+        let rules = QueryRules {
+            sort: true,
+            drop: vec!["utm_*".into()],
+        };
+        assert_eq!(
+            normalize_target("/?%62=1&a=2&utm%5Fx=3", &rules),
+            "/?a=2&b=1"
+        );
         assert_eq!(normalize_target("/%7e%7E/%2f%2F", &none), "/~~/%2F%2F");
         // A target the http crate accepts with bytes beyond ASCII keeps them as they are.
         let uri: http::Uri = "/caf\u{e9}%C3%A9".parse().unwrap();
         assert_eq!(normalize_target(uri.path(), &none), "/caf\u{e9}%C3%A9");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn normalizing_twice_changes_nothing(
+            // Escapes of hex digits, lone `%`s and bytes beyond ASCII are the cases
+            // where decoding could make, or re-encode, something new.
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "%", "%34", "%31", "%3", "%41", "%7e", "%2F", "%25", "a", "B", "/",
+                    "?", "=", "&", "utm_x", "\u{e9}",
+                ]),
+                0..12,
+            ),
+            sort in proptest::bool::ANY,
+        ) {
+            let target = pieces.concat();
+            let rules = QueryRules { sort, drop: vec!["utm_*".into()] };
+            let once = normalize_target(&target, &rules);
+            proptest::prop_assert_eq!(normalize_target(&once, &rules), once);
+        }
     }
 
     #[test]

@@ -29,8 +29,8 @@ use crate::coalesce::{Flight, Role, wait};
 use crate::entry::{Part, StoredResponse, Timing, Variants};
 use crate::freshness::{self, Directives};
 use crate::headers::{
-    Carried, age_value, response_tags, set_answer_fields, split_for_storage, strip_hop_by_hop,
-    strip_tags,
+    Carried, age_value, remove_hop_by_hop, response_tags, set_answer_fields, split_for_storage,
+    strip_hop_by_hop, strip_tags,
 };
 use crate::invalidation::Ticket;
 use crate::key::{
@@ -203,7 +203,7 @@ impl RequestHead {
     fn of(mut parts: Parts) -> Self {
         let carried = Carried::of(&parts.headers);
         if carried.hop_by_hop {
-            strip_hop_by_hop(&mut parts.headers);
+            remove_hop_by_hop(&mut parts.headers);
         }
         Self {
             method: parts.method,
@@ -230,6 +230,11 @@ impl RequestHead {
             .range
             .then(|| self.headers.get(RANGE))
             .flatten()
+    }
+
+    /// Whether it carries `If-Range`.
+    fn has_if_range(&self) -> bool {
+        self.carried.preconditions && self.headers.contains_key(IF_RANGE)
     }
 
     /// The request again, with `body`.
@@ -723,7 +728,7 @@ impl<St: Store> Shared<St> {
         let range = head
             .range()
             .filter(|_| stale.is_none() && head.method == Method::GET)
-            .filter(|_| !head.headers.contains_key(IF_RANGE))
+            .filter(|_| !head.has_if_range())
             .filter(|r| ByteRange::parse(r.as_bytes()).is_some());
         let request = head.upstream_request::<ReqBody>(validators.as_ref(), range);
         let request_time = self.clock.now();
@@ -1213,6 +1218,7 @@ impl<St: Store> Shared<St> {
             .insert(CACHE_STATUS.clone(), status.to_header_value());
         let length = response.body().size_hint().exact().unwrap_or(0);
         if response.status() == StatusCode::OK
+            && head.carried.preconditions
             && let Ok(preconditions) = Preconditions::from_request(&head.method, &head.headers)
             && !preconditions.is_empty()
         {
@@ -1385,8 +1391,6 @@ const CONDITIONAL_FIELDS: [HeaderName; 6] = [
     RANGE,
 ];
 
-/// Whether a request carries a conditional field or Range: one pass over its names
-/// (cheap comparisons of standard names) instead of six lookups on every hit.
 /// Whether an entry is worth storing: a response that is stale at once and can be
 /// neither validated nor served stale is of no later use (it is still shared with
 /// waiting requests), and a 206 whose Content-Range does not describe its body is
@@ -1406,8 +1410,8 @@ fn holds_requested_range(head: &RequestHead, part: Option<Part>) -> bool {
         return false;
     };
     head.method == Method::GET
-        && !head.headers.contains_key(IF_RANGE)
         && head.range().and_then(|r| held_range(r, part)).is_some()
+        && !head.has_if_range()
 }
 
 /// The byte positions a `Range` value asks for, when it is one range that `part`
