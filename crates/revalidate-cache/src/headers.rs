@@ -7,6 +7,8 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use revalidate::ConditionalFields;
+
 use crate::status::CACHE_STATUS;
 
 /// `Surrogate-Key`: space-separated tags (Fastly's convention).
@@ -40,11 +42,10 @@ pub struct Carried {
     pub hop_by_hop: bool,
     /// `Cache-Control`.
     pub cache_control: bool,
-    /// `If-Match`, `If-None-Match`, `If-Modified-Since`, `If-Unmodified-Since` or
-    /// `If-Range`.
-    pub preconditions: bool,
-    /// `Range`.
-    pub range: bool,
+    /// The conditional fields and `Range`, as [`Preconditions::from_fields`] takes them.
+    ///
+    /// [`Preconditions::from_fields`]: revalidate::Preconditions::from_fields
+    pub conditional: ConditionalFields,
 }
 
 impl Carried {
@@ -52,19 +53,18 @@ impl Carried {
     pub fn of(headers: &HeaderMap) -> Self {
         let mut carried = Self::default();
         for name in headers.keys() {
+            let name = name.as_str();
+            if carried.conditional.note(name) {
+                continue;
+            }
             // Names are lowercase; their length rules out all but one or two.
-            match (name.as_str().len(), name.as_str()) {
+            match (name.len(), name) {
                 (2, "te")
                 | (7, "trailer" | "upgrade")
                 | (10, "connection" | "keep-alive")
                 | (16, "proxy-connection")
                 | (17, "transfer-encoding") => carried.hop_by_hop = true,
                 (13, "cache-control") => carried.cache_control = true,
-                (8, "if-match" | "if-range")
-                | (13, "if-none-match")
-                | (17, "if-modified-since")
-                | (19, "if-unmodified-since") => carried.preconditions = true,
-                (5, "range") => carried.range = true,
                 _ => {}
             }
         }
@@ -295,13 +295,15 @@ mod tests {
             "if-unmodified-since",
             "if-range",
         ] {
-            let found = carried(&["host", name]);
-            assert!(found.preconditions && !found.range, "{name}");
+            let found = carried(&["host", name]).conditional;
+            assert!(found.any_precondition() && !found.range, "{name}");
         }
         assert!(carried(&["Cache-Control"]).cache_control);
-        assert!(carried(&["range"]).range);
+        let range = carried(&["range"]).conditional;
+        assert!(range.range && !range.any_precondition());
         let all = carried(&["range", "te", "cache-control", "if-match"]);
-        assert!(all.range && all.hop_by_hop && all.cache_control && all.preconditions);
+        assert!(all.hop_by_hop && all.cache_control);
+        assert!(all.conditional.range && all.conditional.if_match);
         // Near misses: same length or a shared prefix.
         let none = carried(&[
             "host",

@@ -227,6 +227,7 @@ impl RequestHead {
     /// Its `Range` field, if any.
     fn range(&self) -> Option<&HeaderValue> {
         self.carried
+            .conditional
             .range
             .then(|| self.headers.get(RANGE))
             .flatten()
@@ -234,7 +235,7 @@ impl RequestHead {
 
     /// Whether it carries `If-Range`.
     fn has_if_range(&self) -> bool {
-        self.carried.preconditions && self.headers.contains_key(IF_RANGE)
+        self.carried.conditional.if_range && self.headers.contains_key(IF_RANGE)
     }
 
     /// The request again, with `body`.
@@ -1067,8 +1068,9 @@ impl<St: Store> Shared<St> {
 
         let mut honor_range = true;
         if entry.status.is_success()
-            && head.carried.preconditions
-            && let Ok(preconditions) = Preconditions::from_request(&head.method, &head.headers)
+            && head.carried.conditional.any_precondition()
+            && let Ok(preconditions) =
+                Preconditions::from_fields(&head.method, &head.headers, head.carried.conditional)
             && !preconditions.is_empty()
         {
             let validators = entry.validators_for(&preconditions);
@@ -1218,8 +1220,9 @@ impl<St: Store> Shared<St> {
             .insert(CACHE_STATUS.clone(), status.to_header_value());
         let length = response.body().size_hint().exact().unwrap_or(0);
         if response.status() == StatusCode::OK
-            && head.carried.preconditions
-            && let Ok(preconditions) = Preconditions::from_request(&head.method, &head.headers)
+            && head.carried.conditional.any_precondition()
+            && let Ok(preconditions) =
+                Preconditions::from_fields(&head.method, &head.headers, head.carried.conditional)
             && !preconditions.is_empty()
         {
             let validators = Validators::from_headers(response.headers());

@@ -40,7 +40,9 @@ pub use cache_control::CacheControl;
 pub use conditional::{Conditional, ConditionalLayer, ContentHash, ValidatorSource};
 pub use not_modified::not_modified_headers;
 pub use policy::{CachePolicy, Scope};
-pub use precondition::{Evaluation, IfRange, MalformedPrecondition, Preconditions, is_get_or_head};
+pub use precondition::{
+    ConditionalFields, Evaluation, IfRange, MalformedPrecondition, Preconditions, is_get_or_head,
+};
 pub use problem::{PROBLEM_JSON, Problem};
 pub use validators::{
     EntityTag, EntityTagMatch, HttpDate, InvalidEntityTag, InvalidHttpDate, Validators,

@@ -13,7 +13,7 @@
 //! ```
 
 use http::header::{
-    HeaderName, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE,
+    HeaderName, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE,
 };
 use http::{HeaderMap, Method};
 
@@ -84,38 +84,71 @@ pub fn is_get_or_head(method: &Method) -> bool {
     method == Method::GET || method == Method::HEAD
 }
 
-/// Which of the fields [`Preconditions::from_request`] reads a request carries, from
-/// one pass over its names: comparing standard names is cheap, while a lookup hashes
-/// its name, and most requests carry one precondition or none.
-#[derive(Debug, Default)]
-struct Present {
-    if_match: bool,
-    if_none_match: bool,
-    if_modified_since: bool,
-    if_unmodified_since: bool,
-    if_range: bool,
-    range: bool,
+/// Which of the fields [`Preconditions::from_request`] reads a request carries,
+/// from one pass over its names: a lookup hashes its name, and most requests carry
+/// one precondition or none. A caller that already passes over the names (a cache
+/// deciding what a request asks of it) can [`note`](Self::note) them itself and
+/// hand the result to [`Preconditions::from_fields`].
+///
+/// ```
+/// use http::HeaderMap;
+/// use revalidate::ConditionalFields;
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("if-none-match", "\"a\"".parse().unwrap());
+/// let fields = ConditionalFields::of(&headers);
+/// assert!(fields.if_none_match && fields.any_precondition() && !fields.range);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConditionalFields {
+    /// `If-Match`.
+    pub if_match: bool,
+    /// `If-None-Match`.
+    pub if_none_match: bool,
+    /// `If-Modified-Since`.
+    pub if_modified_since: bool,
+    /// `If-Unmodified-Since`.
+    pub if_unmodified_since: bool,
+    /// `If-Range`.
+    pub if_range: bool,
+    /// `Range` (If-Range is evaluated only with it).
+    pub range: bool,
 }
 
-impl Present {
-    fn of(headers: &HeaderMap) -> Self {
-        let mut present = Self::default();
+impl ConditionalFields {
+    /// The fields `headers` carries.
+    pub fn of(headers: &HeaderMap) -> Self {
+        let mut fields = Self::default();
         for name in headers.keys() {
-            if name == IF_NONE_MATCH {
-                present.if_none_match = true;
-            } else if name == IF_MODIFIED_SINCE {
-                present.if_modified_since = true;
-            } else if name == IF_MATCH {
-                present.if_match = true;
-            } else if name == IF_UNMODIFIED_SINCE {
-                present.if_unmodified_since = true;
-            } else if name == IF_RANGE {
-                present.if_range = true;
-            } else if name == RANGE {
-                present.range = true;
-            }
+            fields.note(name.as_str());
         }
-        present
+        fields
+    }
+
+    /// Records `name` (lowercase, as a `HeaderName` is) when it is one of these
+    /// fields; returns whether it was.
+    pub fn note(&mut self, name: &str) -> bool {
+        // The length rules out all but one or two names.
+        let flag = match (name.len(), name) {
+            (8, "if-match") => &mut self.if_match,
+            (13, "if-none-match") => &mut self.if_none_match,
+            (17, "if-modified-since") => &mut self.if_modified_since,
+            (19, "if-unmodified-since") => &mut self.if_unmodified_since,
+            (8, "if-range") => &mut self.if_range,
+            (5, "range") => &mut self.range,
+            _ => return false,
+        };
+        *flag = true;
+        true
+    }
+
+    /// Whether any precondition is present (`Range` alone is none).
+    pub fn any_precondition(&self) -> bool {
+        self.if_match
+            || self.if_none_match
+            || self.if_modified_since
+            || self.if_unmodified_since
+            || self.if_range
     }
 }
 
@@ -131,7 +164,16 @@ impl Preconditions {
         method: &Method,
         headers: &HeaderMap,
     ) -> Result<Self, MalformedPrecondition> {
-        let present = Present::of(headers);
+        Self::from_fields(method, headers, ConditionalFields::of(headers))
+    }
+
+    /// [`from_request`](Self::from_request) for a request whose conditional fields
+    /// are already known: only those `present` names are looked up.
+    pub fn from_fields(
+        method: &Method,
+        headers: &HeaderMap,
+        present: ConditionalFields,
+    ) -> Result<Self, MalformedPrecondition> {
         let if_match = if present.if_match {
             EntityTagMatch::from_headers(headers, &IF_MATCH)
                 .map_err(|_| MalformedPrecondition { field: "if-match" })?
