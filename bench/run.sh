@@ -5,6 +5,7 @@
 #
 #   bench/run.sh                      # defaults: wrk -t2 -c64 -d10s --latency
 #   DURATION=20s CONNECTIONS=128 bench/run.sh
+#   ROUNDS=5 bench/run.sh             # each scenario measured 5 times (default 3)
 #
 # Needs root (or sudo) only to apt-get install nginx, varnish and wrk when missing.
 # Every server runs on its own free 127.0.0.1 port; nothing system-wide is touched
@@ -16,6 +17,9 @@ RESULTS="$ROOT/bench/RESULTS.md"
 THREADS="${THREADS:-2}"
 CONNECTIONS="${CONNECTIONS:-64}"
 DURATION="${DURATION:-10s}"
+# Each scenario is measured ROUNDS times, the servers taking turns, and the median
+# reported: on a shared 2-core machine one 10 s run can be off by 10-20%.
+ROUNDS="${ROUNDS:-3}"
 WARMUP="${WARMUP:-2s}"
 QUIET_PCT="${QUIET_PCT:-10}"        # "quiet": other processes use < 10% of all CPUs
 QUIET_BUDGET="${QUIET_BUDGET:-180}" # seconds the script may spend waiting for quiet
@@ -23,7 +27,7 @@ HOT_PATH=/obj/1
 DISTINCT=10000      # scenario 2: /obj/0 .. /obj/9999
 PRIME="${PRIME:-100000}" # scenario 4: /obj/0 .. /obj/99999, 5120-byte bodies
 WRK_ARGS=(-t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency)
-COMMAND="bench/run.sh  (THREADS=$THREADS CONNECTIONS=$CONNECTIONS DURATION=$DURATION WARMUP=$WARMUP QUIET_PCT=$QUIET_PCT QUIET_BUDGET=$QUIET_BUDGET)"
+COMMAND="bench/run.sh  (THREADS=$THREADS CONNECTIONS=$CONNECTIONS DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS QUIET_PCT=$QUIET_PCT QUIET_BUDGET=$QUIET_BUDGET)"
 
 # revalidate runs twice: with its default scheduler (a runtime per CPU) and with
 # `--scheduler work-stealing`, the trade-off between requests per CPU and latency tail.
@@ -413,6 +417,41 @@ run_wrk() {
     log "$s/$scenario: ${RES[$s,$scenario,rps]} req/s, p50 ${RES[$s,$scenario,p50]}, p99 ${RES[$s,$scenario,p99]}"
 }
 
+# A latency as wrk prints it (812.00us, 1.02ms, 1.50s), in microseconds.
+micros() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) m = 1; else if (v ~ /ms$/) m = 1e3; else if (v ~ /s$/) m = 1e6; else m = 1; printf "%.3f", n * m }'; }
+
+# summarize NAME SCENARIO: RES[NAME,SCENARIO,FIELD] = the median over the rounds of
+# each field, taken separately (req/s, p50, p99, CPU per request); the interference
+# kept is the worst round's, the attempts are counted over all rounds.
+summarize() {
+    local s=$1 scenario=$2 field round v key
+    local -a rows
+    for field in rps p50 p99 cpu; do
+        rows=()
+        for round in $(seq "$ROUNDS"); do
+            v=${RES[$s,$scenario.$round,$field]:-}
+            [[ -z "$v" || "$v" == failed || "$v" == "?" ]] && continue
+            key=$v
+            [[ $field == p50 || $field == p99 ]] && key=$(micros "$v")
+            rows+=("$key $v")
+        done
+        if ((${#rows[@]} == 0)); then
+            RES[$s,$scenario,$field]=$([[ $field == rps ]] && echo failed || echo "?")
+            continue
+        fi
+        RES[$s,$scenario,$field]=$(printf '%s\n' "${rows[@]}" | sort -g -k1,1 |
+            awk '{ v[NR] = $2 } END { print v[int((NR + 1) / 2)] }')
+    done
+    local other=0 attempts=0
+    for round in $(seq "$ROUNDS"); do
+        v=${RES[$s,$scenario.$round,other]:-0}
+        ((v > other)) && other=$v
+        attempts=$((attempts + ${RES[$s,$scenario.$round,attempts]:-0}))
+    done
+    RES[$s,$scenario,other]=$other
+    RES[$s,$scenario,attempts]=$attempts
+}
+
 # The response headers a server returns for the hot URL, on one line.
 probe() {
     local url="http://127.0.0.1:${PORT[$1]}$HOT_PATH"
@@ -420,6 +459,7 @@ probe() {
         grep -iE '^(HTTP/|cache-status|x-cache-status|x-varnish|age|etag|content-length)' | paste -sd ' ' - || true
 }
 declare -A CONDITIONAL_STATUS=() PROBE=() MEM=() WARM=()
+declare -A SCENARIO_LABEL=([hot]="hot" [distinct]="10k" [cond]="304")
 
 main() {
     TMP=$(mktemp -d /tmp/revalidate-bench.XXXXXX)
@@ -449,17 +489,30 @@ main() {
             note "$s answered a matching If-None-Match with ${CONDITIONAL_STATUS[$s]}, not 304"
     done
 
-    for s in "${SERVERS[@]}"; do
-        ((AVAILABLE[$s])) || continue
-        run_wrk "$s" hot "http://127.0.0.1:${PORT[$s]}$HOT_PATH"
+    local round shift order
+    for round in $(seq "$ROUNDS"); do
+        # Each round starts with the next server, so that none is always measured
+        # first (or right after the same neighbour).
+        shift=$(((round - 1) % ${#SERVERS[@]}))
+        order=("${SERVERS[@]:$shift}" "${SERVERS[@]:0:$shift}")
+        for s in "${order[@]}"; do
+            ((AVAILABLE[$s])) || continue
+            run_wrk "$s" "hot.$round" "http://127.0.0.1:${PORT[$s]}$HOT_PATH"
+        done
+        for s in "${order[@]}"; do
+            ((AVAILABLE[$s])) || continue
+            run_wrk "$s" "distinct.$round" -s "$TMP/random.lua" "http://127.0.0.1:${PORT[$s]}"
+        done
+        for s in "${order[@]}"; do
+            ((AVAILABLE[$s])) || continue
+            run_wrk "$s" "cond.$round" -H "If-None-Match: $ORIGIN_ETAG" "http://127.0.0.1:${PORT[$s]}$HOT_PATH"
+        done
     done
     for s in "${SERVERS[@]}"; do
         ((AVAILABLE[$s])) || continue
-        run_wrk "$s" distinct -s "$TMP/random.lua" "http://127.0.0.1:${PORT[$s]}"
-    done
-    for s in "${SERVERS[@]}"; do
-        ((AVAILABLE[$s])) || continue
-        run_wrk "$s" cond -H "If-None-Match: $ORIGIN_ETAG" "http://127.0.0.1:${PORT[$s]}$HOT_PATH"
+        summarize "$s" hot
+        summarize "$s" distinct
+        summarize "$s" cond
     done
     if ((AVAILABLE[revalidate])); then
         STATS_AFTER_WRK=$(curl -s "http://127.0.0.1:${PORT[revalidate_admin]}/stats" || true)
@@ -528,6 +581,9 @@ report() {
         echo "absolute figures are load-generator-bound and mostly useful side by side. The servers"
         echo "not under test sit idle during each run."
         echo
+        echo "Each figure is the median of $ROUNDS rounds: in each round every server runs every scenario"
+        echo "once, taking turns, each round starting with the next server (every round is under \"Rounds\")."
+        echo
         echo "| server | hot req/s | hot p50 | hot p99 | 10k req/s | 10k p50 | 10k p99 | 304 req/s | RSS after $((PRIME / 1000))k objects |"
         echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
         for s in "${SERVERS[@]}"; do
@@ -555,11 +611,36 @@ report() {
         echo "3. **304**: \`GET $HOT_PATH\` with \`If-None-Match: $ORIGIN_ETAG\` (the origin's ETag); every server should answer 304 from cache."
         echo "4. **RSS**: VmRSS from /proc/PID/status summed over the server's process tree, after fetching /obj/0..$((PRIME - 1)) (5120-byte bodies) once each. Raw payload: $PRIME x 5120 B = $(mib $((PRIME * 5)))."
         echo
+        echo "## Rounds"
+        echo
+        echo "Requests per second in each round, the median, and the median as a share of bare hyper's."
+        echo
+        local header="| server | scenario |" rule="|---|---|" round scenario v ratio
+        for round in $(seq "$ROUNDS"); do
+            header="$header round $round |"
+            rule="$rule---:|"
+        done
+        echo "$header median | of bare hyper |"
+        echo "$rule---:|---:|"
+        for scenario in hot distinct cond; do
+            for s in "${SERVERS[@]}"; do
+                ((AVAILABLE[$s])) || continue
+                local row="| ${LABEL[$s]} | ${SCENARIO_LABEL[$scenario]} |"
+                for round in $(seq "$ROUNDS"); do
+                    row="$row ${RES[$s,$scenario.$round,rps]:-failed} |"
+                done
+                ratio=$(awk -v a="${RES[$s,$scenario,rps]}" -v b="${RES[bare,$scenario,rps]:-}" \
+                    'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.0f%%", 100 * a / b; else print "n/a" }')
+                echo "$row ${RES[$s,$scenario,rps]} | $ratio |"
+            done
+        done
+        echo
         echo "## Server CPU per request"
         echo
         echo "The server's own CPU time (user + system, its whole process tree, from /proc) during each kept"
-        echo "run, divided by the requests wrk counted: what a request costs the server, less bound by the load"
-        echo "generator than req/s. (For nginx and Varnish a hit is all they do; the origin is not counted.)"
+        echo "run, divided by the requests wrk counted (the median over the rounds): what a request costs the"
+        echo "server, less bound by the load generator than req/s. (For nginx and Varnish a hit is all they do;"
+        echo "the origin is not counted.)"
         echo
         echo "| server | hot µs/request | 10k µs/request | 304 µs/request |"
         echo "|---|---:|---:|---:|"
@@ -574,6 +655,7 @@ report() {
         echo "CPU used during the run by everything except wrk, the server under test and the origin"
         echo "(/proc/stat busy time minus their utime+stime; kernel work not charged to a process also lands here)."
         echo "A run above ${QUIET_PCT}% is repeated once and the less disturbed attempt kept. Time spent waiting: ${QUIET_SPENT}s."
+        echo "Below: the most disturbed of the $ROUNDS rounds, and the attempts made over all of them."
         echo
         echo "| server | hot: other CPU % (attempts) | 10k: other CPU % (attempts) | 304: other CPU % (attempts) |"
         echo "|---|---:|---:|---:|"
