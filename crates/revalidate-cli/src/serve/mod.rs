@@ -19,6 +19,7 @@ pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod cpu_share;
+mod drain;
 mod etag;
 pub mod server;
 mod upstream;

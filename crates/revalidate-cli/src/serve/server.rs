@@ -6,9 +6,12 @@
 //! response body; the proxy has one service and no routes, and on a cache hit
 //! that work is a measurable share of the whole.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdListener};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -17,12 +20,13 @@ use http_body::Body as HttpBody;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use revalidate_cache::BoxError;
 use tokio::net::{TcpListener, TcpSocket};
+use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
 use super::cpu_share;
+use super::drain::Drain;
 
 /// Serves `listener` until `shutdown` resolves, then stops accepting and waits for
 /// in-flight requests to finish. Each request counts towards its worker's next
@@ -42,7 +46,7 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let graceful = GracefulShutdown::new();
+    let drain = Drain::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -60,23 +64,96 @@ where
         };
         // Responses are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
-        let service = make_service(peer);
-        let per_request = hyper::service::service_fn(move |request: Request<Incoming>| {
-            cpu_share::before_request();
-            service.clone().oneshot(request.map(Body::new))
-        });
-        let watcher = graceful.watcher();
+        let service = CalledInPlace::new(make_service(peer));
+        let watcher = drain.watcher();
         tokio::spawn(async move {
             let builder = Builder::new(TokioExecutor::new());
-            let connection = builder.serve_connection(TokioIo::new(stream), per_request);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
             if let Err(error) = watcher.watch(connection).await {
                 tracing::debug!(%peer, error, "connection ended with an error");
             }
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    drain.finish().await;
     Ok(())
+}
+
+/// A connection's tower service, as hyper calls it: in place when it is ready.
+///
+/// hyper calls a service through `&self`, tower through `&mut self` once
+/// `poll_ready` has said yes. `service_fn(|r| service.clone().oneshot(r))` bridges
+/// the two with a copy per request, and the copy's reference counts (the cache's
+/// and the upstream's) are shared by every connection on every core: an increment
+/// and a decrement on each request, on cache lines the two cores take from each
+/// other. A service that is ready at once (the proxy's always is: the upstream
+/// client pools connections) is called in place instead; one that is not is
+/// copied and driven to readiness as `oneshot` does.
+struct CalledInPlace<S> {
+    // Borrowed only within `call`, which returns before hyper calls again (HTTP/2
+    // streams included): the borrow never fails.
+    service: RefCell<S>,
+}
+
+impl<S> CalledInPlace<S> {
+    fn new(service: S) -> Self {
+        Self {
+            service: RefCell::new(service),
+        }
+    }
+}
+
+impl<S> hyper::service::Service<Request<Incoming>> for CalledInPlace<S>
+where
+    S: Service<Request<Body>> + Clone,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = InPlaceFuture<S>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        cpu_share::before_request();
+        self.call_with(request.map(Body::new))
+    }
+}
+
+impl<S> CalledInPlace<S>
+where
+    S: Service<Request<Body>> + Clone,
+{
+    fn call_with(&self, request: Request<Body>) -> InPlaceFuture<S> {
+        let mut service = self.service.borrow_mut();
+        // A service that is not ready registers this no-op waker and is asked again,
+        // properly, through the copy; one that failed fails the copy's request too.
+        match service.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => InPlaceFuture::Called {
+                future: service.call(request),
+            },
+            _ => InPlaceFuture::Copied {
+                future: service.clone().oneshot(request),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`CalledInPlace`].
+    #[project = InPlaceProjection]
+    enum InPlaceFuture<S: Service<Request<Body>>> {
+        Called { #[pin] future: S::Future },
+        Copied { #[pin] future: Oneshot<S, Request<Body>> },
+    }
+}
+
+impl<S: Service<Request<Body>>> Future for InPlaceFuture<S> {
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            InPlaceProjection::Called { future } => future.poll(cx),
+            InPlaceProjection::Copied { future } => future.poll(cx),
+        }
+    }
 }
 
 /// `workers` listening sockets on `addr`, bound with `SO_REUSEPORT` so that the
@@ -216,6 +293,9 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
 
     /// Sends `request` on a new connection and reads until the server closes it.
@@ -226,6 +306,77 @@ mod tests {
         let mut reply = String::new();
         stream.read_to_string(&mut reply).await.unwrap();
         reply
+    }
+
+    /// Counts its copies; ready only after `ready_after` polls of readiness.
+    #[derive(Debug)]
+    struct Counted {
+        copies: Arc<AtomicUsize>,
+        polls: usize,
+        ready_after: usize,
+    }
+
+    impl Clone for Counted {
+        fn clone(&self) -> Self {
+            self.copies.fetch_add(1, Ordering::Relaxed);
+            Self {
+                copies: self.copies.clone(),
+                polls: self.polls,
+                ready_after: self.ready_after,
+            }
+        }
+    }
+
+    impl Service<Request<Body>> for Counted {
+        type Response = Response<Body>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            self.polls += 1;
+            if self.polls > self.ready_after {
+                return Poll::Ready(Ok(()));
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+
+        fn call(&mut self, _: Request<Body>) -> Self::Future {
+            std::future::ready(Ok(Response::new(Body::from("ok"))))
+        }
+    }
+
+    /// `n` keep-alive GETs through `service`, served as the proxy serves them.
+    async fn serve_requests(service: Counted, n: usize) {
+        let in_place = CalledInPlace::new(service);
+        for _ in 0..n {
+            // hyper's `Incoming` cannot be made outside hyper: called past its mapping.
+            let response = in_place.call_with(Request::new(Body::empty()));
+            assert_eq!(response.await.unwrap().status(), 200);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_ready_service_is_called_in_place_and_one_that_is_not_is_copied() {
+        let copies = Arc::new(AtomicUsize::new(0));
+        let ready = Counted {
+            copies: copies.clone(),
+            polls: 0,
+            ready_after: 0,
+        };
+        serve_requests(ready, 3).await;
+        assert_eq!(copies.load(Ordering::Relaxed), 0, "no copy per request");
+        let slow = Counted {
+            copies: copies.clone(),
+            polls: 0,
+            ready_after: 1,
+        };
+        serve_requests(slow, 1).await;
+        assert_eq!(
+            copies.load(Ordering::Relaxed),
+            1,
+            "a service not ready at once is copied and driven to readiness"
+        );
     }
 
     #[test]
