@@ -95,14 +95,6 @@ struct CalledInPlace<S> {
     service: RefCell<S>,
 }
 
-impl<S> CalledInPlace<S> {
-    fn new(service: S) -> Self {
-        Self {
-            service: RefCell::new(service),
-        }
-    }
-}
-
 impl<S> hyper::service::Service<Request<Incoming>> for CalledInPlace<S>
 where
     S: Service<Request<Body>> + Clone,
@@ -121,6 +113,12 @@ impl<S> CalledInPlace<S>
 where
     S: Service<Request<Body>> + Clone,
 {
+    fn new(service: S) -> Self {
+        Self {
+            service: RefCell::new(service),
+        }
+    }
+
     fn call_with(&self, request: Request<Body>) -> InPlaceFuture<S> {
         let mut service = self.service.borrow_mut();
         // A service that is not ready registers this no-op waker and is asked again,
