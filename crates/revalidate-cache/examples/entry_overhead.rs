@@ -41,15 +41,7 @@ async fn main() {
         h.insert("etag", format!("\"{i:016x}\"").parse().unwrap());
         let mut body = vec![b'x'; body_len];
         body[..8].copy_from_slice(&(i as u64).to_le_bytes());
-        let timing = Timing {
-            request_time: now,
-            response_time: now,
-            lifetime: Duration::from_secs(3600),
-            stale_while_revalidate: Duration::ZERO,
-            stale_if_error: Duration::ZERO,
-            always_revalidate: false,
-            forbids_stale: false,
-        };
+        let timing = Timing::fresh_for(Duration::from_secs(3600), now);
         let path = format!("/obj/{i}");
         let entry = StoredResponse::new(
             StatusCode::OK,

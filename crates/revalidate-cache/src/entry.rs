@@ -1,7 +1,7 @@
 //! A stored response and the variants of one primary key.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -28,6 +28,8 @@ pub const HEADER_OVERHEAD_BYTES: usize = 32;
 #[derive(Debug)]
 #[repr(C)]
 pub struct StoredResponse {
+    /// Unique per entry (from 1), never reused: what [`crate::replica`] finds copies by.
+    id: u64,
     soft_purged: AtomicBool,
     /// Unqualified `no-cache`: validate before every reuse.
     pub always_revalidate: bool,
@@ -132,6 +134,22 @@ pub struct Timing {
     pub forbids_stale: bool,
 }
 
+impl Timing {
+    /// A response that arrived at `now`, right after its request, fresh for
+    /// `lifetime`, with no stale windows and no revalidation required.
+    pub fn fresh_for(lifetime: Duration, now: SystemTime) -> Self {
+        Self {
+            request_time: now,
+            response_time: now,
+            lifetime,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            always_revalidate: false,
+            forbids_stale: false,
+        }
+    }
+}
+
 impl StoredResponse {
     /// Builds an entry from a response's fields as received, or as a 304 freshened
     /// them (their `Age` goes into the initial age); they are kept as
@@ -157,7 +175,9 @@ impl StoredResponse {
         let part = (status == StatusCode::PARTIAL_CONTENT)
             .then(|| Part::of(&headers, body.len()))
             .flatten();
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             status,
             headers,
             body,
@@ -176,6 +196,11 @@ impl StoredResponse {
             soft_purged: AtomicBool::new(false),
             weight,
         }
+    }
+
+    /// Its id, unique among every entry this process makes.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Current age (§4.2.3).

@@ -37,6 +37,7 @@ pub mod freshness;
 pub mod headers;
 pub mod invalidation;
 pub mod key;
+pub mod replica;
 pub mod routes;
 mod service;
 pub mod stats;

@@ -36,6 +36,7 @@ use crate::invalidation::Ticket;
 use crate::key::{
     normalize_target, push_normalized_path, push_normalized_query, secondary, vary_names,
 };
+use crate::replica::with_local_headers;
 use crate::routes::{Params, Route, RoutePolicy};
 use crate::stats::Outcome;
 use crate::status::{CACHE_STATUS, CacheStatus};
@@ -1095,7 +1096,7 @@ impl<St: Store> Shared<St> {
                     self.stats.bytes(0, entry.body.len() as u64);
                     let mut response = Response::new(CacheBody::empty());
                     *response.status_mut() = StatusCode::NOT_MODIFIED;
-                    let mut nm = not_modified_headers(&entry.headers);
+                    let mut nm = with_local_headers(entry, not_modified_headers);
                     set_answer_fields(&mut nm, age, status.to_header_value());
                     *response.headers_mut() = nm;
                     return response;
@@ -1109,8 +1110,9 @@ impl<St: Store> Shared<St> {
             }
         }
         // A clone copies the stored map's slots without rehashing, the answer fields
-        // included (see `headers::for_storage`).
-        let mut headers = entry.headers.clone();
+        // included (see `headers::for_storage`); of this thread's copy when it has
+        // one (see `replica`).
+        let mut headers = with_local_headers(entry, HeaderMap::clone);
         set_answer_fields(&mut headers, age, status.to_header_value());
         let range = head
             .range()

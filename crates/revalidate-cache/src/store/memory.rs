@@ -252,15 +252,7 @@ mod tests {
 
     fn variants(path: &str, tags: &[&str], body_len: usize) -> Arc<Variants> {
         let now = SystemTime::now();
-        let timing = Timing {
-            request_time: now,
-            response_time: now,
-            lifetime: Duration::from_secs(60),
-            stale_while_revalidate: Duration::ZERO,
-            stale_if_error: Duration::ZERO,
-            always_revalidate: false,
-            forbids_stale: false,
-        };
+        let timing = Timing::fresh_for(Duration::from_secs(60), now);
         let entry = StoredResponse::new(
             StatusCode::OK,
             HeaderMap::new(),

@@ -10,7 +10,7 @@
 //! reads one flag per poll and registers its waker only when it changes (a task's
 //! waker does not), so the lock is taken per connection, not per request.
 //!
-//! ```ignore
+//! ```text
 //! let drain = Drain::new();
 //! let watcher = drain.watcher();
 //! tokio::spawn(async move { watcher.watch(builder.serve_connection(io, service)).await });
