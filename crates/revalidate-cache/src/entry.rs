@@ -5,20 +5,20 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::LAST_MODIFIED;
 use http::{HeaderMap, HeaderName, StatusCode};
-use revalidate::{EntityTag, HttpDate, Preconditions, Validators};
+use revalidate::Validators;
 use smallvec::SmallVec;
 
+use crate::headers::StoredFields;
 use crate::key::Secondary;
 
 /// Bytes charged per entry beyond its body and header bytes: the struct, the
 /// header map's tables and the store's bookkeeping (measured; see the README).
-pub const ENTRY_OVERHEAD_BYTES: usize = 1184;
+pub const ENTRY_OVERHEAD_BYTES: usize = 676;
 
 /// Bytes charged per stored header field beyond its name and value (the header
 /// map's slot for it).
-pub const HEADER_OVERHEAD_BYTES: usize = 32;
+pub const HEADER_OVERHEAD_BYTES: usize = 40;
 
 /// One response held by the cache, with what freshness needs.
 ///
@@ -45,11 +45,10 @@ pub struct StoredResponse {
     pub response_time: SystemTime,
     /// For a stored 206: which bytes of the representation the body holds.
     pub part: Option<Part>,
-    /// Headers as stored: no hop-by-hop fields, no Set-Cookie, no fields named by a
-    /// qualified `private` or `no-cache`, no `Content-Length`; placeholders for `Age`
-    /// and `Cache-Status` first instead of the upstream's (see
-    /// [`crate::headers::for_storage`]).
-    pub headers: HeaderMap,
+    /// Fields as stored: no hop-by-hop fields, no Set-Cookie, no fields named by a
+    /// qualified `private` or `no-cache`, no `Age`, `Content-Length` or
+    /// `Cache-Status` (see [`StoredFields`]).
+    fields: StoredFields,
     /// The whole body.
     pub body: Bytes,
     /// The request's values for the response's `Vary` fields.
@@ -153,7 +152,7 @@ impl Timing {
 impl StoredResponse {
     /// Builds an entry from a response's fields as received, or as a 304 freshened
     /// them (their `Age` goes into the initial age); they are kept as
-    /// [`for_storage`](crate::headers::for_storage) makes them.
+    /// [`StoredFields::of`] picks them.
     pub fn new(
         status: StatusCode,
         headers: HeaderMap,
@@ -165,11 +164,8 @@ impl StoredResponse {
     ) -> Self {
         let initial_age =
             crate::freshness::initial_age(&headers, timing.request_time, timing.response_time);
-        let headers = crate::headers::for_storage(&headers);
-        let header_bytes: usize = headers
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + HEADER_OVERHEAD_BYTES)
-            .sum();
+        let fields = StoredFields::of(&headers);
+        let header_bytes = fields.byte_len() + fields.len() * HEADER_OVERHEAD_BYTES;
         let tag_bytes: usize = tags.iter().map(String::len).sum();
         let weight = body.len() + header_bytes + tag_bytes + path.len() + ENTRY_OVERHEAD_BYTES;
         let part = (status == StatusCode::PARTIAL_CONTENT)
@@ -179,7 +175,7 @@ impl StoredResponse {
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             status,
-            headers,
+            fields,
             body,
             request_time: timing.request_time,
             response_time: timing.response_time,
@@ -242,22 +238,19 @@ impl StoredResponse {
         self.soft_purged.load(Ordering::Acquire)
     }
 
-    /// Its entity tag and last-modified date.
-    pub fn validators(&self) -> Validators {
-        Validators::from_headers(&self.headers)
+    /// Its fields as stored.
+    pub fn fields(&self) -> &StoredFields {
+        &self.fields
     }
 
-    /// What `preconditions` compare with: the entity tag, and the last-modified
-    /// date only when they compare dates (parsing a date costs more than the rest
-    /// of a conditional hit's evaluation).
-    pub fn validators_for(&self, preconditions: &Preconditions) -> Validators {
-        Validators {
-            etag: EntityTag::from_headers(&self.headers),
-            last_modified: preconditions
-                .compares_dates()
-                .then(|| HttpDate::from_headers(&self.headers, &LAST_MODIFIED))
-                .flatten(),
-        }
+    /// Its fields as a header map, as [`StoredFields::to_map`] makes it.
+    pub fn headers(&self) -> HeaderMap {
+        self.fields.to_map()
+    }
+
+    /// Its entity tag and last-modified date.
+    pub fn validators(&self) -> Validators {
+        Validators::from_headers(&self.headers())
     }
 
     /// Bytes charged against the memory budget.

@@ -32,11 +32,12 @@
 //! );
 //! // The first and every later use see the same fields.
 //! for _ in 0..3 {
-//!     let etag = with_local_headers(&entry, |headers| headers["etag"].clone());
+//!     let etag = with_local_headers(&entry, |fields| fields["etag"].clone());
 //!     assert_eq!(etag, "\"v1\"");
 //! }
 //! ```
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 
 use http::HeaderMap;
@@ -60,14 +61,15 @@ thread_local! {
     };
 }
 
-/// Calls `f` with `entry`'s stored header map, or with this thread's copy of it.
-pub fn with_local_headers<R>(entry: &StoredResponse, f: impl FnOnce(&HeaderMap) -> R) -> R {
+/// Calls `f` with `entry`'s fields as a header map: this thread's copy when it has
+/// one (borrowed), else a map made from the stored fields (owned).
+pub fn with_local_headers<R>(entry: &StoredResponse, f: impl FnOnce(Cow<'_, HeaderMap>) -> R) -> R {
     let id = entry.id();
     // Ids are consecutive: their low bits spread entries over the slots.
     let index = (id % SLOTS as u64) as usize;
     let mut f = Some(f);
     let from_copy = COPIES.try_with(|copies| {
-        // Not borrowed only during a thread's teardown.
+        // Not borrowed only during a thread's teardown, or if `f` called this again.
         let mut copies = copies.try_borrow_mut().ok()?;
         let slot = &mut copies[index];
         if slot.id != id {
@@ -76,12 +78,12 @@ pub fn with_local_headers<R>(entry: &StoredResponse, f: impl FnOnce(&HeaderMap) 
         }
         let copy = slot
             .headers
-            .get_or_insert_with(|| crate::headers::for_storage(&entry.headers));
-        f.take().map(|f| f(copy))
+            .get_or_insert_with(|| entry.fields().to_detached_map());
+        f.take().map(|f| f(Cow::Borrowed(copy)))
     });
     match (from_copy, f) {
         (Ok(Some(result)), _) => result,
-        (_, Some(f)) => f(&entry.headers),
+        (_, Some(f)) => f(Cow::Owned(entry.headers())),
         (_, None) => unreachable!("`f` returned through the copy"),
     }
 }
@@ -124,16 +126,25 @@ mod tests {
     #[test]
     fn an_entry_served_twice_in_a_row_is_served_from_a_copy_of_the_threads_own() {
         let entry = entry("\"a\"");
-        let stored = value_address(&entry.headers, http::header::ETAG);
-        let first = with_local_headers(&entry, |h| value_address(h, http::header::ETAG));
-        assert_eq!(first, stored, "the first use reads the stored map");
+        let stored = value_address(&entry.headers(), http::header::ETAG);
+        let (owned, first) = with_local_headers(&entry, |h| {
+            (
+                matches!(h, Cow::Owned(_)),
+                value_address(&h, http::header::ETAG),
+            )
+        });
+        assert!(owned, "the first use makes a map");
+        assert_eq!(first, stored, "over the stored values");
         for _ in 0..2 {
-            let (address, fields) = with_local_headers(&entry, |h| {
-                (value_address(h, http::header::ETAG), h.clone())
+            let (borrowed, address, fields) = with_local_headers(&entry, |h| {
+                let address = value_address(&h, http::header::ETAG);
+                (matches!(h, Cow::Borrowed(_)), address, h.into_owned())
             });
-            assert_ne!(address, stored, "later uses read a copy");
+            assert!(borrowed, "later uses borrow the thread's copy");
+            assert_ne!(address, stored, "whose values are its own");
             assert_eq!(
-                fields, entry.headers,
+                fields,
+                entry.headers(),
                 "with the same fields, in the same order"
             );
         }

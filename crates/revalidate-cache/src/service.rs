@@ -1,6 +1,7 @@
 //! The cache middleware: lookup, stale handling, coalesced fetches, storing and
 //! write invalidation.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,15 +11,16 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Bytes, BytesMut};
 use http::header::{
     AGE, AUTHORIZATION, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE, COOKIE, DATE, HOST,
-    IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, RANGE,
-    SET_COOKIE,
+    IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED,
+    LOCATION, RANGE, SET_COOKIE,
 };
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::BodyExt;
 use revalidate::{
-    CacheControl, Evaluation, HttpDate, Preconditions, Problem, Validators, not_modified_headers,
+    CacheControl, EntityTag, Evaluation, HttpDate, Preconditions, Problem, Validators,
+    not_modified_headers,
 };
 use tower::ServiceExt;
 use tower_service::Service;
@@ -804,7 +806,7 @@ impl<St: Store> Shared<St> {
             // The 304's fields update the stored ones, and the result must still be
             // storable; its cookies and qualified private/no-cache fields go to this
             // client only.
-            let mut headers = freshened(&old.headers, &parts.headers);
+            let mut headers = freshened(&old.headers(), &parts.headers);
             let directives = Directives::of_response(&headers);
             let verdict = self.storable(
                 policy,
@@ -1063,6 +1065,21 @@ impl<St: Store> Shared<St> {
         status: CacheStatus,
         outcome: Outcome,
     ) -> Response<CacheBody<B>> {
+        with_local_headers(entry, |fields| {
+            self.respond_with_fields(head, entry, fields, status, outcome)
+        })
+    }
+
+    /// [`Shared::respond_stored`] with the entry's fields as a map (see
+    /// [`with_local_headers`]).
+    fn respond_with_fields<B>(
+        &self,
+        head: &RequestHead,
+        entry: &StoredResponse,
+        fields: Cow<'_, HeaderMap>,
+        status: CacheStatus,
+        outcome: Outcome,
+    ) -> Response<CacheBody<B>> {
         self.stats.outcome(outcome);
         let now = self.clock.now();
         let age = age_value(entry.age(now).as_secs());
@@ -1074,7 +1091,7 @@ impl<St: Store> Shared<St> {
                 Preconditions::from_fields(&head.method, &head.headers, head.carried.conditional)
             && !preconditions.is_empty()
         {
-            let validators = entry.validators_for(&preconditions);
+            let validators = validators_for(&fields, &preconditions);
             let mut evaluation = preconditions.evaluate(&head.method, Some(&validators));
             // RFC 9111 §4.3.2: without Last-Modified, If-Modified-Since is evaluated
             // against the stored response's Date (or when it was received).
@@ -1084,7 +1101,7 @@ impl<St: Store> Shared<St> {
                 validators.last_modified,
                 preconditions.if_modified_since,
             ) && revalidate::is_get_or_head(&head.method)
-                && HttpDate::from_headers(&entry.headers, &DATE)
+                && HttpDate::from_headers(&fields, &DATE)
                     .unwrap_or_else(|| HttpDate::from_system_time(entry.response_time))
                     <= since
             {
@@ -1096,7 +1113,7 @@ impl<St: Store> Shared<St> {
                     self.stats.bytes(0, entry.body.len() as u64);
                     let mut response = Response::new(CacheBody::empty());
                     *response.status_mut() = StatusCode::NOT_MODIFIED;
-                    let mut nm = with_local_headers(entry, not_modified_headers);
+                    let mut nm = not_modified_headers(&fields);
                     set_answer_fields(&mut nm, age, status.to_header_value());
                     *response.headers_mut() = nm;
                     return response;
@@ -1104,15 +1121,15 @@ impl<St: Store> Shared<St> {
                 Evaluation::PreconditionFailed => {
                     self.stats.client_status(412);
                     // The 412 carries both validators, the date too.
-                    return with_header(precondition_failed(&entry.validators()), &status);
+                    let validators = Validators::from_headers(&fields);
+                    return with_header(precondition_failed(&validators), &status);
                 }
                 Evaluation::Proceed { honor_range: honor } => honor_range = honor,
             }
         }
-        // A clone copies the stored map's slots without rehashing, the answer fields
-        // included (see `headers::for_storage`); of this thread's copy when it has
-        // one (see `replica`).
-        let mut headers = with_local_headers(entry, HeaderMap::clone);
+        // The answer fields are overwritten in place (see `headers::StoredFields`); a
+        // thread's copy is cloned, without rehashing.
+        let mut headers = fields.into_owned();
         set_answer_fields(&mut headers, age, status.to_header_value());
         let range = head
             .range()
@@ -1400,6 +1417,19 @@ const CONDITIONAL_FIELDS: [HeaderName; 6] = [
 /// neither validated nor served stale is of no later use (it is still shared with
 /// waiting requests), and a 206 whose Content-Range does not describe its body is
 /// never trusted.
+/// What `preconditions` compare with: the entity tag, and the last-modified date
+/// only when they compare dates (parsing a date costs more than the rest of a
+/// conditional hit's evaluation).
+fn validators_for(fields: &HeaderMap, preconditions: &Preconditions) -> Validators {
+    Validators {
+        etag: EntityTag::from_headers(fields),
+        last_modified: preconditions
+            .compares_dates()
+            .then(|| HttpDate::from_headers(fields, &LAST_MODIFIED))
+            .flatten(),
+    }
+}
+
 fn worth_storing(entry: &StoredResponse) -> bool {
     (entry.status != StatusCode::PARTIAL_CONTENT || entry.part.is_some())
         && (!entry.lifetime.is_zero()
