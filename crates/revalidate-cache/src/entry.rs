@@ -13,11 +13,11 @@ use crate::headers::StoredFields;
 use crate::key::Secondary;
 
 /// Bytes charged per entry beyond its body and header bytes: the struct, the
-/// header map's tables and the store's bookkeeping (measured; see the README).
+/// fields' table and the store's bookkeeping (measured; see the README).
 pub const ENTRY_OVERHEAD_BYTES: usize = 676;
 
-/// Bytes charged per stored header field beyond its name and value (the header
-/// map's slot for it).
+/// Bytes charged per stored header field beyond its name and value (its entry in
+/// [`StoredFields`]: name, offset, flag).
 pub const HEADER_OVERHEAD_BYTES: usize = 40;
 
 /// One response held by the cache, with what freshness needs.

@@ -432,7 +432,9 @@ mod tests {
         let many: Vec<_> = stored.get_all("x-many").iter().collect();
         assert_eq!(many, ["1", "2"], "every value, in order");
         assert!(stored["x-secret"].is_sensitive());
-        assert_eq!(fields.to_detached_map(), stored);
+        let detached = fields.to_detached_map();
+        assert_eq!(detached, stored);
+        assert!(detached["x-secret"].is_sensitive());
 
         let mut answer = stored.clone();
         set_answer_fields(

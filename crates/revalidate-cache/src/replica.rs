@@ -11,8 +11,10 @@
 //!
 //! An entry never changes once made (freshening makes a new one), and every entry
 //! has its own id, so a copy found by id is always the right one. A few dozen
-//! copies per thread are kept: they are small, and replaced as other entries take
-//! their slots. (No crate offers such a per-thread replica of a shared value; this
+//! copies per thread are kept: they are small (a few hundred bytes each, not
+//! charged to the store's budget), and replaced as other entries take their slots,
+//! which may be after their entry has left the store (a copy is only ever found
+//! through its entry, so it is never served for another). (No crate offers such a per-thread replica of a shared value; this
 //! is the whole of it.)
 //!
 //! ```

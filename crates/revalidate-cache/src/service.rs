@@ -1413,10 +1413,6 @@ const CONDITIONAL_FIELDS: [HeaderName; 6] = [
     RANGE,
 ];
 
-/// Whether an entry is worth storing: a response that is stale at once and can be
-/// neither validated nor served stale is of no later use (it is still shared with
-/// waiting requests), and a 206 whose Content-Range does not describe its body is
-/// never trusted.
 /// What `preconditions` compare with: the entity tag, and the last-modified date
 /// only when they compare dates (parsing a date costs more than the rest of a
 /// conditional hit's evaluation).
@@ -1430,6 +1426,10 @@ fn validators_for(fields: &HeaderMap, preconditions: &Preconditions) -> Validato
     }
 }
 
+/// Whether an entry is worth storing: a response that is stale at once and can be
+/// neither validated nor served stale is of no later use (it is still shared with
+/// waiting requests), and a 206 whose Content-Range does not describe its body is
+/// never trusted.
 fn worth_storing(entry: &StoredResponse) -> bool {
     (entry.status != StatusCode::PARTIAL_CONTENT || entry.part.is_some())
         && (!entry.lifetime.is_zero()

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 
 // jemalloc, as Varnish uses: a cache lives with constant churn of 5 KiB-ish blocks,
 // which fragments glibc's arenas over time, and a hit's few small allocations (the
-// copy of the stored header map, the request's parts) come from thread caches.
+// answer's header map, the request's parts) come from thread caches.
 // Measured against glibc and mimalloc (README: resident memory, hit throughput).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
