@@ -236,17 +236,6 @@ impl StoredFields {
         self.fields.is_empty()
     }
 
-    /// Names and values, in the order they were stored.
-    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &[u8])> {
-        let mut start = 0;
-        self.fields.iter().map(move |field| {
-            let end = field.end as usize;
-            let value = &self.values[start..end];
-            start = end;
-            (&field.name, value)
-        })
-    }
-
     /// Bytes of names and values.
     pub fn byte_len(&self) -> usize {
         self.values.len()

@@ -1,21 +1,21 @@
 //! Per-thread copies of the header maps of the entries a thread serves often.
 //!
-//! A hit clones the stored header map, and a header value's clone and drop are two
-//! atomic writes to the reference count of the buffer the stored values share. When
-//! both cores serve the same entry (one hot URL), those writes go to one cache line
-//! that the cores take from each other, a dozen times per hit: on a hot URL that
-//! cost more than the rest of the hit's bookkeeping. So a thread that serves an
-//! entry twice in a row (in the slot the entry's id picks) makes a copy of its map
-//! whose values live in a buffer of the thread's own, and clones that copy from
-//! then on; its reference count stays in that core's cache.
+//! A hit makes its header map from the stored fields, whose values are slices of one
+//! buffer: each slice and its drop are two atomic writes to that buffer's reference
+//! count. When both cores serve the same entry (one hot URL), those writes go to one
+//! cache line that the cores take from each other, a dozen times per hit: on a hot
+//! URL that cost more than the rest of the hit's bookkeeping. So a thread that
+//! serves an entry twice in a row (in the slot the entry's id picks) makes a copy of
+//! its map whose values live in a buffer of the thread's own, and clones that copy
+//! from then on; its reference count stays in that core's cache.
 //!
 //! An entry never changes once made (freshening makes a new one), and every entry
 //! has its own id, so a copy found by id is always the right one. A few dozen
 //! copies per thread are kept: they are small (a few hundred bytes each, not
 //! charged to the store's budget), and replaced as other entries take their slots,
 //! which may be after their entry has left the store (a copy is only ever found
-//! through its entry, so it is never served for another). (No crate offers such a per-thread replica of a shared value; this
-//! is the whole of it.)
+//! through its entry, so it is never served for another). (No crate offers such a
+//! per-thread replica of a shared value; this is the whole of it.)
 //!
 //! ```
 //! use std::time::{Duration, SystemTime};
@@ -71,7 +71,8 @@ pub fn with_local_headers<R>(entry: &StoredResponse, f: impl FnOnce(Cow<'_, Head
     let index = (id % SLOTS as u64) as usize;
     let mut f = Some(f);
     let from_copy = COPIES.try_with(|copies| {
-        // Not borrowed only during a thread's teardown, or if `f` called this again.
+        // Unavailable only during the thread's teardown, and borrowed only if `f`
+        // called this again: both fall back to a map of its own.
         let mut copies = copies.try_borrow_mut().ok()?;
         let slot = &mut copies[index];
         if slot.id != id {
