@@ -51,6 +51,9 @@ pub struct StoredResponse {
     fields: StoredFields,
     /// The whole body.
     pub body: Bytes,
+    /// Its entity tag and last-modified date, parsed once: a conditional hit
+    /// compares with them (their values are slices of the stored fields' buffer).
+    validators: Validators,
     /// The request's values for the response's `Vary` fields.
     pub secondary: Secondary,
     /// When the request that produced this response was sent upstream.
@@ -165,6 +168,9 @@ impl StoredResponse {
         let initial_age =
             crate::freshness::initial_age(&headers, timing.request_time, timing.response_time);
         let fields = StoredFields::of(&headers);
+        // Parsed from the stored fields, not from `headers`: the tag's value then
+        // shares the entry's buffer rather than keeping the received head alive.
+        let validators = Validators::from_headers(&fields.to_map());
         let header_bytes = fields.byte_len() + fields.len() * HEADER_OVERHEAD_BYTES;
         let tag_bytes: usize = tags.iter().map(String::len).sum();
         let weight = body.len() + header_bytes + tag_bytes + path.len() + ENTRY_OVERHEAD_BYTES;
@@ -177,6 +183,7 @@ impl StoredResponse {
             status,
             fields,
             body,
+            validators,
             request_time: timing.request_time,
             response_time: timing.response_time,
             initial_age,
@@ -249,8 +256,8 @@ impl StoredResponse {
     }
 
     /// Its entity tag and last-modified date.
-    pub fn validators(&self) -> Validators {
-        Validators::from_headers(&self.headers())
+    pub fn validators(&self) -> &Validators {
+        &self.validators
     }
 
     /// Bytes charged against the memory budget.

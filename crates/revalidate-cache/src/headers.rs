@@ -258,9 +258,7 @@ impl StoredFields {
     }
 
     fn map_over(&self, values: &Bytes) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(self.fields.len() + 2);
-        map.append(AGE, HeaderValue::from_static("0"));
-        map.append(CACHE_STATUS.clone(), HeaderValue::from_static("revalidate"));
+        let mut map = answer_map(self.fields.len());
         let mut start = 0;
         for field in &self.fields {
             let end = field.end as usize;
@@ -275,6 +273,15 @@ impl StoredFields {
         }
         map
     }
+}
+
+/// An empty answer map with room for `fields` more: `Age` and `Cache-Status`
+/// placeholders first (see [`set_answer_fields`]).
+pub fn answer_map(fields: usize) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(fields + 2);
+    map.append(AGE, HeaderValue::from_static("0"));
+    map.append(CACHE_STATUS.clone(), HeaderValue::from_static("revalidate"));
+    map
 }
 
 /// Sets `Age` and `Cache-Status` in an answer's map: in place when they are its

@@ -1,4 +1,5 @@
-//! Per-thread copies of the header maps of the entries a thread serves often.
+//! Per-thread copies of the header maps of the entries a thread serves often, and
+//! of their 304 fields.
 //!
 //! A hit makes its header map from the stored fields, whose values are slices of one
 //! buffer: each slice and its drop are two atomic writes to that buffer's reference
@@ -7,7 +8,9 @@
 //! URL that cost more than the rest of the hit's bookkeeping. So a thread that
 //! serves an entry twice in a row (in the slot the entry's id picks) makes a copy of
 //! its map whose values live in a buffer of the thread's own, and clones that copy
-//! from then on; its reference count stays in that core's cache.
+//! from then on; its reference count stays in that core's cache. The copy also
+//! keeps the fields a 304 repeats ([`not_modified_headers`]), picked out once
+//! rather than on every conditional hit.
 //!
 //! An entry never changes once made (freshening makes a new one), and every entry
 //! has its own id, so a copy found by id is always the right one. A few dozen
@@ -23,7 +26,7 @@
 //! use http::{HeaderMap, StatusCode};
 //! use revalidate_cache::entry::{StoredResponse, Timing};
 //! use revalidate_cache::key::Secondary;
-//! use revalidate_cache::replica::with_local_headers;
+//! use revalidate_cache::replica::with_local_fields;
 //!
 //! let mut fields = HeaderMap::new();
 //! fields.insert("etag", "\"v1\"".parse().unwrap());
@@ -34,8 +37,10 @@
 //! );
 //! // The first and every later use see the same fields.
 //! for _ in 0..3 {
-//!     let etag = with_local_headers(&entry, |fields| fields["etag"].clone());
+//!     let etag = with_local_fields(&entry, |fields| fields.headers()["etag"].clone());
 //!     assert_eq!(etag, "\"v1\"");
+//!     let not_modified = with_local_fields(&entry, |mut fields| fields.not_modified_headers());
+//!     assert_eq!(not_modified["etag"], "\"v1\"");
 //! }
 //! ```
 
@@ -43,8 +48,10 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 
 use http::HeaderMap;
+use revalidate::not_modified_headers;
 
 use crate::entry::StoredResponse;
+use crate::headers::answer_map;
 
 /// Copies kept per thread.
 const SLOTS: usize = 64;
@@ -54,18 +61,72 @@ struct Slot {
     /// The id of the entry last served through this slot (0: none; ids start at 1).
     id: u64,
     /// Its copy, made when it was served a second time in a row.
-    headers: Option<HeaderMap>,
+    copy: Option<Copy>,
+}
+
+#[derive(Debug)]
+struct Copy {
+    headers: HeaderMap,
+    /// The fields a 304 repeats, picked from `headers` at the first 304.
+    not_modified: Option<HeaderMap>,
 }
 
 thread_local! {
     static COPIES: RefCell<[Slot; SLOTS]> = const {
-        RefCell::new([const { Slot { id: 0, headers: None } }; SLOTS])
+        RefCell::new([const { Slot { id: 0, copy: None } }; SLOTS])
     };
 }
 
-/// Calls `f` with `entry`'s fields as a header map: this thread's copy when it has
-/// one (borrowed), else a map made from the stored fields (owned).
-pub fn with_local_headers<R>(entry: &StoredResponse, f: impl FnOnce(Cow<'_, HeaderMap>) -> R) -> R {
+/// An entry's fields, as [`with_local_fields`] hands them over.
+#[derive(Debug)]
+pub struct LocalFields<'a> {
+    headers: Cow<'a, HeaderMap>,
+    /// The copy's 304 fields, when `headers` is this thread's copy.
+    not_modified: Option<&'a mut Option<HeaderMap>>,
+}
+
+impl LocalFields<'_> {
+    /// The fields as a header map.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// Whether they are this thread's copy.
+    pub fn is_copy(&self) -> bool {
+        matches!(self.headers, Cow::Borrowed(_))
+    }
+
+    /// The fields, owned (a clone of the copy, which does not rehash).
+    pub fn into_headers(self) -> HeaderMap {
+        self.headers.into_owned()
+    }
+
+    /// The fields a 304 for this entry repeats ([`not_modified_headers`]), after
+    /// answer placeholders ([`answer_map`]).
+    pub fn not_modified_headers(&mut self) -> HeaderMap {
+        let Self {
+            headers,
+            not_modified,
+        } = self;
+        match not_modified {
+            Some(kept) => kept
+                .get_or_insert_with(|| not_modified_answer(headers))
+                .clone(),
+            None => not_modified_answer(headers),
+        }
+    }
+}
+
+fn not_modified_answer(headers: &HeaderMap) -> HeaderMap {
+    let picked = not_modified_headers(headers);
+    let mut map = answer_map(picked.len());
+    map.extend(picked);
+    map
+}
+
+/// Calls `f` with `entry`'s fields: this thread's copy when it has one (borrowed),
+/// else a map made from the stored fields (owned).
+pub fn with_local_fields<R>(entry: &StoredResponse, f: impl FnOnce(LocalFields<'_>) -> R) -> R {
     let id = entry.id();
     // Ids are consecutive: their low bits spread entries over the slots.
     let index = (id % SLOTS as u64) as usize;
@@ -76,17 +137,26 @@ pub fn with_local_headers<R>(entry: &StoredResponse, f: impl FnOnce(Cow<'_, Head
         let mut copies = copies.try_borrow_mut().ok()?;
         let slot = &mut copies[index];
         if slot.id != id {
-            *slot = Slot { id, headers: None };
+            *slot = Slot { id, copy: None };
             return None;
         }
-        let copy = slot
-            .headers
-            .get_or_insert_with(|| entry.fields().to_detached_map());
-        f.take().map(|f| f(Cow::Borrowed(copy)))
+        let copy = slot.copy.get_or_insert_with(|| Copy {
+            headers: entry.fields().to_detached_map(),
+            not_modified: None,
+        });
+        f.take().map(|f| {
+            f(LocalFields {
+                headers: Cow::Borrowed(&copy.headers),
+                not_modified: Some(&mut copy.not_modified),
+            })
+        })
     });
     match (from_copy, f) {
         (Ok(Some(result)), _) => result,
-        (_, Some(f)) => f(Cow::Owned(entry.headers())),
+        (_, Some(f)) => f(LocalFields {
+            headers: Cow::Owned(entry.headers()),
+            not_modified: None,
+        }),
         (_, None) => unreachable!("`f` returned through the copy"),
     }
 }
@@ -130,18 +200,15 @@ mod tests {
     fn an_entry_served_twice_in_a_row_is_served_from_a_copy_of_the_threads_own() {
         let entry = entry("\"a\"");
         let stored = value_address(&entry.headers(), http::header::ETAG);
-        let (owned, first) = with_local_headers(&entry, |h| {
-            (
-                matches!(h, Cow::Owned(_)),
-                value_address(&h, http::header::ETAG),
-            )
+        let (owned, first) = with_local_fields(&entry, |h| {
+            (!h.is_copy(), value_address(h.headers(), http::header::ETAG))
         });
         assert!(owned, "the first use makes a map");
         assert_eq!(first, stored, "over the stored values");
         for _ in 0..2 {
-            let (borrowed, address, fields) = with_local_headers(&entry, |h| {
-                let address = value_address(&h, http::header::ETAG);
-                (matches!(h, Cow::Borrowed(_)), address, h.into_owned())
+            let (borrowed, address, fields) = with_local_fields(&entry, |h| {
+                let address = value_address(h.headers(), http::header::ETAG);
+                (h.is_copy(), address, h.into_headers())
             });
             assert!(borrowed, "later uses borrow the thread's copy");
             assert_ne!(address, stored, "whose values are its own");
@@ -149,6 +216,26 @@ mod tests {
                 fields,
                 entry.headers(),
                 "with the same fields, in the same order"
+            );
+        }
+    }
+
+    #[test]
+    fn the_304_fields_are_the_same_from_a_copy() {
+        let entry = entry("\"nm\"");
+        let expected = not_modified_answer(&entry.headers());
+        assert!(expected.contains_key(http::header::ETAG));
+        assert!(!expected.contains_key(http::header::CONTENT_TYPE));
+        let names: Vec<&str> = expected.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names[..2], ["age", "cache-status"], "placeholders first");
+        let picked: Vec<(bool, HeaderMap)> = (0..3)
+            .map(|_| with_local_fields(&entry, |mut h| (h.is_copy(), h.not_modified_headers())))
+            .collect();
+        assert!(!picked[0].0 && picked[1].0 && picked[2].0);
+        for (_, fields) in &picked {
+            assert_eq!(
+                *fields, expected,
+                "from the stored fields and from the copy"
             );
         }
     }
@@ -166,8 +253,13 @@ mod tests {
             for (entry, expected) in [(first, "\"first\""), (&last, "\"last\"")] {
                 // Twice in a row: the second is served from a copy.
                 for _ in 0..2 {
-                    let etag = with_local_headers(entry, |h| h[http::header::ETAG].clone());
+                    let etag =
+                        with_local_fields(entry, |h| h.headers()[http::header::ETAG].clone());
                     assert_eq!(etag, expected);
+                    let etag = with_local_fields(entry, |mut h| {
+                        h.not_modified_headers()[http::header::ETAG].clone()
+                    });
+                    assert_eq!(etag, expected, "and their own 304 fields");
                 }
             }
         }

@@ -1,7 +1,6 @@
 //! The cache middleware: lookup, stale handling, coalesced fetches, storing and
 //! write invalidation.
 
-use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,16 +10,15 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Bytes, BytesMut};
 use http::header::{
     AGE, AUTHORIZATION, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE, COOKIE, DATE, HOST,
-    IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LAST_MODIFIED,
-    LOCATION, RANGE, SET_COOKIE,
+    IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, RANGE,
+    SET_COOKIE,
 };
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::BodyExt;
 use revalidate::{
-    CacheControl, EntityTag, Evaluation, HttpDate, Preconditions, Problem, Validators,
-    not_modified_headers,
+    CacheControl, Evaluation, HttpDate, Preconditions, Problem, Validators, not_modified_headers,
 };
 use tower::ServiceExt;
 use tower_service::Service;
@@ -38,7 +36,7 @@ use crate::invalidation::Ticket;
 use crate::key::{
     normalize_target, push_normalized_path, push_normalized_query, secondary, vary_names,
 };
-use crate::replica::with_local_headers;
+use crate::replica::{LocalFields, with_local_fields};
 use crate::routes::{Params, Route, RoutePolicy};
 use crate::stats::Outcome;
 use crate::status::{CACHE_STATUS, CacheStatus};
@@ -734,7 +732,7 @@ impl<St: Store> Shared<St> {
             .filter(|_| stale.is_none() && head.method == Method::GET)
             .filter(|_| !head.has_if_range())
             .filter(|r| ByteRange::parse(r.as_bytes()).is_some());
-        let request = head.upstream_request::<ReqBody>(validators.as_ref(), range);
+        let request = head.upstream_request::<ReqBody>(validators, range);
         let request_time = self.clock.now();
         let started = Instant::now();
         let result = inner.oneshot(request).await;
@@ -1065,18 +1063,18 @@ impl<St: Store> Shared<St> {
         status: CacheStatus,
         outcome: Outcome,
     ) -> Response<CacheBody<B>> {
-        with_local_headers(entry, |fields| {
+        with_local_fields(entry, |fields| {
             self.respond_with_fields(head, entry, fields, status, outcome)
         })
     }
 
     /// [`Shared::respond_stored`] with the entry's fields as a map (see
-    /// [`with_local_headers`]).
+    /// [`with_local_fields`]).
     fn respond_with_fields<B>(
         &self,
         head: &RequestHead,
         entry: &StoredResponse,
-        fields: Cow<'_, HeaderMap>,
+        mut fields: LocalFields<'_>,
         status: CacheStatus,
         outcome: Outcome,
     ) -> Response<CacheBody<B>> {
@@ -1091,8 +1089,8 @@ impl<St: Store> Shared<St> {
                 Preconditions::from_fields(&head.method, &head.headers, head.carried.conditional)
             && !preconditions.is_empty()
         {
-            let validators = validators_for(&fields, &preconditions);
-            let mut evaluation = preconditions.evaluate(&head.method, Some(&validators));
+            let validators = entry.validators();
+            let mut evaluation = preconditions.evaluate(&head.method, Some(validators));
             // RFC 9111 §4.3.2: without Last-Modified, If-Modified-Since is evaluated
             // against the stored response's Date (or when it was received).
             if let (Evaluation::Proceed { .. }, None, None, Some(since)) = (
@@ -1101,7 +1099,7 @@ impl<St: Store> Shared<St> {
                 validators.last_modified,
                 preconditions.if_modified_since,
             ) && revalidate::is_get_or_head(&head.method)
-                && HttpDate::from_headers(&fields, &DATE)
+                && HttpDate::from_headers(fields.headers(), &DATE)
                     .unwrap_or_else(|| HttpDate::from_system_time(entry.response_time))
                     <= since
             {
@@ -1113,7 +1111,7 @@ impl<St: Store> Shared<St> {
                     self.stats.bytes(0, entry.body.len() as u64);
                     let mut response = Response::new(CacheBody::empty());
                     *response.status_mut() = StatusCode::NOT_MODIFIED;
-                    let mut nm = not_modified_headers(&fields);
+                    let mut nm = fields.not_modified_headers();
                     set_answer_fields(&mut nm, age, status.to_header_value());
                     *response.headers_mut() = nm;
                     return response;
@@ -1121,15 +1119,14 @@ impl<St: Store> Shared<St> {
                 Evaluation::PreconditionFailed => {
                     self.stats.client_status(412);
                     // The 412 carries both validators, the date too.
-                    let validators = Validators::from_headers(&fields);
-                    return with_header(precondition_failed(&validators), &status);
+                    return with_header(precondition_failed(validators), &status);
                 }
                 Evaluation::Proceed { honor_range: honor } => honor_range = honor,
             }
         }
         // The answer fields are overwritten in place (see `headers::StoredFields`); a
         // thread's copy is cloned, without rehashing.
-        let mut headers = fields.into_owned();
+        let mut headers = fields.into_headers();
         set_answer_fields(&mut headers, age, status.to_header_value());
         let range = head
             .range()
@@ -1413,19 +1410,6 @@ const CONDITIONAL_FIELDS: [HeaderName; 6] = [
     RANGE,
 ];
 
-/// What `preconditions` compare with: the entity tag, and the last-modified date
-/// only when they compare dates (parsing a date costs more than the rest of a
-/// conditional hit's evaluation).
-fn validators_for(fields: &HeaderMap, preconditions: &Preconditions) -> Validators {
-    Validators {
-        etag: EntityTag::from_headers(fields),
-        last_modified: preconditions
-            .compares_dates()
-            .then(|| HttpDate::from_headers(fields, &LAST_MODIFIED))
-            .flatten(),
-    }
-}
-
 /// Whether an entry is worth storing: a response that is stale at once and can be
 /// neither validated nor served stale is of no later use (it is still shared with
 /// waiting requests), and a 206 whose Content-Range does not describe its body is
@@ -1435,7 +1419,7 @@ fn worth_storing(entry: &StoredResponse) -> bool {
         && (!entry.lifetime.is_zero()
             || !entry.stale_while_revalidate.is_zero()
             || !entry.stale_if_error.is_zero()
-            || entry.validators() != Validators::default())
+            || *entry.validators() != Validators::default())
 }
 
 /// Whether a stored part holds the single range a GET asks for (without If-Range,
@@ -1495,16 +1479,19 @@ impl PrimaryKey {
 /// cached, so a `Host: a.com/x` cannot write into the key space of `a.com`'s `/x/…`.
 fn primary_key(policy: &RoutePolicy, head: &RequestHead, target: String) -> Option<PrimaryKey> {
     let host = match head.uri.authority() {
-        Some(authority) => authority.as_str(),
-        None => match head.headers.get(HOST) {
-            Some(value) => value.to_str().ok()?,
-            None => "",
-        },
+        Some(authority) => authority.as_str().as_bytes(),
+        None => head
+            .headers
+            .get(HOST)
+            .map_or(&b""[..], HeaderValue::as_bytes),
     };
-    // A plain `name[:port]` needs no parse; anything else must be an authority.
-    if !is_plain_host(host.as_bytes()) && host.parse::<http::uri::Authority>().is_err() {
-        return None;
-    }
+    // A plain `name[:port]` (ASCII, so a `str`) needs no parse; anything else must
+    // be an authority.
+    let host = match std::str::from_utf8(host) {
+        Ok(host) if is_plain_host(host.as_bytes()) => host,
+        Ok(host) if host.parse::<http::uri::Authority>().is_ok() => host,
+        _ => return None,
+    };
     let mut primary = target;
     primary.insert_str(0, host);
     primary[..host.len()].make_ascii_lowercase();
@@ -1720,5 +1707,12 @@ mod tests {
         // An absolute-form target's authority wins over Host.
         let primary = key("http://shop.test/y", "evil.test", "/y").unwrap();
         assert_eq!(primary.key, "shop.test/y");
+        // Bytes beyond ASCII (obs-text, valid in a field value) make no authority.
+        for host in [&b"caf\xc3\xa9.test"[..], b"a\xff.test"] {
+            let mut head = head("/y", "x");
+            head.headers
+                .insert(HOST, HeaderValue::from_bytes(host).unwrap());
+            assert!(primary_key(&policy, &head, "/y".into()).is_none());
+        }
     }
 }
