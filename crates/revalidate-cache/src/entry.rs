@@ -52,7 +52,8 @@ pub struct StoredResponse {
     /// The whole body.
     pub body: Bytes,
     /// Its entity tag and last-modified date, parsed once: a conditional hit
-    /// compares with them (their values are slices of the stored fields' buffer).
+    /// compares with them (a tag that is the whole field value is a slice of the
+    /// stored fields' buffer).
     validators: Validators,
     /// The request's values for the response's `Vary` fields.
     pub secondary: Secondary,
@@ -168,8 +169,8 @@ impl StoredResponse {
         let initial_age =
             crate::freshness::initial_age(&headers, timing.request_time, timing.response_time);
         let fields = StoredFields::of(&headers);
-        // Parsed from the stored fields, not from `headers`: the tag's value then
-        // shares the entry's buffer rather than keeping the received head alive.
+        // Parsed from the stored fields, not from `headers`: a tag that is the whole
+        // value then shares the entry's buffer rather than the received head's.
         let validators = Validators::from_headers(&fields.to_map());
         let header_bytes = fields.byte_len() + fields.len() * HEADER_OVERHEAD_BYTES;
         let tag_bytes: usize = tags.iter().map(String::len).sum();

@@ -275,9 +275,9 @@ impl StoredFields {
     }
 }
 
-/// An empty answer map with room for `fields` more: `Age` and `Cache-Status`
-/// placeholders first (see [`set_answer_fields`]).
-pub fn answer_map(fields: usize) -> HeaderMap {
+/// A map holding only the `Age` and `Cache-Status` placeholders (see
+/// [`set_answer_fields`]), with room for `fields` more.
+pub(crate) fn answer_map(fields: usize) -> HeaderMap {
     let mut map = HeaderMap::with_capacity(fields + 2);
     map.append(AGE, HeaderValue::from_static("0"));
     map.append(CACHE_STATUS.clone(), HeaderValue::from_static("revalidate"));
@@ -285,7 +285,8 @@ pub fn answer_map(fields: usize) -> HeaderMap {
 }
 
 /// Sets `Age` and `Cache-Status` in an answer's map: in place when they are its
-/// first two fields, as [`StoredFields::to_map`] makes them, inserted otherwise.
+/// first two fields, as [`StoredFields::to_map`] and [`answer_map`] make them,
+/// inserted otherwise.
 pub fn set_answer_fields(headers: &mut HeaderMap, age: HeaderValue, status: HeaderValue) {
     let (mut age, mut status) = (Some(age), Some(status));
     for (name, value) in headers.iter_mut().take(2) {

@@ -14,9 +14,9 @@
 //!
 //! An entry never changes once made (freshening makes a new one), and every entry
 //! has its own id, so a copy found by id is always the right one. A few dozen
-//! copies per thread are kept: they are small (a few hundred bytes each, not
-//! charged to the store's budget), and replaced as other entries take their slots,
-//! which may be after their entry has left the store (a copy is only ever found
+//! copies per thread are kept: they are small (a few hundred bytes each, a little
+//! more with the 304 fields; not charged to the store's budget), and replaced as
+//! other entries take their slots, which may be after their entry has left the store (a copy is only ever found
 //! through its entry, so it is never served for another). (No crate offers such a
 //! per-thread replica of a shared value; this is the whole of it.)
 //!
@@ -61,11 +61,11 @@ struct Slot {
     /// The id of the entry last served through this slot (0: none; ids start at 1).
     id: u64,
     /// Its copy, made when it was served a second time in a row.
-    copy: Option<Copy>,
+    copy: Option<LocalCopy>,
 }
 
 #[derive(Debug)]
-struct Copy {
+struct LocalCopy {
     headers: HeaderMap,
     /// The fields a 304 repeats, picked from `headers` at the first 304.
     not_modified: Option<HeaderMap>,
@@ -140,7 +140,7 @@ pub fn with_local_fields<R>(entry: &StoredResponse, f: impl FnOnce(LocalFields<'
             *slot = Slot { id, copy: None };
             return None;
         }
-        let copy = slot.copy.get_or_insert_with(|| Copy {
+        let copy = slot.copy.get_or_insert_with(|| LocalCopy {
             headers: entry.fields().to_detached_map(),
             not_modified: None,
         });
@@ -251,7 +251,7 @@ mod tests {
         let first = &first;
         for _ in 0..3 {
             for (entry, expected) in [(first, "\"first\""), (&last, "\"last\"")] {
-                // Twice in a row: the second is served from a copy.
+                // Several times in a row: all but the first from a copy.
                 for _ in 0..2 {
                     let etag =
                         with_local_fields(entry, |h| h.headers()[http::header::ETAG].clone());

@@ -1118,8 +1118,10 @@ impl<St: Store> Shared<St> {
                 }
                 Evaluation::PreconditionFailed => {
                     self.stats.client_status(412);
-                    // The 412 carries both validators, the date too.
-                    return with_header(precondition_failed(validators), &status);
+                    // The 412 carries both validators, taken from this thread's
+                    // fields: the entry's share a buffer with other cores.
+                    let validators = Validators::from_headers(fields.headers());
+                    return with_header(precondition_failed(&validators), &status);
                 }
                 Evaluation::Proceed { honor_range: honor } => honor_range = honor,
             }

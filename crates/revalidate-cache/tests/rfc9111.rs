@@ -323,6 +323,34 @@ async fn head_is_served_from_a_stored_get_and_a_head_miss_fills_it() {
 }
 
 #[tokio::test]
+async fn conditional_hits_in_a_row_carry_their_own_age_once() {
+    // From the second on, a thread answers from its copy of the entry and the 304
+    // fields it keeps: each answer still gets its own Age and Cache-Status.
+    let fields = &[
+        ("cache-control", "max-age=60"),
+        ("etag", "\"v1\""),
+        ("content-type", "text/plain"),
+    ];
+    let h = Harness::new(Origin::fixed(200, fields, "body"));
+    h.get("/", &[]).await;
+    for age in [0, 5, 10, 15] {
+        let nm = h.get("/", &[("if-none-match", "\"v1\"")]).await;
+        assert_eq!(nm.status, 304);
+        assert_eq!(nm.header("age"), age.to_string());
+        assert_eq!(
+            nm.cache_status(),
+            format!("revalidate; hit; ttl={}", 60 - age)
+        );
+        for name in ["age", "cache-status", "etag", "cache-control"] {
+            assert_eq!(nm.headers.get_all(name).iter().count(), 1, "{name}");
+        }
+        assert!(!nm.headers.contains_key("content-type"));
+        h.advance(5);
+    }
+    assert_eq!(h.origin.calls(), 1);
+}
+
+#[tokio::test]
 async fn a_clients_conditional_request_is_answered_from_the_cache() {
     let h = Harness::new(Origin::fixed(200, MAX_AGE_60, "body"));
     h.get("/", &[]).await;

@@ -24,7 +24,7 @@ pub struct MemoryStore {
 }
 
 /// A primary key and what is stored under it.
-type Stored = (Arc<str>, Arc<Variants>);
+type Stored = (StoreKey, Arc<Variants>);
 
 /// A primary key as the cache holds it: up to [`INLINE_KEY_BYTES`] inline, in
 /// quick_cache's slot beside the value, so that a lookup compares it without
@@ -55,8 +55,11 @@ struct ByBytes;
 
 impl Weighter<StoreKey, Arc<Variants>> for ByBytes {
     fn weight(&self, key: &StoreKey, variants: &Arc<Variants>) -> u64 {
+        // The index holds the key's bytes once; a key too long for the slot is on
+        // the heap a second time.
+        let key_bytes = key.len() * if key.spilled() { 2 } else { 1 };
         // A zero weight would make an entry unevictable.
-        (key.len() + variants.weight()).max(1) as u64
+        (key_bytes + variants.weight()).max(1) as u64
     }
 }
 
@@ -74,14 +77,13 @@ impl Lifecycle<StoreKey, Arc<Variants>> for EvictionNotices {
 
     // quick_cache 0.7 reports a replaced value here too, not only evicted ones.
     fn on_evict(&self, _: &mut (), key: StoreKey, variants: Arc<Variants>) {
-        // Keys are made from `str`s only; the index names them as such.
-        let primary = Arc::from(String::from_utf8_lossy(&key));
-        lock(&self.evicted).push((primary, variants));
+        lock(&self.evicted).push((key, variants));
     }
 }
 
-/// Which primary keys hold which paths and tags. Keys and paths are shared
-/// (`Arc<str>`) with the cache and the stored responses, not copied.
+/// Which primary keys hold which paths and tags. Paths are shared (`Arc<str>`) with
+/// the stored responses; each key is one `Arc<str>` shared by both indexes (the
+/// cache keeps its own copy, inline up to [`INLINE_KEY_BYTES`]).
 #[derive(Debug, Default)]
 struct Index {
     /// (path, primary key), ordered so that a URL or prefix purge is a range scan.
@@ -190,13 +192,15 @@ impl Inner {
     /// Unindexes what the last cache insert evicted (the index lock is held).
     fn unindex_evicted(&self, index: &mut Index) {
         let evicted = std::mem::take(&mut *lock(&self.notices.evicted));
-        for (primary, variants) in &evicted {
+        for (key, variants) in &evicted {
             // A key that is still there had its value replaced, which `put` has
             // already reindexed: that is no eviction.
-            if self.entries.peek(primary.as_bytes()).is_some() {
+            if self.entries.peek(&key[..]).is_some() {
                 continue;
             }
-            index.remove(primary, variants);
+            // Keys are made from `str`s only; the index names them as such.
+            let primary: Arc<str> = Arc::from(String::from_utf8_lossy(key));
+            index.remove(&primary, variants);
             self.notices.count.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("revalidate_store_evictions_total").increment(1);
         }
@@ -306,9 +310,16 @@ mod tests {
     #[tokio::test]
     async fn keys_inline_or_not_are_exact() {
         let store = MemoryStore::new(64 << 20);
-        // Keys that are the same for longer than the inline room, and one that fits.
+        // Keys that are the same for longer than the inline room, one that fits
+        // exactly and one a byte too long for it.
         let long = "l".repeat(INLINE_KEY_BYTES);
-        let paths = [format!("/{long}1"), format!("/{long}2"), "/s".to_string()];
+        let fits = "f".repeat(INLINE_KEY_BYTES - 2);
+        let paths = [
+            format!("/{long}1"),
+            format!("/{long}2"),
+            format!("/{fits}"),
+            format!("/{fits}x"),
+        ];
         for (i, path) in paths.iter().enumerate() {
             let body_len = 10 + i;
             assert!(
@@ -325,9 +336,46 @@ mod tests {
         assert_eq!(store.purge(&Purge::urls([paths[1].as_str()])).await, 1);
         assert!(store.get(&format!("h{}", paths[1])).await.is_none());
         assert!(store.get(&format!("h{}", paths[0])).await.is_some());
-        assert_eq!(store.purge(&Purge::tags(["t"])).await, 2);
+        assert_eq!(store.purge(&Purge::tags(["t"])).await, 3);
         assert_eq!(indexed(&store), (0, 0));
         assert_eq!(store.usage().entries, 0);
+    }
+
+    #[tokio::test]
+    async fn long_keys_are_charged_twice_and_unindexed_when_evicted() {
+        let long = |i: usize| format!("h/{}{i}", "k".repeat(INLINE_KEY_BYTES));
+        let store = MemoryStore::new(64 << 10);
+        store.put(long(0), variants("/long0", &["old"], 10)).await;
+        let charged = store.usage().bytes;
+        store.put("h/s".into(), variants("/s", &[], 10)).await;
+        let short = store.usage().bytes - charged;
+        // The two differ in their key, path and tag bytes only.
+        let long_bytes = 2 * long(0).len() + "/long0".len() + "old".len();
+        let short_bytes = "h/s".len() + "/s".len();
+        assert_eq!(
+            charged - short,
+            (long_bytes - short_bytes) as u64,
+            "a spilled key's bytes count twice, an inline key's once"
+        );
+        // Replaced, then evicted by many more long keys: the index follows.
+        store.put(long(0), variants("/long0", &["new"], 10)).await;
+        assert_eq!(store.purge(&Purge::tags(["old"])).await, 0);
+        for i in 1..100 {
+            store
+                .put(long(i), variants(&format!("/long{i}"), &["all"], 4096))
+                .await;
+        }
+        let usage = store.usage();
+        assert!(usage.evictions > 0, "{usage:?}");
+        assert_eq!(
+            indexed(&store).0 as u64,
+            usage.entries,
+            "evicted keys are unindexed"
+        );
+        let tagged = store.purge(&Purge::tags(["all"])).await as u64;
+        let left = usage.entries - tagged;
+        assert!(left <= 2, "only /long0 and /s may be left: {left}");
+        assert_eq!(indexed(&store).0 as u64, left);
     }
 
     #[tokio::test]
