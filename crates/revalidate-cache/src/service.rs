@@ -1085,26 +1085,8 @@ impl<St: Store> Shared<St> {
         let mut honor_range = true;
         if entry.status.is_success()
             && head.carried.conditional.any_precondition()
-            && let Ok(preconditions) =
-                Preconditions::from_fields(&head.method, &head.headers, head.carried.conditional)
-            && !preconditions.is_empty()
+            && let Some(evaluation) = self.evaluate_preconditions(head, entry, &fields)
         {
-            let validators = entry.validators();
-            let mut evaluation = preconditions.evaluate(&head.method, Some(validators));
-            // RFC 9111 §4.3.2: without Last-Modified, If-Modified-Since is evaluated
-            // against the stored response's Date (or when it was received).
-            if let (Evaluation::Proceed { .. }, None, None, Some(since)) = (
-                &evaluation,
-                &preconditions.if_none_match,
-                validators.last_modified,
-                preconditions.if_modified_since,
-            ) && revalidate::is_get_or_head(&head.method)
-                && HttpDate::from_headers(fields.headers(), &DATE)
-                    .unwrap_or_else(|| HttpDate::from_system_time(entry.response_time))
-                    <= since
-            {
-                evaluation = Evaluation::NotModified;
-            }
             match evaluation {
                 Evaluation::NotModified => {
                     self.stats.client_status(304);
@@ -1157,6 +1139,47 @@ impl<St: Store> Shared<St> {
         }
         *response.headers_mut() = headers;
         response
+    }
+
+    /// How the request's preconditions evaluate against a stored response (RFC
+    /// 9110 §13.2.2; `None` when it has none, or only malformed ones).
+    fn evaluate_preconditions(
+        &self,
+        head: &RequestHead,
+        entry: &StoredResponse,
+        fields: &LocalFields<'_>,
+    ) -> Option<Evaluation> {
+        let validators = entry.validators();
+        if let Some(tag) = &validators.etag
+            && Preconditions::if_none_match_echoes(
+                &head.method,
+                &head.headers,
+                head.carried.conditional,
+                tag,
+            )
+        {
+            return Some(Evaluation::NotModified);
+        }
+        let preconditions =
+            Preconditions::from_fields(&head.method, &head.headers, head.carried.conditional)
+                .ok()
+                .filter(|p| !p.is_empty())?;
+        let mut evaluation = preconditions.evaluate(&head.method, Some(validators));
+        // RFC 9111 §4.3.2: without Last-Modified, If-Modified-Since is evaluated
+        // against the stored response's Date (or when it was received).
+        if let (Evaluation::Proceed { .. }, None, None, Some(since)) = (
+            &evaluation,
+            &preconditions.if_none_match,
+            validators.last_modified,
+            preconditions.if_modified_since,
+        ) && revalidate::is_get_or_head(&head.method)
+            && HttpDate::from_headers(fields.headers(), &DATE)
+                .unwrap_or_else(|| HttpDate::from_system_time(entry.response_time))
+                <= since
+        {
+            evaluation = Evaluation::NotModified;
+        }
+        Some(evaluation)
     }
 
     /// A single byte range of a stored complete response (RFC 9110 §14): 206, or

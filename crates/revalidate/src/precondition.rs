@@ -213,6 +213,35 @@ impl Preconditions {
         })
     }
 
+    /// Whether a request with the `present` fields gets a 304 because its one
+    /// `If-None-Match` line is, byte for byte, the `current` tag: answered without
+    /// parsing anything, as most conditional GETs (a client echoing the tag it
+    /// was given) can be. `false` means "evaluate in full", not "modified".
+    ///
+    /// RFC 9110 §13.2.2: with no `If-Match` or `If-Unmodified-Since` to evaluate
+    /// first, a matching `If-None-Match` decides (step 3; `If-Modified-Since` and
+    /// `If-Range` are not evaluated), and identical tags match under the weak
+    /// comparison it uses; on GET and HEAD the answer is 304.
+    pub fn if_none_match_echoes(
+        method: &Method,
+        headers: &HeaderMap,
+        present: ConditionalFields,
+        current: &EntityTag,
+    ) -> bool {
+        if !present.if_none_match
+            || present.if_match
+            || present.if_unmodified_since
+            || !is_get_or_head(method)
+        {
+            return false;
+        }
+        let mut lines = headers.get_all(IF_NONE_MATCH).iter();
+        match (lines.next(), lines.next()) {
+            (Some(line), None) => line.as_bytes() == current.as_bytes(),
+            _ => false,
+        }
+    }
+
     /// Whether the request carries no precondition at all.
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
@@ -320,6 +349,57 @@ mod tests {
         Preconditions::from_request(&method, &headers(pairs))
             .unwrap()
             .evaluate(&method, current)
+    }
+
+    #[test]
+    fn an_echoed_tag_is_a_304_without_parsing_and_nothing_else_is() {
+        let current = current();
+        let tag = current.etag.as_ref().unwrap();
+        let cases: [(Method, &[(&'static str, &str)], bool); 10] = [
+            (Method::GET, &[("if-none-match", "\"v2\"")], true),
+            (Method::HEAD, &[("if-none-match", "\"v2\"")], true),
+            // If-Modified-Since is not evaluated when If-None-Match is present.
+            (
+                Method::GET,
+                &[
+                    ("if-none-match", "\"v2\""),
+                    ("if-modified-since", "Thu, 01 Jan 1970 00:00:00 GMT"),
+                ],
+                true,
+            ),
+            (Method::GET, &[("if-none-match", "W/\"v2\"")], false),
+            (Method::GET, &[("if-none-match", "\"v1\", \"v2\"")], false),
+            (
+                Method::GET,
+                &[("if-none-match", "\"v2\""), ("if-none-match", "\"v1\"")],
+                false,
+            ),
+            (
+                Method::GET,
+                &[("if-none-match", "\"v2\""), ("if-match", "\"v1\"")],
+                false,
+            ),
+            (
+                Method::GET,
+                &[
+                    ("if-none-match", "\"v2\""),
+                    ("if-unmodified-since", "Thu, 01 Jan 1970 00:00:00 GMT"),
+                ],
+                false,
+            ),
+            (Method::PUT, &[("if-none-match", "\"v2\"")], false),
+            (Method::GET, &[("if-none-match", "\"v1\"")], false),
+        ];
+        for (method, pairs, expected) in cases {
+            let headers = headers(pairs);
+            let present = ConditionalFields::of(&headers);
+            let echoes = Preconditions::if_none_match_echoes(&method, &headers, present, tag);
+            assert_eq!(echoes, expected, "{method} {pairs:?}");
+            if echoes {
+                // Never a 304 that the full evaluation would not give.
+                assert_eq!(eval(method, pairs, Some(&current)), Evaluation::NotModified);
+            }
+        }
     }
 
     fn current() -> Validators {

@@ -148,6 +148,11 @@ impl EntityTag {
         self.opaque() == other.opaque()
     }
 
+    /// The tag as sent, e.g. `W/"abc"`.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.value.as_bytes()
+    }
+
     /// The tag as a header value, e.g. `W/"abc"`.
     pub fn to_header_value(&self) -> HeaderValue {
         self.value.clone()
