@@ -1142,7 +1142,8 @@ impl<St: Store> Shared<St> {
     }
 
     /// How the request's preconditions evaluate against a stored response (RFC
-    /// 9110 §13.2.2; `None` when it has none, or only malformed ones).
+    /// 9110 §13.2.2); `None` when it has none, or when they are malformed (a
+    /// malformed `If-Match` voids them all, as `Preconditions::from_fields` says).
     fn evaluate_preconditions(
         &self,
         head: &RequestHead,

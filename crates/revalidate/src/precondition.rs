@@ -221,7 +221,8 @@ impl Preconditions {
     /// RFC 9110 §13.2.2: with no `If-Match` or `If-Unmodified-Since` to evaluate
     /// first, a matching `If-None-Match` decides (step 3; `If-Modified-Since` and
     /// `If-Range` are not evaluated), and identical tags match under the weak
-    /// comparison it uses; on GET and HEAD the answer is 304.
+    /// comparison it uses (a line that is exactly one entity-tag parses as that
+    /// tag); on GET and HEAD the answer is 304.
     pub fn if_none_match_echoes(
         method: &Method,
         headers: &HeaderMap,
@@ -357,8 +358,20 @@ mod tests {
         let tag = current.etag.as_ref().unwrap();
         // The method, the request's fields, and whether the shortcut answers 304.
         type Case = (Method, &'static [(&'static str, &'static str)], bool);
-        let cases: [Case; 10] = [
+        let cases: [Case; 12] = [
             (Method::GET, &[("if-none-match", "\"v2\"")], true),
+            // Step 3 answers before Range and If-Range are looked at.
+            (
+                Method::GET,
+                &[
+                    ("if-none-match", "\"v2\""),
+                    ("range", "bytes=0-1"),
+                    ("if-range", "\"v1\""),
+                ],
+                true,
+            ),
+            // `*` matches too, but only the full evaluation says so.
+            (Method::GET, &[("if-none-match", "*")], false),
             (Method::HEAD, &[("if-none-match", "\"v2\"")], true),
             // If-Modified-Since is not evaluated when If-None-Match is present.
             (
@@ -402,6 +415,22 @@ mod tests {
                 assert_eq!(eval(method, pairs, Some(&current)), Evaluation::NotModified);
             }
         }
+        // A weak stored tag echoed as it was sent.
+        let weak = Validators::new().etag(EntityTag::weak("v3").unwrap());
+        let pairs: &[(&'static str, &str)] = &[("if-none-match", "W/\"v3\"")];
+        let headers = headers(pairs);
+        let present = ConditionalFields::of(&headers);
+        let tag = weak.etag.as_ref().unwrap();
+        assert!(Preconditions::if_none_match_echoes(
+            &Method::GET,
+            &headers,
+            present,
+            tag
+        ));
+        assert_eq!(
+            eval(Method::GET, pairs, Some(&weak)),
+            Evaluation::NotModified
+        );
     }
 
     fn current() -> Validators {

@@ -148,7 +148,8 @@ impl EntityTag {
         self.opaque() == other.opaque()
     }
 
-    /// The tag as sent, e.g. `W/"abc"`.
+    /// The tag's bytes, e.g. `W/"abc"`: always exactly one entity-tag, without
+    /// surrounding whitespace.
     pub fn as_bytes(&self) -> &[u8] {
         self.value.as_bytes()
     }
