@@ -1505,19 +1505,16 @@ impl PrimaryKey {
 /// cached, so a `Host: a.com/x` cannot write into the key space of `a.com`'s `/x/…`.
 fn primary_key(policy: &RoutePolicy, head: &RequestHead, target: String) -> Option<PrimaryKey> {
     let host = match head.uri.authority() {
-        Some(authority) => authority.as_str().as_bytes(),
-        None => head
-            .headers
-            .get(HOST)
-            .map_or(&b""[..], HeaderValue::as_bytes),
+        Some(authority) => authority.as_str(),
+        None => match head.headers.get(HOST) {
+            Some(value) => value.to_str().ok()?,
+            None => "",
+        },
     };
-    // A plain `name[:port]` (ASCII, so a `str`) needs no parse; anything else must
-    // be an authority.
-    let host = match std::str::from_utf8(host) {
-        Ok(host) if is_plain_host(host.as_bytes()) => host,
-        Ok(host) if host.parse::<http::uri::Authority>().is_ok() => host,
-        _ => return None,
-    };
+    // A plain `name[:port]` needs no parse; anything else must be an authority.
+    if !is_plain_host(host.as_bytes()) && host.parse::<http::uri::Authority>().is_err() {
+        return None;
+    }
     let mut primary = target;
     primary.insert_str(0, host);
     primary[..host.len()].make_ascii_lowercase();
