@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # Instructions per cache hit, counted by callgrind: repeatable where wrk's figures on
-# a shared 2-core machine are not. Both servers answer N keep-alive GETs of one
-# 5 KiB object (curl, one connection); the count is the user-space instructions of
-# the connection tasks (accept loop, hyper, the service) divided by N, for N plain
-# GETs and for N conditional GETs answered 304. The kernel's share (the TCP work,
-# about the same for both) is not counted.
+# a shared 2-core machine are not. Both servers answer N keep-alive GETs of 5 KiB
+# objects (curl, one connection); the count is the user-space instructions of the
+# connection tasks (accept loop, hyper, the service) divided by N, for N plain GETs
+# of one URL, N plain GETs cycling through KEYS URLs (each answered from a different
+# entry, as in the benchmark's 10,000-URL scenario), and N conditional GETs answered
+# 304. The kernel's share (the TCP work, about the same for both) is not counted.
 #
-#   bench/instructions.sh            # N=2000
-#   N=5000 bench/instructions.sh
+#   bench/instructions.sh            # N=2000 KEYS=1000
+#   N=5000 KEYS=2000 bench/instructions.sh
 #
 # Needs valgrind and curl (apt-get install valgrind curl).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 N="${N:-2000}"
+KEYS="${KEYS:-1000}" # the "many URLs" case cycles through /obj/0 .. /obj/KEYS-1
 TMP=$(mktemp -d /tmp/revalidate-instructions.XXXXXX)
 PIDS=()
 cleanup() {
@@ -44,14 +46,15 @@ ORIGIN=$(port)
 PIDS+=($!)
 wait_up "$ORIGIN"
 
-# requests FILE PORT [HEADER]: a curl config for N keep-alive GETs of /obj/1.
+# requests FILE PORT KEYS [HEADER]: a curl config for N keep-alive GETs, of /obj/1
+# (KEYS=1) or of /obj/0 .. /obj/KEYS-1 in turn.
 requests() {
-    local file=$1 listen=$2 header=${3:-}
+    local file=$1 listen=$2 keys=$3 header=${4:-} i
     {
         # A config file's options apply to every URL in it: the header is given once.
         [[ -z "$header" ]] || printf 'header = "%s"\n' "$header"
-        for _ in $(seq "$N"); do
-            printf 'url = "http://127.0.0.1:%s/obj/1"\noutput = /dev/null\n' "$listen"
+        for ((i = 0; i < N; i++)); do
+            printf 'url = "http://127.0.0.1:%s/obj/%d"\noutput = /dev/null\n' "$listen" $((keys == 1 ? 1 : i % keys))
         done
     } >"$file"
 }
@@ -74,10 +77,13 @@ measure() {
     local pid=$!
     wait_up "$listen" # the first request is a miss for the cache
     for _ in $(seq 10); do curl -s -o /dev/null "http://127.0.0.1:$listen/obj/1"; done
-    requests "$TMP/ok" "$listen"
-    requests "$TMP/not-modified" "$listen" 'If-None-Match: \"obj-1-v1\"'
+    # Every one of the KEYS objects is stored before counting starts.
+    curl -s -o /dev/null "http://127.0.0.1:$listen/obj/[0-$((KEYS - 1))]"
+    requests "$TMP/ok" "$listen" 1
+    requests "$TMP/many" "$listen" "$KEYS"
+    requests "$TMP/not-modified" "$listen" 1 'If-None-Match: \"obj-1-v1\"'
     local kind results=()
-    for kind in ok not-modified; do
+    for kind in ok many not-modified; do
         # Counted: only the N requests between the zeroing and the dump.
         callgrind_control --zero "$pid" >/dev/null 2>&1
         curl -s -K "$TMP/$kind"
@@ -88,12 +94,12 @@ measure() {
     sleep 1
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
-    echo "$name: ${results[0]} instructions per 200, ${results[1]} per 304"
+    echo "$name: ${results[0]} instructions per 200 (one URL), ${results[1]} per 200 ($KEYS URLs), ${results[2]} per 304"
 }
 
 BARE=$(port)
 measure "bare hyper" "revalidate_bench::serve::{{closure}}::{{closure}}" "$BARE" \
-    "$ROOT/target/release/bench-bare" --listen "127.0.0.1:$BARE" --objects 10
+    "$ROOT/target/release/bench-bare" --listen "127.0.0.1:$BARE" --objects "$KEYS"
 PROXY=$(port)
 ADMIN=$(port)
 measure "revalidate (hit)" "revalidate_cli::serve::server::run::{{closure}}::{{closure}}" "$PROXY" \

@@ -2,15 +2,10 @@
 
 use std::sync::LazyLock;
 
-use bytes::Bytes;
-use http::header::{
-    AGE, CONNECTION, CONTENT_LENGTH, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
-};
+use http::header::{AGE, CONNECTION, SET_COOKIE, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use revalidate::ConditionalFields;
-
-use crate::status::CACHE_STATUS;
 
 /// `Surrogate-Key`: space-separated tags (Fastly's convention).
 pub static SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
@@ -132,6 +127,8 @@ pub fn response_tags(headers: &HeaderMap) -> Vec<String> {
 /// response to the request that caused the fetch, and only there. So does the
 /// upstream's `Age`, as it was sent: it stays in `headers` (the initial age is
 /// computed from it) but is not stored (see [`StoredFields`]), so a copy is returned.
+///
+/// [`StoredFields`]: crate::stored_fields::StoredFields
 pub fn split_for_storage(
     headers: &mut HeaderMap,
     qualified: &[String],
@@ -150,162 +147,6 @@ pub fn split_for_storage(
     }
     requester_only.extend(headers.get(AGE).map(|age| (AGE, age.clone())));
     requester_only
-}
-
-/// The fields a stored response keeps, compact: each field's name and where its
-/// value lies in one buffer that holds all the values. [`StoredFields::to_map`]
-/// makes the header map of an answer from them, with two answer fields first.
-///
-/// **Compact.** A header map's slot for a field takes about 100 bytes (links, hash,
-/// name, value); here a field takes its name, an offset and a flag, about 40. Over
-/// many keys, a hit mostly waits for memory: making the answer's map from a few
-/// lines costs fewer cycles than copying a stored map's fifteen (measured in the
-/// README), and each entry is smaller by as much. An entry served often by one
-/// thread is answered from that thread's copy of the map instead (see
-/// [`crate::replica`]).
-///
-/// **Answer fields.** Every answer from the cache carries `Age` and `Cache-Status`.
-/// The maps made here hold them first, as placeholders, so that an answer made from
-/// a copy of one (see [`set_answer_fields`]) overwrites them in place instead of
-/// growing the copy (a clone holds exactly its entries) and hashing twice. The
-/// upstream's own `Age` is read before this (it goes into the entry's initial age)
-/// and its `Cache-Status` is replaced by this cache's, as it always was.
-///
-/// **Content-Length** is not kept: every answer's framing comes from the body it
-/// actually sends (whole, a range or none), so a stored length can never disagree
-/// with it.
-///
-/// **Copies.** Values parsed by hyper are slices of the connection's read buffer;
-/// stored as they are, each would keep that whole buffer alive for as long as the
-/// entry lives. The copies share one allocation (a value per allocation cost about
-/// as much again as the bytes themselves). The body keeps its own: appended here, a
-/// 5 KiB body moves up to the allocator's 6 KiB size class (measured: 742 instead of
-/// 657 MiB for 100,000 such entries).
-#[derive(Debug, Clone)]
-pub struct StoredFields {
-    fields: Box<[StoredField]>,
-    /// Every value, one after the other.
-    values: Bytes,
-}
-
-#[derive(Debug, Clone)]
-struct StoredField {
-    name: HeaderName,
-    /// Where its value ends in `values` (it starts where the previous one ends).
-    end: u32,
-    sensitive: bool,
-}
-
-impl StoredFields {
-    /// The fields of `headers` a stored response keeps: all but `Age`,
-    /// `Content-Length` and `Cache-Status`.
-    pub fn of(headers: &HeaderMap) -> Self {
-        let kept = || {
-            headers
-                .iter()
-                .filter(|(name, _)| ![AGE, CONTENT_LENGTH].contains(name) && *name != CACHE_STATUS)
-        };
-        let total = kept().map(|(_, value)| value.len()).sum();
-        let mut values = bytes::BytesMut::with_capacity(total);
-        let fields = kept()
-            .map(|(name, value)| {
-                values.extend_from_slice(value.as_bytes());
-                StoredField {
-                    name: name.clone(),
-                    // Field values are far below 4 GiB: hyper refuses heads of more
-                    // than a few hundred KiB.
-                    end: u32::try_from(values.len()).unwrap_or(u32::MAX),
-                    sensitive: value.is_sensitive(),
-                }
-            })
-            .collect();
-        let values = values.freeze();
-        // The first slice of a buffer made this way allocates its reference count:
-        // done now, so the entry's size does not change when it is first served.
-        drop(values.clone());
-        Self { fields, values }
-    }
-
-    /// The number of fields.
-    pub fn len(&self) -> usize {
-        self.fields.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.fields.is_empty()
-    }
-
-    /// Bytes of names and values.
-    pub fn byte_len(&self) -> usize {
-        self.values.len()
-            + self
-                .fields
-                .iter()
-                .map(|f| f.name.as_str().len())
-                .sum::<usize>()
-    }
-
-    /// A header map of these fields, after `Age` and `Cache-Status` placeholders (see
-    /// [`set_answer_fields`]); its values share the stored buffer.
-    pub fn to_map(&self) -> HeaderMap {
-        self.map_over(&self.values)
-    }
-
-    /// The same map, its values in a buffer of its own (see [`crate::replica`]).
-    pub fn to_detached_map(&self) -> HeaderMap {
-        self.map_over(&Bytes::copy_from_slice(&self.values))
-    }
-
-    fn map_over(&self, values: &Bytes) -> HeaderMap {
-        let mut map = answer_map(self.fields.len());
-        let mut start = 0;
-        for field in &self.fields {
-            let end = field.end as usize;
-            let bytes = values.slice(start..end);
-            start = end;
-            // Valid when stored, so this never fails; the check costs a pass over
-            // a few dozen bytes.
-            if let Ok(mut value) = HeaderValue::from_maybe_shared(bytes) {
-                value.set_sensitive(field.sensitive);
-                map.append(field.name.clone(), value);
-            }
-        }
-        map
-    }
-}
-
-/// A map holding only the `Age` and `Cache-Status` placeholders (see
-/// [`set_answer_fields`]), with room for `fields` more.
-pub(crate) fn answer_map(fields: usize) -> HeaderMap {
-    let mut map = HeaderMap::with_capacity(fields + 2);
-    map.append(AGE, HeaderValue::from_static("0"));
-    map.append(CACHE_STATUS.clone(), HeaderValue::from_static("revalidate"));
-    map
-}
-
-/// Sets `Age` and `Cache-Status` in an answer's map: in place when they are its
-/// first two fields, as [`StoredFields::to_map`] and [`answer_map`] make them,
-/// inserted otherwise.
-pub fn set_answer_fields(headers: &mut HeaderMap, age: HeaderValue, status: HeaderValue) {
-    let (mut age, mut status) = (Some(age), Some(status));
-    for (name, value) in headers.iter_mut().take(2) {
-        if name == AGE {
-            if let Some(age) = age.take() {
-                *value = age;
-            }
-        } else if name == CACHE_STATUS
-            && let Some(status) = status.take()
-        {
-            *value = status;
-        }
-    }
-    if let Some(age) = age {
-        headers.insert(AGE, age);
-    }
-    if let Some(status) = status {
-        headers.insert(CACHE_STATUS.clone(), status);
-    }
 }
 
 /// Ages below this have a value made once (see [`age_value`]): an hour and more.
@@ -407,54 +248,6 @@ mod tests {
         for seconds in [0, 1, 9, 10, 99, 100, 3599, 9_999, 10_000, u64::MAX] {
             assert_eq!(age_value(seconds), seconds.to_string().as_str());
         }
-    }
-
-    #[test]
-    fn stored_maps_hold_the_answer_fields_first_and_take_them_in_place() {
-        let mut upstream = HeaderMap::new();
-        upstream.insert("etag", "\"a\"".parse().unwrap());
-        upstream.insert("age", "30".parse().unwrap());
-        upstream.insert("cache-status", "origin; hit".parse().unwrap());
-        upstream.insert("content-length", "5".parse().unwrap());
-        upstream.append("x-many", "1".parse().unwrap());
-        upstream.append("x-many", "2".parse().unwrap());
-        let mut secret = HeaderValue::from_static("s");
-        secret.set_sensitive(true);
-        upstream.insert("x-secret", secret);
-        let fields = StoredFields::of(&upstream);
-        assert_eq!(fields.len(), 4, "etag, x-many twice, x-secret");
-        let stored = fields.to_map();
-        let names: Vec<_> = stored.keys().map(HeaderName::as_str).collect();
-        assert_eq!(names, ["age", "cache-status", "etag", "x-many", "x-secret"]);
-        let many: Vec<_> = stored.get_all("x-many").iter().collect();
-        assert_eq!(many, ["1", "2"], "every value, in order");
-        assert!(stored["x-secret"].is_sensitive());
-        let detached = fields.to_detached_map();
-        assert_eq!(detached, stored);
-        assert!(detached["x-secret"].is_sensitive());
-
-        let mut answer = stored.clone();
-        set_answer_fields(
-            &mut answer,
-            age_value(7),
-            HeaderValue::from_static("revalidate; hit"),
-        );
-        assert_eq!(answer["age"], "7");
-        assert_eq!(answer["cache-status"], "revalidate; hit");
-        assert_eq!(answer.len(), stored.len(), "overwritten, not added");
-
-        // A map not made for storage gets them inserted.
-        let mut plain = HeaderMap::new();
-        plain.insert("etag", "\"a\"".parse().unwrap());
-        plain.insert("cache-status", "origin; hit".parse().unwrap());
-        set_answer_fields(
-            &mut plain,
-            age_value(1),
-            HeaderValue::from_static("revalidate; hit"),
-        );
-        assert_eq!(plain["age"], "1");
-        assert_eq!(plain.get_all("cache-status").iter().count(), 1);
-        assert_eq!(plain["cache-status"], "revalidate; hit");
     }
 
     #[test]

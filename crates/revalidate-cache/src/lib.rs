@@ -43,6 +43,7 @@ mod service;
 pub mod stats;
 pub mod status;
 pub mod store;
+pub mod stored_fields;
 
 pub use cache::{Cache, CacheBuilder, CacheConfig, CacheLayer};
 pub use clock::{Clock, MockClock, SystemClock};

@@ -51,7 +51,7 @@ use http::HeaderMap;
 use revalidate::not_modified_headers;
 
 use crate::entry::StoredResponse;
-use crate::headers::answer_map;
+use crate::stored_fields::answer_map;
 
 /// Copies kept per thread.
 const SLOTS: usize = 64;

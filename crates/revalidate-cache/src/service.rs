@@ -29,8 +29,8 @@ use crate::coalesce::{Flight, Role, wait};
 use crate::entry::{Part, StoredResponse, Timing, Variants};
 use crate::freshness::{self, Directives};
 use crate::headers::{
-    Carried, age_value, remove_hop_by_hop, response_tags, set_answer_fields, split_for_storage,
-    strip_hop_by_hop, strip_tags,
+    Carried, age_value, remove_hop_by_hop, response_tags, split_for_storage, strip_hop_by_hop,
+    strip_tags,
 };
 use crate::invalidation::Ticket;
 use crate::key::{
@@ -41,6 +41,7 @@ use crate::routes::{Params, Route, RoutePolicy};
 use crate::stats::Outcome;
 use crate::status::{CACHE_STATUS, CacheStatus};
 use crate::store::{Purge, Store};
+use crate::stored_fields::set_answer_fields;
 use revalidate::{BoxError, ResponseBody as CacheBody};
 
 /// The upstream a cache sits in front of: any cloneable tower service.
@@ -1108,7 +1109,7 @@ impl<St: Store> Shared<St> {
                 Evaluation::Proceed { honor_range: honor } => honor_range = honor,
             }
         }
-        // The answer fields are overwritten in place (see `headers::StoredFields`); a
+        // The answer fields are overwritten in place (see `stored_fields`); a
         // thread's copy is cloned, without rehashing.
         let mut headers = fields.into_headers();
         set_answer_fields(&mut headers, age, status.to_header_value());
