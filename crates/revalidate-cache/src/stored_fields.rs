@@ -2,20 +2,22 @@
 //! made from them.
 //!
 //! **Compact.** A header map's slot for a field takes about 100 bytes (links, hash,
-//! name, value); [`StoredFields`] keeps a name and a value per field ([`FIELD_BYTES`]),
-//! the values slices of one buffer. Over many keys a hit mostly waits for memory,
-//! and each entry is smaller by as much.
+//! name, value); [`StoredFields`] keeps a value per field ([`FIELD_BYTES`]), the
+//! values slices of one buffer, and its list of names is shared with every other
+//! entry whose response carried the same names in the same order (its *shape*,
+//! interned when the entry is stored). Over many keys a hit mostly waits for
+//! memory, and each entry is smaller by as much.
 //!
 //! **Templates.** A hit needs a header map. Made field by field, each append
 //! hashes its name and probes the map (about 180 instructions), and the map's
 //! capacity is allocated: most of a hit's own work on an entry this thread has not
-//! copied (see [`crate::replica`]). But the responses of one upstream mostly carry
-//! the same names in the same order. So each thread keeps, per such list of names
-//! (its *shape*, hashed once when the entry is stored), a template: a map of those
-//! names with empty values. An answer's map is a clone of the template (a copy of
-//! its table, no hashing) with the entry's values set in place, in order. A shape
-//! found in a template's slot is compared name by name before its template is used,
-//! so a hash collision only costs a new template.
+//! copied (see [`crate::replica`]). The responses of one upstream mostly come in a
+//! handful of shapes, so each thread keeps, per shape it serves, a template: a map
+//! of the shape's names with empty values. An answer's map is a clone of the
+//! template (a copy of its table, no hashing) with the entry's values set in place,
+//! in order. A template is found by its shape's id (unique, never reused), so a hit
+//! reads none of the names, and a thread's templates hold names of their own: a
+//! custom name's reference count is never written by two cores.
 //!
 //! **Answer fields.** Every answer from the cache carries `Age` and `Cache-Status`.
 //! The maps made here hold them first, as placeholders, so that an answer made from
@@ -52,7 +54,9 @@
 //! ```
 
 use std::cell::RefCell;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{AGE, CONTENT_LENGTH};
@@ -61,24 +65,18 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use crate::status::CACHE_STATUS;
 
 /// Bytes a stored field takes beyond its name's and value's bytes.
-pub const FIELD_BYTES: usize = size_of::<StoredField>();
+pub const FIELD_BYTES: usize = size_of::<HeaderValue>();
 
 /// The fields a stored response keeps: all it received but `Age`,
 /// `Content-Length` and `Cache-Status`, their values sharing one buffer. See the
 /// [module documentation](self).
 #[derive(Debug, Clone)]
 pub struct StoredFields {
-    /// In the order a header map iterates them: the values of one name together.
-    fields: Box<[StoredField]>,
-    /// A hash of the names, in order: which template slot they use.
-    shape: u32,
-}
-
-#[derive(Debug, Clone)]
-struct StoredField {
-    name: HeaderName,
-    /// A slice of the buffer every value of the entry shares.
-    value: HeaderValue,
+    /// The names, in the order a header map iterates them: the values of one name
+    /// together.
+    shape: Arc<Shape>,
+    /// A value per name, each a slice of the buffer they share.
+    values: Box<[HeaderValue]>,
 }
 
 impl StoredFields {
@@ -90,124 +88,147 @@ impl StoredFields {
                 .iter()
                 .filter(|(name, _)| ![AGE, CONTENT_LENGTH].contains(name) && *name != CACHE_STATUS)
         };
-        let mut buffer = BytesMut::with_capacity(kept().map(|(_, value)| value.len()).sum());
-        for (_, value) in kept() {
-            buffer.extend_from_slice(value.as_bytes());
-        }
-        Self::over(
-            buffer.freeze(),
-            kept().map(|(name, value)| (name.clone(), value)),
-        )
-    }
-
-    /// Fields whose values, given in `fields`, are copied from `buffer`, which holds
-    /// them one after the other.
-    fn over<'a>(
-        buffer: Bytes,
-        fields: impl Iterator<Item = (HeaderName, &'a HeaderValue)>,
-    ) -> Self {
-        let mut start = 0;
-        let fields: Box<[StoredField]> = fields
-            .filter_map(|(name, original)| {
-                let end = start + original.len();
-                let bytes = buffer.slice(start..end);
-                start = end;
-                // The bytes of a valid value, so this never fails; the check is
-                // made once, when the entry is stored.
-                let mut value = HeaderValue::from_maybe_shared(bytes).ok()?;
-                value.set_sensitive(original.is_sensitive());
-                Some(StoredField { name, value })
-            })
-            .collect();
-        let mut hasher = DefaultHasher::new();
-        for field in &fields {
-            field.name.hash(&mut hasher);
-        }
+        let names = kept().map(|(name, _)| name.clone()).collect();
+        let values: Vec<&HeaderValue> = kept().map(|(_, value)| value).collect();
         Self {
-            fields,
-            // Only picks a slot: the names are compared before a template is used.
-            shape: hasher.finish() as u32,
+            shape: Shape::interned(names),
+            values: copied(&values),
         }
     }
 
     /// The number of fields.
     pub fn len(&self) -> usize {
-        self.fields.len()
+        self.values.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.fields.is_empty()
+        self.values.is_empty()
     }
 
     /// Bytes of names and values.
     pub fn byte_len(&self) -> usize {
-        self.fields
-            .iter()
-            .map(|f| f.name.as_str().len() + f.value.len())
-            .sum()
+        let names: usize = self.shape.names.iter().map(|n| n.as_str().len()).sum();
+        names + self.values.iter().map(HeaderValue::len).sum::<usize>()
     }
 
     /// A header map of these fields, after `Age` and `Cache-Status` placeholders (see
     /// [`set_answer_fields`]); its values share the stored buffer.
     pub fn to_map(&self) -> HeaderMap {
-        let mut map = self.blank_map();
-        // The blank map holds these names in this order (see `appended_blank_map`).
-        for ((_, value), field) in map.iter_mut().skip(2).zip(&self.fields) {
-            *value = field.value.clone();
-        }
-        map
+        map_over(&self.shape, &self.values)
     }
 
     /// The same map, its values in a buffer of its own (see [`crate::replica`]).
     pub fn to_detached_map(&self) -> HeaderMap {
-        let mut buffer = BytesMut::with_capacity(self.byte_len());
-        for field in &self.fields {
-            buffer.extend_from_slice(field.value.as_bytes());
+        let values: Vec<&HeaderValue> = self.values.iter().collect();
+        map_over(&self.shape, &copied(&values))
+    }
+}
+
+/// Copies of `values`, sharing one new buffer: values parsed by hyper are slices
+/// of the connection's read buffer, which they would keep alive.
+fn copied(values: &[&HeaderValue]) -> Box<[HeaderValue]> {
+    let mut buffer = BytesMut::with_capacity(values.iter().map(|v| v.len()).sum());
+    for value in values {
+        buffer.extend_from_slice(value.as_bytes());
+    }
+    let buffer: Bytes = buffer.freeze();
+    let mut start = 0;
+    values
+        .iter()
+        .map(|original| {
+            let end = start + original.len();
+            let bytes = buffer.slice(start..end);
+            start = end;
+            // The bytes of a valid value, so this never fails (the check is made
+            // once, when the entry is stored); an empty value stands in if it did.
+            let mut value =
+                HeaderValue::from_maybe_shared(bytes).unwrap_or(HeaderValue::from_static(""));
+            value.set_sensitive(original.is_sensitive());
+            value
+        })
+        .collect()
+}
+
+/// The map of `values` under `shape`'s names: a clone of this thread's template for
+/// the shape, made first if needed, its values set in place.
+fn map_over(shape: &Shape, values: &[HeaderValue]) -> HeaderMap {
+    let index = (shape.id % TEMPLATE_SLOTS as u64) as usize;
+    let cloned = TEMPLATES.try_with(|templates| {
+        // Unavailable only during the thread's teardown: a map of its own then.
+        let mut templates = templates.try_borrow_mut().ok()?;
+        let slot = &mut templates[index];
+        if slot
+            .as_ref()
+            .is_none_or(|template| template.shape != shape.id)
+        {
+            *slot = Some(Template {
+                shape: shape.id,
+                map: shape.blank_map(),
+            });
         }
-        let fields = self.fields.iter().map(|f| (f.name.clone(), &f.value));
-        Self::over(buffer.freeze(), fields).to_map()
+        slot.as_ref().map(|template| template.map.clone())
+    });
+    let mut map = cloned.ok().flatten().unwrap_or_else(|| shape.blank_map());
+    // The blank map iterates the shape's names in their order (see `blank_map`).
+    for ((_, slot), value) in map.iter_mut().skip(2).zip(values) {
+        *slot = value.clone();
     }
+    map
+}
 
-    /// The answer placeholders, then these names with empty values: a clone of this
-    /// thread's template for them, made first if needed.
-    fn blank_map(&self) -> HeaderMap {
-        let index = self.shape as usize % TEMPLATE_SLOTS;
-        let cloned = TEMPLATES.try_with(|templates| {
-            // Unavailable only during the thread's teardown: a map of its own then.
-            let mut templates = templates.try_borrow_mut().ok()?;
-            let slot = &mut templates[index];
-            let fits = |template: &Template| {
-                template.shape == self.shape
-                    && template.names.len() == self.fields.len()
-                    && template
-                        .names
-                        .iter()
-                        .zip(&self.fields)
-                        .all(|(n, f)| *n == f.name)
-            };
-            if !slot.as_ref().is_some_and(fits) {
-                *slot = Some(Template {
-                    shape: self.shape,
-                    names: self.fields.iter().map(|f| f.name.clone()).collect(),
-                    map: self.appended_blank_map(),
-                });
-            }
-            slot.as_ref().map(|template| template.map.clone())
+/// A list of field names, in order, shared by the entries whose responses carry
+/// exactly those.
+#[derive(Debug)]
+struct Shape {
+    /// Unique among every shape this process makes, never reused: what templates
+    /// are found by.
+    id: u64,
+    names: Box<[HeaderName]>,
+}
+
+/// The live shapes, by their names.
+static SHAPES: LazyLock<Mutex<Shapes>> = LazyLock::new(Mutex::default);
+
+#[derive(Debug, Default)]
+struct Shapes {
+    by_names: HashMap<Box<[HeaderName]>, Weak<Shape>>,
+    /// When the map is this long, shapes no entry holds any more are dropped.
+    prune_at: usize,
+}
+
+impl Shape {
+    /// The shape of `names`: the live one, or a new one. Entries are made on
+    /// misses, never on hits, so one lock for all is no contention.
+    fn interned(names: Box<[HeaderName]>) -> Arc<Shape> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let mut shapes = SHAPES.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(shape) = shapes.by_names.get(&names).and_then(Weak::upgrade) {
+            return shape;
+        }
+        let shape = Arc::new(Shape {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            names: names.clone(),
         });
-        cloned
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| self.appended_blank_map())
+        shapes.by_names.insert(names, Arc::downgrade(&shape));
+        if shapes.by_names.len() >= shapes.prune_at {
+            // At most as many dead shapes as live ones are kept: amortized O(1).
+            shapes.by_names.retain(|_, shape| shape.strong_count() > 0);
+            shapes.prune_at = (2 * shapes.by_names.len()).max(64);
+        }
+        shape
     }
 
-    /// [`Self::blank_map`], field by field. A map iterates the values of one name
-    /// together, in the order they were appended; the fields are in that order
-    /// (they were taken from a map), so the map iterates them in their order.
-    fn appended_blank_map(&self) -> HeaderMap {
-        let mut map = answer_map(self.fields.len());
-        for field in &self.fields {
-            map.append(field.name.clone(), HeaderValue::from_static(""));
+    /// The answer placeholders, then these names with empty values. A map iterates
+    /// the values of one name together, in the order they were appended; the names
+    /// are in that order (they were taken from a map), so the map iterates them in
+    /// their order. Each name is made anew, so that a thread's template shares no
+    /// reference count with another thread's.
+    fn blank_map(&self) -> HeaderMap {
+        let mut map = answer_map(self.names.len());
+        for name in &self.names {
+            let own = HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or(name.clone());
+            map.append(own, HeaderValue::from_static(""));
         }
         map
     }
@@ -219,8 +240,8 @@ const TEMPLATE_SLOTS: usize = 16;
 
 #[derive(Debug)]
 struct Template {
-    shape: u32,
-    names: Box<[HeaderName]>,
+    /// Its shape's id.
+    shape: u64,
     map: HeaderMap,
 }
 
@@ -322,8 +343,8 @@ mod tests {
     /// The map made field by field: what a template must reproduce.
     fn appended(fields: &StoredFields) -> HeaderMap {
         let mut map = answer_map(fields.len());
-        for field in &fields.fields {
-            map.append(field.name.clone(), field.value.clone());
+        for (name, value) in fields.shape.names.iter().zip(&fields.values) {
+            map.append(name.clone(), value.clone());
         }
         map
     }
@@ -340,46 +361,78 @@ mod tests {
     }
 
     #[test]
-    fn entries_of_one_shape_share_a_template_and_keep_their_own_values() {
+    fn entries_of_one_shape_share_it_and_keep_their_own_values() {
         let a = fields(&[("etag", "\"a\""), ("x-many", "1"), ("x-many", "2")]);
         let b = fields(&[("etag", "\"b\""), ("x-many", "3"), ("x-many", "4")]);
-        assert_eq!(a.shape, b.shape, "same names, same order");
+        assert!(Arc::ptr_eq(&a.shape, &b.shape), "same names, same order");
         for _ in 0..2 {
             assert_eq!(a.to_map(), appended(&a));
             assert_eq!(b.to_map(), appended(&b));
         }
+        let many = b.to_map();
         assert_eq!(
-            b.to_map().get_all("x-many").iter().collect::<Vec<_>>(),
+            many.get_all("x-many").iter().collect::<Vec<_>>(),
             ["3", "4"]
         );
+        let other = fields(&[("x-many", "1"), ("etag", "\"a\"")]);
+        assert!(!Arc::ptr_eq(&a.shape, &other.shape), "another order");
     }
 
     #[test]
-    fn shapes_that_share_a_slot_each_get_their_own_template() {
-        // Different names, different counts, and a colliding shape forced below.
-        let shapes = [
-            fields(&[("etag", "\"a\""), ("content-type", "text/plain")]),
-            fields(&[("content-type", "text/plain"), ("etag", "\"a\"")]),
-            fields(&[("etag", "\"a\"")]),
-            fields(&[
-                ("etag", "\"a\""),
-                ("content-type", "text/plain"),
-                ("x-a", "1"),
-            ]),
-            fields(&[]),
-        ];
-        let mut forced = shapes.clone();
-        for fields in &mut forced {
-            fields.shape = 7;
-        }
+    fn a_shape_no_entry_holds_is_not_reused() {
+        let names = [("x-shape-reuse-test", "1")];
+        let first = fields(&names);
+        let id = first.shape.id;
+        assert_eq!(fields(&names).shape.id, id, "alive: shared");
+        drop(first);
+        let again = fields(&names);
+        assert_ne!(again.shape.id, id, "dropped: a new shape, with a new id");
+        assert_eq!(again.to_map(), appended(&again));
+    }
+
+    #[test]
+    fn shapes_that_share_a_template_slot_each_get_their_own_template() {
+        // More shapes than slots (different names, orders and counts), several
+        // times over: every slot is taken by turns.
+        let all: Vec<StoredFields> = (0..3 * TEMPLATE_SLOTS)
+            .map(|i| {
+                let name = format!("x-slot-{i}");
+                let mut pairs = vec![("etag", "\"e\""), (name.as_str(), "v")];
+                pairs.truncate(1 + i % 2);
+                if i % 3 == 0 {
+                    pairs.reverse();
+                }
+                let owned: Vec<(String, String)> = pairs
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect();
+                let pairs: Vec<(&str, &str)> = owned
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
+                fields(&pairs)
+            })
+            .collect();
         for round in 0..3 {
-            for fields in shapes.iter().chain(&forced) {
+            for fields in &all {
                 let map = fields.to_map();
                 assert_eq!(map, appended(fields), "round {round}");
                 let names: Vec<_> = map.keys().skip(2).map(HeaderName::as_str).collect();
-                let expected: Vec<_> = fields.fields.iter().map(|f| f.name.as_str()).collect();
+                let expected: Vec<_> = fields.shape.names.iter().map(HeaderName::as_str).collect();
                 assert_eq!(names, expected, "in the stored order");
             }
+        }
+    }
+
+    #[test]
+    fn a_threads_template_has_names_of_its_own() {
+        let fields = fields(&[("x-custom", "1"), ("etag", "\"a\"")]);
+        let stored = fields.shape.names[0].as_str().as_ptr();
+        for _ in 0..2 {
+            let map = fields.to_map();
+            let (name, _) = map.iter().nth(2).unwrap();
+            assert_eq!(name, "x-custom");
+            assert_ne!(name.as_str().as_ptr(), stored, "not the shape's bytes");
         }
     }
 
