@@ -234,9 +234,11 @@ impl Shape {
     }
 }
 
-/// Templates kept per thread: an upstream's responses rarely come in more than a
-/// handful of shapes.
-const TEMPLATE_SLOTS: usize = 16;
+/// Templates kept per thread. An upstream's responses mostly come in a few shapes,
+/// and shape ids are consecutive, so shapes made one after the other take
+/// different slots; a slot taken by another shape costs a new template (a map made
+/// field by field, then cloned). A template is a few hundred bytes.
+const TEMPLATE_SLOTS: usize = 64;
 
 #[derive(Debug)]
 struct Template {
