@@ -99,7 +99,7 @@ measure() {
 
 BARE=$(port)
 measure "bare hyper" "revalidate_bench::serve::{{closure}}::{{closure}}" "$BARE" \
-    "$ROOT/target/release/bench-bare" --listen "127.0.0.1:$BARE" --objects "$KEYS"
+    "$ROOT/target/release/bench-bare" --listen "127.0.0.1:$BARE" --objects $((KEYS > 2 ? KEYS : 2))
 PROXY=$(port)
 ADMIN=$(port)
 measure "revalidate (hit)" "revalidate_cli::serve::server::run::{{closure}}::{{closure}}" "$PROXY" \

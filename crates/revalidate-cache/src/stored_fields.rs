@@ -17,7 +17,9 @@
 //! template (a copy of its table, no hashing) with the entry's values set in place,
 //! in order. A template is found by its shape's id (unique, never reused), so a hit
 //! reads none of the names, and a thread's templates hold names of their own: a
-//! custom name's reference count is never written by two cores.
+//! custom name's reference count is never written by two cores. A shape whose slot
+//! holds another's template is answered field by field, and takes the slot over on
+//! its second miss there in a row.
 //!
 //! **Answer fields.** Every answer from the cache carries `Age` and `Cache-Status`.
 //! The maps made here hold them first, as placeholders, so that an answer made from
@@ -106,7 +108,9 @@ impl StoredFields {
         self.values.is_empty()
     }
 
-    /// Bytes of names and values.
+    /// Bytes of names and values. The names are counted for every entry that
+    /// shares them: more than their shape's own allocation when it is shared, about
+    /// as much when it is not.
     pub fn byte_len(&self) -> usize {
         let names: usize = self.shape.names.iter().map(|n| n.as_str().len()).sum();
         names + self.values.iter().map(HeaderValue::len).sum::<usize>()
@@ -151,25 +155,39 @@ fn copied(values: &[&HeaderValue]) -> Box<[HeaderValue]> {
 }
 
 /// The map of `values` under `shape`'s names: a clone of this thread's template for
-/// the shape, made first if needed, its values set in place.
+/// the shape, its values set in place.
 fn map_over(shape: &Shape, values: &[HeaderValue]) -> HeaderMap {
     let index = (shape.id % TEMPLATE_SLOTS as u64) as usize;
     let cloned = TEMPLATES.try_with(|templates| {
         // Unavailable only during the thread's teardown: a map of its own then.
         let mut templates = templates.try_borrow_mut().ok()?;
         let slot = &mut templates[index];
-        if slot
-            .as_ref()
-            .is_none_or(|template| template.shape != shape.id)
-        {
-            *slot = Some(Template {
-                shape: shape.id,
-                map: shape.blank_map(),
-            });
+        if slot.template.as_ref().is_some_and(|t| t.shape == shape.id) {
+            return Some(slot.template.as_ref()?.map.clone());
         }
-        slot.as_ref().map(|template| template.map.clone())
+        // Another shape's template: replaced on this shape's second miss here in a
+        // row (as `replica` does), so two shapes that share the slot by turns are
+        // answered field by field rather than by a new template each time.
+        if slot.template.is_some() && slot.missed != shape.id {
+            slot.missed = shape.id;
+            return None;
+        }
+        let map = shape.blank_map();
+        let cloned = map.clone();
+        slot.template = Some(Template {
+            shape: shape.id,
+            map,
+        });
+        Some(cloned)
     });
-    let mut map = cloned.ok().flatten().unwrap_or_else(|| shape.blank_map());
+    let Some(mut map) = cloned.ok().flatten() else {
+        return shape.appended_map(values);
+    };
+    debug_assert_eq!(
+        map.len(),
+        values.len() + 2,
+        "a template has a slot per value"
+    );
     // The blank map iterates the shape's names in their order (see `blank_map`).
     for ((_, slot), value) in map.iter_mut().skip(2).zip(values) {
         *slot = value.clone();
@@ -184,7 +202,7 @@ struct Shape {
     /// Unique among every shape this process makes, never reused: what templates
     /// are found by.
     id: u64,
-    names: Box<[HeaderName]>,
+    names: Arc<[HeaderName]>,
 }
 
 /// The live shapes, by their names.
@@ -192,7 +210,8 @@ static SHAPES: LazyLock<Mutex<Shapes>> = LazyLock::new(Mutex::default);
 
 #[derive(Debug, Default)]
 struct Shapes {
-    by_names: HashMap<Box<[HeaderName]>, Weak<Shape>>,
+    /// Keyed by the shape's own names (one allocation for both).
+    by_names: HashMap<Arc<[HeaderName]>, Weak<Shape>>,
     /// When the map is this long, shapes no entry holds any more are dropped.
     prune_at: usize,
 }
@@ -200,23 +219,41 @@ struct Shapes {
 impl Shape {
     /// The shape of `names`: the live one, or a new one. Entries are made on
     /// misses, never on hits, so one lock for all is no contention.
-    fn interned(names: Box<[HeaderName]>) -> Arc<Shape> {
+    fn interned(names: Vec<HeaderName>) -> Arc<Shape> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let mut shapes = SHAPES.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(shape) = shapes.by_names.get(&names).and_then(Weak::upgrade) {
+        if let Some(shape) = shapes
+            .by_names
+            .get(names.as_slice())
+            .and_then(Weak::upgrade)
+        {
             return shape;
         }
         let shape = Arc::new(Shape {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            names: names.clone(),
+            names: names.into(),
         });
-        shapes.by_names.insert(names, Arc::downgrade(&shape));
+        shapes
+            .by_names
+            .insert(shape.names.clone(), Arc::downgrade(&shape));
         if shapes.by_names.len() >= shapes.prune_at {
-            // At most as many dead shapes as live ones are kept: amortized O(1).
+            // Dead shapes are dropped when the map has doubled since the last time:
+            // amortized O(1) per shape, and never more than twice the live ones
+            // (or 64) in the map.
             shapes.by_names.retain(|_, shape| shape.strong_count() > 0);
             shapes.prune_at = (2 * shapes.by_names.len()).max(64);
         }
         shape
+    }
+
+    /// The map of `values` under these names, field by field: for a shape whose
+    /// template slot another shape holds.
+    fn appended_map(&self, values: &[HeaderValue]) -> HeaderMap {
+        let mut map = answer_map(values.len());
+        for (name, value) in self.names.iter().zip(values) {
+            map.append(name.clone(), value.clone());
+        }
+        map
     }
 
     /// The answer placeholders, then these names with empty values. A map iterates
@@ -226,7 +263,7 @@ impl Shape {
     /// reference count with another thread's.
     fn blank_map(&self) -> HeaderMap {
         let mut map = answer_map(self.names.len());
-        for name in &self.names {
+        for name in self.names.iter() {
             let own = HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or(name.clone());
             map.append(own, HeaderValue::from_static(""));
         }
@@ -236,9 +273,16 @@ impl Shape {
 
 /// Templates kept per thread. An upstream's responses mostly come in a few shapes,
 /// and shape ids are consecutive, so shapes made one after the other take
-/// different slots; a slot taken by another shape costs a new template (a map made
-/// field by field, then cloned). A template is a few hundred bytes.
+/// different slots. A template takes about 100 B per field, so a thread's are
+/// bounded by 64 times its largest shapes (about 100 KiB for shapes of 15 fields).
 const TEMPLATE_SLOTS: usize = 64;
+
+#[derive(Debug)]
+struct TemplateSlot {
+    template: Option<Template>,
+    /// The shape last answered field by field here (0: none; ids start at 1).
+    missed: u64,
+}
 
 #[derive(Debug)]
 struct Template {
@@ -248,8 +292,9 @@ struct Template {
 }
 
 thread_local! {
-    static TEMPLATES: RefCell<[Option<Template>; TEMPLATE_SLOTS]> =
-        const { RefCell::new([const { None }; TEMPLATE_SLOTS]) };
+    static TEMPLATES: RefCell<[TemplateSlot; TEMPLATE_SLOTS]> = const {
+        RefCell::new([const { TemplateSlot { template: None, missed: 0 } }; TEMPLATE_SLOTS])
+    };
 }
 
 /// A map holding only the `Age` and `Cache-Status` placeholders (see
@@ -427,25 +472,87 @@ mod tests {
     }
 
     #[test]
-    fn a_threads_template_has_names_of_its_own() {
+    fn a_threads_template_has_names_of_its_own_and_is_reused() {
         let fields = fields(&[("x-custom", "1"), ("etag", "\"a\"")]);
         let stored = fields.shape.names[0].as_str().as_ptr();
-        for _ in 0..2 {
-            let map = fields.to_map();
+        let custom_name = |map: &HeaderMap| {
             let (name, _) = map.iter().nth(2).unwrap();
             assert_eq!(name, "x-custom");
-            assert_ne!(name.as_str().as_ptr(), stored, "not the shape's bytes");
+            name.as_str().as_ptr()
+        };
+        let first = custom_name(&fields.to_map());
+        assert_ne!(first, stored, "not the shape's bytes");
+        for _ in 0..2 {
+            assert_eq!(custom_name(&fields.to_map()), first, "the same template");
         }
     }
 
     #[test]
-    fn values_share_one_buffer() {
+    fn a_shape_takes_a_slot_over_on_its_second_miss_in_a_row() {
+        let first = fields(&[("x-first", "1")]);
+        let slot = |f: &StoredFields| f.shape.id % TEMPLATE_SLOTS as u64;
+        let second = (0..)
+            .map(|i| fields(&[(format!("x-second-{i}").as_str(), "2")]))
+            .find(|f| slot(f) == slot(&first))
+            .unwrap();
+        // Where the answer's name comes from: a template (bytes of the thread's
+        // own) or the shape (field by field).
+        let from_template = |f: &StoredFields| {
+            let map = f.to_map();
+            let (name, _) = map.iter().nth(2).unwrap();
+            name.as_str().as_ptr() != f.shape.names[0].as_str().as_ptr()
+        };
+        assert!(
+            from_template(&first),
+            "an empty slot takes a template at once"
+        );
+        assert!(!from_template(&second), "first miss: field by field");
+        assert!(from_template(&first), "the holder keeps its template");
+        assert!(from_template(&second), "second miss in a row: taken over");
+        assert!(!from_template(&first));
+        assert_eq!(first.to_map(), appended(&first));
+        assert_eq!(second.to_map(), appended(&second));
+    }
+
+    #[test]
+    fn shapes_no_entry_holds_are_pruned() {
+        let make = |tag: &str, count: usize| -> Vec<StoredFields> {
+            (0..count)
+                .map(|i| fields(&[(format!("x-prune-{tag}-{i}").as_str(), "v")]))
+                .collect()
+        };
+        drop(make("dropped", 300));
+        let shapes = || SHAPES.lock().unwrap().by_names.len();
+        // Pruning is due by the time the map has doubled (other tests' shapes only
+        // bring it sooner).
+        let live = make("live", shapes() + 1);
+        let dropped_kept = SHAPES
+            .lock()
+            .unwrap()
+            .by_names
+            .keys()
+            .filter(|names| {
+                names
+                    .first()
+                    .is_some_and(|n| n.as_str().starts_with("x-prune-dropped-"))
+            })
+            .count();
+        assert_eq!(dropped_kept, 0);
+        assert!(live.iter().all(|f| f.to_map() == appended(f)));
+    }
+
+    #[test]
+    fn answers_share_the_stored_buffer_and_detached_maps_do_not() {
         let fields = fields(&[("etag", "\"a\""), ("content-type", "text/plain")]);
-        let map = fields.to_map();
-        let etag = map["etag"].as_bytes().as_ptr() as usize;
-        let content_type = map["content-type"].as_bytes().as_ptr() as usize;
-        assert_eq!(content_type, etag + 3, "one after the other");
+        let stored = fields.values[0].as_bytes().as_ptr() as usize;
+        let content_type = fields.values[1].as_bytes().as_ptr() as usize;
+        assert_eq!(content_type, stored + 3, "one buffer, one after the other");
+        for _ in 0..2 {
+            let map = fields.to_map();
+            assert_eq!(map["etag"].as_bytes().as_ptr() as usize, stored);
+        }
         let detached = fields.to_detached_map();
-        assert_ne!(detached["etag"].as_bytes().as_ptr() as usize, etag);
+        assert_eq!(detached["etag"], "\"a\"");
+        assert_ne!(detached["etag"].as_bytes().as_ptr() as usize, stored);
     }
 }
