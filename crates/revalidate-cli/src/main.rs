@@ -16,6 +16,20 @@ use tokio::net::TcpListener;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+// Transparent huge pages for the heap. Over many keys, a hit reads an entry's
+// scattered pieces (the store's slot, the variants, the stored response, its
+// fields, the body's handle), and with 4 KiB pages most of those reads miss the
+// TLB as well as the CPU's caches; 2 MiB pages cover the whole cache in a few TLB
+// entries. `cargo bench -p revalidate-bench --bench hit`: a hit over 10,000 URLs
+// 1.10 -> 0.91 us. Resident memory: 10 -> 31 MiB idle, +3.5% after 100,000
+// objects of 5 KiB (README). Turned off at run time with
+// `_RJEM_MALLOC_CONF=thp:default,metadata_thp:disabled`.
+// SAFETY: jemalloc reads this C string (`const char *`) once, at its start, and
+// never writes it; it is NUL-terminated and lives as long as the process.
+#[allow(unsafe_code)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: &[u8; 31] = b"thp:always,metadata_thp:always\0";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "revalidate",
