@@ -53,9 +53,7 @@ async fn main() {
             Arc::from(path.as_str()),
         );
         let variants = Variants::new(vec![], vec![Arc::new(entry)]);
-        store
-            .put(format!("127.0.0.1{path}"), Arc::new(variants))
-            .await;
+        store.put(format!("127.0.0.1{path}"), variants).await;
     }
     let after = rss_bytes();
     let usage = store.usage();

@@ -7,14 +7,13 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, StatusCode};
 use revalidate::Validators;
-use smallvec::SmallVec;
 
 use crate::key::Secondary;
 use crate::stored_fields::{FIELD_BYTES, StoredFields};
 
 /// Bytes charged per entry beyond its body and header bytes: the struct, the
 /// fields' table and the store's bookkeeping (measured; see the README).
-pub const ENTRY_OVERHEAD_BYTES: usize = 748;
+pub const ENTRY_OVERHEAD_BYTES: usize = 700;
 
 /// Bytes charged per stored header field beyond its name and value (its entry in
 /// [`StoredFields`]: its value, a slice of the entry's buffer).
@@ -267,38 +266,90 @@ impl StoredResponse {
     }
 }
 
-/// The stored variants of one primary key and the `Vary` fields that select them.
-#[derive(Debug, Default)]
-pub struct Variants {
-    /// Field names of the most recent response's `Vary`.
-    pub vary: Vec<HeaderName>,
-    /// One entry per distinct secondary key. Most keys have one, kept inline: a
-    /// hit reads it without following another pointer.
-    pub entries: SmallVec<[Arc<StoredResponse>; 1]>,
+/// The stored variants of one primary key and the `Vary` fields that select them:
+/// a handle, cheap to clone, that a store keeps by value.
+///
+/// A key whose response has no `Vary` (most keys) holds that one response
+/// directly, so that a hit goes from the store's slot to the response without
+/// another pointer in between: over many keys, each pointer followed is a read
+/// that waits for memory.
+#[derive(Debug, Clone, Default)]
+pub struct Variants(Held);
+
+#[derive(Debug, Clone, Default)]
+enum Held {
+    /// Nothing stored yet: what [`Variants::with`] starts from.
+    #[default]
+    Nothing,
+    /// One response, without `Vary`.
+    One(Arc<StoredResponse>),
+    /// Responses selected by their `Vary` fields.
+    Varied(Arc<Varied>),
+}
+
+#[derive(Debug)]
+struct Varied {
+    /// Field names of the most recent response's `Vary` (never empty).
+    vary: Vec<HeaderName>,
+    /// One entry per distinct secondary key.
+    entries: Vec<Arc<StoredResponse>>,
     weight: usize,
 }
 
 impl Variants {
     /// The variants `entries`, selected by the `vary` field names.
-    pub fn new(vary: Vec<HeaderName>, entries: Vec<Arc<StoredResponse>>) -> Self {
+    pub fn new(vary: Vec<HeaderName>, mut entries: Vec<Arc<StoredResponse>>) -> Self {
         // `find` relies on it: without Vary, one variant.
         debug_assert!(!vary.is_empty() || entries.len() <= 1);
-        let weight = entries.iter().map(|e| e.weight()).sum();
-        Self {
-            vary,
-            entries: entries.into_iter().collect(),
-            weight,
+        Self(match (vary.is_empty(), entries.len()) {
+            (_, 0) => Held::Nothing,
+            (true, _) => Held::One(entries.swap_remove(0)),
+            (false, _) => Held::Varied(Arc::new(Varied {
+                weight: entries.iter().map(|e| e.weight()).sum(),
+                vary,
+                entries,
+            })),
+        })
+    }
+
+    /// The `Vary` field names that select among them (empty without `Vary`).
+    pub fn vary(&self) -> &[HeaderName] {
+        match &self.0 {
+            Held::Varied(varied) => &varied.vary,
+            Held::Nothing | Held::One(_) => &[],
+        }
+    }
+
+    /// Every stored response.
+    pub fn entries(&self) -> &[Arc<StoredResponse>] {
+        match &self.0 {
+            Held::Nothing => &[],
+            Held::One(entry) => std::slice::from_ref(entry),
+            Held::Varied(varied) => &varied.entries,
+        }
+    }
+
+    /// Whether `self` and `other` hold the same stored responses (the same
+    /// allocations, not equal ones).
+    pub fn same_as(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (Held::Nothing, Held::Nothing) => true,
+            (Held::One(a), Held::One(b)) => Arc::ptr_eq(a, b),
+            (Held::Varied(a), Held::Varied(b)) => Arc::ptr_eq(a, b),
+            _ => false,
         }
     }
 
     /// The entry `request` selects.
     pub fn find(&self, request: &http::HeaderMap) -> Option<&Arc<StoredResponse>> {
-        // Without Vary there is one variant, whatever the request: its secondary key
-        // need not be read (on a hit over many keys, that read waits for memory).
-        if self.vary.is_empty() {
-            return self.entries.first();
+        match &self.0 {
+            Held::Nothing => None,
+            // Without Vary there is one variant, whatever the request: its secondary
+            // key need not be read (on a hit over many keys, that read waits for
+            // memory).
+            Held::One(entry) => Some(entry),
+            Held::Varied(varied) => varied.entries.iter().find(|e| e.secondary.matches(request)),
         }
-        self.entries.iter().find(|e| e.secondary.matches(request))
     }
 
     /// These variants with `entry` added (replacing one with the same secondary
@@ -309,8 +360,8 @@ impl Variants {
         entry: Arc<StoredResponse>,
         max_variants: usize,
     ) -> Self {
-        let mut entries: Vec<Arc<StoredResponse>> = if vary == self.vary {
-            self.entries
+        let mut entries: Vec<Arc<StoredResponse>> = if vary == self.vary() {
+            self.entries()
                 .iter()
                 .filter(|e| e.secondary != entry.secondary)
                 .cloned()
@@ -327,23 +378,98 @@ impl Variants {
 
     /// Bytes charged against the memory budget.
     pub fn weight(&self) -> usize {
-        self.weight
+        match &self.0 {
+            Held::Nothing => 0,
+            Held::One(entry) => entry.weight(),
+            Held::Varied(varied) => varied.weight,
+        }
     }
 
     /// The normalized path all variants share.
     pub fn path(&self) -> Option<&Arc<str>> {
-        self.entries.first().map(|e| &e.path)
+        self.entries().first().map(|e| &e.path)
     }
 
     /// Tags of all entries.
     pub fn tags(&self) -> impl Iterator<Item = &String> {
-        self.entries.iter().flat_map(|e| e.tags.iter())
+        self.entries().iter().flat_map(|e| e.tags.iter())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stored(secondary: Secondary, body: &'static str) -> Arc<StoredResponse> {
+        let timing = Timing::fresh_for(Duration::from_secs(60), SystemTime::now());
+        let body = Bytes::from_static(body.as_bytes());
+        let path = Arc::from("/p");
+        Arc::new(StoredResponse::new(
+            StatusCode::OK,
+            HeaderMap::new(),
+            body,
+            timing,
+            secondary,
+            vec!["t".into()],
+            path,
+        ))
+    }
+
+    fn request(language: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(language) = language {
+            headers.insert(http::header::ACCEPT_LANGUAGE, language.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn without_vary_the_one_response_answers_every_request() {
+        let entry = stored(Secondary::default(), "one");
+        let variants = Variants::default().with(Vec::new(), entry.clone(), 16);
+        assert!(matches!(variants.0, Held::One(_)), "held directly");
+        assert!(variants.vary().is_empty());
+        for headers in [request(None), request(Some("fr"))] {
+            assert!(Arc::ptr_eq(variants.find(&headers).unwrap(), &entry));
+        }
+        assert_eq!(variants.weight(), entry.weight());
+        assert_eq!(variants.path().map(|p| &**p), Some("/p"));
+        assert_eq!(variants.tags().collect::<Vec<_>>(), ["t"]);
+        assert!(variants.same_as(&variants.clone()));
+        let same = Variants::default().with(Vec::new(), entry, 16);
+        assert!(variants.same_as(&same), "the same response");
+        let other = Variants::default().with(Vec::new(), stored(Secondary::default(), "one"), 16);
+        assert!(!variants.same_as(&other), "another response, equal or not");
+        assert!(Variants::default().find(&request(None)).is_none());
+    }
+
+    #[test]
+    fn vary_selects_by_secondary_key_and_a_new_vary_replaces_all() {
+        let names = vec![http::header::ACCEPT_LANGUAGE];
+        let english = stored(crate::key::secondary(&names, &request(Some("en"))), "en");
+        let french = stored(crate::key::secondary(&names, &request(Some("fr"))), "fr");
+        let variants = Variants::default()
+            .with(names.clone(), english.clone(), 16)
+            .with(names.clone(), french.clone(), 16);
+        assert_eq!(variants.vary(), &names[..]);
+        assert_eq!(variants.entries().len(), 2);
+        assert_eq!(variants.weight(), english.weight() + french.weight());
+        let found = |language| variants.find(&request(language)).map(|e| e.body.clone());
+        assert_eq!(found(Some("en")).unwrap(), "en");
+        assert_eq!(found(Some("fr")).unwrap(), "fr");
+        assert_eq!(found(Some("de")), None);
+        assert_eq!(found(None), None);
+
+        // At most `max_variants`: the oldest goes.
+        let capped = variants.with(names, stored(Secondary::default(), "none"), 2);
+        assert_eq!(capped.entries().len(), 2);
+        assert!(Arc::ptr_eq(&capped.entries()[0], &french));
+
+        // A response without Vary replaces every variant.
+        let plain = variants.with(Vec::new(), stored(Secondary::default(), "plain"), 16);
+        assert_eq!(plain.entries().len(), 1);
+        assert_eq!(plain.find(&request(Some("en"))).unwrap().body, "plain");
+    }
 
     #[test]
     fn parts_come_only_from_a_consistent_single_content_range() {

@@ -152,7 +152,7 @@ enum AtOnce<ReqBody, ResBody> {
     Answered(Response<CacheBody<ResBody>>),
     /// The request, for the full path, with what the store held under its key
     /// when it was looked up (the full path does not ask the store again).
-    Later(Request<ReqBody>, Option<Option<Arc<Variants>>>),
+    Later(Request<ReqBody>, Option<Option<Variants>>),
 }
 
 /// Marks a response that an upstream client made up because the upstream could not
@@ -378,7 +378,7 @@ impl<St: Store> Shared<St> {
             primary_key(policy, &head, target).and_then(|primary| self.store.get_now(&primary.key));
         let found = looked_up
             .as_ref()
-            .and_then(|variants| variants.as_deref()?.find(&head.headers));
+            .and_then(|variants| variants.as_ref()?.find(&head.headers));
         let request_cc;
         let answer = match found {
             // A stored part answers only some ranges: the full path decides.
@@ -419,7 +419,7 @@ impl<St: Store> Shared<St> {
         self: Arc<Self>,
         inner: S,
         request: Request<ReqBody>,
-        looked_up: Option<Option<Arc<Variants>>>,
+        looked_up: Option<Option<Variants>>,
     ) -> Result<Response<CacheBody<ResBody>>, S::Error>
     where
         S: Upstream<ReqBody, ResBody>,
@@ -1039,15 +1039,10 @@ impl<St: Store> Shared<St> {
         }
         let existing = self.store.get(primary).await;
         let names = entry.secondary.names.clone();
-        let variants = existing.as_deref().unwrap_or(&Variants::default()).with(
-            names,
-            entry,
-            self.config.max_variants,
-        );
-        let kept = self
-            .store
-            .put(primary.to_string(), Arc::new(variants))
-            .await;
+        let variants = existing
+            .unwrap_or_default()
+            .with(names, entry, self.config.max_variants);
+        let kept = self.store.put(primary.to_string(), variants).await;
         drop(guard);
         if kept {
             self.stats.stored();

@@ -95,12 +95,12 @@ impl WrappedStore {
 }
 
 impl Store for WrappedStore {
-    async fn get(&self, primary: &str) -> Option<Arc<revalidate_cache::entry::Variants>> {
+    async fn get(&self, primary: &str) -> Option<revalidate_cache::entry::Variants> {
         self.lookups.fetch_add(1, Ordering::SeqCst);
         self.inner.get(primary).await
     }
 
-    fn get_now(&self, primary: &str) -> Option<Option<Arc<revalidate_cache::entry::Variants>>> {
+    fn get_now(&self, primary: &str) -> Option<Option<revalidate_cache::entry::Variants>> {
         if !self.at_once {
             return None;
         }
@@ -108,7 +108,7 @@ impl Store for WrappedStore {
         self.inner.get_now(primary)
     }
 
-    async fn put(&self, primary: String, variants: Arc<revalidate_cache::entry::Variants>) -> bool {
+    async fn put(&self, primary: String, variants: revalidate_cache::entry::Variants) -> bool {
         self.inner.put(primary, variants).await
     }
 

@@ -24,7 +24,7 @@ pub struct MemoryStore {
 }
 
 /// A primary key and what is stored under it.
-type Stored = (StoreKey, Arc<Variants>);
+type Stored = (StoreKey, Variants);
 
 /// A primary key as the cache holds it: up to [`INLINE_KEY_BYTES`] inline, in
 /// quick_cache's slot beside the value, so that a lookup compares it without
@@ -36,7 +36,7 @@ type StoreKey = SmallVec<[u8; INLINE_KEY_BYTES]>;
 /// Room for a host, a port and a path of a few segments.
 const INLINE_KEY_BYTES: usize = 48;
 
-type Entries = Cache<StoreKey, Arc<Variants>, ByBytes, DefaultHashBuilder, EvictionNotices>;
+type Entries = Cache<StoreKey, Variants, ByBytes, DefaultHashBuilder, EvictionNotices>;
 
 #[derive(Debug)]
 struct Inner {
@@ -53,8 +53,8 @@ struct Inner {
 #[derive(Debug, Clone, Copy)]
 struct ByBytes;
 
-impl Weighter<StoreKey, Arc<Variants>> for ByBytes {
-    fn weight(&self, key: &StoreKey, variants: &Arc<Variants>) -> u64 {
+impl Weighter<StoreKey, Variants> for ByBytes {
+    fn weight(&self, key: &StoreKey, variants: &Variants) -> u64 {
         // The index holds the key's bytes once; a key too long for the slot is on
         // the heap a second time.
         let key_bytes = key.len() * if key.spilled() { 2 } else { 1 };
@@ -72,11 +72,11 @@ struct EvictionNotices {
     count: Arc<AtomicU64>,
 }
 
-impl Lifecycle<StoreKey, Arc<Variants>> for EvictionNotices {
+impl Lifecycle<StoreKey, Variants> for EvictionNotices {
     type RequestState = ();
 
     // quick_cache 0.7 reports a replaced value here too, not only evicted ones.
-    fn on_evict(&self, _: &mut (), key: StoreKey, variants: Arc<Variants>) {
+    fn on_evict(&self, _: &mut (), key: StoreKey, variants: Variants) {
         lock(&self.evicted).push((key, variants));
     }
 }
@@ -208,15 +208,15 @@ impl Inner {
 }
 
 impl Store for MemoryStore {
-    async fn get(&self, primary: &str) -> Option<Arc<Variants>> {
+    async fn get(&self, primary: &str) -> Option<Variants> {
         self.inner.entries.get(primary.as_bytes())
     }
 
-    fn get_now(&self, primary: &str) -> Option<Option<Arc<Variants>>> {
+    fn get_now(&self, primary: &str) -> Option<Option<Variants>> {
         Some(self.inner.entries.get(primary.as_bytes()))
     }
 
-    async fn put(&self, primary: String, variants: Arc<Variants>) -> bool {
+    async fn put(&self, primary: String, variants: Variants) -> bool {
         let key = StoreKey::from_slice(primary.as_bytes());
         let primary: Arc<str> = Arc::from(primary);
         let mut index = lock(&self.inner.index);
@@ -230,7 +230,7 @@ impl Store for MemoryStore {
         self.inner
             .entries
             .peek(primary.as_bytes())
-            .is_some_and(|kept| Arc::ptr_eq(&kept, &variants))
+            .is_some_and(|kept| kept.same_as(&variants))
     }
 
     async fn purge(&self, purge: &Purge) -> usize {
@@ -239,7 +239,7 @@ impl Store for MemoryStore {
         for primary in &selected {
             if purge.soft {
                 if let Some(variants) = self.inner.entries.peek(primary.as_bytes()) {
-                    variants.entries.iter().for_each(|e| e.soft_purge());
+                    variants.entries().iter().for_each(|e| e.soft_purge());
                 }
             } else if let Some((_, variants)) = self.inner.entries.remove(primary.as_bytes()) {
                 index.remove(primary, &variants);
@@ -268,7 +268,7 @@ mod tests {
     use crate::entry::{StoredResponse, Timing};
     use crate::key::Secondary;
 
-    fn variants(path: &str, tags: &[&str], body_len: usize) -> Arc<Variants> {
+    fn variants(path: &str, tags: &[&str], body_len: usize) -> Variants {
         let now = SystemTime::now();
         let timing = Timing::fresh_for(Duration::from_secs(60), now);
         let entry = StoredResponse::new(
@@ -280,7 +280,7 @@ mod tests {
             tags.iter().map(|t| t.to_string()).collect(),
             Arc::from(path),
         );
-        Arc::new(Variants::new(Vec::new(), vec![Arc::new(entry)]))
+        Variants::new(Vec::new(), vec![Arc::new(entry)])
     }
 
     fn indexed(store: &MemoryStore) -> (usize, usize) {
@@ -330,7 +330,7 @@ mod tests {
         }
         for (i, path) in paths.iter().enumerate() {
             let found = store.get(&format!("h{path}")).await.expect("stored");
-            assert_eq!(found.entries[0].body.len(), 10 + i, "{path}");
+            assert_eq!(found.entries()[0].body.len(), 10 + i, "{path}");
         }
         assert!(store.get(&format!("h/{long}")).await.is_none());
         assert_eq!(store.purge(&Purge::urls([paths[1].as_str()])).await, 1);

@@ -15,7 +15,6 @@
 mod memory;
 
 use std::future::Future;
-use std::sync::Arc;
 
 pub use memory::MemoryStore;
 
@@ -38,18 +37,18 @@ pub struct StoreUsage {
 /// instance (an invalidation bus) and index tags where the entries live.
 pub trait Store: Clone + Send + Sync + 'static {
     /// The variants stored under `primary`.
-    fn get(&self, primary: &str) -> impl Future<Output = Option<Arc<Variants>>> + Send;
+    fn get(&self, primary: &str) -> impl Future<Output = Option<Variants>> + Send;
     /// The variants stored under `primary`, when the store can tell without
     /// waiting (an in-process tier): `Some(None)` is a miss. `None`, the default,
     /// means "ask [`Store::get`]". The cache answers fresh hits found this way
     /// before it makes a future for the request.
-    fn get_now(&self, primary: &str) -> Option<Option<Arc<Variants>>> {
+    fn get_now(&self, primary: &str) -> Option<Option<Variants>> {
         let _ = primary;
         None
     }
     /// Stores (or replaces) the variants of `primary`; returns whether they are kept
     /// (a store may refuse what it cannot hold).
-    fn put(&self, primary: String, variants: Arc<Variants>) -> impl Future<Output = bool> + Send;
+    fn put(&self, primary: String, variants: Variants) -> impl Future<Output = bool> + Send;
     /// Removes or (soft) marks stale every entry the purge names; returns how many
     /// primary keys it touched. Costs time in the number of entries named.
     fn purge(&self, purge: &Purge) -> impl Future<Output = usize> + Send;
