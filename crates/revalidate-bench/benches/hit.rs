@@ -37,23 +37,36 @@ static MALLOC_CONF: &[u8; 31] = b"thp:always,metadata_thp:always\0";
 /// Numbers of distinct URLs: one hot URL, `bench/run.sh`'s 10,000, and ten times more.
 const KEY_COUNTS: [u64; 3] = [1, 10_000, 100_000];
 
-/// Length of the random sequence of URLs the iterations cycle through.
-const SEQUENCE_LEN: usize = 1 << 16;
+/// Least length of the random sequence of URLs the iterations cycle through.
+const MIN_SEQUENCE_LEN: usize = 1 << 16;
 
-/// The URIs of a fixed pseudo-random sequence over `/obj/0` .. `/obj/{keys-1}`.
+/// The URIs of a fixed pseudo-random sequence over `/obj/0` .. `/obj/{keys-1}`:
+/// shuffled rounds of every key, so that each key is asked for as often as any
+/// other, however many keys there are, and the sequence holds at least
+/// [`MIN_SEQUENCE_LEN`] of them.
 fn sequence(keys: u64) -> Vec<Uri> {
+    // xorshift64: deterministic, so both sides see the same sequence.
     let mut state: u64 = 0x2545_F491_4F6C_DD1D;
-    (0..SEQUENCE_LEN)
-        .map(|_| {
-            // xorshift64: deterministic, so both sides see the same sequence.
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            format!("http://bench/obj/{}", state % keys)
-                .parse()
-                .unwrap()
-        })
-        .collect()
+    let mut random = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let keys = usize::try_from(keys).unwrap();
+    let rounds = MIN_SEQUENCE_LEN.div_ceil(keys);
+    let mut order: Vec<usize> = (0..keys).collect();
+    let mut uris = Vec::with_capacity(rounds * keys);
+    for _ in 0..rounds {
+        // Fisher-Yates.
+        for i in (1..keys).rev() {
+            let j = usize::try_from(random() % (i as u64 + 1)).unwrap();
+            order.swap(i, j);
+        }
+        let round = order.iter().map(|n| format!("http://bench/obj/{n}"));
+        uris.extend(round.map(|uri| uri.parse::<Uri>().unwrap()));
+    }
+    uris
 }
 
 fn get(uri: &Uri) -> Request<Full<Bytes>> {
@@ -93,17 +106,25 @@ fn hits(c: &mut Criterion) {
                 assert_eq!(response.status(), 200);
             }
         });
+        // Every key is stored (none evicted) and is a hit.
+        assert_eq!(cache.usage().entries, keys);
         let answer = ready(proxy.call(get(&uris[0]))).unwrap();
         let status = answer.headers()["cache-status"].to_str().unwrap();
         assert!(status.starts_with("revalidate; hit;"), "{status}");
+        let misses = cache.stats().misses;
         let mut next = 0;
         group.bench_function(BenchmarkId::new("revalidate", keys), |b| {
             b.iter(|| {
-                next = (next + 1) % SEQUENCE_LEN;
+                next = (next + 1) % uris.len();
                 let response = ready(proxy.call(get(&uris[next]))).unwrap();
                 black_box(response)
             })
         });
+        assert_eq!(
+            cache.stats().misses,
+            misses,
+            "every timed request was a hit"
+        );
 
         // `bench-bare`'s handler: a table lookup and the same fields.
         let table: Vec<(Bytes, HeaderValue)> = (0..keys)
@@ -126,7 +147,7 @@ fn hits(c: &mut Criterion) {
         let mut next = 0;
         group.bench_function(BenchmarkId::new("bare", keys), |b| {
             b.iter(|| {
-                next = (next + 1) % SEQUENCE_LEN;
+                next = (next + 1) % uris.len();
                 black_box(ready(bare.call(get(&uris[next]))).unwrap())
             })
         });

@@ -5,6 +5,9 @@
 //! `Cache-Control: public, max-age=3600`, a strong `ETag` and
 //! `Content-Type: application/octet-stream`; `If-None-Match` gets a 304.
 
+// Only the binaries name an unsafe symbol (jemalloc's options); the libraries never.
+#![forbid(unsafe_code)]
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;

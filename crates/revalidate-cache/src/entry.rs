@@ -297,7 +297,8 @@ struct Varied {
 }
 
 impl Variants {
-    /// The variants `entries`, selected by the `vary` field names.
+    /// The variants `entries`, selected by the `vary` field names. Without `Vary`
+    /// there is one variant: only the first entry is kept.
     pub fn new(vary: Vec<HeaderName>, mut entries: Vec<Arc<StoredResponse>>) -> Self {
         // `find` relies on it: without Vary, one variant.
         debug_assert!(!vary.is_empty() || entries.len() <= 1);
@@ -329,8 +330,9 @@ impl Variants {
         }
     }
 
-    /// Whether `self` and `other` hold the same stored responses (the same
-    /// allocations, not equal ones).
+    /// Whether `self` and `other` are copies of one handle (or both empty): the
+    /// same stored responses, not merely equal ones. A store compares with it to
+    /// replace only what it handed out.
     pub fn same_as(&self, other: &Self) -> bool {
         match (&self.0, &other.0) {
             (Held::Nothing, Held::Nothing) => true,
@@ -353,7 +355,8 @@ impl Variants {
     }
 
     /// These variants with `entry` added (replacing one with the same secondary
-    /// key). A different `Vary` replaces them all.
+    /// key). A different `Vary` replaces them all; beyond `max_variants` the
+    /// oldest go, and `entry` always stays.
     pub fn with(
         &self,
         vary: Vec<HeaderName>,
@@ -370,9 +373,8 @@ impl Variants {
             Vec::new()
         };
         entries.push(entry);
-        if entries.len() > max_variants {
-            entries.remove(0);
-        }
+        let excess = entries.len().saturating_sub(max_variants.max(1));
+        entries.drain(..excess);
         Self::new(vary, entries)
     }
 
@@ -460,10 +462,21 @@ mod tests {
         assert_eq!(found(Some("de")), None);
         assert_eq!(found(None), None);
 
-        // At most `max_variants`: the oldest goes.
-        let capped = variants.with(names, stored(Secondary::default(), "none"), 2);
+        // At most `max_variants`: the oldest go, the new one stays.
+        let german = stored(crate::key::secondary(&names, &request(Some("de"))), "de");
+        let capped = variants.with(names.clone(), german.clone(), 2);
         assert_eq!(capped.entries().len(), 2);
         assert!(Arc::ptr_eq(&capped.entries()[0], &french));
+        assert!(Arc::ptr_eq(&capped.entries()[1], &german));
+        let only = variants.with(names.clone(), german.clone(), 0);
+        assert_eq!(only.entries().len(), 1, "the new entry stays even at 0");
+        assert_eq!(only.find(&request(Some("de"))).unwrap().body, "de");
+
+        // One handle is not another: a varied one never equals a plain one.
+        let one = Variants::default().with(Vec::new(), english.clone(), 16);
+        assert!(!variants.same_as(&one) && !one.same_as(&variants));
+        assert!(!Variants::default().same_as(&one));
+        assert!(variants.same_as(&variants.clone()));
 
         // A response without Vary replaces every variant.
         let plain = variants.with(Vec::new(), stored(Secondary::default(), "plain"), 16);

@@ -29,6 +29,9 @@
 //! # });
 //! ```
 
+// Only the binaries name an unsafe symbol (jemalloc's options); the libraries never.
+#![forbid(unsafe_code)]
+
 mod cache;
 pub mod clock;
 pub mod coalesce;

@@ -17,13 +17,17 @@ use tokio::net::TcpListener;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 // Transparent huge pages for the heap. Over many keys, a hit reads an entry's
-// scattered pieces (the store's slot, the variants, the stored response, its
-// fields, the body's handle), and with 4 KiB pages most of those reads miss the
-// TLB as well as the CPU's caches; 2 MiB pages cover the whole cache in a few TLB
-// entries. `cargo bench -p revalidate-bench --bench hit`: a hit over 10,000 URLs
-// 1.10 -> 0.91 us. Resident memory: 10 -> 31 MiB idle, +3.5% after 100,000
-// objects of 5 KiB (README). Turned off at run time with
+// scattered pieces (the store's slot, the stored response, its fields, the body's
+// handle), and with 4 KiB pages most of those reads miss the TLB as well as the
+// CPU's caches; 2 MiB pages cover the whole cache in a few TLB entries.
+// `cargo bench -p revalidate-bench --bench hit`, alternating runs with and without:
+// a hit over 100,000 URLs 1.63 -> 1.40 us; over 10,000 within the noise since the
+// store holds a response without Vary directly (README, "Huge pages"). Resident
+// memory: 10 -> 31 MiB idle, +2% after 100,000 objects of 5 KiB (604 -> 615 MiB
+// in `bench/run.sh`). Turned off at run time with
 // `_RJEM_MALLOC_CONF=thp:default,metadata_thp:disabled`.
+// The symbol's name carries tikv-jemalloc-sys's `_rjem_` prefix; its feature
+// `unprefixed_malloc_on_supported_platforms` would rename it `malloc_conf`.
 // SAFETY: jemalloc reads this C string (`const char *`) once, at its start, and
 // never writes it; it is NUL-terminated and lives as long as the process.
 #[allow(unsafe_code)]

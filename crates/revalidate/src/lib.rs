@@ -26,6 +26,9 @@
 //!
 //! [tower]: https://docs.rs/tower
 
+// Only the binaries name an unsafe symbol (jemalloc's options); the libraries never.
+#![forbid(unsafe_code)]
+
 pub mod body;
 pub mod cache_control;
 pub mod conditional;

@@ -413,5 +413,15 @@ mod tests {
             usize::from(x_left),
             "only /x's tag is left"
         );
+        // Over a stored key, a refused entry leaves nothing behind: never the older
+        // response it was meant to replace.
+        store.put("h/y".into(), variants("/y", &["y"], 10)).await;
+        assert!(
+            !store
+                .put("h/y".into(), variants("/y", &["y"], 80 << 10))
+                .await
+        );
+        assert!(store.get("h/y").await.is_none(), "the older /y is gone");
+        assert_eq!(store.purge(&Purge::tags(["y"])).await, 0, "and unindexed");
     }
 }
