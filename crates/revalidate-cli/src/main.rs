@@ -21,8 +21,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 // handle), and with 4 KiB pages most of those reads miss the TLB as well as the
 // CPU's caches; 2 MiB pages cover the whole cache in a few TLB entries.
 // `cargo bench -p revalidate-bench --bench hit`, alternating runs with and without:
-// a hit over 100,000 URLs 1.63 -> 1.40 us; over 10,000 within the noise since the
-// store holds a response without Vary directly (README, "Huge pages"). Resident
+// a hit over 100,000 URLs 1.63 -> 1.40 us on one machine, 2.32 -> 1.77 us on a
+// slower one; over 10,000 within the noise since the store holds a response
+// without Vary directly (README, "Huge pages" under the proxy benchmark). Resident
 // memory: 10 -> 31 MiB idle, +2% after 100,000 objects of 5 KiB (604 -> 615 MiB
 // in `bench/run.sh`). Turned off at run time with
 // `_RJEM_MALLOC_CONF=thp:default,metadata_thp:disabled`.
