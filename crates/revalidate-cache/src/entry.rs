@@ -298,7 +298,8 @@ struct Varied {
 
 impl Variants {
     /// The variants `entries`, selected by the `vary` field names. Without `Vary`
-    /// there is one variant: only the first entry is kept.
+    /// there is one variant: give at most one entry (debug builds check it; a
+    /// release build keeps the first).
     pub fn new(vary: Vec<HeaderName>, mut entries: Vec<Arc<StoredResponse>>) -> Self {
         // `find` relies on it: without Vary, one variant.
         debug_assert!(!vary.is_empty() || entries.len() <= 1);
