@@ -15,7 +15,9 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderValue, IF_NONE_MATCH};
+use hyper::header::{
+    AGE, CACHE_CONTROL, CONTENT_TYPE, ETAG, HeaderName, HeaderValue, IF_NONE_MATCH,
+};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
@@ -94,6 +96,39 @@ pub fn object_response<B>(
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE_VALUE));
     headers.insert(ETAG, etag);
     response
+}
+
+/// What `bench-bare` holds: the body and `ETag` of `/obj/0` .. `/obj/{objects-1}`,
+/// computed once.
+pub fn bare_table(objects: u64) -> Vec<(Bytes, HeaderValue)> {
+    (0..objects)
+        .map(|n| {
+            let tag = HeaderValue::from_str(&etag(n)).expect("an ETag is a valid header value");
+            (body(n), tag)
+        })
+        .collect()
+}
+
+static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// What revalidate sends on a hit of an object stored with `max-age=3600` a
+/// second or two before.
+const HIT: &str = "revalidate; hit; ttl=3598";
+
+/// `bench-bare`'s answer from its table: the bytes of a revalidate hit (the
+/// origin's fields plus a fixed `Age` and a `Cache-Status` of the same length as
+/// the cache's), or `None` for a path that names no object in it.
+pub fn bare_answer<B>(
+    req: &Request<B>,
+    table: &[(Bytes, HeaderValue)],
+) -> Option<Response<Full<Bytes>>> {
+    let n = usize::try_from(object_number(req.uri().path())?).ok()?;
+    let (body, tag) = table.get(n)?;
+    let mut response = object_response(req, body.clone(), tag.clone());
+    let headers = response.headers_mut();
+    headers.insert(AGE, HeaderValue::from_static("1"));
+    headers.insert(CACHE_STATUS.clone(), HeaderValue::from_static(HIT));
+    Some(response)
 }
 
 /// 404 for anything but `/obj/N`.

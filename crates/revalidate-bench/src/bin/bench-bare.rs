@@ -8,14 +8,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use hyper::header::{AGE, HeaderName, HeaderValue};
-
-static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
-/// What revalidate sends on a hit of an object stored with `max-age=3600` a
-/// second or two before.
-const HIT: &str = "revalidate; hit; ttl=3598";
-use revalidate_bench::{body, etag, not_found, object_number, object_response, serve};
+use revalidate_bench::{bare_answer, bare_table, not_found, serve};
 
 fn main() -> std::io::Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -40,30 +33,9 @@ fn main() -> std::io::Result<()> {
             std::process::exit(2)
         }
     };
-    let table: Arc<Vec<(Bytes, HeaderValue)>> = Arc::new(
-        (0..objects)
-            .map(|n| {
-                let tag = HeaderValue::from_str(&etag(n)).expect("an ETag is a valid header value");
-                (body(n), tag)
-            })
-            .collect(),
-    );
+    let table = Arc::new(bare_table(objects));
     tokio::runtime::Runtime::new()?.block_on(serve("bench-bare", addr, move |req| {
         let table = Arc::clone(&table);
-        async move {
-            let entry = object_number(req.uri().path())
-                .and_then(|n| usize::try_from(n).ok())
-                .and_then(|n| table.get(n));
-            match entry {
-                Some((body, tag)) => {
-                    let mut response = object_response(&req, body.clone(), tag.clone());
-                    let headers = response.headers_mut();
-                    headers.insert(AGE, HeaderValue::from_static("1"));
-                    headers.insert(CACHE_STATUS.clone(), HeaderValue::from_static(HIT));
-                    response
-                }
-                None => not_found(),
-            }
-        }
+        async move { bare_answer(&req, &table).unwrap_or_else(not_found) }
     }))
 }
