@@ -14,6 +14,7 @@ use http::header::{
     SET_COOKIE,
 };
 use http::request::Parts;
+use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -426,13 +427,18 @@ impl<St: Store> Shared<St> {
         ReqBody: Default + Send + 'static,
         ResBody: CacheableBody,
     {
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         let Located {
             route,
             params,
             target,
         } = self.locate(&parts.uri);
         let policy = self.routes.policy(route);
+        // What is forwarded is what is keyed: an origin that does not decode `%75`
+        // as `u`, or splits a query on `;` where the key splits it on `&` only,
+        // would otherwise answer for another resource than the key names, and that
+        // answer would be served to every client of the key (cache poisoning).
+        parts.uri = forwarded_uri(&parts.uri, &target);
 
         if parts.method != Method::GET && parts.method != Method::HEAD {
             return Box::pin(self.forward_write(inner, parts, body, route, params)).await;
@@ -1481,6 +1487,23 @@ fn same_origin_path(
     }
     let pq = uri.path_and_query()?.as_str();
     pq.starts_with('/').then(|| pq.to_string())
+}
+
+/// `uri` with its path and query replaced by `target`, the normalized form the key
+/// holds; an absolute-form target keeps its scheme and authority (the key's host).
+fn forwarded_uri(uri: &Uri, target: &str) -> Uri {
+    if uri.path_and_query().is_some_and(|pq| pq.as_str() == target) {
+        return uri.clone();
+    }
+    let mut parts = uri.clone().into_parts();
+    // A normalized target only differs from a valid one by decoded unreserved
+    // characters, uppercase escapes, `%25` for a bare `%` and dropped parameters,
+    // so it always parses; were it not to, the client's own target is kept.
+    match PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(target.as_bytes())) {
+        Ok(path_and_query) => parts.path_and_query = Some(path_and_query),
+        Err(_) => return uri.clone(),
+    }
+    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }
 
 /// A primary key and, within it, the normalized target that URL and prefix purges

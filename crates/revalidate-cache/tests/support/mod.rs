@@ -18,6 +18,8 @@ pub type Handler = Arc<dyn Fn(&Request<Full<Bytes>>, usize) -> Response<Full<Byt
 pub struct Origin {
     pub calls: Arc<AtomicUsize>,
     pub seen: Arc<Mutex<Vec<HeaderMap>>>,
+    /// The path and query of every request, as received.
+    pub targets: Arc<Mutex<Vec<String>>>,
     handler: Arc<Mutex<Handler>>,
     pub delay: Arc<Mutex<std::time::Duration>>,
 }
@@ -41,6 +43,7 @@ impl Origin {
         Self {
             calls: Arc::new(AtomicUsize::new(0)),
             seen: Arc::new(Mutex::new(Vec::new())),
+            targets: Arc::new(Mutex::new(Vec::new())),
             handler: Arc::new(Mutex::new(Arc::new(handler))),
             delay: Arc::new(Mutex::new(std::time::Duration::ZERO)),
         }
@@ -66,6 +69,10 @@ impl Origin {
         self.calls.load(Ordering::SeqCst)
     }
 
+    pub fn last_target(&self) -> String {
+        self.targets.lock().unwrap().last().cloned().unwrap()
+    }
+
     pub fn last_request(&self) -> HeaderMap {
         self.seen.lock().unwrap().last().cloned().unwrap()
     }
@@ -86,6 +93,8 @@ impl Origin {
             async move {
                 let n = origin.calls.fetch_add(1, Ordering::SeqCst) + 1;
                 origin.seen.lock().unwrap().push(request.headers().clone());
+                let target = request.uri().path_and_query().map_or("", |pq| pq.as_str());
+                origin.targets.lock().unwrap().push(target.to_string());
                 let delay = *origin.delay.lock().unwrap();
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
