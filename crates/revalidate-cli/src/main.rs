@@ -160,7 +160,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => serve::load(path).map_err(|e: ConfigError| UsageError(e.to_string()))?,
         None => serve::ServeConfig::default(),
     };
-    let upstream = Upstream::new(&args.upstream, config.upstream_timeout)
+    let upstream = Upstream::new(&args.upstream, &config)
         .map_err(|e: InvalidUpstream| UsageError(e.to_string()))?;
     let token = args.admin_token.filter(|t| !t.is_empty());
     if token.is_none() && !args.admin_listen.ip().is_loopback() {
@@ -182,6 +182,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     });
 
+    let limits = client_limits(&config.client);
     let (app, cache) = serve::proxy(&config, upstream);
     let admin = serve::admin::router(serve::admin::AdminState {
         cache,
@@ -204,7 +205,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listeners[0].local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let scheduler = args.scheduler;
-    tracing::info!(%addr, %admin_addr, upstream = %args.upstream, workers, ?scheduler, "proxy listening");
+    let max_connections = limits.max_connections();
+    tracing::info!(%addr, %admin_addr, upstream = %args.upstream, workers, ?scheduler, max_connections, "proxy listening");
     println!(
         "revalidate serve: http://{addr} -> {} (admin: http://{admin_addr})",
         args.upstream
@@ -212,23 +214,33 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let (stop, _) = tokio::sync::watch::channel(false);
     let admin_stop = stop.subscribe();
+    // The admin listener has clients of its own, bounded the same way.
+    let admin_limits = serve::server::ClientLimits::new(&serve::config::ClientSection {
+        max_connections: 64,
+        ..config.client.clone()
+    });
     let admin_task = tokio::spawn(async move {
         let mut admin_stop = admin_stop;
-        axum::serve(admin_listener, admin)
-            .with_graceful_shutdown(async move {
-                let _ = admin_stop.wait_for(|s| *s).await;
-            })
-            .await
+        let stopped = async move {
+            let _ = admin_stop.wait_for(|s| *s).await;
+        };
+        serve::server::run(
+            admin_listener,
+            move |_| admin.clone(),
+            stopped,
+            admin_limits,
+        )
+        .await
     });
     let make_service = move |peer| app.for_peer(peer);
     let result = match scheduler {
         Scheduler::PerCore => {
-            serve::server::run_per_core(listeners, make_service, shutdown_signal()).await
+            serve::server::run_per_core(listeners, make_service, shutdown_signal(), limits).await
         }
         // `bind_per_core`'s sockets are already non-blocking (tokio made them).
         Scheduler::WorkStealing => match listeners.into_iter().next().map(TcpListener::from_std) {
             Some(Ok(listener)) => {
-                serve::server::run(listener, make_service, shutdown_signal()).await
+                serve::server::run(listener, make_service, shutdown_signal(), limits).await
             }
             Some(Err(error)) => Err(error),
             None => Ok(()),
@@ -237,6 +249,39 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let _ = stop.send(true);
     let _ = admin_task.await;
     result.context("server error")
+}
+
+/// The client limits of `section`, with the connection limit lowered to what the
+/// file limit allows once raised to its hard limit: a client connection can take
+/// two descriptors (its socket and an upstream connection), and a few are kept for
+/// listeners and logs.
+fn client_limits(section: &serve::config::ClientSection) -> serve::server::ClientLimits {
+    const RESERVED: u64 = 64;
+    let files = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(files) => files,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read or raise the file limit");
+            return serve::server::ClientLimits::new(section);
+        }
+    };
+    let capacity = usize::try_from(files.saturating_sub(RESERVED) / 2)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    let max_connections = section.max_connections.min(capacity);
+    if max_connections < section.max_connections {
+        tracing::warn!(
+            files,
+            configured = section.max_connections,
+            max_connections,
+            "the file limit allows fewer client connections than [client] max_connections"
+        );
+    } else {
+        tracing::info!(files, max_connections, "file limit");
+    }
+    serve::server::ClientLimits::new(&serve::config::ClientSection {
+        max_connections,
+        ..section.clone()
+    })
 }
 
 async fn demo(listen: SocketAddr, database: &str) -> anyhow::Result<()> {
@@ -271,8 +316,9 @@ async fn demo(listen: SocketAddr, database: &str) -> anyhow::Result<()> {
     println!(
         "  curl -i http://{addr}/me -H 'Authorization: Bearer 2'              # private, user-scoped"
     );
-    axum::serve(listener, router(store))
-        .with_graceful_shutdown(shutdown_signal())
+    let app = router(store);
+    let limits = client_limits(&serve::config::ClientSection::default());
+    serve::server::run(listener, move |_| app.clone(), shutdown_signal(), limits)
         .await
         .context("server error")?;
     Ok(())

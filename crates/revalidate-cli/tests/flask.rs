@@ -395,6 +395,7 @@ async fn serve_proxy(app: Proxy) -> String {
         listener,
         move |peer| app.for_peer(peer),
         std::future::pending(),
+        server::ClientLimits::default(),
     ));
     format!("http://{addr}")
 }
@@ -404,7 +405,7 @@ impl Setup {
         let http = Http::new();
         let flask = FlaskApp::start(&http).await;
         let config = parse(CONFIG, "flask.toml").unwrap_or_else(|e| panic!("{e}"));
-        let upstream = Upstream::new(&flask.url, config.upstream_timeout).unwrap();
+        let upstream = Upstream::new(&flask.url, &config).unwrap();
         let (app, cache) = proxy(&config, upstream);
         let proxy = serve_proxy(app).await;
         let admin = serve(admin_router(AdminState {

@@ -71,6 +71,7 @@ async fn spawn_proxy(app: Proxy) -> SocketAddr {
         listener,
         move |peer| app.for_peer(peer),
         std::future::pending(),
+        server::ClientLimits::default(),
     ));
     addr
 }
@@ -95,7 +96,7 @@ async fn start(
     let origin = Origin::default();
     let (origin_addr, origin_task) = spawn(origin.router()).await;
     let config = parse(config, "test.toml").unwrap();
-    let upstream = Upstream::new(&format!("http://{origin_addr}"), Duration::from_secs(5)).unwrap();
+    let upstream = Upstream::new(&format!("http://{origin_addr}"), &config).unwrap();
     let (app, cache) = proxy(&config, upstream);
     let proxy_addr = spawn_proxy(app).await;
     (origin, proxy_addr, origin_task, cache)
@@ -235,8 +236,11 @@ async fn an_unreachable_upstream_is_a_502_problem() {
         .local_addr()
         .unwrap()
         .port();
-    let upstream =
-        Upstream::new(&format!("http://127.0.0.1:{port}"), Duration::from_secs(2)).unwrap();
+    let upstream = Upstream::new(
+        &format!("http://127.0.0.1:{port}"),
+        &parse("", "t.toml").unwrap(),
+    )
+    .unwrap();
     let (app, _) = proxy(&parse("", "t.toml").unwrap(), upstream);
     let addr = spawn_proxy(app).await;
     let reply = request(addr, "GET", "/x", &[]).await;
@@ -543,7 +547,11 @@ async fn sigterm_drains_in_flight_requests_with(scheduler: &str) {
 async fn x_forwarded_for_gets_the_peer_appended() {
     let origin = Origin::default();
     let (origin_addr, _o) = spawn(origin.router()).await;
-    let upstream = Upstream::new(&format!("http://{origin_addr}"), Duration::from_secs(5)).unwrap();
+    let upstream = Upstream::new(
+        &format!("http://{origin_addr}"),
+        &parse("", "t.toml").unwrap(),
+    )
+    .unwrap();
     let (app, _) = proxy(&parse("", "t.toml").unwrap(), upstream);
     let addr = spawn_proxy(app).await;
     request(addr, "GET", "/xff", &[("x-forwarded-for", "203.0.113.9")]).await;
@@ -624,7 +632,8 @@ async fn origin_closing_reused_connections() -> SocketAddr {
 #[tokio::test]
 async fn idempotent_requests_survive_a_closed_keep_alive_connection() {
     let origin = origin_closing_reused_connections().await;
-    let upstream = Upstream::new(&format!("http://{origin}"), Duration::from_secs(5)).unwrap();
+    let upstream =
+        Upstream::new(&format!("http://{origin}"), &parse("", "t.toml").unwrap()).unwrap();
     let (app, _) = proxy(&parse("", "t.toml").unwrap(), upstream);
     let addr = spawn_proxy(app).await;
     let first = request(addr, "GET", "/a", &[]).await;

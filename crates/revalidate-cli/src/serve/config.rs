@@ -21,6 +21,9 @@ pub struct FileConfig {
     /// Cache limits.
     #[serde(default)]
     pub cache: CacheSection,
+    /// Limits on client connections.
+    #[serde(default)]
+    pub client: ClientSection,
     /// Upstream settings.
     #[serde(default)]
     pub upstream: UpstreamSection,
@@ -55,19 +58,79 @@ impl Default for CacheSection {
     }
 }
 
+/// `[client]`: how long the proxy waits for its clients, and how many it serves.
+///
+/// The defaults are those of nginx or tighter, since the proxy fronts an API
+/// rather than browsers on slow links.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientSection {
+    /// Time allowed for a request head, from its first byte (nginx
+    /// `client_header_timeout`: 60 s).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Time a connection may sit idle between requests (nginx `keepalive_timeout`:
+    /// 75 s).
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// Longest pause between two pieces of a request body (nginx
+    /// `client_body_timeout`: 60 s); the request then gets 408.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Client connections served at once; beyond, new connections wait in the
+    /// listen queue. Lowered at start to what the process's file limit allows.
+    pub max_connections: usize,
+    /// After SIGTERM, time allowed for requests in flight before the remaining
+    /// connections are closed.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Forward request headers whose names contain `_`. Off by default, as in
+    /// nginx (`underscores_in_headers`): CGI and WSGI servers read `X_Forwarded_Host`
+    /// as `X-Forwarded-Host`, so a spelling the proxy does not know would reach the
+    /// application.
+    pub forward_underscored_headers: bool,
+}
+
+impl Default for ClientSection {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            drain_timeout: Duration::from_secs(30),
+            forward_underscored_headers: false,
+        }
+    }
+}
+
 /// `[upstream]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamSection {
     /// Time allowed for the upstream's response head.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Time allowed to open a connection to the upstream.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest pause between two pieces of the upstream's response body (nginx
+    /// `proxy_read_timeout`: 60 s); the client's connection is then closed and
+    /// nothing is stored.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Request bodies of idempotent requests up to this size are held, so that
+    /// the request can be sent again when a pooled connection turns out closed.
+    pub retry_body_bytes: ByteSize,
 }
 
 impl Default for UpstreamSection {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            body_timeout: Duration::from_secs(60),
+            retry_body_bytes: ByteSize::kib(64),
         }
     }
 }
@@ -154,8 +217,10 @@ pub struct ServeConfig {
     pub cache: CacheConfig,
     /// Memory budget.
     pub max_bytes: u64,
-    /// Upstream timeout.
-    pub upstream_timeout: Duration,
+    /// Limits on client connections.
+    pub client: ClientSection,
+    /// Upstream timeouts and retries.
+    pub upstream: UpstreamSection,
     /// Routes.
     pub routes: Routes,
 }
@@ -224,6 +289,24 @@ pub fn parse(text: &str, file: &str) -> Result<ServeConfig, ConfigError> {
             "[defaults] applies to every unmatched path and takes no `path`".into(),
         ));
     }
+    for (name, value) in [
+        ("[client] header_timeout", raw.client.header_timeout),
+        ("[client] keepalive_timeout", raw.client.keepalive_timeout),
+        ("[client] body_timeout", raw.client.body_timeout),
+        ("[upstream] timeout", raw.upstream.timeout),
+        ("[upstream] connect_timeout", raw.upstream.connect_timeout),
+        ("[upstream] body_timeout", raw.upstream.body_timeout),
+    ] {
+        if value.is_zero() {
+            return Err(error_at(0, format!("{name} must be longer than 0s")));
+        }
+    }
+    if raw.client.max_connections == 0 {
+        return Err(error_at(
+            0,
+            "[client] max_connections must be at least 1".into(),
+        ));
+    }
     if raw.cache.max_object_bytes.as_u64() > raw.cache.max_bytes.as_u64() {
         return Err(error_at(
             0,
@@ -262,7 +345,8 @@ pub fn parse(text: &str, file: &str) -> Result<ServeConfig, ConfigError> {
             ..CacheConfig::default()
         },
         max_bytes: raw.cache.max_bytes.as_u64(),
-        upstream_timeout: raw.upstream.timeout,
+        client: raw.client,
+        upstream: raw.upstream,
         routes: Routes::new(routes, default),
     })
 }

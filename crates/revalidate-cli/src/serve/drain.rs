@@ -1,21 +1,21 @@
 //! Graceful shutdown of a worker's connections: when the drain starts, each
 //! connection finishes the request it is serving and closes; [`Drain::finish`]
-//! waits until all have.
+//! waits until all have, or until its deadline, when the ones left are closed
+//! (a client that never finishes its request cannot hold the process).
 //!
 //! hyper-util's `GracefulShutdown` does the same, but its per-connection future
 //! polls a `watch` receiver each time the connection runs, which locks the
-//! channel's waiter list: on the proxy's hit path, 176 instructions per request
-//! (`bench/instructions.sh`) and a lock taken and released, for an event that
-//! happens once. Here a connection
-//! reads one flag per poll and registers its waker only when it changes (a task's
-//! waker does not), so the lock is taken per connection, not per request.
+//! channel's waiter list: on the proxy's hit path, a lock taken and released per
+//! request, for an event that happens once. Here a connection reads one flag per
+//! poll and registers its waker only when it changes (a task's waker does not),
+//! so the lock is taken per connection, not per request.
 //!
 //! ```text
 //! let drain = Drain::new();
 //! let watcher = drain.watcher();
 //! tokio::spawn(async move { watcher.watch(builder.serve_connection(io, service)).await });
 //! // ... on shutdown:
-//! drain.finish().await;
+//! drain.finish(Duration::from_secs(30)).await;
 //! ```
 
 use std::collections::HashMap;
@@ -24,6 +24,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::sync::watch;
@@ -40,12 +41,20 @@ pub(super) struct Drain {
 #[derive(Debug, Default)]
 struct Shared {
     started: AtomicBool,
+    /// The deadline passed: connections still open are dropped.
+    forced: AtomicBool,
     next_id: AtomicU64,
     /// The wakers of watched connections, by connection.
     waiting: Mutex<HashMap<u64, Waker>>,
 }
 
 impl Shared {
+    fn wake_all(&self) {
+        // Woken outside the lock: a waker may run its task at once.
+        let wakers: Vec<Waker> = self.waiting().values().cloned().collect();
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
     fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waker>> {
         // Nothing panics while the map is locked; a poisoned lock is reused.
         self.waiting
@@ -72,12 +81,22 @@ impl Drain {
         }
     }
 
-    /// Tells every watched connection to finish, and waits until all have.
-    pub(super) async fn finish(self) {
+    /// Tells every watched connection to finish, and waits until all have; those
+    /// still open after `deadline` are closed. Returns how many were.
+    pub(super) async fn finish(self, deadline: Duration) -> usize {
         self.shared.started.store(true, Ordering::Release);
-        let wakers: Vec<Waker> = self.shared.waiting().drain().map(|(_, w)| w).collect();
-        wakers.into_iter().for_each(Waker::wake);
+        self.shared.wake_all();
+        if tokio::time::timeout(deadline, self.open.closed())
+            .await
+            .is_ok()
+        {
+            return 0;
+        }
+        let left = self.open.receiver_count();
+        self.shared.forced.store(true, Ordering::Release);
+        self.shared.wake_all();
         self.open.closed().await;
+        left
     }
 }
 
@@ -127,34 +146,35 @@ pin_project_lite::pin_project! {
 }
 
 impl<C: GracefulConnection> Future for Watched<C> {
-    type Output = C::Output;
+    /// `None` when the drain's deadline closed the connection.
+    type Output = Option<C::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let stale = this
+            .registered
+            .as_ref()
+            .is_none_or(|waker| !waker.will_wake(cx.waker()));
+        if stale {
+            this.shared.waiting().insert(*this.id, cx.waker().clone());
+            *this.registered = Some(cx.waker().clone());
+        }
+        // Read after registering: a drain that started (or was forced) before the
+        // waker was in the map is seen here, one that starts after wakes it.
         if !*this.shutting_down {
-            let stale = this
-                .registered
-                .as_ref()
-                .is_none_or(|waker| !waker.will_wake(cx.waker()));
-            if stale {
-                this.shared.waiting().insert(*this.id, cx.waker().clone());
-                *this.registered = Some(cx.waker().clone());
-            }
-            // Read after registering: a drain that started before the waker was in
-            // the map is seen here, one that starts after wakes it.
             if this.shared.started.load(Ordering::Acquire) {
                 *this.shutting_down = true;
                 this.connection.as_mut().graceful_shutdown();
             }
+        } else if this.shared.forced.load(Ordering::Acquire) {
+            return Poll::Ready(None);
         }
-        this.connection.poll(cx)
+        this.connection.poll(cx).map(Some)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use http::{Request, Response};
     use hyper::body::Incoming;
     use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -197,9 +217,11 @@ mod tests {
         // The connection has registered its waker and waits for a next request.
         let shared = drain.shared.clone();
         assert_eq!(shared.waiting().len(), 1);
-        tokio::time::timeout(Duration::from_secs(5), drain.finish())
-            .await
-            .expect("the idle connection was woken and closed");
+        let forced =
+            tokio::time::timeout(Duration::from_secs(5), drain.finish(Duration::from_secs(5)))
+                .await
+                .expect("the idle connection was woken and closed");
+        assert_eq!(forced, 0);
         served.await.unwrap();
         assert_eq!(client.read(&mut reply).await.unwrap(), 0, "closed");
         assert!(shared.waiting().is_empty(), "its waker went with it");
@@ -210,9 +232,24 @@ mod tests {
         let drain = Drain::new();
         drain.shared.started.store(true, Ordering::Release);
         let (mut client, served) = connected(&drain).await;
-        tokio::time::timeout(Duration::from_secs(5), drain.finish())
+        tokio::time::timeout(Duration::from_secs(5), drain.finish(Duration::from_secs(5)))
             .await
             .expect("the drain saw the connection end");
+        served.await.unwrap();
+        let mut reply = [0u8; 64];
+        assert_eq!(client.read(&mut reply).await.unwrap(), 0, "closed");
+    }
+
+    #[tokio::test]
+    async fn a_half_sent_head_is_closed_at_the_deadline() {
+        let drain = Drain::new();
+        let (mut client, served) = connected(&drain).await;
+        client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = std::time::Instant::now();
+        let forced = drain.finish(Duration::from_millis(200)).await;
+        assert_eq!(forced, 1, "the connection was still reading its head");
+        assert!(started.elapsed() >= Duration::from_millis(200));
         served.await.unwrap();
         let mut reply = [0u8; 64];
         assert_eq!(client.read(&mut reply).await.unwrap(), 0, "closed");

@@ -1,27 +1,32 @@
 //! `revalidate serve`: the cache and conditional layers in front of any HTTP API.
 //!
-//! The proxy is the library's layers over an upstream client:
-//! `CacheLayer` → (per route) `ConditionalLayer` → [`Upstream`].
+//! The proxy is the library's layers over an upstream client, behind a check of
+//! each request's framing and target:
+//! [`RequestCheck`] → `CacheLayer` → (per route) `ConditionalLayer` → [`Upstream`].
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
 //! use revalidate_cli::serve::{ServeConfig, Upstream, proxy, server};
 //!
 //! let config = ServeConfig::default();
-//! let upstream = Upstream::new("http://127.0.0.1:5000", config.upstream_timeout)?;
+//! let upstream = Upstream::new("http://127.0.0.1:5000", &config)?;
 //! let (proxy, _cache) = proxy(&config, upstream);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! server::run(listener, move |peer| proxy.for_peer(peer), std::future::pending()).await?;
+//! let limits = server::ClientLimits::new(&config.client);
+//! server::run(listener, move |peer| proxy.for_peer(peer), std::future::pending(), limits).await?;
 //! # Ok(()) }
 //! ```
 
 pub mod access_log;
 pub mod admin;
+mod client_io;
 pub mod config;
 pub mod cpu_share;
 mod drain;
 mod etag;
+pub mod request_check;
 pub mod server;
+pub mod timed_body;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -30,6 +35,7 @@ use std::sync::Arc;
 pub use access_log::{AccessLog, AccessLogLayer};
 pub use config::{ConfigError, ServeConfig, load, parse};
 pub use etag::EtagByRoute;
+pub use request_check::RequestCheck;
 use revalidate_cache::{Cache, CacheService, MemoryStore, Routes};
 use tower::Layer;
 pub use upstream::{InvalidUpstream, Upstream, UpstreamBody};
@@ -43,9 +49,9 @@ pub struct Proxy {
     upstream: Upstream,
 }
 
-/// The proxy as one tower service: access log, cache, per-route content ETags,
-/// upstream.
-pub type ProxyService = AccessLog<CacheService<EtagByRoute, MemoryStore>>;
+/// The proxy as one tower service: access log, request check, cache, per-route
+/// content ETags, upstream.
+pub type ProxyService = AccessLog<RequestCheck<CacheService<EtagByRoute, MemoryStore>>>;
 
 impl Proxy {
     /// The service for one client connection; requests it forwards name `peer` in
@@ -53,14 +59,14 @@ impl Proxy {
     /// once here rather than carried in every request's extensions.
     pub fn for_peer(&self, peer: SocketAddr) -> ProxyService {
         let upstream = EtagByRoute::new(self.routes.clone(), self.upstream.for_peer(peer));
-        AccessLogLayer.layer(self.cache.layer().layer(upstream))
+        AccessLogLayer.layer(RequestCheck::new(self.cache.layer().layer(upstream)))
     }
 
     /// The service for requests that carry their peer, if any, as axum's
     /// `ConnectInfo` extension.
     pub fn service(&self) -> ProxyService {
         let upstream = EtagByRoute::new(self.routes.clone(), self.upstream.clone());
-        AccessLogLayer.layer(self.cache.layer().layer(upstream))
+        AccessLogLayer.layer(RequestCheck::new(self.cache.layer().layer(upstream)))
     }
 }
 

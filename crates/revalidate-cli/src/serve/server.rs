@@ -1,6 +1,7 @@
 //! The proxy's listener: hyper's HTTP/1.1 and HTTP/2 connections served straight
 //! into the tower stack, a service per connection made for its peer's address,
-//! and a graceful drain on shutdown.
+//! every wait on a client bounded ([`ClientLimits`]), and a graceful drain on
+//! shutdown.
 //!
 //! axum's `serve` would route every request through a `Router` and re-box every
 //! response body; the proxy has one service and no routes, and on a cache hit
@@ -11,6 +12,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -22,21 +24,63 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use revalidate_cache::BoxError;
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::Semaphore;
 use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
+use super::client_io::{Activity, BoundedIo, InFlight};
+use super::config::ClientSection;
 use super::cpu_share;
 use super::drain::Drain;
 
+/// The bounds a listener keeps on its clients (`[client]` in the configuration).
+/// Clones share one count of connections, so that the workers of
+/// [`run_per_core`] keep one limit between them.
+#[derive(Debug, Clone)]
+pub struct ClientLimits {
+    header_timeout: Duration,
+    keepalive_timeout: Duration,
+    drain_timeout: Duration,
+    max_connections: usize,
+    connections: Arc<Semaphore>,
+}
+
+impl ClientLimits {
+    /// The limits of `section`.
+    pub fn new(section: &ClientSection) -> Self {
+        let max_connections = section.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            header_timeout: section.header_timeout,
+            keepalive_timeout: section.keepalive_timeout,
+            drain_timeout: section.drain_timeout,
+            max_connections,
+            connections: Arc::new(Semaphore::new(max_connections)),
+        }
+    }
+
+    /// Client connections served at once.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self::new(&ClientSection::default())
+    }
+}
+
 /// Serves `listener` until `shutdown` resolves, then stops accepting and waits for
-/// in-flight requests to finish. Each request counts towards its worker's next
-/// yield of the CPU ([`cpu_share`]). Each connection is served by the service that
-/// `make_service` makes for its peer's address (the upstream client appends it to
-/// `X-Forwarded-For`).
+/// in-flight requests to finish (closing what is left after the drain timeout).
+/// Each request counts towards its worker's next yield of the CPU ([`cpu_share`]).
+/// Each connection is served by the service that `make_service` makes for its
+/// peer's address (the upstream client appends it to `X-Forwarded-For`). At the
+/// connection limit, accepting pauses until a connection closes.
 pub async fn run<M, S, B>(
     listener: TcpListener,
     make_service: M,
     shutdown: impl Future<Output = ()>,
+    limits: ClientLimits,
 ) -> std::io::Result<()>
 where
     M: Fn(SocketAddr) -> S,
@@ -49,6 +93,23 @@ where
     let drain = Drain::new();
     tokio::pin!(shutdown);
     loop {
+        let permit = match limits.connections.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                metrics::counter!("revalidate_connection_limit_reached_total").increment(1);
+                tracing::warn!(
+                    max_connections = limits.max_connections,
+                    "connection limit reached: new connections wait until one closes"
+                );
+                tokio::select! {
+                    permit = limits.connections.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -64,18 +125,38 @@ where
         };
         // Responses are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
-        let service = CalledInPlace::new(make_service(peer));
+        let activity = Activity::new();
+        let service = CalledInPlace::new(make_service(peer), activity.clone());
+        let io = BoundedIo::new(
+            stream,
+            activity,
+            limits.header_timeout,
+            limits.keepalive_timeout,
+        );
         let watcher = drain.watcher();
         tokio::spawn(async move {
+            let _permit = permit;
+            let open = metrics::gauge!("revalidate_client_connections");
+            open.increment(1.0);
             let builder = Builder::new(TokioExecutor::new());
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(error) = watcher.watch(connection).await {
-                tracing::debug!(%peer, error, "connection ended with an error");
+            let connection = builder.serve_connection(TokioIo::new(io), service);
+            match watcher.watch(connection).await {
+                Some(Err(error)) => tracing::debug!(%peer, error, "connection ended with an error"),
+                Some(Ok(())) => {}
+                None => tracing::debug!(%peer, "connection closed at the drain deadline"),
             }
+            open.decrement(1.0);
         });
     }
     drop(listener);
-    drain.finish().await;
+    let closed = drain.finish(limits.drain_timeout).await;
+    if closed > 0 {
+        tracing::warn!(
+            closed,
+            drain_timeout = ?limits.drain_timeout,
+            "closed connections still open at the drain deadline"
+        );
+    }
     Ok(())
 }
 
@@ -93,6 +174,8 @@ struct CalledInPlace<S> {
     // Borrowed only within `call`, which returns before hyper calls again (HTTP/2
     // streams included): the borrow never fails.
     service: RefCell<S>,
+    /// The connection's requests in flight, which its idle bound looks at.
+    activity: Arc<Activity>,
 }
 
 impl<S> hyper::service::Service<Request<Incoming>> for CalledInPlace<S>
@@ -113,32 +196,47 @@ impl<S> CalledInPlace<S>
 where
     S: Service<Request<Body>> + Clone,
 {
-    fn new(service: S) -> Self {
+    fn new(service: S, activity: Arc<Activity>) -> Self {
         Self {
             service: RefCell::new(service),
+            activity,
         }
     }
 
     fn call_with(&self, request: Request<Body>) -> InPlaceFuture<S> {
+        let in_flight = self.activity.start();
         let mut service = self.service.borrow_mut();
         // A service that is not ready registers this no-op waker and is asked again,
         // properly, through the copy; one that failed fails the copy's request too.
-        match service.poll_ready(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(Ok(())) => InPlaceFuture::Called {
+        let call = match service.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => Call::InPlace {
                 future: service.call(request),
             },
-            _ => InPlaceFuture::Copied {
+            _ => Call::Copied {
                 future: service.clone().oneshot(request),
             },
+        };
+        InPlaceFuture {
+            call,
+            _in_flight: in_flight,
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// The response future of [`CalledInPlace`].
-    #[project = InPlaceProjection]
-    enum InPlaceFuture<S: Service<Request<Body>>> {
-        Called { #[pin] future: S::Future },
+    /// The response future of [`CalledInPlace`]; the request counts as in flight
+    /// until it is done or dropped.
+    struct InPlaceFuture<S: Service<Request<Body>>> {
+        #[pin]
+        call: Call<S>,
+        _in_flight: InFlight,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = CallProjection]
+    enum Call<S: Service<Request<Body>>> {
+        InPlace { #[pin] future: S::Future },
         Copied { #[pin] future: Oneshot<S, Request<Body>> },
     }
 }
@@ -147,9 +245,9 @@ impl<S: Service<Request<Body>>> Future for InPlaceFuture<S> {
     type Output = Result<S::Response, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            InPlaceProjection::Called { future } => future.poll(cx),
-            InPlaceProjection::Copied { future } => future.poll(cx),
+        match self.project().call.project() {
+            CallProjection::InPlace { future } => future.poll(cx),
+            CallProjection::Copied { future } => future.poll(cx),
         }
     }
 }
@@ -205,6 +303,7 @@ pub async fn run_per_core<M, S, B>(
     listeners: Vec<StdListener>,
     make_service: M,
     shutdown: impl Future<Output = ()>,
+    limits: ClientLimits,
 ) -> std::io::Result<()>
 where
     M: Fn(SocketAddr) -> S + Clone + Send + 'static,
@@ -221,6 +320,7 @@ where
     let mut threads = Vec::with_capacity(workers);
     for (index, listener) in listeners.into_iter().enumerate() {
         let make_service = make_service.clone();
+        let limits = limits.clone();
         let (mut stopped, mut drained) = (stopped.clone(), drained.clone());
         let worker_exited = exited.clone();
         let spawned = std::thread::Builder::new()
@@ -239,7 +339,7 @@ where
                             let shutdown = async move {
                                 let _ = stopped.wait_for(|stop| *stop).await;
                             };
-                            run(listener, make_service, shutdown).await
+                            run(listener, make_service, shutdown, limits).await
                         }
                         Err(error) => Err(error),
                     };
@@ -346,7 +446,7 @@ mod tests {
 
     /// `n` keep-alive GETs through `service`, served as the proxy serves them.
     async fn serve_requests(service: Counted, n: usize) {
-        let in_place = CalledInPlace::new(service);
+        let in_place = CalledInPlace::new(service, Activity::new());
         for _ in 0..n {
             // hyper's `Incoming` cannot be made outside hyper: called past its mapping.
             let response = in_place.call_with(Request::new(Body::empty()));
@@ -399,9 +499,14 @@ mod tests {
             })
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(run_per_core(listeners, make_service, async {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(run_per_core(
+            listeners,
+            make_service,
+            async {
+                let _ = stopped.await;
+            },
+            ClientLimits::default(),
+        ));
         for _ in 0..8 {
             let reply = exchange(
                 addr,
@@ -431,9 +536,14 @@ mod tests {
             })
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(run(listener, make_service, async {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(run(
+            listener,
+            make_service,
+            async {
+                let _ = stopped.await;
+            },
+            ClientLimits::default(),
+        ));
         let before = cpu_share::yields();
         // Pipelined on one connection, as a busy keep-alive client sends them.
         let mut requests =
@@ -479,9 +589,14 @@ mod tests {
             })
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(run(listener, make_service, async {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(run(
+            listener,
+            make_service,
+            async {
+                let _ = stopped.await;
+            },
+            ClientLimits::default(),
+        ));
         let client = tokio::spawn(exchange(addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
         has_started.await.unwrap();
         stop.send(()).unwrap();

@@ -16,7 +16,6 @@ use bytes::Bytes;
 use http::header::{HOST, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri};
-use http_body::Body as _;
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper_util::client::legacy::Client;
@@ -27,19 +26,27 @@ use revalidate_cache::BoxError;
 use revalidate_cache::headers::strip_hop_by_hop;
 use tower::Service;
 
+use super::config::{ServeConfig, UpstreamSection};
+use super::timed_body::{BodyFault, Sender, TimedBody};
+
 /// A response body from the upstream (or a problem the proxy wrote).
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 
 /// Request headers a client could use to make the upstream produce a response for
 /// another URL, method or host than the one the cache keys it under; they are
-/// never forwarded (the classic cache-poisoning vectors).
-const UNKEYED_OVERRIDES: [&str; 10] = [
+/// never forwarded (the classic cache-poisoning vectors). Names with `_` are
+/// dropped separately (see [`super::config::ClientSection::forward_underscored_headers`]).
+const UNKEYED_OVERRIDES: [&str; 14] = [
     "x-forwarded-host",
     "x-forwarded-server",
     "x-forwarded-port",
     "x-forwarded-scheme",
+    "x-forwarded-prefix",
+    "x-forwarded-uri",
     "x-original-url",
+    "x-original-host",
     "x-rewrite-url",
+    "x-host",
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
@@ -64,7 +71,9 @@ struct UpstreamInner {
     scheme: Scheme,
     authority: Authority,
     base_path: String,
-    timeout: Duration,
+    settings: UpstreamSection,
+    client_body_timeout: Duration,
+    forward_underscored_headers: bool,
 }
 
 /// Why an upstream URL was refused.
@@ -73,8 +82,9 @@ struct UpstreamInner {
 pub struct InvalidUpstream(pub String);
 
 impl Upstream {
-    /// An upstream at `url` (`http://host:port`, optionally with a base path).
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, InvalidUpstream> {
+    /// An upstream at `url` (`http://host:port`, optionally with a base path), with
+    /// the timeouts of `config`.
+    pub fn new(url: &str, config: &ServeConfig) -> Result<Self, InvalidUpstream> {
         let uri: Uri = url.parse().map_err(|_| InvalidUpstream(url.to_string()))?;
         let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
         else {
@@ -85,7 +95,7 @@ impl Upstream {
         }
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeout));
+        connector.set_connect_timeout(Some(config.upstream.connect_timeout));
         // Idle connections are dropped before the common upstream keep-alive
         // timeouts (Node and uvicorn: 5 s) can close them under a request.
         let client = Client::builder(TokioExecutor::new())
@@ -97,7 +107,9 @@ impl Upstream {
                 scheme,
                 authority,
                 base_path: uri.path().trim_end_matches('/').to_string(),
-                timeout,
+                settings: config.upstream.clone(),
+                client_body_timeout: config.client.body_timeout,
+                forward_underscored_headers: config.client.forward_underscored_headers,
             }),
             peer: None,
         })
@@ -125,13 +137,18 @@ impl Upstream {
     }
 }
 
-/// A 502 or 504 made up here, marked so the cache may serve stale content instead.
-fn problem(status: StatusCode, detail: String) -> Response<UpstreamBody> {
-    let mut response = Problem::new(status).detail(detail).to_response().map(|b| {
+/// A problem (RFC 9457) made up by the proxy.
+pub(super) fn problem(status: StatusCode, detail: &str) -> Response<UpstreamBody> {
+    Problem::new(status).detail(detail).to_response().map(|b| {
         http_body_util::Full::new(b)
             .map_err(|never| match never {})
             .boxed()
-    });
+    })
+}
+
+/// A 502 or 504 made up here, marked so the cache may serve stale content instead.
+fn unavailable(status: StatusCode, detail: String) -> Response<UpstreamBody> {
+    let mut response = problem(status, &detail);
     response
         .extensions_mut()
         .insert(revalidate_cache::UpstreamUnavailable);
@@ -159,6 +176,9 @@ impl Service<Request<Body>> for Upstream {
         strip_hop_by_hop(&mut parts.headers);
         for name in UNKEYED_OVERRIDES {
             parts.headers.remove(name);
+        }
+        if !self.inner.forward_underscored_headers {
+            drop_underscored(&mut parts.headers);
         }
         // What the upstream may use to build absolute links: the keyed Host.
         if let Some(host) = client_host {
@@ -196,56 +216,141 @@ impl Service<Request<Body>> for Upstream {
         }
         parts.uri = self.target(&parts.uri);
         parts.version = http::Version::HTTP_11;
-        // An idempotent request without a body can be sent again when a pooled
-        // connection turns out to have been closed by the upstream as it was sent
-        // (its keep-alive timeout racing the reuse), as nginx's proxy_next_upstream
-        // does; a body may already be half consumed, so those are not retried.
-        let retry = (parts.method.is_idempotent() && body.is_end_stream()).then(|| {
-            let mut again = Request::new(Body::empty());
-            *again.method_mut() = parts.method.clone();
-            *again.uri_mut() = parts.uri.clone();
-            *again.version_mut() = parts.version;
-            *again.headers_mut() = parts.headers.clone();
-            again
-        });
-        let request = Request::from_parts(parts, body);
-        let client = self.inner.client.clone();
-        let timeout = self.inner.timeout;
-        let authority = self.inner.authority.clone();
-        Box::pin(async move {
-            let exchange = async {
-                match (client.request(request).await, retry) {
-                    (Err(error), Some(again)) if !error.is_connect() => {
-                        tracing::debug!(%error, "upstream connection lost; sending again");
-                        client.request(again).await
-                    }
-                    (result, _) => result,
-                }
-            };
-            match tokio::time::timeout(timeout, exchange).await {
-                Ok(Ok(response)) => {
-                    let (mut parts, body) = response.into_parts();
-                    strip_hop_by_hop(&mut parts.headers);
-                    Ok(Response::from_parts(
-                        parts,
-                        body.map_err(BoxError::from).boxed(),
-                    ))
-                }
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, upstream = %authority, "upstream unreachable");
-                    Ok(problem(
-                        StatusCode::BAD_GATEWAY,
-                        format!("the upstream {authority} could not be reached"),
-                    ))
-                }
-                Err(_) => {
-                    tracing::warn!(upstream = %authority, ?timeout, "upstream timed out");
-                    Ok(problem(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        format!("the upstream {authority} did not answer within {timeout:?}"),
-                    ))
-                }
-            }
-        })
+        let inner = self.inner.clone();
+        Box::pin(async move { Ok(inner.forward(parts, body).await) })
     }
+}
+
+/// Removes every field whose name contains `_`.
+fn drop_underscored(headers: &mut http::HeaderMap) {
+    // Most requests have none: the map is only rebuilt when one is there.
+    if !headers.keys().any(|name| name.as_str().contains('_')) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+/// A request body as it is sent upstream: held whole when it is small enough to
+/// send again, streamed otherwise.
+enum Outgoing {
+    Held(Bytes),
+    Streamed(Body),
+}
+
+impl UpstreamInner {
+    /// Sends the prepared request; a pooled connection found closed before any
+    /// response byte arrived costs an idempotent request one more try, on a new
+    /// connection (RFC 9110 §9.2.2), as nginx's `proxy_next_upstream` does.
+    /// Non-idempotent requests are sent again only when they provably were not sent
+    /// (hyper-util's own retry of requests cancelled before being written).
+    async fn forward(&self, parts: http::request::Parts, body: Body) -> Response<UpstreamBody> {
+        let authority = &self.authority;
+        let (body, fault) = TimedBody::new(body, self.client_body_timeout, Sender::Client);
+        let outgoing = if parts.method.is_idempotent() {
+            match hold(body, self.settings.retry_body_bytes.as_u64()).await {
+                Ok(outgoing) => outgoing,
+                Err(()) => return client_fault(fault.get().copied()),
+            }
+        } else {
+            Outgoing::Streamed(Body::new(body))
+        };
+        let (first, again) = match outgoing {
+            Outgoing::Held(bytes) => (
+                Request::from_parts(parts.clone(), Body::from(bytes.clone())),
+                Some(Request::from_parts(parts, Body::from(bytes))),
+            ),
+            Outgoing::Streamed(body) => (Request::from_parts(parts, body), None),
+        };
+        let exchange = async {
+            match (self.client.request(first).await, again) {
+                (Err(error), Some(again)) if !error.is_connect() => {
+                    tracing::debug!(%error, "upstream connection lost; sending again");
+                    self.client.request(again).await
+                }
+                (result, _) => result,
+            }
+        };
+        let timeout = self.settings.timeout;
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(response)) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                let (body, _) = TimedBody::new(body, self.settings.body_timeout, Sender::Upstream);
+                Response::from_parts(parts, body.boxed())
+            }
+            // The client's body failed under the request: its fault, not the upstream's.
+            Ok(Err(_)) | Err(_) if fault.get().is_some() => client_fault(fault.get().copied()),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, upstream = %authority, "upstream unreachable");
+                unavailable(
+                    StatusCode::BAD_GATEWAY,
+                    format!("the upstream {authority} could not be reached"),
+                )
+            }
+            Err(_) => {
+                tracing::warn!(upstream = %authority, ?timeout, "upstream timed out");
+                unavailable(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("the upstream {authority} did not answer within {timeout:?}"),
+                )
+            }
+        }
+    }
+}
+
+/// Reads `body` whole when it ends within `limit` bytes; a longer one is streamed
+/// on from where the reading stopped. `Err` when the body failed (its fault cell
+/// says how).
+async fn hold<B>(mut body: B, limit: u64) -> Result<Outgoing, ()>
+where
+    B: http_body::Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static,
+{
+    if body.is_end_stream() {
+        return Ok(Outgoing::Held(Bytes::new()));
+    }
+    if body.size_hint().lower() > limit {
+        return Ok(Outgoing::Streamed(Body::new(body)));
+    }
+    let mut held = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(drop)?;
+        // Trailers end the body as data would; they are not forwarded.
+        if let Ok(data) = frame.into_data() {
+            held.extend_from_slice(&data);
+            if held.len() as u64 > limit {
+                let rest = revalidate::ResponseBody::prefixed(held.freeze(), body);
+                return Ok(Outgoing::Streamed(Body::new(rest)));
+            }
+        }
+    }
+    Ok(Outgoing::Held(held.freeze()))
+}
+
+/// The answer to a request whose body could not be read: 408 when the client
+/// stopped sending, 400 when its framing was broken. Logged as the client's doing.
+fn client_fault(fault: Option<BodyFault>) -> Response<UpstreamBody> {
+    let (status, detail) = match fault {
+        Some(BodyFault::Stalled) => (
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body stopped arriving",
+        ),
+        Some(BodyFault::Broken) | None => (
+            StatusCode::BAD_REQUEST,
+            "the request body is malformed (bad chunked framing) or was cut off",
+        ),
+    };
+    tracing::debug!(%status, detail, "request body failed");
+    let mut response = problem(status, detail);
+    // The connection's framing can no longer be trusted.
+    response
+        .headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }

@@ -1,0 +1,367 @@
+//! Requests the proxy refuses before any cache lookup or upstream call: framing
+//! and targets that RFC 9112 makes the client's error, or that a reverse proxy
+//! has no business forwarding. Each is answered with a problem (RFC 9457) and
+//! never reaches the upstream.
+//!
+//! | Request | Answer | Why |
+//! |---|---|---|
+//! | `CONNECT` | 501 | the proxy does not open tunnels |
+//! | `*` as the target (`OPTIONS *` included) | 400 | a server-wide request names no resource to forward (RFC 9112 §3.2.4) |
+//! | an absolute target that is not `http://` or `https://` | 400 | no other scheme is served |
+//! | HTTP/1.1 without `Host`, any version with several, or an invalid one | 400 | RFC 9112 §3.2 |
+//! | a transfer coding other than `chunked` | 501 | RFC 9112 §6.1: codings the proxy cannot decode |
+//!
+//! ```
+//! use revalidate_cli::serve::request_check::{Refusal, refusal};
+//!
+//! let request = http::Request::get("/users/1").header("host", "api.test").body(()).unwrap();
+//! assert_eq!(refusal(&request), None);
+//! let request = http::Request::get("/users/1").body(()).unwrap();
+//! assert_eq!(refusal(&request), Some(Refusal::MissingHost));
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use http::header::{HOST, TRANSFER_ENCODING};
+use http::{Method, Request, Response, StatusCode, Version};
+use revalidate::{Problem, ResponseBody};
+use tower::Service;
+
+/// Why a request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// `CONNECT`.
+    Tunnel,
+    /// The asterisk-form target `*`.
+    AsteriskForm,
+    /// An absolute target whose scheme is neither `http` nor `https`.
+    ForeignScheme,
+    /// An HTTP/1.1 request without `Host`.
+    MissingHost,
+    /// More than one `Host` line.
+    SeveralHosts,
+    /// A `Host`, or a target's authority, that is not `host[:port]`.
+    InvalidHost,
+    /// A transfer coding other than `chunked`.
+    UnknownCoding,
+}
+
+impl Refusal {
+    /// The status it is answered with.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::Tunnel | Self::UnknownCoding => StatusCode::NOT_IMPLEMENTED,
+            Self::AsteriskForm
+            | Self::ForeignScheme
+            | Self::MissingHost
+            | Self::SeveralHosts
+            | Self::InvalidHost => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// What the problem's `detail` says.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tunnel => "CONNECT is not supported: the proxy does not open tunnels",
+            Self::AsteriskForm => "the target * names no resource to forward",
+            Self::ForeignScheme => "only http:// and https:// targets are served",
+            Self::MissingHost => "an HTTP/1.1 request needs a Host header",
+            Self::SeveralHosts => "a request carries one Host header, not several",
+            Self::InvalidHost => "the Host header (or the target's authority) is not host[:port]",
+            Self::UnknownCoding => "the only transfer coding accepted is chunked",
+        }
+    }
+
+    fn response<B>(self) -> Response<ResponseBody<B>> {
+        Problem::new(self.status())
+            .detail(self.as_str())
+            .to_response()
+            .map(ResponseBody::full)
+    }
+}
+
+/// Why `request` is refused, if it is.
+pub fn refusal<B>(request: &Request<B>) -> Option<Refusal> {
+    if request.method() == Method::CONNECT {
+        return Some(Refusal::Tunnel);
+    }
+    let uri = request.uri();
+    if uri.path() == "*" && uri.scheme().is_none() {
+        return Some(Refusal::AsteriskForm);
+    }
+    if let Some(scheme) = uri.scheme_str()
+        && !scheme.eq_ignore_ascii_case("http")
+        && !scheme.eq_ignore_ascii_case("https")
+    {
+        return Some(Refusal::ForeignScheme);
+    }
+    if uri
+        .authority()
+        .is_some_and(|a| !is_host_and_port(a.as_str().as_bytes()))
+    {
+        return Some(Refusal::InvalidHost);
+    }
+    let mut hosts = request.headers().get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if request.version() == Version::HTTP_11 => return Some(Refusal::MissingHost),
+        (None, _) => {}
+        (Some(_), Some(_)) => return Some(Refusal::SeveralHosts),
+        (Some(host), None) if !is_host_and_port(host.as_bytes()) => {
+            return Some(Refusal::InvalidHost);
+        }
+        (Some(_), None) => {}
+    }
+    let mut codings = request.headers().get_all(TRANSFER_ENCODING).iter();
+    if let Some(first) = codings.next() {
+        let only_chunked = codings.next().is_none()
+            && first
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"chunked");
+        if !only_chunked {
+            return Some(Refusal::UnknownCoding);
+        }
+    }
+    None
+}
+
+/// `uri-host [":" port]` (RFC 9110 §7.2, RFC 3986 §3.2.2): a bracketed IP
+/// literal or a non-empty registered name or IPv4 address, then digits.
+fn is_host_and_port(value: &[u8]) -> bool {
+    let (host, port) = if value.first() == Some(&b'[') {
+        let Some(end) = value.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &value[1..end];
+        let literal_ok = !literal.is_empty()
+            && literal
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.' | b'v' | b'V'));
+        if !literal_ok {
+            return false;
+        }
+        match &value[end + 1..] {
+            [] => return true,
+            [b':', port @ ..] => (&value[..0], port),
+            _ => return false,
+        }
+    } else {
+        match value.iter().rposition(|&b| b == b':') {
+            Some(colon) => (&value[..colon], &value[colon + 1..]),
+            None => (value, &value[..0]),
+        }
+    };
+    let host_ok = value.first() == Some(&b'[')
+        || (!host.is_empty()
+            && host.iter().all(|&b| {
+                b.is_ascii_alphanumeric()
+                    || matches!(
+                        b,
+                        b'-' | b'.'
+                            | b'_'
+                            | b'~'
+                            | b'%'
+                            | b'!'
+                            | b'$'
+                            | b'&'
+                            | b'\''
+                            | b'('
+                            | b')'
+                            | b'*'
+                            | b'+'
+                            | b','
+                            | b';'
+                            | b'='
+                    )
+            }));
+    host_ok && port.len() <= 5 && port.iter().all(u8::is_ascii_digit)
+}
+
+/// `inner`, behind the refusals of [`refusal`].
+#[derive(Debug, Clone)]
+pub struct RequestCheck<S> {
+    inner: S,
+}
+
+impl<S> RequestCheck<S> {
+    /// Checks requests before `inner` sees them.
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+}
+
+impl<S, B> Service<Request<Body>> for RequestCheck<S>
+where
+    S: Service<Request<Body>, Response = Response<ResponseBody<B>>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = CheckFuture<S::Future, S::Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        match refusal(&request) {
+            Some(refusal) => {
+                tracing::debug!(method = %request.method(), uri = %request.uri(), reason = refusal.as_str(), "request refused");
+                CheckFuture {
+                    state: CheckState::Refused {
+                        response: Some(refusal.response()),
+                    },
+                }
+            }
+            None => CheckFuture {
+                state: CheckState::Passed {
+                    future: self.inner.call(request),
+                },
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`RequestCheck`].
+    pub struct CheckFuture<F, R> {
+        #[pin]
+        state: CheckState<F, R>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = CheckProjection]
+    enum CheckState<F, R> {
+        Refused { response: Option<R> },
+        Passed { #[pin] future: F },
+    }
+}
+
+impl<F, R, E> Future for CheckFuture<F, R>
+where
+    F: Future<Output = Result<R, E>>,
+{
+    type Output = Result<R, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            CheckProjection::Refused { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => Poll::Pending,
+            },
+            CheckProjection::Passed { future } => future.poll(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(
+        method: &str,
+        target: &str,
+        version: Version,
+        headers: &[(&str, &str)],
+    ) -> Option<Refusal> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(target)
+            .version(version);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        refusal(&builder.body(()).unwrap())
+    }
+
+    #[test]
+    fn hosts_follow_rfc_9112() {
+        use Refusal::*;
+        let v11 = Version::HTTP_11;
+        let cases: [(&[(&str, &str)], Version, Option<Refusal>); 14] = [
+            (&[("host", "api.test")], v11, None),
+            (&[("host", "api.test:8080")], v11, None),
+            (&[("host", "127.0.0.1:80")], v11, None),
+            (&[("host", "[::1]:8080")], v11, None),
+            (&[("host", "[::1]")], v11, None),
+            (&[], v11, Some(MissingHost)),
+            (&[], Version::HTTP_10, None),
+            (&[], Version::HTTP_2, None),
+            (
+                &[("host", "a.test"), ("host", "b.test")],
+                v11,
+                Some(SeveralHosts),
+            ),
+            (&[("host", "")], v11, Some(InvalidHost)),
+            (&[("host", "a b")], v11, Some(InvalidHost)),
+            (&[("host", "user@a.test")], v11, Some(InvalidHost)),
+            (&[("host", "a.test:80x")], v11, Some(InvalidHost)),
+            (&[("host", "a.test/x")], v11, Some(InvalidHost)),
+        ];
+        for (headers, version, expected) in cases {
+            assert_eq!(
+                check("GET", "/", version, headers),
+                expected,
+                "{headers:?} {version:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn targets_and_methods_a_reverse_proxy_does_not_forward() {
+        let host = [("host", "api.test")];
+        let v11 = Version::HTTP_11;
+        assert_eq!(
+            check("CONNECT", "api.test:443", v11, &host),
+            Some(Refusal::Tunnel)
+        );
+        assert_eq!(check("GET", "*", v11, &host), Some(Refusal::AsteriskForm));
+        assert_eq!(
+            check("OPTIONS", "*", v11, &host),
+            Some(Refusal::AsteriskForm)
+        );
+        assert_eq!(
+            check("GET", "ftp://api.test/x", v11, &host),
+            Some(Refusal::ForeignScheme)
+        );
+        assert_eq!(
+            check("GET", "http://user@api.test/x", v11, &host),
+            Some(Refusal::InvalidHost)
+        );
+        assert_eq!(check("GET", "http://api.test/x", v11, &host), None);
+        assert_eq!(check("GET", "https://api.test/x", v11, &host), None);
+        assert_eq!(check("OPTIONS", "/x", v11, &host), None);
+    }
+
+    #[test]
+    fn only_chunked_is_a_known_coding() {
+        let v11 = Version::HTTP_11;
+        let with = |te: &str| {
+            check(
+                "POST",
+                "/",
+                v11,
+                &[("host", "a"), ("transfer-encoding", te)],
+            )
+        };
+        assert_eq!(with("chunked"), None);
+        assert_eq!(with("Chunked "), None);
+        assert_eq!(with("gzip, chunked"), Some(Refusal::UnknownCoding));
+        assert_eq!(with("chunked, chunked"), Some(Refusal::UnknownCoding));
+        let two = check(
+            "POST",
+            "/",
+            v11,
+            &[
+                ("host", "a"),
+                ("transfer-encoding", "gzip"),
+                ("transfer-encoding", "chunked"),
+            ],
+        );
+        assert_eq!(two, Some(Refusal::UnknownCoding));
+    }
+}
