@@ -627,8 +627,8 @@ async fn origin_closing_reused_connections() -> SocketAddr {
     addr
 }
 
-/// A GET sent on a pooled connection the origin closes under it is sent again on a
-/// new one; a request with a body is not (it may be half consumed), so it is a 502.
+/// A GET or PUT sent on a pooled connection the origin closes under it is sent
+/// again on a new one; a POST is not (the origin may have acted on it): a 502.
 #[tokio::test]
 async fn idempotent_requests_survive_a_closed_keep_alive_connection() {
     let origin = origin_closing_reused_connections().await;
@@ -652,6 +652,16 @@ async fn idempotent_requests_survive_a_closed_keep_alive_connection() {
         .body(Body::from("x"))
         .unwrap();
     let lost = client.request(post).await.unwrap();
-    assert_eq!(lost.status(), 502, "a body is never sent twice");
+    assert_eq!(
+        lost.status(),
+        502,
+        "a non-idempotent request is never sent twice"
+    );
     assert_eq!(request(addr, "GET", "/a", &[]).await.body, "answer 3");
+    // A PUT is idempotent: its body is held and sent again on a new connection.
+    let put = http::Request::put(format!("http://{addr}/a"))
+        .body(Body::from("x"))
+        .unwrap();
+    let again = client.request(put).await.unwrap();
+    assert_eq!(again.status(), 200, "sent again");
 }

@@ -25,7 +25,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use http::header::{HOST, TRANSFER_ENCODING};
+use http::header::{CONNECTION, HOST, HeaderValue, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode, Version};
 use revalidate::{Problem, ResponseBody};
 use tower::Service;
@@ -77,10 +77,16 @@ impl Refusal {
     }
 
     fn response<B>(self) -> Response<ResponseBody<B>> {
-        Problem::new(self.status())
+        let mut response = Problem::new(self.status())
             .detail(self.as_str())
             .to_response()
-            .map(ResponseBody::full)
+            .map(ResponseBody::full);
+        // A client that sends such requests is not one to keep a connection for,
+        // and its body, if any, was never read (nginx closes after a 400 too).
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        response
     }
 }
 
@@ -282,7 +288,9 @@ mod tests {
     fn hosts_follow_rfc_9112() {
         use Refusal::*;
         let v11 = Version::HTTP_11;
-        let cases: [(&[(&str, &str)], Version, Option<Refusal>); 14] = [
+        /// Request headers, the version, and what is expected of them.
+        type Case<'a> = (&'a [(&'a str, &'a str)], Version, Option<Refusal>);
+        let cases: [Case<'_>; 14] = [
             (&[("host", "api.test")], v11, None),
             (&[("host", "api.test:8080")], v11, None),
             (&[("host", "127.0.0.1:80")], v11, None),
