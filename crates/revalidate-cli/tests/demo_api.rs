@@ -152,6 +152,18 @@ async fn bad_input_is_refused_with_problems_and_changes_nothing() {
         ),
         ("GET", "/users/abc", vec![], Body::empty(), 400),
         ("GET", "/users/-1", vec![], Body::empty(), 400),
+        // One spelling per user: others would be cache keys of their own.
+        ("GET", "/users/+1", vec![], Body::empty(), 400),
+        ("GET", "/users/01", vec![], Body::empty(), 400),
+        ("GET", "/users/1e3", vec![], Body::empty(), 400),
+        ("GET", "/users/0", vec![], Body::empty(), 400),
+        (
+            "DELETE",
+            "/users/+1",
+            vec![("if-match", "\"v1\"")],
+            Body::empty(),
+            400,
+        ),
         (
             "PUT",
             "/users/99999999999999999999",

@@ -1,5 +1,7 @@
 //! `revalidate serve` over real sockets: the library's layers in front of an origin.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -357,7 +359,72 @@ async fn admin_api_requires_its_token() {
         )
         .await
         .unwrap();
-    assert_eq!(health.status(), 200);
+    assert_eq!(health.status(), 200, "liveness stays open");
+
+    let admin_get = |path: &str, auth: Option<&'static str>| {
+        let mut builder = http::Request::get(format!("http://{admin_addr}{path}"));
+        if let Some(auth) = auth {
+            builder = builder.header("authorization", auth);
+        }
+        client.request(builder.body(Body::empty()).unwrap())
+    };
+    let metrics = admin_get("/metrics", None).await.unwrap();
+    assert_eq!(metrics.status(), 401, "metrics need the token");
+    assert_problem(metrics).await;
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let auth: &'static str = format!("{scheme} s3cret").leak();
+        let stats = admin_get("/stats", Some(auth)).await.unwrap();
+        assert_eq!(stats.status(), 200, "{scheme}");
+    }
+    // A page in a browser can POST text/plain or a form without a preflight: refused.
+    for content_type in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+    ] {
+        let refused = client
+            .request(
+                http::Request::post(format!("http://{admin_addr}/purge"))
+                    .header("content-type", content_type)
+                    .header("authorization", "Bearer s3cret")
+                    .body(Body::from(r#"{"urls":["/t"]}"#))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 415, "{content_type}");
+        assert_problem(refused).await;
+    }
+    let too_large = client
+        .request(
+            http::Request::post(format!("http://{admin_addr}/purge"))
+                .header("content-type", "application/json; charset=utf-8")
+                .header("authorization", "Bearer s3cret")
+                .body(Body::from(vec![b' '; 2 * 1024 * 1024]))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(too_large.status(), 413);
+    assert_problem(too_large).await;
+    let bad_json = post(Some("Bearer s3cret"), "{").await.unwrap();
+    assert_eq!(bad_json.status(), 400);
+    assert_problem(bad_json).await;
+    let unknown = admin_get("/nowhere", Some("Bearer s3cret")).await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert_problem(unknown).await;
+}
+
+/// Asserts an RFC 9457 body.
+async fn assert_problem(response: http::Response<hyper::body::Incoming>) {
+    let status = response.status().as_u16();
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(problem["status"], status);
 }
 
 fn binary() -> std::process::Command {
@@ -664,4 +731,47 @@ async fn idempotent_requests_survive_a_closed_keep_alive_connection() {
         .unwrap();
     let again = client.request(put).await.unwrap();
     assert_eq!(again.status(), 200, "sent again");
+}
+
+/// The example configuration in front of the demo: the user list is stored for two
+/// seconds and stands in for the API when it fails (`stale_if_error` applies there,
+/// unlike on routes the demo marks `no-cache`).
+#[tokio::test]
+async fn the_example_config_serves_the_demo_list_stale_when_the_demo_fails() {
+    let (api, _dir) = support::sqlite().await;
+    api.store.seed().await.unwrap();
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failing = down.clone();
+    let demo = api.app.layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let failing = failing.load(Ordering::SeqCst);
+            async move {
+                if failing {
+                    return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
+                }
+                next.run(request).await
+            }
+        },
+    ));
+    let (demo_addr, _demo) = spawn(demo).await;
+    let config = parse(
+        include_str!("../../../revalidate.example.toml"),
+        "revalidate.example.toml",
+    )
+    .unwrap();
+    let upstream = Upstream::new(&format!("http://{demo_addr}"), &config).unwrap();
+    let (app, _) = proxy(&config, upstream);
+    let addr = spawn_proxy(app).await;
+    let fresh = request(addr, "GET", "/users", &[]).await;
+    assert_eq!(fresh.status, 200);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    down.store(true, Ordering::SeqCst);
+    let stale = request(addr, "GET", "/users", &[]).await;
+    assert_eq!(stale.status, 200, "{}", stale.body);
+    assert_eq!(stale.body, fresh.body);
+    assert!(
+        cache_status(&stale).contains("stale-if-error"),
+        "{}",
+        cache_status(&stale)
+    );
 }

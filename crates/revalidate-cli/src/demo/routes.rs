@@ -50,7 +50,7 @@ pub fn router(store: UserStore) -> Router {
                 .uri
                 .path()
                 .strip_prefix("/users/")
-                .and_then(|s| s.parse::<i64>().ok());
+                .and_then(canonical_id);
             async move {
                 let (version, updated_at) = store.validators(id?).await.ok()??;
                 Some(user_validators(version, updated_at))
@@ -136,7 +136,15 @@ fn bearer_user_id(headers: &HeaderMap) -> Option<i64> {
     let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then_some(())?;
-    token.trim().parse().ok()
+    canonical_id(token.trim())
+}
+
+/// A user id written as a canonical decimal number: digits, no sign, no leading
+/// zero. `+1`, `01` and `1e3` name no user: were they read as 1, each spelling
+/// would be a cache key of its own that writes to `/users/1` never purge.
+fn canonical_id(text: &str) -> Option<i64> {
+    let canonical = text.bytes().all(|b| b.is_ascii_digit()) && !text.starts_with('0');
+    canonical.then(|| text.parse().ok()).flatten()
 }
 
 /// An error answered as `application/problem+json` (RFC 9457). Boxed: it travels
@@ -191,11 +199,11 @@ fn user_response(status: StatusCode, user: &User) -> Response {
 
 async fn require_numeric_id(request: Request, next: Next) -> Response {
     let id = request.uri().path().strip_prefix("/users/").unwrap_or("");
-    match id.parse::<i64>() {
-        Ok(n) if n > 0 => next.run(request).await,
-        _ => problem(
+    match canonical_id(id) {
+        Some(_) => next.run(request).await,
+        None => problem(
             StatusCode::BAD_REQUEST,
-            format!("user id must be a positive integer, not {id:?}"),
+            format!("user id must be a positive integer in decimal, not {id:?}"),
         )
         .into_response(),
     }

@@ -1,10 +1,18 @@
 //! The admin listener: `POST /purge`, `GET /stats`, `GET /metrics`, `GET /healthz`.
+//!
+//! With a token, every route but `/healthz` needs `Authorization: Bearer <token>`
+//! (the scheme in any case, RFC 9110 §11.1); `/healthz` stays open because
+//! liveness probes carry no credentials and it reveals nothing but "ok". `/purge`
+//! takes only `application/json`: a form or `text/plain` body is what a web page
+//! can send to a loopback admin without a preflight (CSRF), and is refused with
+//! 415. Every error is a problem (RFC 9457).
 
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::body::Body;
+use axum::extract::{Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -36,14 +44,31 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Largest `/purge` body read.
+const MAX_PURGE_BYTES: usize = 1024 * 1024;
+
+/// The token of an `Authorization: Bearer <token>` field, the scheme compared
+/// without regard to case.
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once([' ', '\t'])?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// Lets a request through when no token is set or it presents the token.
+async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    match refused(&state, request.headers()) {
+        Some(denied) => denied,
+        None => next.run(request).await,
+    }
+}
+
 /// `None` when the caller may proceed, else the 401 to send.
 fn refused(state: &AdminState, headers: &HeaderMap) -> Option<Response> {
     let token = state.token.as_ref()?;
-    let presented = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let presented = bearer_token(headers);
     if presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
         return None;
     }
@@ -63,6 +88,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/purge", post(purge))
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async {
             problem(
@@ -73,14 +99,42 @@ pub fn router(state: AdminState) -> Router {
         .method_not_allowed_fallback(|| async {
             problem(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
         })
-        .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
         .with_state(state)
 }
 
-async fn purge(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(denied) = refused(&state, &headers) {
-        return denied;
+/// Whether a `Content-Type` is `application/json`, with parameters or not.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
+async fn purge(State(state): State<AdminState>, request: Request) -> Response {
+    if !is_json(request.headers()) {
+        return problem(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the purge as Content-Type: application/json",
+        );
     }
+    let body = match axum::body::to_bytes(request.into_body(), MAX_PURGE_BYTES).await {
+        Ok(body) => body,
+        Err(error) => {
+            let too_large = error
+                .into_inner()
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            return if too_large {
+                problem(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("a purge body is at most {MAX_PURGE_BYTES} bytes"),
+                )
+            } else {
+                problem(StatusCode::BAD_REQUEST, "the purge body could not be read")
+            };
+        }
+    };
     let purge: Purge = match serde_json::from_slice(&body) {
         Ok(p) => p,
         Err(e) => {
@@ -113,10 +167,7 @@ async fn purge(State(state): State<AdminState>, headers: HeaderMap, body: Bytes)
     axum::Json(json!({ "purged": purged, "soft": purge.soft })).into_response()
 }
 
-async fn stats(State(state): State<AdminState>, headers: HeaderMap) -> Response {
-    if let Some(denied) = refused(&state, &headers) {
-        return denied;
-    }
+async fn stats(State(state): State<AdminState>) -> Response {
     let counters = state.cache.stats();
     let usage = state.cache.usage();
     let answered = counters.hits
