@@ -242,3 +242,105 @@ impl<T: AsyncWrite> AsyncWrite for BoundedIo<T> {
         self.project().inner.poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use super::*;
+
+    const HEADER: Duration = Duration::from_secs(4);
+    const IDLE: Duration = Duration::from_secs(8);
+
+    fn connection() -> (DuplexStream, BoundedIo<DuplexStream>, Arc<Activity>) {
+        let (client, server) = tokio::io::duplex(4096);
+        let activity = Activity::new();
+        let io = BoundedIo::new(server, activity.clone(), HEADER, IDLE);
+        (client, io, activity)
+    }
+
+    /// Reads until the bound closes the connection; how long that took.
+    async fn time_to_close(io: &mut BoundedIo<DuplexStream>) -> Duration {
+        let started = Instant::now();
+        let mut buffer = [0; 64];
+        loop {
+            match io.read(&mut buffer).await {
+                Ok(0) => panic!("the client closed"),
+                Ok(_) => {}
+                Err(error) => {
+                    assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+                    return started.elapsed();
+                }
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_held_to_the_header_bound() {
+        let (_client, mut io, _) = connection();
+        let lasted = time_to_close(&mut io).await;
+        assert!(lasted > HEADER * 3 / 4 && lasted <= HEADER, "{lasted:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_head_is_held_to_the_header_bound() {
+        let (mut client, mut io, _) = connection();
+        tokio::spawn(async move {
+            while client.write_all(b"G").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        let lasted = time_to_close(&mut io).await;
+        assert!(
+            lasted <= HEADER,
+            "bytes keep coming, the head never ends: {lasted:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_bound_applies_while_a_request_is_in_flight_then_idle_counts() {
+        let (mut client, mut io, activity) = connection();
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buffer = [0; 64];
+        assert!(io.read(&mut buffer).await.unwrap() > 0);
+        let in_flight = activity.start();
+        let waited = tokio::time::timeout(IDLE * 3, io.read(&mut buffer)).await;
+        assert!(
+            waited.is_err(),
+            "a slow upstream is not the client's idleness"
+        );
+        drop(in_flight);
+        // The response goes out; from then on the connection is idle.
+        io.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        let lasted = time_to_close(&mut io).await;
+        let period = HEADER / TICKS_PER_BOUND;
+        assert!(
+            lasted > IDLE - period * 2 && lasted <= IDLE + period,
+            "{lasted:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_every_so_often_keeps_the_connection_open() {
+        let (mut client, mut io, activity) = connection();
+        let server = tokio::spawn(async move {
+            let mut buffer = [0; 64];
+            loop {
+                match io.read(&mut buffer).await {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => drop(activity.start()),
+                    Err(error) => return Err(error),
+                }
+            }
+        });
+        for _ in 0..10 {
+            client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            tokio::time::sleep(IDLE / 2).await;
+        }
+        drop(client);
+        server
+            .await
+            .unwrap()
+            .expect("40 s with a request every 4 s: never cut off");
+    }
+}
