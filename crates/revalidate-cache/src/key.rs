@@ -1,6 +1,12 @@
 //! Cache keys: the normalized target URI (RFC 9111 §4.1, RFC 3986 §6.2.2) plus route
 //! key additions, and the secondary key from `Vary` (§4.1).
 //!
+//! The cache forwards the normalized target too, so normalizing must give a URI
+//! that the upstream resolves to the same resource: escapes of unreserved
+//! characters are decoded, `.` and `..` segments removed (RFC 3986 §5.2.4, as the
+//! upstream itself would resolve them, and as nginx does before it matches a
+//! location), so that `/static/%2e%2e/me` is routed and keyed as `/me`.
+//!
 //! ```
 //! use revalidate_cache::key::{QueryRules, normalize_target};
 //!
@@ -82,13 +88,61 @@ pub fn normalize_target(path_and_query: &str, rules: &QueryRules) -> String {
     out
 }
 
-/// Appends a path, percent-encodings normalized (`/` when empty).
+/// Appends a path, percent-encodings normalized and dot segments removed (`/` when
+/// empty).
 pub fn push_normalized_path(path: &str, out: &mut String) {
     if path.is_empty() {
         out.push('/');
-    } else {
-        normalize_percent(path, out);
+        return;
     }
+    let start = out.len();
+    normalize_percent(path, out);
+    // Most paths have no dot segment: only those are rebuilt.
+    if has_dot_segment(&out[start..]) {
+        let resolved = remove_dot_segments(&out[start..]);
+        out.truncate(start);
+        // As an empty path is: `..` alone resolves to nothing.
+        out.push_str(if resolved.is_empty() { "/" } else { &resolved });
+    }
+}
+
+/// Whether a path has a `.` or `..` segment.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/')
+        .any(|segment| segment == "." || segment == "..")
+}
+
+/// RFC 3986 §5.2.4 for a path that starts with `/` (an origin-form target's, or
+/// what the http crate gives for another form): `.` segments go, each `..` takes
+/// the segment before it, and none climbs above the root. A final `.` or `..`
+/// leaves the path ending in `/`.
+fn remove_dot_segments(path: &str) -> String {
+    let mut segments: Vec<&str> = Vec::new();
+    let mut pieces = path.split('/').peekable();
+    let leading = path.starts_with('/');
+    if leading {
+        pieces.next();
+    }
+    while let Some(segment) = pieces.next() {
+        let last = pieces.peek().is_none();
+        match segment {
+            "." | ".." => {
+                if segment == ".." {
+                    segments.pop();
+                }
+                if last {
+                    segments.push("");
+                }
+            }
+            _ => segments.push(segment),
+        }
+    }
+    let mut resolved = String::with_capacity(path.len());
+    if leading {
+        resolved.push('/');
+    }
+    resolved.push_str(&segments.join("/"));
+    resolved
 }
 
 /// Appends `?` and a query normalized by `rules` (nothing when there is no query,
@@ -256,6 +310,20 @@ mod tests {
             "/?a=2&b=1"
         );
         assert_eq!(normalize_target("/%7e%7E/%2f%2F", &none), "/~~/%2F%2F");
+        // Dot segments are resolved, escaped or not, and never climb above the root.
+        assert_eq!(normalize_target("/static/%2e%2e/me", &none), "/me");
+        assert_eq!(
+            normalize_target("/a/./b/../c?x=/../y", &none),
+            "/a/c?x=/../y"
+        );
+        assert_eq!(normalize_target("/../../a", &none), "/a");
+        assert_eq!(normalize_target("/a/b/..", &none), "/a/");
+        assert_eq!(normalize_target("/a/.", &none), "/a/");
+        assert_eq!(normalize_target("/..", &none), "/");
+        assert_eq!(
+            normalize_target("/a/..b/.c/%2E%2E%2Fd", &none),
+            "/a/..b/.c/..%2Fd"
+        );
         // A target the http crate accepts with bytes beyond ASCII keeps them as they are.
         let uri: http::Uri = "/caf\u{e9}%C3%A9".parse().unwrap();
         assert_eq!(normalize_target(uri.path(), &none), "/caf\u{e9}%C3%A9");
@@ -269,7 +337,7 @@ mod tests {
             pieces in proptest::collection::vec(
                 proptest::sample::select(vec![
                     "%", "%34", "%31", "%3", "%41", "%7e", "%2F", "%25", "a", "B", "/",
-                    "?", "=", "&", "utm_x", "\u{e9}",
+                    "?", "=", "&", "utm_x", "\u{e9}", ".", "..", "%2e", "%2E.",
                 ]),
                 0..12,
             ),

@@ -1,22 +1,27 @@
 //! A client connection's socket with its waits bounded: a request head must arrive
-//! whole within the header timeout (slowloris), and a connection with no request in
-//! flight may sit idle only for the keep-alive timeout. When a bound passes, reads
-//! fail with `TimedOut` and hyper closes the connection.
+//! whole within the header timeout (slowloris), a connection with no request in
+//! flight may sit idle only for the keep-alive timeout, and a client that stops
+//! reading its response may block the proxy's writes only for the send timeout.
+//! When a bound passes, the read or write fails with `TimedOut` and hyper closes
+//! the connection.
 //!
 //! hyper's own `header_read_timeout` starts when a connection begins to wait for a
 //! head, so one value would bound both the idle time between requests and the head
-//! itself; nginx and HAProxy bound them separately, and so does this.
+//! itself; nginx and HAProxy bound them separately, and so does this. An HTTP/2
+//! connection (known by its preface) has no head to wait for: only the idle and
+//! send bounds apply to it.
 //!
-//! The hit path pays no clock read for it: reads and writes set a flag, the service
-//! counts requests started and finished, and one timer per connection ticks at a
-//! quarter of the shorter bound and looks at what happened since its last tick. A
-//! bound is thus enforced within a quarter of itself (a 60 s keep-alive closes
-//! after 45 to 60 s of silence).
+//! The hit path pays no clock read for it: reads and writes set flags, the service
+//! counts requests started and finished (a request is in flight until its response
+//! body is done), and one timer per connection ticks at a quarter of the shortest
+//! bound and looks at what happened since its last tick. A bound thus passes
+//! between one tick before it and itself (with the defaults, a 60 s keep-alive
+//! closes after 52.5 to 60 s of silence).
 //!
 //! ```text
 //! let activity = Activity::new();
-//! let io = TokioIo::new(BoundedIo::new(stream, activity.clone(), header_timeout, keepalive_timeout));
-//! // the service calls activity.started() and drops the guard when it answered
+//! let io = TokioIo::new(BoundedIo::new(stream, activity.clone(), bounds));
+//! // the service holds `activity.start()` from a request's head to its body's end
 //! ```
 
 use std::io;
@@ -29,8 +34,23 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// How many ticks a bound spans.
+/// How many ticks the shortest bound spans.
 const TICKS_PER_BOUND: u32 = 4;
+
+/// What every HTTP/2 connection starts with (RFC 9113 §3.4); no HTTP/1 request
+/// starts with `PRI `.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// The bounds of one connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    /// For a request head, from its first byte (or the connection's start).
+    pub(crate) header: Duration,
+    /// For silence with no request in flight.
+    pub(crate) idle: Duration,
+    /// For writes the client does not take.
+    pub(crate) send: Duration,
+}
 
 /// The requests of one connection, counted by its service.
 #[derive(Debug, Default)]
@@ -45,7 +65,8 @@ impl Activity {
     }
 
     /// Counts a request whose head has arrived; the guard counts it finished when
-    /// dropped (its response future is done, or was dropped with its stream).
+    /// dropped (with its response body, or with the request's future if it is
+    /// dropped first).
     pub(crate) fn start(self: &Arc<Self>) -> InFlight {
         self.started.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
@@ -75,88 +96,172 @@ enum Waiting {
     /// The rest of a request head whose first bytes came in when the service had
     /// started this many requests (a new connection waits for its first head).
     Head { after: u64, ticks: u32 },
-    /// Nothing: the connection is idle between requests.
+    /// Nothing: the connection is idle between requests, for about this many ticks.
     Idle { ticks: u32 },
-    /// The service: a request is in flight, no bound applies.
+    /// The service: a request is in flight.
     Service,
 }
 
+/// The connection's state between ticks.
+#[derive(Debug)]
+struct Watch {
+    waiting: Waiting,
+    /// `None` until the first bytes tell.
+    http2: Option<bool>,
+    /// Bytes moved either way since the last tick.
+    moved: bool,
+    /// Bytes written since the last tick.
+    wrote: bool,
+    /// The last write could not proceed.
+    write_blocked: bool,
+    /// Ticks in a row with writes blocked and nothing written.
+    send_stalled: u32,
+    header_ticks: u32,
+    idle_ticks: u32,
+    send_ticks: u32,
+}
+
+impl Watch {
+    /// What a tick of the timer found: `Err` when a bound has passed.
+    fn on_tick(&mut self, (started, finished): (u64, u64)) -> io::Result<()> {
+        let busy = started != finished;
+        // The tick that first sees the connection idle counts as one: the idleness
+        // began at most a period before it.
+        self.waiting = match self.waiting {
+            _ if busy => Waiting::Service,
+            Waiting::Head { after, .. } if started != after => Waiting::Idle { ticks: 1 },
+            Waiting::Head { after, ticks } => Waiting::Head {
+                after,
+                ticks: ticks + 1,
+            },
+            Waiting::Service => Waiting::Idle { ticks: 1 },
+            Waiting::Idle { .. } if self.moved => Waiting::Idle { ticks: 1 },
+            Waiting::Idle { ticks } => Waiting::Idle { ticks: ticks + 1 },
+        };
+        // Likewise a write that blocked after bytes went out in this period.
+        self.send_stalled = match (self.write_blocked, self.wrote) {
+            (false, _) => 0,
+            (true, true) => 1,
+            (true, false) => self.send_stalled + 1,
+        };
+        self.moved = false;
+        self.wrote = false;
+        let timed_out = |why: &str| Err(io::Error::new(io::ErrorKind::TimedOut, why.to_string()));
+        if self.send_stalled >= self.send_ticks {
+            return timed_out("the client stopped reading its response");
+        }
+        match self.waiting {
+            Waiting::Head { ticks, .. } if ticks >= self.header_ticks => {
+                timed_out("the request head did not arrive in time")
+            }
+            Waiting::Idle { ticks } if ticks >= self.idle_ticks => {
+                timed_out("the connection was idle too long")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Bytes came in: they may start a request head.
+    fn on_read(&mut self, bytes: &[u8], (started, finished): (u64, u64)) {
+        self.moved = true;
+        if self.http2.is_none() {
+            let seen = bytes.len().min(HTTP2_PREFACE.len());
+            self.http2 = if bytes[..seen] != HTTP2_PREFACE[..seen] {
+                Some(false)
+            } else if seen == HTTP2_PREFACE.len() {
+                Some(true)
+            } else {
+                // Too few bytes to tell, all of them the preface's: asked again.
+                None
+            };
+            if self.http2 == Some(true) {
+                self.waiting = Waiting::Idle { ticks: 0 };
+            }
+        }
+        if self.http2 == Some(true) {
+            return;
+        }
+        let new_head = match self.waiting {
+            Waiting::Head { after, .. } => after != started,
+            Waiting::Idle { .. } | Waiting::Service => true,
+        };
+        if new_head && started == finished {
+            self.waiting = Waiting::Head {
+                after: started,
+                ticks: 0,
+            };
+        }
+    }
+
+    fn on_write(&mut self, written: &Poll<io::Result<usize>>) {
+        match written {
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                self.moved = true;
+                self.wrote = true;
+                self.write_blocked = false;
+            }
+            Poll::Pending => self.write_blocked = true,
+            Poll::Ready(_) => self.write_blocked = false,
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
-    /// `inner`, whose reads fail once a request head or an idle spell outlasts its
-    /// bound.
+    /// `inner`, whose reads and writes fail once a request head, an idle spell or
+    /// a blocked write outlasts its bound.
     pub(crate) struct BoundedIo<T> {
         #[pin]
         inner: T,
         activity: Arc<Activity>,
         tick: Pin<Box<Sleep>>,
         period: Duration,
-        header_ticks: u32,
-        idle_ticks: u32,
-        waiting: Waiting,
-        // Bytes moved since the last tick.
-        moved: bool,
+        watch: Watch,
     }
 }
 
 impl<T> BoundedIo<T> {
-    pub(crate) fn new(
-        inner: T,
-        activity: Arc<Activity>,
-        header_timeout: Duration,
-        keepalive_timeout: Duration,
-    ) -> Self {
-        let period = header_timeout.min(keepalive_timeout) / TICKS_PER_BOUND;
+    pub(crate) fn new(inner: T, activity: Arc<Activity>, bounds: Bounds) -> Self {
+        let period = bounds.header.min(bounds.idle).min(bounds.send) / TICKS_PER_BOUND;
         let ticks = |bound: Duration| {
-            u32::try_from(bound.as_nanos().div_ceil(period.as_nanos().max(1))).unwrap_or(u32::MAX)
+            u32::try_from(bound.as_nanos().div_ceil(period.as_nanos().max(1)))
+                .unwrap_or(u32::MAX)
+                .max(1)
         };
         Self {
             inner,
             activity,
             tick: Box::pin(tokio::time::sleep(period)),
             period,
-            header_ticks: ticks(header_timeout),
-            idle_ticks: ticks(keepalive_timeout),
-            // A connection that sends nothing at all is held to the header bound.
-            waiting: Waiting::Head { after: 0, ticks: 0 },
-            moved: false,
+            watch: Watch {
+                // A connection that sends nothing at all is held to the header bound.
+                waiting: Waiting::Head { after: 0, ticks: 0 },
+                http2: None,
+                moved: false,
+                wrote: false,
+                write_blocked: false,
+                send_stalled: 0,
+                header_ticks: ticks(bounds.header),
+                idle_ticks: ticks(bounds.idle),
+                send_ticks: ticks(bounds.send),
+            },
         }
     }
 }
 
-impl<T> BoundedIo<T> {
-    /// What a tick of the timer found: `Err` when a bound has passed.
-    fn on_tick(
-        waiting: &mut Waiting,
-        moved: &mut bool,
-        (started, finished): (u64, u64),
-        (header_ticks, idle_ticks): (u32, u32),
-    ) -> io::Result<()> {
-        let busy = started != finished;
-        *waiting = match *waiting {
-            _ if busy => Waiting::Service,
-            // The head that was awaited has reached the service since.
-            Waiting::Head { after, .. } if started != after => Waiting::Idle { ticks: 0 },
-            Waiting::Head { after, ticks } => Waiting::Head {
-                after,
-                ticks: ticks + 1,
-            },
-            Waiting::Service => Waiting::Idle { ticks: 0 },
-            Waiting::Idle { .. } if *moved => Waiting::Idle { ticks: 0 },
-            Waiting::Idle { ticks } => Waiting::Idle { ticks: ticks + 1 },
-        };
-        *moved = false;
-        match *waiting {
-            Waiting::Head { ticks, .. } if ticks >= header_ticks => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the request head did not arrive in time",
-            )),
-            Waiting::Idle { ticks } if ticks >= idle_ticks => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the connection was idle too long",
-            )),
-            _ => Ok(()),
-        }
+/// Runs the ticks that are due; `Err` when a bound has passed. Polled whenever the
+/// connection waits on its socket, so the timer wakes the connection's task.
+fn poll_ticks(
+    tick: &mut Pin<Box<Sleep>>,
+    period: Duration,
+    watch: &mut Watch,
+    activity: &Activity,
+    cx: &mut Context<'_>,
+) -> io::Result<()> {
+    while tick.as_mut().poll(cx).is_ready() {
+        watch.on_tick(activity.counts())?;
+        tick.as_mut().reset(Instant::now() + period);
     }
+    Ok(())
 }
 
 impl<T: AsyncRead> AsyncRead for BoundedIo<T> {
@@ -165,35 +270,18 @@ impl<T: AsyncRead> AsyncRead for BoundedIo<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let mut this = self.project();
+        let this = self.project();
         let before = buf.filled().len();
-        let polled = this.inner.as_mut().poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            if buf.filled().len() > before {
-                *this.moved = true;
-                let (started, finished) = this.activity.counts();
-                let new_head = match *this.waiting {
-                    Waiting::Head { after, .. } => after != started,
-                    Waiting::Idle { .. } | Waiting::Service => true,
-                };
-                if new_head && started == finished {
-                    *this.waiting = Waiting::Head {
-                        after: started,
-                        ticks: 0,
-                    };
-                }
+        let polled = this.inner.poll_read(cx, buf);
+        match polled {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                this.watch
+                    .on_read(&buf.filled()[before..], this.activity.counts());
             }
-            return polled;
-        }
-        while this.tick.as_mut().poll(cx).is_ready() {
-            Self::on_tick(
-                this.waiting,
-                this.moved,
-                this.activity.counts(),
-                (*this.header_ticks, *this.idle_ticks),
-            )?;
-            let next = Instant::now() + *this.period;
-            this.tick.as_mut().reset(next);
+            Poll::Pending => {
+                poll_ticks(this.tick, *this.period, this.watch, this.activity, cx)?;
+            }
+            Poll::Ready(_) => {}
         }
         polled
     }
@@ -207,10 +295,9 @@ impl<T: AsyncWrite> AsyncWrite for BoundedIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let written = this.inner.poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = written
-            && n > 0
-        {
-            *this.moved = true;
+        this.watch.on_write(&written);
+        if written.is_pending() {
+            poll_ticks(this.tick, *this.period, this.watch, this.activity, cx)?;
         }
         written
     }
@@ -222,10 +309,9 @@ impl<T: AsyncWrite> AsyncWrite for BoundedIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let written = this.inner.poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = written
-            && n > 0
-        {
-            *this.moved = true;
+        this.watch.on_write(&written);
+        if written.is_pending() {
+            poll_ticks(this.tick, *this.period, this.watch, this.activity, cx)?;
         }
         written
     }
@@ -235,7 +321,13 @@ impl<T: AsyncWrite> AsyncWrite for BoundedIo<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
+        let this = self.project();
+        let flushed = this.inner.poll_flush(cx);
+        if flushed.is_pending() {
+            this.watch.write_blocked = true;
+            poll_ticks(this.tick, *this.period, this.watch, this.activity, cx)?;
+        }
+        flushed
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -251,11 +343,18 @@ mod tests {
 
     const HEADER: Duration = Duration::from_secs(4);
     const IDLE: Duration = Duration::from_secs(8);
+    const SEND: Duration = Duration::from_secs(12);
+    const PERIOD: Duration = Duration::from_secs(1);
 
     fn connection() -> (DuplexStream, BoundedIo<DuplexStream>, Arc<Activity>) {
         let (client, server) = tokio::io::duplex(4096);
         let activity = Activity::new();
-        let io = BoundedIo::new(server, activity.clone(), HEADER, IDLE);
+        let bounds = Bounds {
+            header: HEADER,
+            idle: IDLE,
+            send: SEND,
+        };
+        let io = BoundedIo::new(server, activity.clone(), bounds);
         (client, io, activity)
     }
 
@@ -279,7 +378,7 @@ mod tests {
     async fn a_silent_connection_is_held_to_the_header_bound() {
         let (_client, mut io, _) = connection();
         let lasted = time_to_close(&mut io).await;
-        assert!(lasted > HEADER * 3 / 4 && lasted <= HEADER, "{lasted:?}");
+        assert!(lasted > HEADER - PERIOD && lasted <= HEADER, "{lasted:?}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -342,5 +441,42 @@ mod tests {
             .await
             .unwrap()
             .expect("40 s with a request every 4 s: never cut off");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_held_to_the_send_bound() {
+        let (_client, mut io, activity) = connection();
+        let _in_flight = activity.start();
+        let started = Instant::now();
+        // The duplex buffer (4 KiB) fills and nobody reads it.
+        let error = loop {
+            if let Err(error) = io.write_all(&[b'x'; 1024]).await {
+                break error;
+            }
+        };
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        let lasted = started.elapsed();
+        assert!(lasted > SEND - PERIOD && lasted <= SEND, "{lasted:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_frames_between_streams_are_not_a_head() {
+        let (mut client, mut io, _) = connection();
+        client
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .unwrap();
+        let server = tokio::spawn(async move { time_to_close(&mut io).await });
+        // Window updates and pings, no stream: well past the header bound, the
+        // connection is only idle when they stop.
+        for _ in 0..12 {
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            client.write_all(b"ping").await.unwrap();
+        }
+        let lasted = server.await.unwrap();
+        assert!(
+            lasted > Duration::from_secs(10) + IDLE - PERIOD,
+            "{lasted:?}"
+        );
     }
 }

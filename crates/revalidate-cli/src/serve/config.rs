@@ -77,11 +77,15 @@ pub struct ClientSection {
     /// `client_body_timeout`: 60 s); the request then gets 408.
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
+    /// Longest time a response write may wait for the client to read (nginx
+    /// `send_timeout`: 60 s); the connection is then closed.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
     /// Client connections served at once; beyond, new connections wait in the
     /// listen queue. Lowered at start to what the process's file limit allows.
     pub max_connections: usize,
     /// After SIGTERM, time allowed for requests in flight before the remaining
-    /// connections are closed.
+    /// connections are closed (`0s` closes them at once).
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
     /// Forward request headers whose names contain `_`. Off by default, as in
@@ -97,6 +101,7 @@ impl Default for ClientSection {
             header_timeout: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(30),
             forward_underscored_headers: false,
@@ -293,6 +298,7 @@ pub fn parse(text: &str, file: &str) -> Result<ServeConfig, ConfigError> {
         ("[client] header_timeout", raw.client.header_timeout),
         ("[client] keepalive_timeout", raw.client.keepalive_timeout),
         ("[client] body_timeout", raw.client.body_timeout),
+        ("[client] send_timeout", raw.client.send_timeout),
         ("[upstream] timeout", raw.upstream.timeout),
         ("[upstream] connect_timeout", raw.upstream.connect_timeout),
         ("[upstream] body_timeout", raw.upstream.body_timeout),

@@ -160,14 +160,16 @@ impl<C: GracefulConnection> Future for Watched<C> {
             *this.registered = Some(cx.waker().clone());
         }
         // Read after registering: a drain that started (or was forced) before the
-        // waker was in the map is seen here, one that starts after wakes it.
-        if !*this.shutting_down {
-            if this.shared.started.load(Ordering::Acquire) {
+        // waker was in the map is seen here, one that starts after wakes it. Until
+        // the drain starts, one flag is read per poll.
+        if *this.shutting_down || this.shared.started.load(Ordering::Acquire) {
+            if this.shared.forced.load(Ordering::Acquire) {
+                return Poll::Ready(None);
+            }
+            if !*this.shutting_down {
                 *this.shutting_down = true;
                 this.connection.as_mut().graceful_shutdown();
             }
-        } else if this.shared.forced.load(Ordering::Acquire) {
-            return Poll::Ready(None);
         }
         this.connection.poll(cx).map(Some)
     }

@@ -6,7 +6,7 @@
 //! | Request | Answer | Why |
 //! |---|---|---|
 //! | `CONNECT` | 501 | the proxy does not open tunnels |
-//! | `*` as the target (`OPTIONS *` included) | 400 | a server-wide request names no resource to forward (RFC 9112 §3.2.4) |
+//! | a target that is not a path: `*` (`OPTIONS *` included) | 400 | a server-wide request names no resource to forward (RFC 9112 §3.2.4) |
 //! | an absolute target that is not `http://` or `https://` | 400 | no other scheme is served |
 //! | HTTP/1.1 without `Host`, any version with several, or an invalid one | 400 | RFC 9112 §3.2 |
 //! | a transfer coding other than `chunked` | 501 | RFC 9112 §6.1: codings the proxy cannot decode |
@@ -36,8 +36,9 @@ use tower::Service;
 pub enum Refusal {
     /// `CONNECT`.
     Tunnel,
-    /// The asterisk-form target `*`.
-    AsteriskForm,
+    /// A target whose path is not absolute: the asterisk form `*`, or what an
+    /// HTTP/2 request may carry in `:path`.
+    NotAPath,
     /// An absolute target whose scheme is neither `http` nor `https`.
     ForeignScheme,
     /// An HTTP/1.1 request without `Host`.
@@ -55,7 +56,7 @@ impl Refusal {
     pub fn status(self) -> StatusCode {
         match self {
             Self::Tunnel | Self::UnknownCoding => StatusCode::NOT_IMPLEMENTED,
-            Self::AsteriskForm
+            Self::NotAPath
             | Self::ForeignScheme
             | Self::MissingHost
             | Self::SeveralHosts
@@ -67,7 +68,7 @@ impl Refusal {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Tunnel => "CONNECT is not supported: the proxy does not open tunnels",
-            Self::AsteriskForm => "the target * names no resource to forward",
+            Self::NotAPath => "the target names no path to forward (such as *)",
             Self::ForeignScheme => "only http:// and https:// targets are served",
             Self::MissingHost => "an HTTP/1.1 request needs a Host header",
             Self::SeveralHosts => "a request carries one Host header, not several",
@@ -96,8 +97,10 @@ pub fn refusal<B>(request: &Request<B>) -> Option<Refusal> {
         return Some(Refusal::Tunnel);
     }
     let uri = request.uri();
-    if uri.path() == "*" && uri.scheme().is_none() {
-        return Some(Refusal::AsteriskForm);
+    // Whatever the form (HTTP/2 gives every request a scheme), a forwarded target
+    // is a path: `*` and `OPTIONS *` name none (RFC 9112 §3.2.4).
+    if !uri.path().starts_with('/') {
+        return Some(Refusal::NotAPath);
     }
     if let Some(scheme) = uri.scheme_str()
         && !scheme.eq_ignore_ascii_case("http")
@@ -184,7 +187,11 @@ fn is_host_and_port(value: &[u8]) -> bool {
                             | b'='
                     )
             }));
-    host_ok && port.len() <= 5 && port.iter().all(u8::is_ascii_digit)
+    // An empty port is allowed (RFC 3986 §3.2.3); a present one fits in 16 bits.
+    host_ok
+        && (port.is_empty()
+            || std::str::from_utf8(port)
+                .is_ok_and(|p| p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()))
 }
 
 /// `inner`, behind the refusals of [`refusal`].
@@ -290,7 +297,7 @@ mod tests {
         let v11 = Version::HTTP_11;
         /// Request headers, the version, and what is expected of them.
         type Case<'a> = (&'a [(&'a str, &'a str)], Version, Option<Refusal>);
-        let cases: [Case<'_>; 14] = [
+        let cases: [Case<'_>; 15] = [
             (&[("host", "api.test")], v11, None),
             (&[("host", "api.test:8080")], v11, None),
             (&[("host", "127.0.0.1:80")], v11, None),
@@ -308,6 +315,7 @@ mod tests {
             (&[("host", "a b")], v11, Some(InvalidHost)),
             (&[("host", "user@a.test")], v11, Some(InvalidHost)),
             (&[("host", "a.test:80x")], v11, Some(InvalidHost)),
+            (&[("host", "a.test:65536")], v11, Some(InvalidHost)),
             (&[("host", "a.test/x")], v11, Some(InvalidHost)),
         ];
         for (headers, version, expected) in cases {
@@ -327,11 +335,8 @@ mod tests {
             check("CONNECT", "api.test:443", v11, &host),
             Some(Refusal::Tunnel)
         );
-        assert_eq!(check("GET", "*", v11, &host), Some(Refusal::AsteriskForm));
-        assert_eq!(
-            check("OPTIONS", "*", v11, &host),
-            Some(Refusal::AsteriskForm)
-        );
+        assert_eq!(check("GET", "*", v11, &host), Some(Refusal::NotAPath));
+        assert_eq!(check("OPTIONS", "*", v11, &host), Some(Refusal::NotAPath));
         assert_eq!(
             check("GET", "ftp://api.test/x", v11, &host),
             Some(Refusal::ForeignScheme)
@@ -343,6 +348,18 @@ mod tests {
         assert_eq!(check("GET", "http://api.test/x", v11, &host), None);
         assert_eq!(check("GET", "https://api.test/x", v11, &host), None);
         assert_eq!(check("OPTIONS", "/x", v11, &host), None);
+        // HTTP/2 requests carry a scheme and authority: `*` is still no path.
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(http::uri::Authority::from_static("api.test"));
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("*"));
+        let request = Request::builder()
+            .method("OPTIONS")
+            .uri(http::Uri::from_parts(parts).unwrap())
+            .version(Version::HTTP_2)
+            .body(())
+            .unwrap();
+        assert_eq!(refusal(&request), Some(Refusal::NotAPath));
     }
 
     #[test]

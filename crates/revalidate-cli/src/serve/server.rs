@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
-use super::client_io::{Activity, BoundedIo, InFlight};
+use super::client_io::{Activity, BoundedIo, Bounds, InFlight};
 use super::config::ClientSection;
 use super::cpu_share;
 use super::drain::Drain;
@@ -38,8 +38,7 @@ use super::drain::Drain;
 /// [`run_per_core`] keep one limit between them.
 #[derive(Debug, Clone)]
 pub struct ClientLimits {
-    header_timeout: Duration,
-    keepalive_timeout: Duration,
+    bounds: Bounds,
     drain_timeout: Duration,
     max_connections: usize,
     connections: Arc<Semaphore>,
@@ -50,8 +49,11 @@ impl ClientLimits {
     pub fn new(section: &ClientSection) -> Self {
         let max_connections = section.max_connections.clamp(1, Semaphore::MAX_PERMITS);
         Self {
-            header_timeout: section.header_timeout,
-            keepalive_timeout: section.keepalive_timeout,
+            bounds: Bounds {
+                header: section.header_timeout,
+                idle: section.keepalive_timeout,
+                send: section.send_timeout,
+            },
             drain_timeout: section.drain_timeout,
             max_connections,
             connections: Arc::new(Semaphore::new(max_connections)),
@@ -92,15 +94,20 @@ where
 {
     let drain = Drain::new();
     tokio::pin!(shutdown);
+    let mut last_warning: Option<std::time::Instant> = None;
     loop {
         let permit = match limits.connections.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
                 metrics::counter!("revalidate_connection_limit_reached_total").increment(1);
-                tracing::warn!(
-                    max_connections = limits.max_connections,
-                    "connection limit reached: new connections wait until one closes"
-                );
+                // Once a minute at most: at the limit, this happens on every accept.
+                if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    last_warning = Some(std::time::Instant::now());
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        "connection limit reached: new connections wait until one closes"
+                    );
+                }
                 tokio::select! {
                     permit = limits.connections.clone().acquire_owned() => match permit {
                         Ok(permit) => permit,
@@ -127,12 +134,7 @@ where
         let _ = stream.set_nodelay(true);
         let activity = Activity::new();
         let service = CalledInPlace::new(make_service(peer), activity.clone());
-        let io = BoundedIo::new(
-            stream,
-            activity,
-            limits.header_timeout,
-            limits.keepalive_timeout,
-        );
+        let io = BoundedIo::new(stream, activity, limits.bounds);
         let watcher = drain.watcher();
         tokio::spawn(async move {
             let _permit = permit;
@@ -178,11 +180,11 @@ struct CalledInPlace<S> {
     activity: Arc<Activity>,
 }
 
-impl<S> hyper::service::Service<Request<Incoming>> for CalledInPlace<S>
+impl<S, B> hyper::service::Service<Request<Incoming>> for CalledInPlace<S>
 where
-    S: Service<Request<Body>> + Clone,
+    S: Service<Request<Body>, Response = Response<B>> + Clone,
 {
-    type Response = S::Response;
+    type Response = Response<InFlightBody<B>>;
     type Error = S::Error;
     type Future = InPlaceFuture<S>;
 
@@ -192,9 +194,9 @@ where
     }
 }
 
-impl<S> CalledInPlace<S>
+impl<S, B> CalledInPlace<S>
 where
-    S: Service<Request<Body>> + Clone,
+    S: Service<Request<Body>, Response = Response<B>> + Clone,
 {
     fn new(service: S, activity: Arc<Activity>) -> Self {
         Self {
@@ -218,18 +220,18 @@ where
         };
         InPlaceFuture {
             call,
-            _in_flight: in_flight,
+            in_flight: Some(in_flight),
         }
     }
 }
 
 pin_project_lite::pin_project! {
     /// The response future of [`CalledInPlace`]; the request counts as in flight
-    /// until it is done or dropped.
+    /// until its response body is done, or until this future is dropped unfinished.
     struct InPlaceFuture<S: Service<Request<Body>>> {
         #[pin]
         call: Call<S>,
-        _in_flight: InFlight,
+        in_flight: Option<InFlight>,
     }
 }
 
@@ -241,14 +243,54 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<S: Service<Request<Body>>> Future for InPlaceFuture<S> {
-    type Output = Result<S::Response, S::Error>;
+impl<S, B> Future for InPlaceFuture<S>
+where
+    S: Service<Request<Body>, Response = Response<B>>,
+{
+    type Output = Result<Response<InFlightBody<B>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().call.project() {
-            CallProjection::InPlace { future } => future.poll(cx),
-            CallProjection::Copied { future } => future.poll(cx),
-        }
+        let this = self.project();
+        let response = match this.call.project() {
+            CallProjection::InPlace { future } => std::task::ready!(future.poll(cx)),
+            CallProjection::Copied { future } => std::task::ready!(future.poll(cx)),
+        };
+        let in_flight = this.in_flight.take();
+        Poll::Ready(response.map(|response| {
+            response.map(|inner| InFlightBody {
+                inner,
+                _in_flight: in_flight,
+            })
+        }))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request in flight until hyper drops it.
+    pub(crate) struct InFlightBody<B> {
+        #[pin]
+        inner: B,
+        _in_flight: Option<InFlight>,
+    }
+}
+
+impl<B: HttpBody> HttpBody for InFlightBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -61,9 +61,12 @@ pin_project_lite::pin_project! {
         inner: B,
         limit: Duration,
         sender: Sender,
-        // Made at the first wait, then moved forward at each frame: a body that
-        // arrives in one piece never arms a timer.
+        // Made at the first wait, then set again at the first wait after each
+        // frame: a body that arrives in one piece never arms a timer, and time the
+        // reader spends elsewhere between frames (a slow client downstream) does
+        // not count.
         sleep: Option<Pin<Box<Sleep>>>,
+        armed: bool,
         fault: FaultCell,
     }
 }
@@ -77,6 +80,7 @@ impl<B> TimedBody<B> {
             limit,
             sender,
             sleep: None,
+            armed: false,
             fault: fault.clone(),
         };
         (body, fault)
@@ -98,9 +102,7 @@ where
         let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(sleep) = this.sleep {
-                    sleep.as_mut().reset(Instant::now() + *this.limit);
-                }
+                *this.armed = false;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => {
@@ -113,6 +115,10 @@ where
                 let sleep = this
                     .sleep
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if !*this.armed {
+                    *this.armed = true;
+                    sleep.as_mut().reset(Instant::now() + limit);
+                }
                 if sleep.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
@@ -236,5 +242,28 @@ mod tests {
                 .poll_recv(cx)
                 .map(|bytes| bytes.map(|b| Ok(Frame::data(b))))
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_the_reader_spends_elsewhere_does_not_count() {
+        let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let (mut body, _) = TimedBody::new(
+            ChannelBody { receiver },
+            Duration::from_secs(10),
+            Sender::Upstream,
+        );
+        sender.send(Bytes::from_static(b"a")).await.unwrap();
+        assert!(body.frame().await.unwrap().is_ok());
+        // The reader is away for longer than the bound; the next frame was there.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        sender.send(Bytes::from_static(b"b")).await.unwrap();
+        assert!(body.frame().await.unwrap().is_ok());
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let waiting = tokio::time::timeout(Duration::from_secs(5), body.frame()).await;
+        assert!(
+            waiting.is_err(),
+            "5 s of a real wait is within the 10 s bound"
+        );
+        drop(sender);
     }
 }

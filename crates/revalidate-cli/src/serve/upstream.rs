@@ -36,13 +36,21 @@ pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 /// another URL, method or host than the one the cache keys it under; they are
 /// never forwarded (the classic cache-poisoning vectors). Names with `_` are
 /// dropped separately (see [`super::config::ClientSection::forward_underscored_headers`]).
-const UNKEYED_OVERRIDES: [&str; 14] = [
+const UNKEYED_OVERRIDES: [&str; 20] = [
     "x-forwarded-host",
     "x-forwarded-server",
     "x-forwarded-port",
     "x-forwarded-scheme",
     "x-forwarded-prefix",
     "x-forwarded-uri",
+    "x-forwarded-path",
+    // Read for the scheme by Rack (before X-Forwarded-Proto), Django, Werkzeug
+    // and IIS: a client's `on` would make the upstream link to https.
+    "x-forwarded-ssl",
+    "x-forwarded-protocol",
+    "front-end-https",
+    "x-url-scheme",
+    "x-scheme",
     "x-original-url",
     "x-original-host",
     "x-rewrite-url",
@@ -68,6 +76,9 @@ pub struct Upstream {
 #[derive(Debug)]
 struct UpstreamInner {
     client: Client<HttpConnector, Body>,
+    /// Opens a new connection for every request: the one retry must not be sent
+    /// on another pooled connection the upstream may have closed too.
+    fresh: Client<HttpConnector, Body>,
     scheme: Scheme,
     authority: Authority,
     base_path: String,
@@ -100,10 +111,14 @@ impl Upstream {
         // timeouts (Node and uvicorn: 5 s) can close them under a request.
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(4))
+            .build(connector.clone());
+        let fresh = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
             .build(connector);
         Ok(Self {
             inner: Arc::new(UpstreamInner {
                 client,
+                fresh,
                 scheme,
                 authority,
                 base_path: uri.path().trim_end_matches('/').to_string(),
@@ -245,9 +260,10 @@ enum Outgoing {
 }
 
 impl UpstreamInner {
-    /// Sends the prepared request; a pooled connection found closed before any
-    /// response byte arrived costs an idempotent request one more try, on a new
-    /// connection (RFC 9110 §9.2.2), as nginx's `proxy_next_upstream` does.
+    /// Sends the prepared request; an idempotent request that failed before a
+    /// response head arrived (typically on a pooled connection the upstream had
+    /// closed) gets one more try, on a new connection (RFC 9110 §9.2.2), as with
+    /// nginx's `proxy_next_upstream error`.
     /// Non-idempotent requests are sent again only when they provably were not sent
     /// (hyper-util's own retry of requests cancelled before being written).
     async fn forward(&self, parts: http::request::Parts, body: Body) -> Response<UpstreamBody> {
@@ -272,7 +288,7 @@ impl UpstreamInner {
             match (self.client.request(first).await, again) {
                 (Err(error), Some(again)) if !error.is_connect() => {
                     tracing::debug!(%error, "upstream connection lost; sending again");
-                    self.client.request(again).await
+                    self.fresh.request(again).await
                 }
                 (result, _) => result,
             }
