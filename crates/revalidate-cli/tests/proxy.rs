@@ -5,7 +5,7 @@ mod support;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -534,29 +534,26 @@ async fn sigterm_drains_in_flight_requests() {
     }
 }
 
-async fn sigterm_drains_in_flight_requests_with(scheduler: &str) {
-    let origin = Origin::default();
-    let (origin_addr, _o) = spawn(origin.router()).await;
+/// `revalidate serve` in front of `upstream` on a free port, with `args`, once it
+/// accepts connections.
+async fn spawn_binary(
+    upstream: SocketAddr,
+    args: &[&str],
+    stderr: std::process::Stdio,
+) -> (tokio::process::Child, SocketAddr) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_revalidate"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "--scheduler",
-            scheduler,
-        ])
-        .args(["--upstream", &format!("http://{origin_addr}")])
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_revalidate"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .args(["--upstream", &format!("http://{upstream}")])
+        .args(args)
+        .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -567,6 +564,18 @@ async fn sigterm_drains_in_flight_requests_with(scheduler: &str) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    (child, addr)
+}
+
+async fn sigterm_drains_in_flight_requests_with(scheduler: &str) {
+    let origin = Origin::default();
+    let (origin_addr, _o) = spawn(origin.router()).await;
+    let (mut child, addr) = spawn_binary(
+        origin_addr,
+        &["--workers", "2", "--scheduler", scheduler],
+        std::process::Stdio::null(),
+    )
+    .await;
     // Per-core workers are threads of their own, named for it; work-stealing
     // serves on the main runtime's threads.
     #[cfg(target_os = "linux")]
@@ -782,5 +791,84 @@ async fn the_example_config_serves_the_demo_list_stale_when_the_demo_fails() {
         cache_status(&stale).contains("stale-if-error"),
         "{}",
         cache_status(&stale)
+    );
+}
+
+/// A client that never finishes its head cannot keep the process alive after
+/// SIGTERM: its connection is closed at the drain deadline. The process raised its
+/// file limit at start and said what capacity that gives.
+#[tokio::test]
+async fn sigterm_with_a_half_sent_head_exits_at_the_drain_deadline() {
+    let origin = Origin::default();
+    let (origin_addr, _o) = spawn(origin.router()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("serve.toml");
+    std::fs::write(
+        &config,
+        "[client]\nheader_timeout = \"60s\"\ndrain_timeout = \"500ms\"\n",
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let (mut child, addr) = spawn_binary(
+        origin_addr,
+        &["--config", &config],
+        std::process::Stdio::piped(),
+    )
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /q HTTP/1.1\r\nHost: a\r\nX-Half: ")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    #[cfg(target_os = "linux")]
+    {
+        let limits =
+            std::fs::read_to_string(format!("/proc/{}/limits", child.id().unwrap())).unwrap();
+        let files = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap();
+        let numbers: Vec<&str> = files
+            .split_whitespace()
+            .filter(|w| w.parse::<u64>().is_ok())
+            .collect();
+        assert_eq!(
+            numbers[0], numbers[1],
+            "soft limit raised to the hard one: {files}"
+        );
+    }
+    let pid = child.id().unwrap().to_string();
+    let started = Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the process exited")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    assert!(stderr.contains("max_connections"), "{stderr}");
+    assert!(stderr.contains("drain deadline"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no colour codes when not a terminal: {stderr}"
     );
 }
