@@ -28,7 +28,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -213,8 +213,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: T,
         activity: Arc<Activity>,
-        tick: Pin<Box<Sleep>>,
-        period: Duration,
+        timer: Timer,
         watch: Watch,
     }
 }
@@ -230,8 +229,11 @@ impl<T> BoundedIo<T> {
         Self {
             inner,
             activity,
-            tick: Box::pin(tokio::time::sleep(period)),
-            period,
+            timer: Timer {
+                tick: Box::pin(tokio::time::sleep(period)),
+                period,
+                registered: None,
+            },
             watch: Watch {
                 // A connection that sends nothing at all is held to the header bound.
                 waiting: Waiting::Head { after: 0, ticks: 0 },
@@ -248,20 +250,42 @@ impl<T> BoundedIo<T> {
     }
 }
 
-/// Runs the ticks that are due; `Err` when a bound has passed. Polled whenever the
-/// connection waits on its socket, so the timer wakes the connection's task.
-fn poll_ticks(
-    tick: &mut Pin<Box<Sleep>>,
+/// The connection's timer, ticking every period.
+#[derive(Debug)]
+struct Timer {
+    tick: Pin<Box<Sleep>>,
     period: Duration,
-    watch: &mut Watch,
-    activity: &Activity,
-    cx: &mut Context<'_>,
-) -> io::Result<()> {
-    while tick.as_mut().poll(cx).is_ready() {
-        watch.on_tick(activity.counts())?;
-        tick.as_mut().reset(Instant::now() + period);
+    /// The waker the timer holds until it fires.
+    registered: Option<Waker>,
+}
+
+impl Timer {
+    /// Runs the ticks that are due; `Err` when a bound has passed. Called whenever
+    /// the connection waits on its socket, so that the timer wakes its task.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        watch: &mut Watch,
+        activity: &Activity,
+    ) -> io::Result<()> {
+        // The timer keeps the waker it was polled with until it fires: polled again
+        // at every wait, it would only register the same waker again.
+        let same_waker = self
+            .registered
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()));
+        if same_waker && !self.tick.is_elapsed() {
+            return Ok(());
+        }
+        while self.tick.as_mut().poll(cx).is_ready() {
+            watch.on_tick(activity.counts())?;
+            self.tick.as_mut().reset(Instant::now() + self.period);
+        }
+        if !same_waker {
+            self.registered = Some(cx.waker().clone());
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 impl<T: AsyncRead> AsyncRead for BoundedIo<T> {
@@ -279,7 +303,7 @@ impl<T: AsyncRead> AsyncRead for BoundedIo<T> {
                     .on_read(&buf.filled()[before..], this.activity.counts());
             }
             Poll::Pending => {
-                poll_ticks(this.tick, *this.period, this.watch, this.activity, cx)?;
+                this.timer.poll(cx, this.watch, this.activity)?;
             }
             Poll::Ready(_) => {}
         }
@@ -297,7 +321,7 @@ impl<T: AsyncWrite> AsyncWrite for BoundedIo<T> {
         let written = this.inner.poll_write(cx, buf);
         this.watch.on_write(&written);
         if written.is_pending() {
-            poll_ticks(this.tick, *this.period, this.watch, this.activity, cx)?;
+            this.timer.poll(cx, this.watch, this.activity)?;
         }
         written
     }
@@ -311,7 +335,7 @@ impl<T: AsyncWrite> AsyncWrite for BoundedIo<T> {
         let written = this.inner.poll_write_vectored(cx, bufs);
         this.watch.on_write(&written);
         if written.is_pending() {
-            poll_ticks(this.tick, *this.period, this.watch, this.activity, cx)?;
+            this.timer.poll(cx, this.watch, this.activity)?;
         }
         written
     }
@@ -325,7 +349,7 @@ impl<T: AsyncWrite> AsyncWrite for BoundedIo<T> {
         let flushed = this.inner.poll_flush(cx);
         if flushed.is_pending() {
             this.watch.write_blocked = true;
-            poll_ticks(this.tick, *this.period, this.watch, this.activity, cx)?;
+            this.timer.poll(cx, this.watch, this.activity)?;
         }
         flushed
     }

@@ -14,9 +14,11 @@
 //! ```
 //! use revalidate_cli::serve::request_check::{Refusal, refusal};
 //!
-//! let request = http::Request::get("/users/1").header("host", "api.test").body(()).unwrap();
+//! use http_body_util::Empty;
+//!
+//! let request = http::Request::get("/users/1").header("host", "api.test").body(Empty::<bytes::Bytes>::new()).unwrap();
 //! assert_eq!(refusal(&request), None);
-//! let request = http::Request::get("/users/1").body(()).unwrap();
+//! let request = http::Request::get("/users/1").body(Empty::<bytes::Bytes>::new()).unwrap();
 //! assert_eq!(refusal(&request), Some(Refusal::MissingHost));
 //! ```
 
@@ -92,7 +94,17 @@ impl Refusal {
 }
 
 /// Why `request` is refused, if it is.
-pub fn refusal<B>(request: &Request<B>) -> Option<Refusal> {
+pub fn refusal<B: http_body::Body>(request: &Request<B>) -> Option<Refusal> {
+    refusal_after(request, &mut Vec::new())
+}
+
+/// [`refusal`], knowing that `valid_host` (empty at first) passed the check
+/// before: a connection's requests name the same host, and it is checked once.
+/// Updated when another valid host comes.
+fn refusal_after<B: http_body::Body>(
+    request: &Request<B>,
+    valid_host: &mut Vec<u8>,
+) -> Option<Refusal> {
     if request.method() == Method::CONNECT {
         return Some(Refusal::Tunnel);
     }
@@ -119,10 +131,19 @@ pub fn refusal<B>(request: &Request<B>) -> Option<Refusal> {
         (None, _) if request.version() == Version::HTTP_11 => return Some(Refusal::MissingHost),
         (None, _) => {}
         (Some(_), Some(_)) => return Some(Refusal::SeveralHosts),
-        (Some(host), None) if !is_host_and_port(host.as_bytes()) => {
-            return Some(Refusal::InvalidHost);
+        // An empty `valid_host` is none: an empty Host is checked (and refused).
+        (Some(host), None) if valid_host.is_empty() || host.as_bytes() != valid_host.as_slice() => {
+            if !is_host_and_port(host.as_bytes()) {
+                return Some(Refusal::InvalidHost);
+            }
+            valid_host.clear();
+            valid_host.extend_from_slice(host.as_bytes());
         }
         (Some(_), None) => {}
+    }
+    // Only a request with a body has a coding to check; most have none.
+    if request.body().is_end_stream() {
+        return None;
     }
     let mut codings = request.headers().get_all(TRANSFER_ENCODING).iter();
     if let Some(first) = codings.next() {
@@ -139,71 +160,92 @@ pub fn refusal<B>(request: &Request<B>) -> Option<Refusal> {
 }
 
 /// `uri-host [":" port]` (RFC 9110 §7.2, RFC 3986 §3.2.2): a bracketed IP
-/// literal or a non-empty registered name or IPv4 address, then digits.
+/// literal or a non-empty registered name or IPv4 address, then an optional port
+/// up to 65535.
 fn is_host_and_port(value: &[u8]) -> bool {
-    let (host, port) = if value.first() == Some(&b'[') {
-        let Some(end) = value.iter().position(|&b| b == b']') else {
+    let (host_ok, port) = if let Some(rest) = value.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|&b| b == b']') else {
             return false;
         };
-        let literal = &value[1..end];
-        let literal_ok = !literal.is_empty()
-            && literal
-                .iter()
-                .all(|&b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.' | b'v' | b'V'));
-        if !literal_ok {
-            return false;
-        }
-        match &value[end + 1..] {
-            [] => return true,
-            [b':', port @ ..] => (&value[..0], port),
+        let literal = &rest[..end];
+        let literal_ok = !literal.is_empty() && literal.iter().all(|&b| IP_LITERAL[usize::from(b)]);
+        match &rest[end + 1..] {
+            [] => (literal_ok, &[][..]),
+            [b':', port @ ..] => (literal_ok, port),
             _ => return false,
         }
     } else {
-        match value.iter().rposition(|&b| b == b':') {
-            Some(colon) => (&value[..colon], &value[colon + 1..]),
-            None => (value, &value[..0]),
+        // One pass, as this runs on every request: name bytes up to one `:`.
+        let mut colon = None;
+        for (at, &b) in value.iter().enumerate() {
+            if b == b':' {
+                if colon.replace(at).is_some() {
+                    return false;
+                }
+            } else if !REG_NAME[usize::from(b)] {
+                return false;
+            }
+        }
+        match colon {
+            Some(at) => (at > 0, &value[at + 1..]),
+            None => (!value.is_empty(), &[][..]),
         }
     };
-    let host_ok = value.first() == Some(&b'[')
-        || (!host.is_empty()
-            && host.iter().all(|&b| {
-                b.is_ascii_alphanumeric()
-                    || matches!(
-                        b,
-                        b'-' | b'.'
-                            | b'_'
-                            | b'~'
-                            | b'%'
-                            | b'!'
-                            | b'$'
-                            | b'&'
-                            | b'\''
-                            | b'('
-                            | b')'
-                            | b'*'
-                            | b'+'
-                            | b','
-                            | b';'
-                            | b'='
-                    )
-            }));
     // An empty port is allowed (RFC 3986 §3.2.3); a present one fits in 16 bits.
     host_ok
-        && (port.is_empty()
-            || std::str::from_utf8(port)
-                .is_ok_and(|p| p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok()))
+        && port.len() <= 5
+        && port.iter().all(u8::is_ascii_digit)
+        && port.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) <= 65_535
+}
+
+/// Bytes of a registered name or IPv4 address: unreserved, sub-delims and `%` of
+/// pct-encoded (RFC 3986 §3.2.2). A table: this runs on every request.
+static REG_NAME: [bool; 256] = byte_table(b"-._~%!$&'()*+,;=");
+
+/// Bytes of an IP literal between brackets: IPv6 (hex digits, `:`, `.` of an
+/// embedded IPv4) or IPvFuture's `v`.
+static IP_LITERAL: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_hexdigit() || c == b':' || c == b'.' || c == b'v' || c == b'V';
+        b += 1;
+    }
+    table
+};
+
+/// ASCII letters and digits, and `extra`.
+const fn byte_table(extra: &[u8]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
+        i += 1;
+    }
+    table
 }
 
 /// `inner`, behind the refusals of [`refusal`].
 #[derive(Debug, Clone)]
 pub struct RequestCheck<S> {
     inner: S,
+    /// The last `Host` that passed the check.
+    valid_host: Vec<u8>,
 }
 
 impl<S> RequestCheck<S> {
     /// Checks requests before `inner` sees them.
     pub fn new(inner: S) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            valid_host: Vec::new(),
+        }
     }
 }
 
@@ -220,7 +262,7 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        match refusal(&request) {
+        match refusal_after(&request, &mut self.valid_host) {
             Some(refusal) => {
                 tracing::debug!(method = %request.method(), uri = %request.uri(), reason = refusal.as_str(), "request refused");
                 CheckFuture {
@@ -288,7 +330,8 @@ mod tests {
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        refusal(&builder.body(()).unwrap())
+        // A body: the coding is only checked where one can follow.
+        refusal(&builder.body(String::from("x")).unwrap())
     }
 
     #[test]
@@ -297,7 +340,7 @@ mod tests {
         let v11 = Version::HTTP_11;
         /// Request headers, the version, and what is expected of them.
         type Case<'a> = (&'a [(&'a str, &'a str)], Version, Option<Refusal>);
-        let cases: [Case<'_>; 15] = [
+        let cases: [Case<'_>; 17] = [
             (&[("host", "api.test")], v11, None),
             (&[("host", "api.test:8080")], v11, None),
             (&[("host", "127.0.0.1:80")], v11, None),
@@ -316,6 +359,8 @@ mod tests {
             (&[("host", "user@a.test")], v11, Some(InvalidHost)),
             (&[("host", "a.test:80x")], v11, Some(InvalidHost)),
             (&[("host", "a.test:65536")], v11, Some(InvalidHost)),
+            (&[("host", "a:b:80")], v11, Some(InvalidHost)),
+            (&[("host", ":80")], v11, Some(InvalidHost)),
             (&[("host", "a.test/x")], v11, Some(InvalidHost)),
         ];
         for (headers, version, expected) in cases {
@@ -357,9 +402,28 @@ mod tests {
             .method("OPTIONS")
             .uri(http::Uri::from_parts(parts).unwrap())
             .version(Version::HTTP_2)
-            .body(())
+            .body(String::new())
             .unwrap();
         assert_eq!(refusal(&request), Some(Refusal::NotAPath));
+    }
+
+    #[test]
+    fn a_host_checked_once_per_connection_is_checked_again_when_it_changes() {
+        let mut valid = Vec::new();
+        let get = |host: &str| {
+            Request::get("/")
+                .header("host", host)
+                .body(String::new())
+                .unwrap()
+        };
+        assert_eq!(refusal_after(&get("a.test"), &mut valid), None);
+        assert_eq!(valid, b"a.test");
+        assert_eq!(refusal_after(&get("a.test"), &mut valid), None);
+        assert_eq!(
+            refusal_after(&get("a b"), &mut valid),
+            Some(Refusal::InvalidHost)
+        );
+        assert_eq!(valid, b"a.test", "only valid hosts are remembered");
     }
 
     #[test]
@@ -388,5 +452,12 @@ mod tests {
             ],
         );
         assert_eq!(two, Some(Refusal::UnknownCoding));
+        // Without a body, there is nothing to decode.
+        let request = Request::post("/")
+            .header("host", "a")
+            .header("transfer-encoding", "gzip")
+            .body(String::new())
+            .unwrap();
+        assert_eq!(refusal(&request), None);
     }
 }
