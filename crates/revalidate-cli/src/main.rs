@@ -218,7 +218,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let admin_stop = stop.subscribe();
     // The admin listener has clients of its own, bounded the same way.
     let admin_limits = serve::server::ClientLimits::new(&serve::config::ClientSection {
-        max_connections: 64,
+        max_connections: Some(64),
         ..config.client.clone()
     });
     let admin_task = tokio::spawn(async move {
@@ -253,10 +253,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     result.context("server error")
 }
 
-/// The client limits of `section`, with the connection limit lowered to what the
-/// file limit allows once raised to its hard limit: a client connection can take
-/// two descriptors (its socket and an upstream connection), and a few are kept for
-/// listeners and logs.
+/// The client limits of `section`, with the connection limit what the file limit
+/// allows once raised to its hard limit: a client connection can take two
+/// descriptors (its socket and an upstream connection), and a few are kept for
+/// listeners and logs. A limit set in the configuration that the file limit does
+/// not allow is lowered, with a warning.
 fn client_limits(section: &serve::config::ClientSection) -> serve::server::ClientLimits {
     const RESERVED: u64 = 64;
     let files = match rlimit::increase_nofile_limit(u64::MAX) {
@@ -269,19 +270,22 @@ fn client_limits(section: &serve::config::ClientSection) -> serve::server::Clien
     let capacity = usize::try_from(files.saturating_sub(RESERVED) / 2)
         .unwrap_or(usize::MAX)
         .max(1);
-    let max_connections = section.max_connections.min(capacity);
-    if max_connections < section.max_connections {
-        tracing::warn!(
-            files,
-            configured = section.max_connections,
-            max_connections,
-            "the file limit allows fewer client connections than [client] max_connections"
-        );
-    } else {
-        tracing::info!(files, max_connections, "file limit");
-    }
+    let max_connections = match section.max_connections {
+        Some(configured) if configured > capacity => {
+            tracing::warn!(
+                files,
+                configured,
+                max_connections = capacity,
+                "the file limit allows fewer client connections than [client] max_connections"
+            );
+            capacity
+        }
+        Some(configured) => configured,
+        None => capacity.min(serve::config::DEFAULT_MAX_CONNECTIONS),
+    };
+    tracing::info!(files, max_connections, "file limit");
     serve::server::ClientLimits::new(&serve::config::ClientSection {
-        max_connections,
+        max_connections: Some(max_connections),
         ..section.clone()
     })
 }

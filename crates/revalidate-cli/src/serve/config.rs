@@ -58,6 +58,10 @@ impl Default for CacheSection {
     }
 }
 
+/// Client connections served at once when `[client] max_connections` is unset and
+/// the file limit allows it.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
 /// `[client]`: how long the proxy waits for its clients, and how many it serves.
 ///
 /// The defaults are those of nginx or tighter, since the proxy fronts an API
@@ -82,8 +86,9 @@ pub struct ClientSection {
     #[serde(with = "humantime_serde")]
     pub send_timeout: Duration,
     /// Client connections served at once; beyond, new connections wait in the
-    /// listen queue. Lowered at start to what the process's file limit allows.
-    pub max_connections: usize,
+    /// listen queue. Unset: as many as the process's file limit allows, up to
+    /// [`DEFAULT_MAX_CONNECTIONS`]; set, lowered (with a warning) to what it allows.
+    pub max_connections: Option<usize>,
     /// After SIGTERM, time allowed for requests in flight before the remaining
     /// connections are closed (`0s` closes them at once).
     #[serde(with = "humantime_serde")]
@@ -102,7 +107,7 @@ impl Default for ClientSection {
             keepalive_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(30),
             send_timeout: Duration::from_secs(30),
-            max_connections: 10_000,
+            max_connections: None,
             drain_timeout: Duration::from_secs(30),
             forward_underscored_headers: false,
         }
@@ -307,7 +312,7 @@ pub fn parse(text: &str, file: &str) -> Result<ServeConfig, ConfigError> {
             return Err(error_at(0, format!("{name} must be longer than 0s")));
         }
     }
-    if raw.client.max_connections == 0 {
+    if raw.client.max_connections == Some(0) {
         return Err(error_at(
             0,
             "[client] max_connections must be at least 1".into(),

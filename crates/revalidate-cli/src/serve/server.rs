@@ -29,7 +29,7 @@ use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
 use super::client_io::{Activity, BoundedIo, Bounds, InFlight};
-use super::config::ClientSection;
+use super::config::{ClientSection, DEFAULT_MAX_CONNECTIONS};
 use super::cpu_share;
 use super::drain::Drain;
 
@@ -47,7 +47,10 @@ pub struct ClientLimits {
 impl ClientLimits {
     /// The limits of `section`.
     pub fn new(section: &ClientSection) -> Self {
-        let max_connections = section.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+        let max_connections = section
+            .max_connections
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS)
+            .clamp(1, Semaphore::MAX_PERMITS);
         Self {
             bounds: Bounds {
                 header: section.header_timeout,
