@@ -1,7 +1,6 @@
 //! The cache handle: configuration, store, routes, counters and purges.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tower_layer::Layer;
 
@@ -10,44 +9,9 @@ use crate::coalesce::Coalescer;
 use crate::invalidation::InvalidationLog;
 use crate::routes::Routes;
 use crate::service::CacheService;
+use crate::shared::{CacheConfig, Shared};
 use crate::stats::{Snapshot, Stats};
 use crate::store::{MemoryStore, Purge, Store, StoreUsage};
-
-/// Limits of a cache.
-#[derive(Debug, Clone)]
-pub struct CacheConfig {
-    /// The largest body stored; larger ones stream through.
-    pub max_object_bytes: usize,
-    /// How long a coalesced request waits for the leader's fetch.
-    pub coalesce_timeout: Duration,
-    /// Variants kept per primary key (distinct `Vary` values).
-    pub max_variants: usize,
-    /// How long purges are remembered to refuse responses fetched before them: at
-    /// least the upstream timeout.
-    pub invalidation_horizon: Duration,
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        Self {
-            max_object_bytes: 8 * 1024 * 1024,
-            coalesce_timeout: Duration::from_secs(10),
-            max_variants: 16,
-            invalidation_horizon: Duration::from_secs(120),
-        }
-    }
-}
-
-#[derive(Debug)]
-pub(crate) struct Shared<St> {
-    pub(crate) store: St,
-    pub(crate) routes: Routes,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) log: InvalidationLog,
-    pub(crate) coalescer: Coalescer,
-    pub(crate) stats: Stats,
-    pub(crate) config: CacheConfig,
-}
 
 /// A shared HTTP cache (RFC 9111). Cloning gives another handle to the same cache.
 ///

@@ -43,15 +43,17 @@ pub mod key;
 pub mod replica;
 pub mod routes;
 mod service;
+mod shared;
 pub mod stats;
 pub mod status;
 pub mod store;
 pub mod stored_fields;
 
-pub use cache::{Cache, CacheBuilder, CacheConfig, CacheLayer};
+pub use cache::{Cache, CacheBuilder, CacheLayer};
 pub use clock::{Clock, MockClock, SystemClock};
 pub use revalidate::{BoxError, ResponseBody as CacheBody};
 pub use routes::{InvalidationRule, Pattern, Route, RoutePolicy, Routes, Template};
 pub use service::{CacheService, CacheableBody, ResponseFuture, Upstream, UpstreamUnavailable};
+pub use shared::CacheConfig;
 pub use stats::{Outcome, Snapshot};
 pub use store::{MemoryStore, Purge, Store, StoreUsage};

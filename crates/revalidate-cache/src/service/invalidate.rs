@@ -1,0 +1,139 @@
+//! Invalidation: writes forwarded upstream purge what they change (RFC 9111
+//! §4.4 and the route's rules), and purges of the admin API and the library.
+
+use bytes::Bytes;
+use http::header::{CONTENT_LOCATION, HOST, LOCATION};
+use http::request::Parts;
+use http::{HeaderValue, Method, Request, Response, Uri};
+use http_body::Body;
+use tower::ServiceExt;
+
+use crate::key::normalize_target;
+use crate::routes::{Params, Route};
+use crate::shared::Shared;
+use crate::stats::Outcome;
+use crate::status::CacheStatus;
+use crate::store::{Purge, Store};
+use revalidate::ResponseBody as CacheBody;
+
+use super::answer::with_header;
+use super::upstream::Upstream;
+
+/// The path of a Location or Content-Location value when it is same-origin.
+pub(super) fn same_origin_path(
+    value: &HeaderValue,
+    request_uri: &Uri,
+    host: Option<&HeaderValue>,
+) -> Option<String> {
+    let uri: Uri = value.to_str().ok()?.parse().ok()?;
+    if let Some(authority) = uri.authority() {
+        let request_authority = request_uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| host.and_then(|h| h.to_str().ok()).map(str::to_string))?;
+        if !authority.as_str().eq_ignore_ascii_case(&request_authority) {
+            return None;
+        }
+    }
+    let pq = uri.path_and_query()?.as_str();
+    pq.starts_with('/').then(|| pq.to_string())
+}
+
+impl<St: Store> Shared<St> {
+    /// Forwards an unsafe request; a non-error response invalidates the target URI,
+    /// same-origin Location and Content-Location (RFC 9111 §4.4) and the route's
+    /// write rules.
+    pub(super) async fn forward_write<S, ReqBody, ResBody>(
+        &self,
+        inner: S,
+        parts: Parts,
+        body: ReqBody,
+        route: Option<&Route>,
+        params: Params,
+    ) -> Result<Response<CacheBody<ResBody>>, S::Error>
+    where
+        S: Upstream<ReqBody, ResBody>,
+        ResBody: Body<Data = Bytes>,
+    {
+        self.stats.outcome(Outcome::Bypassed);
+        let method = parts.method.clone();
+        let uri = parts.uri.clone();
+        let host = parts.headers.get(HOST).cloned();
+        let unsafe_method = !matches!(method, Method::OPTIONS | Method::TRACE);
+        let response = inner.oneshot(Request::from_parts(parts, body)).await?;
+        let code = response.status();
+        if unsafe_method && (code.is_success() || code.is_redirection()) {
+            let policy = self.routes.policy(route);
+            let mut purge = Purge::default();
+            let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+            purge.urls.push(normalize_target(target, &policy.query));
+            for name in [LOCATION, CONTENT_LOCATION] {
+                if let Some(path) = response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| same_origin_path(v, &uri, host.as_ref()))
+                {
+                    let (target_route, _) =
+                        self.routes.resolve(path.split('?').next().unwrap_or("/"));
+                    purge.urls.push(normalize_target(
+                        &path,
+                        &self.routes.policy(target_route).query,
+                    ));
+                }
+            }
+            for rule in route.map(|r| r.on_write.as_slice()).unwrap_or_default() {
+                if !rule.methods.is_empty() && !rule.methods.contains(&method) {
+                    continue;
+                }
+                purge
+                    .urls
+                    .extend(rule.urls.iter().filter_map(|t| t.render(&params)));
+                purge
+                    .prefixes
+                    .extend(rule.prefixes.iter().filter_map(|t| t.render(&params)));
+                purge
+                    .tags
+                    .extend(rule.tags.iter().filter_map(|t| t.render(&params)));
+            }
+            self.purge(&purge).await;
+        }
+        let response = response.map(|b| CacheBody::prefixed(Bytes::new(), b));
+        Ok(with_header(response, &CacheStatus::forward("method")))
+    }
+
+    /// The route of a path, matched on the normalized path.
+    pub(super) fn resolve_route(&self, path: &str) -> (Option<&Route>, Params) {
+        self.routes
+            .resolve(&normalize_target(path, &crate::key::QueryRules::default()))
+    }
+
+    /// Records, then applies, a purge (see [`crate::invalidation`]).
+    pub(crate) async fn purge(&self, purge: &Purge) -> usize {
+        if purge.is_empty() {
+            return 0;
+        }
+        // Purges name paths as keys hold them: normalized, with the route's query rules.
+        let normalized;
+        let purge = if purge.urls.is_empty() && purge.prefixes.is_empty() {
+            purge
+        } else {
+            let mut copy = purge.clone();
+            for url in &mut copy.urls {
+                let path = url.split('?').next().unwrap_or("/");
+                let (route, _) = self.resolve_route(path);
+                *url = normalize_target(url, &self.routes.policy(route).query);
+            }
+            for prefix in &mut copy.prefixes {
+                *prefix = normalize_target(prefix, &crate::key::QueryRules::default());
+            }
+            normalized = copy;
+            &normalized
+        };
+        let guard = self.log.record(purge).await;
+        let touched = self.store.purge(purge).await;
+        drop(guard);
+        self.stats.purge(touched);
+        tracing::info!(urls = ?purge.urls, prefixes = ?purge.prefixes, tags = ?purge.tags, soft = purge.soft, touched, "purge");
+        touched
+    }
+}
