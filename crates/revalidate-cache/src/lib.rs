@@ -56,4 +56,4 @@ pub use routes::{InvalidationRule, Pattern, Route, RoutePolicy, Routes, Template
 pub use service::{CacheService, CacheableBody, ResponseFuture, Upstream, UpstreamUnavailable};
 pub use shared::CacheConfig;
 pub use stats::{Outcome, Snapshot};
-pub use store::{MemoryStore, Purge, Store, StoreUsage};
+pub use store::{LookupNow, MemoryStore, Purge, Store, StoreUsage};

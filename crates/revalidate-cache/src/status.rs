@@ -1,11 +1,11 @@
 //! The `Cache-Status` response field (RFC 9211).
 //!
 //! ```
-//! use revalidate_cache::status::CacheStatus;
+//! use revalidate_cache::status::{CacheStatus, ForwardReason};
 //!
 //! let status = CacheStatus::hit(Some(42));
 //! assert_eq!(status.to_string(), "revalidate; hit; ttl=42");
-//! let miss = CacheStatus::forward("uri-miss").stored();
+//! let miss = CacheStatus::forward(ForwardReason::UriMiss).stored();
 //! assert_eq!(miss.to_string(), "revalidate; fwd=uri-miss; stored");
 //! ```
 
@@ -14,14 +14,80 @@ use std::fmt;
 
 use http::{HeaderName, HeaderValue};
 
+use crate::stats::Outcome;
+
 /// The field name.
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// Why a request went upstream: the `fwd` parameter of `Cache-Status` (RFC 9211
+/// §2.2), as this cache uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ForwardReason {
+    /// The route bypasses the cache, or the request cannot be keyed.
+    Bypass,
+    /// The method is not one the cache answers (writes, OPTIONS…).
+    Method,
+    /// Nothing is stored under the request's key.
+    UriMiss,
+    /// Responses are stored under the key, none for this request's `Vary` fields.
+    VaryMiss,
+    /// A stored part does not hold the range the request asks for.
+    Partial,
+    /// The request's own directives (`no-cache`, `max-age`…) rule out the stored
+    /// response.
+    Request,
+    /// The stored response is stale.
+    Stale,
+}
+
+impl ForwardReason {
+    /// Every reason, in the order RFC 9211 lists them.
+    pub const ALL: [Self; 7] = [
+        Self::Bypass,
+        Self::Method,
+        Self::UriMiss,
+        Self::VaryMiss,
+        Self::Request,
+        Self::Stale,
+        Self::Partial,
+    ];
+
+    /// The token in `Cache-Status`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Bypass => "bypass",
+            Self::Method => "method",
+            Self::UriMiss => "uri-miss",
+            Self::VaryMiss => "vary-miss",
+            Self::Partial => "partial",
+            Self::Request => "request",
+            Self::Stale => "stale",
+        }
+    }
+
+    /// How a request forwarded for this reason is counted: a fetch that validates
+    /// what is stored is a revalidation, one that fills the key a miss.
+    pub const fn outcome(self) -> Outcome {
+        match self {
+            Self::Bypass | Self::Method => Outcome::Bypassed,
+            Self::Request | Self::Stale => Outcome::Revalidated,
+            Self::UriMiss | Self::VaryMiss | Self::Partial => Outcome::Miss,
+        }
+    }
+}
+
+impl fmt::Display for ForwardReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// One cache's entry in `Cache-Status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CacheStatus {
     hit: bool,
-    fwd: Option<&'static str>,
+    fwd: Option<ForwardReason>,
     fwd_status: Option<u16>,
     ttl: Option<i64>,
     stored: bool,
@@ -39,9 +105,8 @@ impl CacheStatus {
         }
     }
 
-    /// Forwarded upstream, for `reason`: `bypass`, `method`, `uri-miss`,
-    /// `vary-miss`, `miss`, `request` or `stale`.
-    pub fn forward(reason: &'static str) -> Self {
+    /// Forwarded upstream, for `reason`.
+    pub fn forward(reason: ForwardReason) -> Self {
         Self {
             fwd: Some(reason),
             ..Self::default()
@@ -111,7 +176,7 @@ impl CacheStatus {
         }
         if let Some(fwd) = self.fwd {
             out.push_str("; fwd=");
-            out.push_str(fwd);
+            out.push_str(fwd.as_str());
         }
         if let Some(status) = self.fwd_status {
             out.push_str("; fwd-status=");
@@ -161,9 +226,36 @@ mod tests {
             "revalidate; hit; ttl=4; detail=max-stale"
         );
         assert_eq!(
-            CacheStatus::forward("uri-miss").stored().to_header_value(),
+            CacheStatus::forward(ForwardReason::UriMiss)
+                .stored()
+                .to_header_value(),
             "revalidate; fwd=uri-miss; stored"
         );
         assert_eq!(hit.to_header_value(), "revalidate; hit; ttl=5");
+    }
+
+    #[test]
+    fn every_reason_is_a_distinct_rfc_9211_token() {
+        let tokens: Vec<&str> = ForwardReason::ALL.iter().map(|r| r.as_str()).collect();
+        for token in &tokens {
+            assert!(
+                [
+                    "bypass",
+                    "method",
+                    "uri-miss",
+                    "vary-miss",
+                    "miss",
+                    "request",
+                    "stale",
+                    "partial"
+                ]
+                .contains(token),
+                "{token} is not an RFC 9211 fwd value"
+            );
+        }
+        let mut unique = tokens.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), tokens.len());
     }
 }

@@ -100,9 +100,9 @@ impl Store for WrappedStore {
         self.inner.get(primary).await
     }
 
-    fn get_now(&self, primary: &str) -> Option<Option<revalidate_cache::entry::Variants>> {
+    fn get_now(&self, primary: &str) -> revalidate_cache::LookupNow {
         if !self.at_once {
-            return None;
+            return revalidate_cache::LookupNow::Unknown;
         }
         self.lookups.fetch_add(1, Ordering::SeqCst);
         self.inner.get_now(primary)

@@ -16,7 +16,7 @@ use crate::headers::age_value;
 use crate::replica::{LocalFields, with_local_fields};
 use crate::shared::Shared;
 use crate::stats::Outcome;
-use crate::status::{CACHE_STATUS, CacheStatus};
+use crate::status::{CACHE_STATUS, CacheStatus, ForwardReason};
 use crate::store::Store;
 use crate::stored_fields::set_answer_fields;
 use revalidate::{BoxError, ResponseBody as CacheBody};
@@ -47,7 +47,7 @@ pub(super) fn gateway_timeout<B>(detail: &str) -> Response<CacheBody<B>> {
     let response = Response::from_parts(parts, CacheBody::full(body));
     with_header(
         response,
-        &CacheStatus::forward("request").detail("only-if-cached"),
+        &CacheStatus::forward(ForwardReason::Request).detail("only-if-cached"),
     )
 }
 

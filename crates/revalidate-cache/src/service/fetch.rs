@@ -20,27 +20,28 @@ use crate::headers::{split_for_storage, strip_hop_by_hop, strip_tags};
 use crate::invalidation::Ticket;
 use crate::shared::Shared;
 use crate::stats::Outcome;
-use crate::status::{CACHE_STATUS, CacheStatus};
+use crate::status::{CACHE_STATUS, CacheStatus, ForwardReason};
 use crate::store::Store;
 use revalidate::{BoxError, ResponseBody as CacheBody};
 
 use super::answer::{delta, gateway_timeout, secs};
 use super::head::{Lookup, RequestHead};
 use super::range::{ByteRange, holds_requested_range};
-use super::storable::worth_storing;
+use super::storable::{NotStorable, worth_storing};
 use super::upstream::{CacheableBody, Upstream, UpstreamUnavailable};
 
 /// What a fetch produced.
 pub(super) enum Fetched<B, E> {
-    /// A storable response to serve, with the fields that only the client that
-    /// caused the fetch may see (Set-Cookie, qualified private and no-cache, the
-    /// upstream's Age), and whether waiting requests may reuse it.
-    Entry(
-        Arc<StoredResponse>,
-        CacheStatus,
-        Vec<(HeaderName, HeaderValue)>,
-        bool,
-    ),
+    /// A storable response to serve.
+    Entry {
+        entry: Arc<StoredResponse>,
+        status: CacheStatus,
+        /// The fields only the client that caused the fetch may see (Set-Cookie,
+        /// qualified private and no-cache, the upstream's Age).
+        requester_only: Vec<(HeaderName, HeaderValue)>,
+        /// Whether requests waiting on the fetch may reuse it.
+        shareable: bool,
+    },
     /// The stale entry, because the upstream failed (stale-if-error).
     Stale(Arc<StoredResponse>, CacheStatus),
     /// A response that cannot be shared.
@@ -53,28 +54,25 @@ impl<B, E> Fetched<B, E> {
     /// What requests waiting on this fetch learn.
     pub(super) fn flight(&self) -> Flight {
         match self {
-            Fetched::Entry(entry, _, _, true) | Fetched::Stale(entry, _) => {
+            Fetched::Entry {
+                entry,
+                shareable: true,
+                ..
+            }
+            | Fetched::Stale(entry, _) => {
                 if entry.part.is_some() {
                     Flight::Part(entry.clone())
                 } else {
                     Flight::Done(entry.clone())
                 }
             }
-            Fetched::Entry(..) | Fetched::Live(..) | Fetched::Failed(_) => Flight::NotShareable,
+            Fetched::Entry { .. } | Fetched::Live(..) | Fetched::Failed(_) => Flight::NotShareable,
         }
     }
 }
 
 pub(super) fn is_server_error(status: StatusCode) -> bool {
     matches!(status.as_u16(), 500 | 502 | 503 | 504)
-}
-
-pub(super) fn stale_outcome(reason: &str) -> Outcome {
-    if reason == "stale" || reason == "request" {
-        Outcome::Revalidated
-    } else {
-        Outcome::Miss
-    }
 }
 
 /// The stored headers updated from a 304 (RFC 9111 §3.2): every field the 304
@@ -156,7 +154,8 @@ impl<St: Store> Shared<St> {
                     "only-if-cached: the cache holds only part of the response",
                 ));
             }
-            return Box::pin(self.fetch_coalesced(inner, lookup, None, "partial")).await;
+            return Box::pin(self.fetch_coalesced(inner, lookup, None, ForwardReason::Partial))
+                .await;
         }
         let now = self.clock.now();
         if let Some(response) = self.fresh_answer(head, request_cc, &entry, now) {
@@ -206,7 +205,11 @@ impl<St: Store> Shared<St> {
             Some(entry),
             // RFC 9211: `request` when the entry was fresh but the request's own
             // directives (no-cache, max-age, min-fresh) sent it upstream.
-            if ttl.is_some() { "request" } else { "stale" },
+            if ttl.is_some() {
+                ForwardReason::Request
+            } else {
+                ForwardReason::Stale
+            },
         ))
         .await
     }
@@ -218,7 +221,7 @@ impl<St: Store> Shared<St> {
         inner: S,
         lookup: &Lookup<'_>,
         stale: Option<Arc<StoredResponse>>,
-        reason: &'static str,
+        reason: ForwardReason,
     ) -> Result<Response<CacheBody<ResBody>>, S::Error>
     where
         S: Upstream<ReqBody, ResBody>,
@@ -232,7 +235,7 @@ impl<St: Store> Shared<St> {
                 Role::Leader(leader) => {
                     let fetched = self.fetch(inner, lookup, stale, reason).await;
                     leader.finish(fetched.flight());
-                    return self.respond_fetched(head, fetched, stale_outcome(reason));
+                    return self.respond_fetched(head, fetched, reason.outcome());
                 }
                 Role::Follower(receiver) => receiver,
             };
@@ -249,13 +252,13 @@ impl<St: Store> Shared<St> {
                 // at once.
                 _ => {
                     let fetched = self.fetch(inner, lookup, stale, reason).await;
-                    return self.respond_fetched(head, fetched, stale_outcome(reason));
+                    return self.respond_fetched(head, fetched, reason.outcome());
                 }
             };
             if !entry.secondary.matches(&head.headers) {
                 // A Vary mismatch: alone, at once, too.
                 let fetched = self.fetch(inner, lookup, stale, reason).await;
-                return self.respond_fetched(head, fetched, stale_outcome(reason));
+                return self.respond_fetched(head, fetched, reason.outcome());
             }
             let now = self.clock.now();
             let ttl = entry
@@ -277,7 +280,12 @@ impl<St: Store> Shared<St> {
         ResBody::Error: Into<BoxError>,
     {
         match fetched {
-            Fetched::Entry(entry, status, requester_only, _) => {
+            Fetched::Entry {
+                entry,
+                status,
+                requester_only,
+                ..
+            } => {
                 let mut response = self.respond_stored(head, &entry, status, outcome);
                 // Straight from the upstream: its own Age stands, as it sent it (it
                 // is among the requester's fields when there was one).
@@ -332,7 +340,7 @@ impl<St: Store> Shared<St> {
                         path: &path,
                     },
                     Some(stale),
-                    "stale",
+                    ForwardReason::Stale,
                 )
                 .await;
             leader.finish(fetched.flight());
@@ -346,7 +354,7 @@ impl<St: Store> Shared<St> {
         inner: S,
         lookup: &Lookup<'_>,
         stale: Option<Arc<StoredResponse>>,
-        reason: &'static str,
+        reason: ForwardReason,
     ) -> Fetched<ResBody, S::Error>
     where
         S: Upstream<ReqBody, ResBody>,
@@ -476,20 +484,25 @@ impl<St: Store> Shared<St> {
                 status = status.stored();
             }
             let shareable = verdict.is_ok();
-            return Fetched::Entry(entry, status, requester_only, shareable);
+            return Fetched::Entry {
+                entry,
+                status,
+                requester_only,
+                shareable,
+            };
         }
 
         let status = CacheStatus::forward(reason).fwd_status(code.as_u16());
         let directives = Directives::of_response(&parts.headers);
         let verdict = if disconnected {
-            Err("made up by the upstream client")
+            Err(NotStorable::MadeUp)
         } else if code == StatusCode::PARTIAL_CONTENT && range.is_none() {
-            Err("a 206 to a request without Range")
+            Err(NotStorable::UnaskedPartial)
         } else {
             self.storable(policy, head, request_cc, code, &parts.headers, &directives)
         };
         if let Err(why) = verdict {
-            tracing::debug!(uri = %head.uri, why, "not storable");
+            tracing::debug!(uri = %head.uri, why = why.as_str(), "not storable");
             let mut response = Response::from_parts(parts, CacheBody::prefixed(Bytes::new(), body));
             strip_hop_by_hop(response.headers_mut());
             strip_tags(response.headers_mut());
@@ -528,7 +541,12 @@ impl<St: Store> Shared<St> {
         // part only for the ranges it holds: see `Flight::Part`).
         let shareable = entry.ttl(response_time).is_some()
             && (code != StatusCode::PARTIAL_CONTENT || entry.part.is_some());
-        Fetched::Entry(entry, status, requester_only, shareable)
+        Fetched::Entry {
+            entry,
+            status,
+            requester_only,
+            shareable,
+        }
     }
 
     /// Stores `entry` unless a purge that names it was recorded after `ticket`.

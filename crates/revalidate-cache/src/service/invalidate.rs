@@ -12,7 +12,7 @@ use crate::key::normalize_target;
 use crate::routes::{Params, Route};
 use crate::shared::Shared;
 use crate::stats::Outcome;
-use crate::status::CacheStatus;
+use crate::status::{CacheStatus, ForwardReason};
 use crate::store::{Purge, Store};
 use revalidate::ResponseBody as CacheBody;
 
@@ -98,7 +98,10 @@ impl<St: Store> Shared<St> {
             self.purge(&purge).await;
         }
         let response = response.map(|b| CacheBody::prefixed(Bytes::new(), b));
-        Ok(with_header(response, &CacheStatus::forward("method")))
+        Ok(with_header(
+            response,
+            &CacheStatus::forward(ForwardReason::Method),
+        ))
     }
 
     /// The route of a path, matched on the normalized path.

@@ -34,11 +34,10 @@ use http::{Method, Request, Response};
 use tower::ServiceExt;
 use tower_service::Service;
 
-use crate::entry::Variants;
 use crate::shared::Shared;
 use crate::stats::Outcome;
-use crate::status::CacheStatus;
-use crate::store::Store;
+use crate::status::{CacheStatus, ForwardReason};
+use crate::store::{LookupNow, Store};
 use revalidate::ResponseBody as CacheBody;
 
 use answer::{gateway_timeout, with_header};
@@ -124,7 +123,7 @@ pub(super) enum AtOnce<ReqBody, ResBody> {
     Answered(Response<CacheBody<ResBody>>),
     /// The request, for the full path, with what the store held under its key
     /// when it was looked up (the full path does not ask the store again).
-    Later(Request<ReqBody>, Option<Option<Variants>>),
+    Later(Request<ReqBody>, LookupNow),
 }
 
 impl<St: Store> Shared<St> {
@@ -136,23 +135,25 @@ impl<St: Store> Shared<St> {
         request: Request<ReqBody>,
     ) -> AtOnce<ReqBody, ResBody> {
         if request.method() != Method::GET && request.method() != Method::HEAD {
-            return AtOnce::Later(request, None);
+            return AtOnce::Later(request, LookupNow::Unknown);
         }
         let (parts, body) = request.into_parts();
         let Located { route, target, .. } = self.locate(&parts.uri);
         let policy = self.routes.policy(route);
         if policy.bypass {
-            return AtOnce::Later(Request::from_parts(parts, body), None);
+            return AtOnce::Later(Request::from_parts(parts, body), LookupNow::Unknown);
         }
         let head = RequestHead::of(parts);
         // What the store holds is borrowed, not cloned, to answer: a clone and its
         // drop are two atomic writes to an entry that, over many keys, is rarely in
         // the CPU's cache. The full path gets it whole.
-        let looked_up =
-            primary_key(policy, &head, target).and_then(|primary| self.store.get_now(&primary.key));
-        let found = looked_up
-            .as_ref()
-            .and_then(|variants| variants.as_ref()?.find(&head.headers));
+        let looked_up = primary_key(policy, &head, target).map_or(LookupNow::Unknown, |primary| {
+            self.store.get_now(&primary.key)
+        });
+        let found = match &looked_up {
+            LookupNow::Found(variants) => variants.find(&head.headers),
+            LookupNow::Missing | LookupNow::Unknown => None,
+        };
         let request_cc;
         let answer = match found {
             // A stored part answers only some ranges: the full path decides.
@@ -172,7 +173,7 @@ impl<St: Store> Shared<St> {
         self: Arc<Self>,
         inner: S,
         request: Request<ReqBody>,
-        looked_up: Option<Option<Variants>>,
+        looked_up: LookupNow,
     ) -> Result<Response<CacheBody<ResBody>>, S::Error>
     where
         S: Upstream<ReqBody, ResBody>,
@@ -199,7 +200,10 @@ impl<St: Store> Shared<St> {
             self.stats.outcome(Outcome::Bypassed);
             let response = inner.oneshot(Request::from_parts(parts, body)).await?;
             let response = response.map(|b| CacheBody::prefixed(Bytes::new(), b));
-            return Ok(with_header(response, &CacheStatus::forward("bypass")));
+            return Ok(with_header(
+                response,
+                &CacheStatus::forward(ForwardReason::Bypass),
+            ));
         }
         drop(body);
         let head = RequestHead::of(parts);
@@ -210,14 +214,15 @@ impl<St: Store> Shared<St> {
             let response = response.map(|b| CacheBody::prefixed(Bytes::new(), b));
             return Ok(with_header(
                 response,
-                &CacheStatus::forward("bypass").detail("invalid-host"),
+                &CacheStatus::forward(ForwardReason::Bypass).detail("invalid-host"),
             ));
         };
         let path = primary.target();
 
         let variants = match looked_up {
-            Some(variants) => variants,
-            None => self.store.get(&primary.key).await,
+            LookupNow::Found(variants) => Some(variants),
+            LookupNow::Missing => None,
+            LookupNow::Unknown => self.store.get(&primary.key).await,
         };
         let found = variants
             .as_ref()
@@ -235,9 +240,9 @@ impl<St: Store> Shared<St> {
             Some(entry) => self.serve_stored_or_revalidate(inner, &lookup, entry).await,
             None => {
                 let reason = if variants.is_some() {
-                    "vary-miss"
+                    ForwardReason::VaryMiss
                 } else {
-                    "uri-miss"
+                    ForwardReason::UriMiss
                 };
                 if request_cc.only_if_cached {
                     return Ok(gateway_timeout(

@@ -7,7 +7,7 @@ use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 use smallvec::SmallVec;
 
-use super::{Purge, Store, StoreUsage};
+use super::{LookupNow, Purge, Store, StoreUsage};
 use crate::entry::Variants;
 
 /// The in-memory tier: quick_cache (S3-FIFO-style admission and eviction, lock-sharded
@@ -212,8 +212,8 @@ impl Store for MemoryStore {
         self.inner.entries.get(primary.as_bytes())
     }
 
-    fn get_now(&self, primary: &str) -> Option<Option<Variants>> {
-        Some(self.inner.entries.get(primary.as_bytes()))
+    fn get_now(&self, primary: &str) -> LookupNow {
+        self.inner.entries.get(primary.as_bytes()).into()
     }
 
     async fn put(&self, primary: String, variants: Variants) -> bool {

@@ -31,6 +31,23 @@ pub struct StoreUsage {
     pub evictions: u64,
 }
 
+/// What a store tells of a key without waiting (see [`Store::get_now`]).
+#[derive(Debug, Clone)]
+pub enum LookupNow {
+    /// It cannot tell without waiting: ask [`Store::get`].
+    Unknown,
+    /// Nothing is stored under the key.
+    Missing,
+    /// What is stored under the key.
+    Found(Variants),
+}
+
+impl From<Option<Variants>> for LookupNow {
+    fn from(variants: Option<Variants>) -> Self {
+        variants.map_or(Self::Missing, Self::Found)
+    }
+}
+
 /// A place to keep responses by primary key.
 ///
 /// Purges are part of the trait so that a shared tier can carry them to every
@@ -39,12 +56,12 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// The variants stored under `primary`.
     fn get(&self, primary: &str) -> impl Future<Output = Option<Variants>> + Send;
     /// The variants stored under `primary`, when the store can tell without
-    /// waiting (an in-process tier): `Some(None)` is a miss. `None`, the default,
-    /// means "ask [`Store::get`]". The cache answers fresh hits found this way
-    /// before it makes a future for the request.
-    fn get_now(&self, primary: &str) -> Option<Option<Variants>> {
+    /// waiting (an in-process tier); by default it cannot ([`LookupNow::Unknown`]:
+    /// the cache then asks [`Store::get`]). The cache answers fresh hits found
+    /// this way before it makes a future for the request.
+    fn get_now(&self, primary: &str) -> LookupNow {
         let _ = primary;
-        None
+        LookupNow::Unknown
     }
     /// Stores (or replaces) the variants of `primary`; returns whether they are kept
     /// (a store may refuse what it cannot hold).
