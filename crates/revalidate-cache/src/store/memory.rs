@@ -7,7 +7,7 @@ use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 use smallvec::SmallVec;
 
-use super::{LookupNow, Purge, Store, StoreUsage};
+use super::contract::{LookupNow, Purge, Store, StoreUsage};
 use crate::entry::Variants;
 
 /// The in-memory tier: quick_cache (S3-FIFO-style admission and eviction, lock-sharded

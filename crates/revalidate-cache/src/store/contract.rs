@@ -1,0 +1,116 @@
+//! What a store is: the [`Store`] trait and the types its methods take and give.
+
+use std::future::Future;
+
+use crate::entry::Variants;
+
+/// Occupancy of a store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreUsage {
+    /// Primary keys held.
+    pub entries: u64,
+    /// Bytes charged (body + headers + per-entry overhead).
+    pub bytes: u64,
+    /// Entries evicted to stay within the budget.
+    pub evictions: u64,
+}
+
+/// What a store tells of a key without waiting (see [`Store::get_now`]).
+#[derive(Debug, Clone)]
+pub enum LookupNow {
+    /// It cannot tell without waiting: ask [`Store::get`].
+    Unknown,
+    /// Nothing is stored under the key.
+    Missing,
+    /// What is stored under the key.
+    Found(Variants),
+}
+
+impl From<Option<Variants>> for LookupNow {
+    fn from(variants: Option<Variants>) -> Self {
+        variants.map_or(Self::Missing, Self::Found)
+    }
+}
+
+/// A place to keep responses by primary key.
+///
+/// Purges are part of the trait so that a shared tier can carry them to every
+/// instance (an invalidation bus) and index tags where the entries live.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// The variants stored under `primary`.
+    fn get(&self, primary: &str) -> impl Future<Output = Option<Variants>> + Send;
+    /// The variants stored under `primary`, when the store can tell without
+    /// waiting (an in-process tier); by default it cannot ([`LookupNow::Unknown`]:
+    /// the cache then asks [`Store::get`]). The cache answers fresh hits found
+    /// this way before it makes a future for the request.
+    fn get_now(&self, primary: &str) -> LookupNow {
+        let _ = primary;
+        LookupNow::Unknown
+    }
+    /// Stores (or replaces) the variants of `primary`; returns whether they are kept
+    /// (a store may refuse what it cannot hold).
+    fn put(&self, primary: String, variants: Variants) -> impl Future<Output = bool> + Send;
+    /// Removes or (soft) marks stale every entry the purge names; returns how many
+    /// primary keys it touched. Costs time in the number of entries named.
+    fn purge(&self, purge: &Purge) -> impl Future<Output = usize> + Send;
+    /// Current occupancy.
+    fn usage(&self) -> StoreUsage;
+}
+
+/// What to invalidate: the body of the admin API's `POST /purge` too.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Purge {
+    /// Exact normalized paths (with query), every variant and scope of each.
+    pub urls: Vec<String>,
+    /// Path prefixes.
+    pub prefixes: Vec<String>,
+    /// Tags (from `Surrogate-Key`, `Cache-Tag` or route config).
+    pub tags: Vec<String>,
+    /// Mark stale (revalidate on next use) instead of removing.
+    pub soft: bool,
+}
+
+impl Purge {
+    /// A hard purge of exact URLs.
+    pub fn urls<I: IntoIterator<Item = S>, S: Into<String>>(urls: I) -> Self {
+        Self {
+            urls: urls.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// A hard purge of prefixes.
+    pub fn prefixes<I: IntoIterator<Item = S>, S: Into<String>>(prefixes: I) -> Self {
+        Self {
+            prefixes: prefixes.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// A hard purge of tags.
+    pub fn tags<I: IntoIterator<Item = S>, S: Into<String>>(tags: I) -> Self {
+        Self {
+            tags: tags.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// The same purge, soft.
+    pub fn soft(mut self) -> Self {
+        self.soft = true;
+        self
+    }
+
+    /// Whether it names nothing.
+    pub fn is_empty(&self) -> bool {
+        self.urls.is_empty() && self.prefixes.is_empty() && self.tags.is_empty()
+    }
+
+    /// Whether it names an entry with this path and these tags.
+    pub fn matches(&self, path: &str, tags: &[String]) -> bool {
+        self.urls.iter().any(|u| u == path)
+            || self.prefixes.iter().any(|p| path.starts_with(p.as_str()))
+            || self.tags.iter().any(|t| tags.contains(t))
+    }
+}
