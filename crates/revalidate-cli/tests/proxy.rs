@@ -577,19 +577,31 @@ async fn sigterm_drains_in_flight_requests_with(scheduler: &str) {
     )
     .await;
     // Per-core workers are threads of their own, named for it; work-stealing
-    // serves on the main runtime's threads.
+    // serves on the main runtime's threads. The listening sockets accept before
+    // the threads have started: they are counted once they have.
     #[cfg(target_os = "linux")]
     {
         let pid = child.id().unwrap();
-        let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .unwrap()
-            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-            .collect();
+        let expected = if scheduler == "per-core" { 2 } else { 0 };
+        let mut names = Vec::new();
+        for _ in 0..100 {
+            names = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .unwrap()
+                .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+                .collect::<Vec<String>>();
+            let workers = names
+                .iter()
+                .filter(|n| n.starts_with("revalidate-work"))
+                .count();
+            if workers == expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let workers = names
             .iter()
             .filter(|n| n.starts_with("revalidate-work"))
             .count();
-        let expected = if scheduler == "per-core" { 2 } else { 0 };
         assert_eq!(workers, expected, "{scheduler}: {names:?}");
     }
     request(addr, "GET", "/items/1", &[]).await;

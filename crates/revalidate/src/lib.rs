@@ -18,7 +18,7 @@
 //!
 //! let app: Router = Router::new().route(
 //!     "/catalog",
-//!     get(|| async { r#"{"items":[]}"# }).layer(
+//!     get(|| async { r#"{"items":[]}"# }).route_layer(
 //!         ConditionalLayer::new().cache_control(CacheControl::new().public().max_age(Duration::from_secs(60))),
 //!     ),
 //! );

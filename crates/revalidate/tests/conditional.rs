@@ -434,6 +434,21 @@ async fn require_if_match_answers_428_and_malformed_if_match_400() {
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 }
 
+/// With `route_layer`, a method the route does not serve gets axum's 405 before
+/// any precondition rule: a PUT to a GET-only route is not asked for If-Match.
+#[tokio::test]
+async fn a_method_the_route_does_not_serve_gets_405_before_428() {
+    let app = Router::new().route(
+        "/price",
+        get(|| async { "expensive" }).route_layer(ConditionalLayer::new().require_if_match()),
+    );
+    let (status, headers, _) = send(&app, method_req("PUT", "/price", &[])).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers[http::header::ALLOW], "GET,HEAD");
+    let (status, _, _) = send(&app, get_req("/price", &[])).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn user_scoped_routes_never_share_tags_between_users() {
     let app = Router::new().route(

@@ -72,7 +72,7 @@ pub fn router(store: UserStore) -> Router {
     Router::new()
         .route(
             "/users",
-            get(list_users).post(create_user).layer(
+            get(list_users).post(create_user).route_layer(
                 ConditionalLayer::new()
                     .validators(collection)
                     .cache_control(revalidate_always()),
@@ -84,7 +84,7 @@ pub fn router(store: UserStore) -> Router {
                 .put(update_user::<NewUser>)
                 .patch(update_user::<UserPatch>)
                 .delete(delete_user)
-                .layer(
+                .route_layer(
                     ConditionalLayer::new()
                         .validators(member)
                         .cache_control(revalidate_always())
@@ -96,7 +96,7 @@ pub fn router(store: UserStore) -> Router {
         )
         .route(
             "/me",
-            get(get_me).layer(
+            get(get_me).route_layer(
                 ConditionalLayer::new()
                     .validators(me)
                     .user_scoped()
@@ -126,9 +126,7 @@ fn last_modified(updated_at_micros: i64) -> HttpDate {
 }
 
 fn user_validators(version: i64, updated_at: i64) -> Validators {
-    Validators::new()
-        .etag(user_etag(version))
-        .last_modified(last_modified(updated_at))
+    Validators::versioned(version.max(0) as u64, last_modified(updated_at))
 }
 
 /// `Authorization: Bearer <user id>`: the demo's stand-in for a real credential.

@@ -4,6 +4,11 @@
 //! tag, buffered up to a bound) or from a lookup that runs **before** the handler,
 //! so a matching `If-None-Match` costs one cheap query and no handler call.
 //!
+//! In axum, add it with `route_layer` rather than `layer`: it then runs only for
+//! the methods the route serves, so any other method gets axum's 405 before a
+//! precondition rule (a PUT to a GET-only route that requires If-Match is a 405,
+//! not a 428).
+//!
 //! ```
 //! use axum::{Router, body::Body, routing::get};
 //! use http::{Request, StatusCode, request::Parts};
@@ -16,7 +21,7 @@
 //! let app = Router::new().route(
 //!     "/prices",
 //!     get(|| async { "expensive to compute" })
-//!         .layer(ConditionalLayer::new().validators(version).cache_control(CacheControl::new().no_cache())),
+//!         .route_layer(ConditionalLayer::new().validators(version).cache_control(CacheControl::new().no_cache())),
 //! );
 //! let request = Request::get("/prices").header("if-none-match", "\"v42\"").body(Body::empty()).unwrap();
 //! let response = app.oneshot(request).await.unwrap();

@@ -50,6 +50,26 @@ impl Validators {
         self
     }
 
+    /// The validators of a row with a version counter and a modification time, in
+    /// one call: the strong tag `"v{version}"` and `Last-Modified` (to the second,
+    /// as HTTP-dates are). What a validator source returns for a versioned record.
+    ///
+    /// ```
+    /// use std::time::{Duration, UNIX_EPOCH};
+    /// use revalidate::Validators;
+    ///
+    /// let v = Validators::versioned(7, UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+    /// assert_eq!(v.etag.unwrap().to_string(), "\"v7\"");
+    /// assert_eq!(v.last_modified.unwrap().unix_secs(), 1_700_000_000);
+    /// ```
+    pub fn versioned(version: u64, updated_at: impl Into<HttpDate>) -> Self {
+        Self {
+            // A `v` and digits are always a valid opaque tag.
+            etag: EntityTag::strong(format!("v{version}")).ok(),
+            last_modified: Some(updated_at.into()),
+        }
+    }
+
     /// Reads the `ETag` and `Last-Modified` of a response.
     pub fn from_headers(headers: &HeaderMap) -> Self {
         Self {
