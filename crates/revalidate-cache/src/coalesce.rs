@@ -12,7 +12,7 @@ use crate::entry::StoredResponse;
 
 /// What waiters learn about the fetch they joined.
 #[derive(Debug, Clone)]
-pub enum Flight {
+pub(crate) enum Flight {
     /// The leader's fetch is under way.
     Waiting,
     /// The leader stored (or could share) this response.
@@ -29,12 +29,12 @@ pub enum Flight {
 
 /// Coalesces fetches by key.
 #[derive(Debug, Default)]
-pub struct Coalescer {
+pub(crate) struct Coalescer {
     flights: Mutex<HashMap<String, watch::Receiver<Flight>>>,
 }
 
 /// A caller's part in a flight.
-pub enum Role<'a> {
+pub(crate) enum Role<'a> {
     /// Fetch, then [`Leader::finish`].
     Leader(Leader<'a>),
     /// Wait on the receiver.
@@ -42,7 +42,7 @@ pub enum Role<'a> {
 }
 
 /// The one caller that fetches for a key.
-pub struct Leader<'a> {
+pub(crate) struct Leader<'a> {
     coalescer: &'a Coalescer,
     key: String,
     sender: watch::Sender<Flight>,
@@ -51,7 +51,7 @@ pub struct Leader<'a> {
 
 impl Coalescer {
     /// Joins the flight for `key`, leading it if there is none.
-    pub fn join(&self, key: &str) -> Role<'_> {
+    pub(crate) fn join(&self, key: &str) -> Role<'_> {
         let mut flights = self
             .flights
             .lock()
@@ -70,7 +70,7 @@ impl Coalescer {
     }
 
     /// Whether a flight for `key` is under way (a background refresh skips then).
-    pub fn in_flight(&self, key: &str) -> bool {
+    pub(crate) fn in_flight(&self, key: &str) -> bool {
         self.flights
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -87,7 +87,7 @@ impl Coalescer {
 
 impl Leader<'_> {
     /// Ends the flight with its outcome.
-    pub fn finish(mut self, outcome: Flight) {
+    pub(crate) fn finish(mut self, outcome: Flight) {
         self.finished = true;
         self.coalescer.remove(&self.key);
         let _ = self.sender.send(outcome);
@@ -104,7 +104,10 @@ impl Drop for Leader<'_> {
 }
 
 /// Waits for a flight to end, at most `timeout`; a timeout reads as abandoned.
-pub async fn wait(mut receiver: watch::Receiver<Flight>, timeout: std::time::Duration) -> Flight {
+pub(crate) async fn wait(
+    mut receiver: watch::Receiver<Flight>,
+    timeout: std::time::Duration,
+) -> Flight {
     let ended = async {
         loop {
             let state = receiver.borrow_and_update().clone();

@@ -27,7 +27,7 @@ pub const HEADER_OVERHEAD_BYTES: usize = FIELD_BYTES;
 #[derive(Debug)]
 #[repr(C)]
 pub struct StoredResponse {
-    /// Unique per entry (from 1), never reused: what [`crate::replica`] finds copies by.
+    /// Unique per entry (from 1), never reused: what [`crate::local_fields`] finds copies by.
     id: u64,
     soft_purged: AtomicBool,
     /// Unqualified `no-cache`: validate before every reuse.

@@ -1,17 +1,7 @@
 //! Freshness lifetime and age (RFC 9111 §4.2), with stale windows (RFC 5861) and
 //! the targeted `CDN-Cache-Control` field (RFC 9213).
 //!
-//! ```
-//! use std::time::{Duration, SystemTime};
-//! use http::HeaderMap;
-//! use revalidate_cache::freshness::{Directives, lifetime};
-//!
-//! let mut headers = HeaderMap::new();
-//! headers.insert("cache-control", "max-age=60, s-maxage=300".parse().unwrap());
-//! let directives = Directives::of_response(&headers);
-//! // A shared cache prefers s-maxage.
-//! assert_eq!(lifetime(&directives, &headers, http::StatusCode::OK), Some(Duration::from_secs(300)));
-//! ```
+//! For example, a shared cache takes `s-maxage` over `max-age` (the test `a_shared_cache_prefers_s_maxage`).
 
 use std::time::{Duration, SystemTime};
 
@@ -20,17 +10,17 @@ use http::{HeaderMap, HeaderName, StatusCode};
 use revalidate::{CacheControl, HttpDate};
 
 /// `CDN-Cache-Control` (RFC 9213).
-pub static CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
+pub(crate) static CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
 
 /// `Surrogate-Control` (W3C Edge Architecture), the older targeted field.
-pub static SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
+pub(crate) static SURROGATE_CONTROL: HeaderName = HeaderName::from_static("surrogate-control");
 
 /// The upper bound on a heuristic lifetime.
-pub const HEURISTIC_MAX: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const HEURISTIC_MAX: Duration = Duration::from_secs(24 * 3600);
 
 /// The cache directives that govern a stored response.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Directives {
+pub(crate) struct Directives {
     /// The parsed directives: `CDN-Cache-Control`, else `Surrogate-Control`, else
     /// `Cache-Control`.
     pub cc: CacheControl,
@@ -42,7 +32,7 @@ impl Directives {
     /// RFC 9213 §2.1: a cache that honours a targeted field ignores `Cache-Control`
     /// when the targeted field is present and valid. `CDN-Cache-Control` ranks
     /// before `Surrogate-Control`.
-    pub fn of_response(headers: &HeaderMap) -> Self {
+    pub(crate) fn of_response(headers: &HeaderMap) -> Self {
         let targeted = cdn_cache_control(headers)
             .filter(|cc| !cc.is_empty())
             .or_else(|| surrogate_control(headers).filter(|cc| !cc.is_empty()));
@@ -57,18 +47,18 @@ impl Directives {
 
     /// Whether the response must be validated before every reuse: unqualified
     /// `no-cache` (§5.2.2.4).
-    pub fn always_revalidate(&self) -> bool {
+    pub(crate) fn always_revalidate(&self) -> bool {
         self.cc.no_cache && self.cc.no_cache_fields.is_empty()
     }
 
     /// Whether stale reuse is forbidden: `must-revalidate`, `proxy-revalidate`, or
     /// `s-maxage`, which implies `proxy-revalidate` for shared caches (§5.2.2.10).
-    pub fn forbids_stale(&self) -> bool {
+    pub(crate) fn forbids_stale(&self) -> bool {
         self.cc.must_revalidate || self.cc.proxy_revalidate || self.cc.s_maxage.is_some()
     }
 
     /// The field names a qualified `private` or `no-cache` names: never stored.
-    pub fn qualified_fields(&self) -> Vec<String> {
+    pub(crate) fn qualified_fields(&self) -> Vec<String> {
         let cc = &self.cc;
         cc.private_fields
             .iter()
@@ -198,7 +188,7 @@ fn is_sf_bare_item(value: &str) -> bool {
 }
 
 /// Status codes that are heuristically cacheable (RFC 9110 §15.1).
-pub fn heuristically_cacheable(status: StatusCode) -> bool {
+pub(crate) fn heuristically_cacheable(status: StatusCode) -> bool {
     matches!(
         status.as_u16(),
         200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
@@ -210,7 +200,7 @@ fn date_of(headers: &HeaderMap, name: &HeaderName) -> Option<SystemTime> {
 }
 
 /// Whether the response states its own freshness: `s-maxage`, `max-age` or `Expires`.
-pub fn has_explicit_lifetime(directives: &Directives, headers: &HeaderMap) -> bool {
+pub(crate) fn has_explicit_lifetime(directives: &Directives, headers: &HeaderMap) -> bool {
     directives.cc.s_maxage.is_some()
         || directives.cc.max_age.is_some()
         || headers.contains_key(EXPIRES)
@@ -219,7 +209,7 @@ pub fn has_explicit_lifetime(directives: &Directives, headers: &HeaderMap) -> bo
 /// The freshness lifetime (§4.2.1): `s-maxage`, then `max-age`, then `Expires` −
 /// `Date`, then a heuristic (§4.2.2) of 10% of the time since `Last-Modified`, only
 /// for heuristically cacheable statuses or `public`. `None`: no lifetime at all.
-pub fn lifetime(
+pub(crate) fn lifetime(
     directives: &Directives,
     headers: &HeaderMap,
     status: StatusCode,
@@ -264,7 +254,7 @@ fn age_seconds(value: &str) -> Option<u64> {
 }
 
 /// The corrected initial age of a response when it was received (§4.2.3).
-pub fn initial_age(
+pub(crate) fn initial_age(
     headers: &HeaderMap,
     request_time: SystemTime,
     response_time: SystemTime,
@@ -285,6 +275,22 @@ pub fn initial_age(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_cache_prefers_s_maxage() {
+        use crate::freshness::{Directives, lifetime};
+        use http::HeaderMap;
+        use std::time::Duration;
+
+        let mut headers = HeaderMap::new();
+        headers.insert("cache-control", "max-age=60, s-maxage=300".parse().unwrap());
+        let directives = Directives::of_response(&headers);
+        // A shared cache prefers s-maxage.
+        assert_eq!(
+            lifetime(&directives, &headers, http::StatusCode::OK),
+            Some(Duration::from_secs(300))
+        );
+    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

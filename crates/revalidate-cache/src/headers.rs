@@ -8,9 +8,9 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use revalidate::ConditionalFields;
 
 /// `Surrogate-Key`: space-separated tags (Fastly's convention).
-pub static SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
+pub(crate) static SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
 /// `Cache-Tag`: comma-separated tags (Cloudflare's convention).
-pub static CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
+pub(crate) static CACHE_TAG: HeaderName = HeaderName::from_static("cache-tag");
 
 /// The fixed hop-by-hop fields (RFC 9110 §7.6.1), with the obsolete `Keep-Alive`
 /// and `Proxy-Connection`.
@@ -33,7 +33,7 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// a lookup per field would hash every field's name (a few hundred instructions on
 /// every cache hit).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Carried {
+pub(crate) struct Carried {
     /// A hop-by-hop field (RFC 9110 §7.6.1).
     pub hop_by_hop: bool,
     /// `Cache-Control`.
@@ -46,7 +46,7 @@ pub struct Carried {
 
 impl Carried {
     /// The fields `headers` carries.
-    pub fn of(headers: &HeaderMap) -> Self {
+    pub(crate) fn of(headers: &HeaderMap) -> Self {
         let mut carried = Self::default();
         for name in headers.keys() {
             let name = name.as_str();
@@ -79,7 +79,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// [`strip_hop_by_hop`] for a map already known to carry a hop-by-hop field (see
 /// [`Carried`]): the removals without the pass over the names.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -96,7 +96,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The tags a response names in `Surrogate-Key` and `Cache-Tag`.
-pub fn response_tags(headers: &HeaderMap) -> Vec<String> {
+pub(crate) fn response_tags(headers: &HeaderMap) -> Vec<String> {
     let mut tags = Vec::new();
     for value in headers
         .get_all(&SURROGATE_KEY)
@@ -129,7 +129,7 @@ pub fn response_tags(headers: &HeaderMap) -> Vec<String> {
 /// computed from it) but is not stored (see [`StoredFields`]), so a copy is returned.
 ///
 /// [`StoredFields`]: crate::stored_fields::StoredFields
-pub fn split_for_storage(
+pub(crate) fn split_for_storage(
     headers: &mut HeaderMap,
     qualified: &[String],
 ) -> Vec<(HeaderName, HeaderValue)> {
@@ -177,7 +177,7 @@ pub(crate) fn prepare_age_values() {
 /// The `Age` value for `seconds`. Every answer from the cache carries one; below
 /// [`PREPARED_AGES`] it is a copy of a value made once from `'static` text, which
 /// costs neither an allocation nor a shared reference count.
-pub fn age_value(seconds: u64) -> HeaderValue {
+pub(crate) fn age_value(seconds: u64) -> HeaderValue {
     match usize::try_from(seconds)
         .ok()
         .and_then(|i| AGE_VALUES.get(i))
@@ -188,7 +188,7 @@ pub fn age_value(seconds: u64) -> HeaderValue {
 }
 
 /// Removes the tag fields meant for this cache, not for clients.
-pub fn strip_tags(headers: &mut HeaderMap) {
+pub(crate) fn strip_tags(headers: &mut HeaderMap) {
     headers.remove(&SURROGATE_KEY);
     headers.remove(&CACHE_TAG);
 }

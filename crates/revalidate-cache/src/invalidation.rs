@@ -15,7 +15,7 @@ use crate::store::Purge;
 
 /// A fetch's place in the sequence of fetches and purges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Ticket(u64);
+pub(crate) struct Ticket(u64);
 
 #[derive(Debug)]
 struct Record {
@@ -26,7 +26,7 @@ struct Record {
 
 /// Recent purges, kept for as long as a fetch may take.
 #[derive(Debug)]
-pub struct InvalidationLog {
+pub(crate) struct InvalidationLog {
     seq: AtomicU64,
     /// How long a record is kept: the longest a fetch may run.
     horizon: Duration,
@@ -41,13 +41,13 @@ struct LogState {
 }
 
 /// Proof that the log is locked: hold it while checking and storing.
-pub struct StoreGuard<'a> {
+pub(crate) struct StoreGuard<'a> {
     state: tokio::sync::MutexGuard<'a, LogState>,
 }
 
 impl StoreGuard<'_> {
     /// Whether a purge after `ticket` names an entry with this path and these tags.
-    pub fn invalidated_since(&self, ticket: Ticket, path: &str, tags: &[String]) -> bool {
+    pub(crate) fn invalidated_since(&self, ticket: Ticket, path: &str, tags: &[String]) -> bool {
         ticket.0 < self.state.forgotten_before
             || self
                 .state
@@ -59,7 +59,7 @@ impl StoreGuard<'_> {
 
 impl InvalidationLog {
     /// A log that keeps records for `horizon` (at least the upstream timeout).
-    pub fn new(horizon: Duration) -> Self {
+    pub(crate) fn new(horizon: Duration) -> Self {
         Self {
             seq: AtomicU64::new(1),
             horizon,
@@ -68,12 +68,12 @@ impl InvalidationLog {
     }
 
     /// A ticket for a fetch that starts now.
-    pub fn ticket(&self) -> Ticket {
+    pub(crate) fn ticket(&self) -> Ticket {
         Ticket(self.seq.fetch_add(1, Ordering::SeqCst))
     }
 
     /// Locks the log for a check-and-store.
-    pub async fn lock(&self) -> StoreGuard<'_> {
+    pub(crate) async fn lock(&self) -> StoreGuard<'_> {
         StoreGuard {
             state: self.state.lock().await,
         }
@@ -81,7 +81,7 @@ impl InvalidationLog {
 
     /// Records a purge and returns the lock: the caller applies the purge to the
     /// store while holding it, so no store can interleave with the purge itself.
-    pub async fn record(&self, purge: &Purge) -> StoreGuard<'_> {
+    pub(crate) async fn record(&self, purge: &Purge) -> StoreGuard<'_> {
         let mut state = self.state.lock().await;
         let now = Instant::now();
         let seq = self.seq.fetch_add(1, Ordering::SeqCst);

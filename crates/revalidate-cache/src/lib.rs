@@ -34,13 +34,13 @@
 
 mod cache;
 pub mod clock;
-pub mod coalesce;
+mod coalesce;
 pub mod entry;
-pub mod freshness;
-pub mod headers;
-pub mod invalidation;
+mod freshness;
+mod headers;
+mod invalidation;
 pub mod key;
-pub mod replica;
+mod local_fields;
 pub mod routes;
 mod service;
 mod shared;
@@ -51,6 +51,7 @@ pub mod stored_fields;
 
 pub use cache::{Cache, CacheBuilder, CacheLayer};
 pub use clock::{Clock, MockClock, SystemClock};
+pub use headers::strip_hop_by_hop;
 pub use revalidate::{BoxError, ResponseBody as CacheBody};
 pub use routes::{InvalidationRule, Pattern, Route, RoutePolicy, Routes, Template};
 pub use service::{CacheService, CacheableBody, ResponseFuture, Upstream, UpstreamUnavailable};

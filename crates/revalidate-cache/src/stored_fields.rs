@@ -11,7 +11,7 @@
 //! **Templates.** A hit needs a header map. Made field by field, each append
 //! hashes its name and probes the map (about 180 instructions), and the map's
 //! capacity is allocated: most of a hit's own work on an entry this thread has not
-//! copied (see [`crate::replica`]). The responses of one upstream mostly come in a
+//! copied (see the crate's `local_fields` module). The responses of one upstream mostly come in a
 //! handful of shapes, so each thread keeps, per shape it serves, a template: a map
 //! of the shape's names with empty values. An answer's map is a clone of the
 //! template (a copy of its table, no hashing) with the entry's values set in place,
@@ -122,7 +122,7 @@ impl StoredFields {
         map_over(&self.shape, &self.values)
     }
 
-    /// The same map, its values in a buffer of its own (see [`crate::replica`]).
+    /// The same map, its values in a buffer of its own (see the crate's `local_fields` module).
     pub fn to_detached_map(&self) -> HeaderMap {
         let values: Vec<&HeaderValue> = self.values.iter().collect();
         map_over(&self.shape, &copied(&values))
@@ -166,7 +166,7 @@ fn map_over(shape: &Shape, values: &[HeaderValue]) -> HeaderMap {
             return Some(slot.template.as_ref()?.map.clone());
         }
         // Another shape's template: replaced on this shape's second miss here in a
-        // row (as `replica` does), so two shapes that share the slot by turns are
+        // row (as `local_fields` does), so two shapes that share the slot by turns are
         // answered field by field rather than by a new template each time.
         if slot.template.is_some() && slot.missed != shape.id {
             slot.missed = shape.id;
@@ -307,7 +307,7 @@ pub(crate) fn answer_map(fields: usize) -> HeaderMap {
 }
 
 /// Sets `Age` and `Cache-Status` in an answer's map: in place when they are its
-/// first two fields, as [`StoredFields::to_map`] and [`answer_map`] make them,
+/// first two fields, as [`StoredFields::to_map`] and `answer_map` make them,
 /// inserted otherwise.
 pub fn set_answer_fields(headers: &mut HeaderMap, age: HeaderValue, status: HeaderValue) {
     let (mut age, mut status) = (Some(age), Some(status));

@@ -13,7 +13,7 @@ use revalidate::{
 
 use crate::entry::StoredResponse;
 use crate::headers::age_value;
-use crate::replica::{LocalFields, with_local_fields};
+use crate::local_fields::{LocalFields, with_local_fields};
 use crate::shared::Shared;
 use crate::stats::Outcome;
 use crate::status::{CACHE_STATUS, CacheStatus, ForwardReason};

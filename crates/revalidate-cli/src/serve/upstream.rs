@@ -23,7 +23,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use revalidate::Problem;
 use revalidate_cache::BoxError;
-use revalidate_cache::headers::strip_hop_by_hop;
+use revalidate_cache::strip_hop_by_hop;
 use tower::Service;
 
 use super::config::{ServeConfig, UpstreamSection};

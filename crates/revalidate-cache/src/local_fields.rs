@@ -20,29 +20,7 @@
 //! through its entry, so it is never served for another). (No crate offers such a
 //! per-thread replica of a shared value; this is the whole of it.)
 //!
-//! ```
-//! use std::time::{Duration, SystemTime};
-//! use bytes::Bytes;
-//! use http::{HeaderMap, StatusCode};
-//! use revalidate_cache::entry::{StoredResponse, Timing};
-//! use revalidate_cache::key::Secondary;
-//! use revalidate_cache::replica::with_local_fields;
-//!
-//! let mut fields = HeaderMap::new();
-//! fields.insert("etag", "\"v1\"".parse().unwrap());
-//! let timing = Timing::fresh_for(Duration::from_secs(60), SystemTime::now());
-//! let entry = StoredResponse::new(
-//!     StatusCode::OK, fields, Bytes::from("hello"), timing,
-//!     Secondary::default(), Vec::new(), "/".into(),
-//! );
-//! // The first and every later use see the same fields.
-//! for _ in 0..3 {
-//!     let etag = with_local_fields(&entry, |fields| fields.headers()["etag"].clone());
-//!     assert_eq!(etag, "\"v1\"");
-//!     let not_modified = with_local_fields(&entry, |mut fields| fields.not_modified_headers());
-//!     assert_eq!(not_modified["etag"], "\"v1\"");
-//! }
-//! ```
+//! For example, the first and every later use of an entry see the same fields (the test `every_use_sees_the_same_fields`).
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -79,7 +57,7 @@ thread_local! {
 
 /// An entry's fields, as [`with_local_fields`] hands them over.
 #[derive(Debug)]
-pub struct LocalFields<'a> {
+pub(crate) struct LocalFields<'a> {
     headers: Cow<'a, HeaderMap>,
     /// The copy's 304 fields, when `headers` is this thread's copy.
     not_modified: Option<&'a mut Option<HeaderMap>>,
@@ -87,23 +65,24 @@ pub struct LocalFields<'a> {
 
 impl LocalFields<'_> {
     /// The fields as a header map.
-    pub fn headers(&self) -> &HeaderMap {
+    pub(crate) fn headers(&self) -> &HeaderMap {
         &self.headers
     }
 
     /// Whether they are this thread's copy.
-    pub fn is_copy(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_copy(&self) -> bool {
         matches!(self.headers, Cow::Borrowed(_))
     }
 
     /// The fields, owned (a clone of the copy, which does not rehash).
-    pub fn into_headers(self) -> HeaderMap {
+    pub(crate) fn into_headers(self) -> HeaderMap {
         self.headers.into_owned()
     }
 
     /// The fields a 304 for this entry repeats ([`not_modified_headers`]), after
     /// answer placeholders ([`answer_map`]).
-    pub fn not_modified_headers(&mut self) -> HeaderMap {
+    pub(crate) fn not_modified_headers(&mut self) -> HeaderMap {
         let Self {
             headers,
             not_modified,
@@ -126,7 +105,10 @@ fn not_modified_answer(headers: &HeaderMap) -> HeaderMap {
 
 /// Calls `f` with `entry`'s fields: this thread's copy when it has one (borrowed),
 /// else a map made from the stored fields (owned).
-pub fn with_local_fields<R>(entry: &StoredResponse, f: impl FnOnce(LocalFields<'_>) -> R) -> R {
+pub(crate) fn with_local_fields<R>(
+    entry: &StoredResponse,
+    f: impl FnOnce(LocalFields<'_>) -> R,
+) -> R {
     let id = entry.id();
     // Ids are consecutive: their low bits spread entries over the slots.
     let index = (id % SLOTS as u64) as usize;
@@ -170,6 +152,37 @@ mod tests {
     use http::StatusCode;
 
     use super::*;
+
+    #[test]
+    fn every_use_sees_the_same_fields() {
+        use crate::entry::{StoredResponse, Timing};
+        use crate::key::Secondary;
+        use crate::local_fields::with_local_fields;
+        use bytes::Bytes;
+        use http::{HeaderMap, StatusCode};
+        use std::time::{Duration, SystemTime};
+
+        let mut fields = HeaderMap::new();
+        fields.insert("etag", "\"v1\"".parse().unwrap());
+        let timing = Timing::fresh_for(Duration::from_secs(60), SystemTime::now());
+        let entry = StoredResponse::new(
+            StatusCode::OK,
+            fields,
+            Bytes::from("hello"),
+            timing,
+            Secondary::default(),
+            Vec::new(),
+            "/".into(),
+        );
+        // The first and every later use see the same fields.
+        for _ in 0..3 {
+            let etag = with_local_fields(&entry, |fields| fields.headers()["etag"].clone());
+            assert_eq!(etag, "\"v1\"");
+            let not_modified =
+                with_local_fields(&entry, |mut fields| fields.not_modified_headers());
+            assert_eq!(not_modified["etag"], "\"v1\"");
+        }
+    }
     use crate::entry::Timing;
     use crate::key::Secondary;
 
