@@ -11,21 +11,18 @@ use tokio::net::TcpListener;
 
 // jemalloc, as Varnish uses: a cache lives with constant churn of 5 KiB-ish blocks,
 // which fragments glibc's arenas over time, and a hit's few small allocations (the
-// answer's header map, the request's parts) come from thread caches.
-// Measured against glibc and mimalloc (README: resident memory, hit throughput).
+// answer's header map, the request's parts) come from thread caches. The
+// benchmark's memory figures (bench/README.md) compare it with glibc's and mimalloc's.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 // Transparent huge pages for the heap. Over many keys, a hit reads an entry's
 // scattered pieces (the store's slot, the stored response, its fields, the body's
 // handle), and with 4 KiB pages most of those reads miss the TLB as well as the
-// CPU's caches; 2 MiB pages cover the whole cache in a few TLB entries.
-// `cargo bench -p revalidate-bench --bench hit`, alternating runs with and without:
-// a hit over 100,000 URLs 1.63 -> 1.40 us on one machine, 2.32 -> 1.77 us on a
-// slower one; over 10,000 within the noise since the store holds a response
-// without Vary directly (README, "Huge pages" under the proxy benchmark). Resident
-// memory: 10 -> 31 MiB idle, +2% after 100,000 objects of 5 KiB (604 -> 615 MiB
-// in `bench/run.sh`). Turned off at run time with
+// CPU's caches; 2 MiB pages cover the whole cache in a few TLB entries. The cost
+// is resident memory: a few tens of MiB more when idle, a few percent more when
+// full (`cargo bench -p revalidate-bench --bench hit` and `bench/run.sh` show both
+// sides). Turned off at run time with
 // `_RJEM_MALLOC_CONF=thp:default,metadata_thp:disabled`.
 // The symbol's name carries tikv-jemalloc-sys's `_rjem_` prefix; its feature
 // `unprefixed_malloc_on_supported_platforms` would rename it `malloc_conf`.

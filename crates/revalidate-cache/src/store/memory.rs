@@ -15,9 +15,9 @@ use crate::entry::Variants;
 /// header bytes, with a path index and a tag index so a purge touches only the
 /// entries it names.
 ///
-/// moka was the first choice; on the hit path its read recording and deferred
-/// housekeeping cost about a tenth of the proxy's CPU at 10,000 URLs, and its
-/// per-entry bookkeeping a few hundred bytes per object.
+/// Not moka: on the hit path its read recording and deferred housekeeping cost
+/// about a tenth of the proxy's CPU over 10,000 URLs, and its per-entry
+/// bookkeeping a few hundred bytes per object.
 #[derive(Debug, Clone)]
 pub struct MemoryStore {
     inner: Arc<Inner>,

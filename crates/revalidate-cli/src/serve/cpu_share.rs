@@ -12,12 +12,13 @@
 //! The yield moves no CPU time between processes (the kernel's fairness is by
 //! CPU time used, which a yield does not change); it changes when each one runs.
 //!
-//! On the proxy benchmark (2 cores shared with wrk), the p99 of cache hits went
-//! from 7.9 ms (two ticks) to 0.8–1.0 ms, for the same requests per second; yielding
-//! every 128 requests gave 2 ms, every 16 the same as every 32 (see the README).
-//! The count does not restart when a worker waits for work: tokio's park hook runs
-//! whenever the worker polls for I/O, which, under load, returns at once without
-//! giving up the CPU, and restarting there took the whole effect away.
+//! On the proxy benchmark (2 cores shared with wrk), this keeps the p99 of cache
+//! hits near a millisecond rather than two kernel ticks, for the same requests per
+//! second; 32 requests is where a longer run starts to lengthen the tail and a
+//! shorter one stops shortening it. The count does not restart when a worker waits
+//! for work: tokio's park hook runs whenever the worker polls for I/O, which, under
+//! load, returns at once without giving up the CPU, and a count restarted there
+//! would never reach its end.
 //!
 //! ```
 //! use revalidate_cli::serve::cpu_share;

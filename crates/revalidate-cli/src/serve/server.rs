@@ -333,8 +333,8 @@ pub fn bind_per_core(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<St
 ///
 /// A connection stays on the thread that accepted it, as in nginx's worker
 /// processes: no task moves between cores and no core wakes another for it. On the
-/// proxy benchmark this served 10–20% more hits per second than one work-stealing
-/// runtime for all connections, for less CPU per request (see the README). The cost:
+/// proxy benchmark this serves more hits per second than one work-stealing runtime
+/// for all connections, for less CPU per request (bench/README.md). The cost:
 /// the kernel balances connections, not requests, so a few very busy connections
 /// can load one core more than another, and when another process takes a core, its
 /// connections wait for it (`revalidate serve --scheduler work-stealing` lets
