@@ -31,6 +31,7 @@
 
 // Only the binaries name an unsafe symbol (jemalloc's options); the libraries never.
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 mod cache;
 pub mod clock;

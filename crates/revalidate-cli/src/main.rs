@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use revalidate_cli::demo::{UserStore, router};
-use revalidate_cli::serve::{self, ConfigError, InvalidUpstream, Upstream};
+use revalidate_cli::serve::{self, ConfigError, InvalidUpstream, UpstreamClient};
 use tokio::net::TcpListener;
 
 // jemalloc, as Varnish uses: a cache lives with constant churn of 5 KiB-ish blocks,
@@ -159,7 +159,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(path) => serve::load(path).map_err(|e: ConfigError| UsageError(e.to_string()))?,
         None => serve::ServeConfig::default(),
     };
-    let upstream = Upstream::new(&args.upstream, &config)
+    let upstream = UpstreamClient::new(&args.upstream, &config)
         .map_err(|e: InvalidUpstream| UsageError(e.to_string()))?;
     let token = args.admin_token.filter(|t| !t.is_empty());
     if token.is_none() && !args.admin_listen.ip().is_loopback() {

@@ -20,7 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use revalidate_cache::{Cache, Purge};
 use revalidate_cli::serve::admin::{AdminState, router as admin_router};
-use revalidate_cli::serve::{Proxy, Upstream, parse, proxy, server};
+use revalidate_cli::serve::{Proxy, UpstreamClient, parse, proxy, server};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -405,7 +405,7 @@ impl Setup {
         let http = Http::new();
         let flask = FlaskApp::start(&http).await;
         let config = parse(CONFIG, "flask.toml").unwrap_or_else(|e| panic!("{e}"));
-        let upstream = Upstream::new(&flask.url, &config).unwrap();
+        let upstream = UpstreamClient::new(&flask.url, &config).unwrap();
         let (app, cache) = proxy(&config, upstream);
         let proxy = serve_proxy(app).await;
         let admin = serve(admin_router(AdminState {

@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use revalidate_cli::serve::server::{self, ClientLimits};
-use revalidate_cli::serve::{ServeConfig, Upstream, parse, proxy};
+use revalidate_cli::serve::{ServeConfig, UpstreamClient, parse, proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -70,7 +70,7 @@ async fn serve_router(router: Router) -> SocketAddr {
 /// The proxy with `config` in front of `origin`.
 async fn spawn_proxy(config: &str, origin: SocketAddr) -> SocketAddr {
     let config: ServeConfig = parse(config, "test.toml").unwrap();
-    let upstream = Upstream::new(&format!("http://{origin}"), &config).unwrap();
+    let upstream = UpstreamClient::new(&format!("http://{origin}"), &config).unwrap();
     let limits = ClientLimits::new(&config.client);
     let (app, _) = proxy(&config, upstream);
     let (listener, addr) = listen().await;

@@ -14,7 +14,7 @@ use axum::response::IntoResponse;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use revalidate_cli::serve::{Proxy, Upstream, parse, proxy, server};
+use revalidate_cli::serve::{Proxy, UpstreamClient, parse, proxy, server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An origin that records the headers of every request it sees.
@@ -98,7 +98,7 @@ async fn start(
     let origin = Origin::default();
     let (origin_addr, origin_task) = spawn(origin.router()).await;
     let config = parse(config, "test.toml").unwrap();
-    let upstream = Upstream::new(&format!("http://{origin_addr}"), &config).unwrap();
+    let upstream = UpstreamClient::new(&format!("http://{origin_addr}"), &config).unwrap();
     let (app, cache) = proxy(&config, upstream);
     let proxy_addr = spawn_proxy(app).await;
     (origin, proxy_addr, origin_task, cache)
@@ -238,7 +238,7 @@ async fn an_unreachable_upstream_is_a_502_problem() {
         .local_addr()
         .unwrap()
         .port();
-    let upstream = Upstream::new(
+    let upstream = UpstreamClient::new(
         &format!("http://127.0.0.1:{port}"),
         &parse("", "t.toml").unwrap(),
     )
@@ -639,7 +639,7 @@ async fn sigterm_drains_in_flight_requests_with(scheduler: &str) {
 async fn x_forwarded_for_gets_the_peer_appended() {
     let origin = Origin::default();
     let (origin_addr, _o) = spawn(origin.router()).await;
-    let upstream = Upstream::new(
+    let upstream = UpstreamClient::new(
         &format!("http://{origin_addr}"),
         &parse("", "t.toml").unwrap(),
     )
@@ -725,7 +725,7 @@ async fn origin_closing_reused_connections() -> SocketAddr {
 async fn idempotent_requests_survive_a_closed_keep_alive_connection() {
     let origin = origin_closing_reused_connections().await;
     let upstream =
-        Upstream::new(&format!("http://{origin}"), &parse("", "t.toml").unwrap()).unwrap();
+        UpstreamClient::new(&format!("http://{origin}"), &parse("", "t.toml").unwrap()).unwrap();
     let (app, _) = proxy(&parse("", "t.toml").unwrap(), upstream);
     let addr = spawn_proxy(app).await;
     let first = request(addr, "GET", "/a", &[]).await;
@@ -789,7 +789,7 @@ async fn the_example_config_serves_the_demo_list_stale_when_the_demo_fails() {
         "revalidate.example.toml",
     )
     .unwrap();
-    let upstream = Upstream::new(&format!("http://{demo_addr}"), &config).unwrap();
+    let upstream = UpstreamClient::new(&format!("http://{demo_addr}"), &config).unwrap();
     let (app, _) = proxy(&config, upstream);
     let addr = spawn_proxy(app).await;
     let fresh = request(addr, "GET", "/users", &[]).await;

@@ -28,6 +28,7 @@
 
 // Only the binaries name an unsafe symbol (jemalloc's options); the libraries never.
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod body;
 pub mod cache_control;

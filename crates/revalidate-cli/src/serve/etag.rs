@@ -12,7 +12,7 @@ use revalidate::{Conditional, ConditionalLayer, ContentHash};
 use revalidate_cache::Routes;
 use tower::{Layer, Service};
 
-use super::upstream::{Upstream, UpstreamBody};
+use super::upstream::{UpstreamBody, UpstreamClient};
 
 /// Routes each request to the upstream directly or through the conditional layer.
 #[derive(Debug, Clone)]
@@ -25,13 +25,13 @@ pub struct EtagByRoute {
 #[derive(Debug)]
 struct Inner {
     routes: Arc<Routes>,
-    plain: Upstream,
-    tagged: Conditional<Upstream, ContentHash>,
+    plain: UpstreamClient,
+    tagged: Conditional<UpstreamClient, ContentHash>,
 }
 
 impl EtagByRoute {
     /// Wraps `upstream` for the given routes.
-    pub fn new(routes: Arc<Routes>, upstream: Upstream) -> Self {
+    pub fn new(routes: Arc<Routes>, upstream: UpstreamClient) -> Self {
         let tagged = ConditionalLayer::new().layer(upstream.clone());
         Self {
             inner: Arc::new(Inner {
@@ -55,7 +55,7 @@ impl Service<Request<Body>> for EtagByRoute {
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        // Both are always ready (`Upstream::poll_ready`), so clones may be called.
+        // Both are always ready (`UpstreamClient::poll_ready`), so clones may be called.
         let inner = &*self.inner;
         let (route, _) = inner.routes.resolve(request.uri().path());
         if inner.routes.policy(route).add_etag {

@@ -2,14 +2,14 @@
 //!
 //! The proxy is the library's layers over an upstream client, behind a check of
 //! each request's framing and target:
-//! [`RequestCheck`] → `CacheLayer` → (per route) `ConditionalLayer` → [`Upstream`].
+//! [`RequestCheck`] → `CacheLayer` → (per route) `ConditionalLayer` → [`UpstreamClient`].
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
-//! use revalidate_cli::serve::{ServeConfig, Upstream, proxy, server};
+//! use revalidate_cli::serve::{ServeConfig, UpstreamClient, proxy, server};
 //!
 //! let config = ServeConfig::default();
-//! let upstream = Upstream::new("http://127.0.0.1:5000", &config)?;
+//! let upstream = UpstreamClient::new("http://127.0.0.1:5000", &config)?;
 //! let (proxy, _cache) = proxy(&config, upstream);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! let limits = server::ClientLimits::new(&config.client);
@@ -38,7 +38,7 @@ pub use etag::EtagByRoute;
 pub use request_check::RequestCheck;
 use revalidate_cache::{Cache, CacheService, MemoryStore, Routes};
 use tower::Layer;
-pub use upstream::{InvalidUpstream, Upstream, UpstreamBody};
+pub use upstream::{InvalidUpstream, UpstreamBody, UpstreamClient};
 
 /// The proxy's parts, from which each client connection gets its own service
 /// ([`Proxy::for_peer`]).
@@ -46,7 +46,7 @@ pub use upstream::{InvalidUpstream, Upstream, UpstreamBody};
 pub struct Proxy {
     cache: Cache,
     routes: Arc<Routes>,
-    upstream: Upstream,
+    upstream: UpstreamClient,
 }
 
 /// The proxy as one tower service: access log, request check, cache, per-route
@@ -71,7 +71,7 @@ impl Proxy {
 }
 
 /// The proxy and the cache inside it.
-pub fn proxy(config: &ServeConfig, upstream: Upstream) -> (Proxy, Cache) {
+pub fn proxy(config: &ServeConfig, upstream: UpstreamClient) -> (Proxy, Cache) {
     let cache = Cache::builder(MemoryStore::new(config.max_bytes))
         .routes(config.routes.clone())
         .config(config.cache.clone())

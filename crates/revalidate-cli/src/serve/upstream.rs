@@ -65,11 +65,11 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The upstream origin as a tower service.
 #[derive(Debug, Clone)]
-pub struct Upstream {
+pub struct UpstreamClient {
     /// Shared: the service is cloned for every request (tower's readiness contract).
     inner: Arc<UpstreamInner>,
     /// The client at the other end of the connection this copy serves (see
-    /// [`Upstream::for_peer`]).
+    /// [`UpstreamClient::for_peer`]).
     peer: Option<SocketAddr>,
 }
 
@@ -92,7 +92,7 @@ struct UpstreamInner {
 #[error("invalid --upstream {0:?}: expected http://HOST[:PORT][/PATH]")]
 pub struct InvalidUpstream(pub String);
 
-impl Upstream {
+impl UpstreamClient {
     /// An upstream at `url` (`http://host:port`, optionally with a base path), with
     /// the timeouts of `config`.
     pub fn new(url: &str, config: &ServeConfig) -> Result<Self, InvalidUpstream> {
@@ -170,7 +170,7 @@ fn unavailable(status: StatusCode, detail: String) -> Response<UpstreamBody> {
     response
 }
 
-impl Service<Request<Body>> for Upstream {
+impl Service<Request<Body>> for UpstreamClient {
     type Response = Response<UpstreamBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
