@@ -297,22 +297,42 @@ async fn demo(listen: SocketAddr, database: &str) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, database, seeded, "users API listening");
+    // The lines name user 1's tag as it is now, so they work on a database that
+    // earlier runs wrote to, not only on a fresh one.
+    let current = store
+        .validators(1)
+        .await
+        .ok()
+        .flatten()
+        .map(|(version, _)| version);
     println!("The users API is listening on http://{addr} (database: {database}). Try:");
-    println!("  curl -i http://{addr}/users/1");
-    println!(
-        "  curl -i http://{addr}/users/1 -H 'If-None-Match: \"v1\"'          # 304 Not Modified"
-    );
-    println!("  curl -i -X PATCH http://{addr}/users/1 -H 'Content-Type: application/json' \\");
-    println!(
-        "       -H 'If-Match: \"v1\"' -d '{{\"name\":\"Ada King\"}}'                # 200, ETag \"v2\""
-    );
-    println!("  curl -i -X PATCH http://{addr}/users/1 -H 'Content-Type: application/json' \\");
-    println!(
-        "       -H 'If-Match: \"v1\"' -d '{{\"name\":\"Ada\"}}'                     # 412: stale tag"
-    );
-    println!(
-        "  curl -i -X PUT http://{addr}/users/1 -H 'Content-Type: application/json' -d '{{}}'  # 428"
-    );
+    match current {
+        Some(version) => {
+            let (tag, next) = (format!("\"v{version}\""), format!("\"v{}\"", version + 1));
+            println!("  curl -i http://{addr}/users/1");
+            println!(
+                "  curl -i http://{addr}/users/1 -H 'If-None-Match: {tag}'          # 304 Not Modified"
+            );
+            println!(
+                "  curl -i -X PATCH http://{addr}/users/1 -H 'Content-Type: application/json' \\"
+            );
+            println!(
+                "       -H 'If-Match: {tag}' -d '{{\"name\":\"Ada King\"}}'                # 200, ETag {next}"
+            );
+            println!(
+                "  curl -i -X PATCH http://{addr}/users/1 -H 'Content-Type: application/json' \\"
+            );
+            println!(
+                "       -H 'If-Match: {tag}' -d '{{\"name\":\"Ada\"}}'                     # 412: stale tag"
+            );
+            println!(
+                "  curl -i -X PUT http://{addr}/users/1 -H 'Content-Type: application/json' -d '{{}}'  # 428"
+            );
+        }
+        None => println!(
+            "  curl -i -X POST http://{addr}/users -H 'Content-Type: application/json' -d '{{\"name\":\"Ada\",\"email\":\"ada@example.com\"}}'   # user 1 is gone: a new user"
+        ),
+    }
     println!(
         "  curl -i http://{addr}/users                                        # collection ETag"
     );
