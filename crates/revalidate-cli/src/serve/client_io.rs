@@ -277,7 +277,13 @@ impl Timer {
         if same_waker && !self.tick.is_elapsed() {
             return Ok(());
         }
-        while self.tick.as_mut().poll(cx).is_ready() {
+        // Unconstrained: with the task's cooperative budget spent, a timer's poll
+        // returns `Pending` without keeping the waker, and it would never wake the
+        // connection again (the check above skips it).
+        while Pin::new(&mut tokio::task::unconstrained(self.tick.as_mut()))
+            .poll(cx)
+            .is_ready()
+        {
             watch.on_tick(activity.counts())?;
             self.tick.as_mut().reset(Instant::now() + self.period);
         }
