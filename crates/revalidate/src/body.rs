@@ -3,8 +3,9 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
 
 /// The error type of [`ResponseBody`].
@@ -117,4 +118,56 @@ where
             }
         }
     }
+}
+
+/// Why [`collect_up_to`] gave no whole body.
+#[derive(Debug)]
+pub enum Uncollected<B> {
+    /// The body is longer than the limit: the bytes read so far, and the body,
+    /// unread from there on (a [`ResponseBody::prefixed`] sends both on).
+    TooLarge(Bytes, B),
+    /// The body failed.
+    Failed(BoxError),
+}
+
+/// Reads `body` whole if it fits in `limit` bytes; trailers are dropped. A body
+/// whose size hint already exceeds the limit is not read at all.
+///
+/// ```
+/// # tokio_test_block_on(async {
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use revalidate::body::{Uncollected, collect_up_to};
+///
+/// let whole = collect_up_to(Full::new(Bytes::from("hello")), 5).await.unwrap();
+/// assert_eq!(whole, "hello");
+/// let Err(Uncollected::TooLarge(read, _rest)) = collect_up_to(Full::new(Bytes::from("hello")), 4).await else {
+///     panic!("over the limit");
+/// };
+/// assert!(read.is_empty(), "its size hint said so: nothing read");
+/// # });
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+/// # }
+/// ```
+pub async fn collect_up_to<B>(mut body: B, limit: usize) -> Result<Bytes, Uncollected<B>>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    if body.size_hint().lower() > limit as u64 {
+        return Err(Uncollected::TooLarge(Bytes::new(), body));
+    }
+    let expected = body.size_hint().exact().unwrap_or(0).min(limit as u64) as usize;
+    let mut collected = BytesMut::with_capacity(expected);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Uncollected::Failed(e.into()))?;
+        if let Ok(data) = frame.into_data() {
+            collected.extend_from_slice(&data);
+            if collected.len() > limit {
+                return Err(Uncollected::TooLarge(collected.freeze(), body));
+            }
+        }
+    }
+    Ok(collected.freeze())
 }

@@ -5,12 +5,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{AGE, CONTENT_LENGTH, DATE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use http_body::Body;
-use http_body_util::BodyExt;
 use revalidate::HttpDate;
+use revalidate::body::{Uncollected, collect_up_to};
 use tower::ServiceExt;
 
 use crate::coalesce::{Flight, Role, wait};
@@ -94,37 +94,6 @@ pub(super) fn freshened(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderM
         }
     }
     headers
-}
-
-pub(super) enum Buffered<B> {
-    TooLarge(Bytes, B),
-    Failed(BoxError),
-}
-
-/// Reads a body whole if it fits in `limit` bytes.
-pub(super) async fn buffer<B>(mut body: B, limit: usize) -> Result<Bytes, Buffered<B>>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    if body.size_hint().lower() > limit as u64 {
-        return Err(Buffered::TooLarge(Bytes::new(), body));
-    }
-    let expected = body.size_hint().exact().unwrap_or(0).min(limit as u64) as usize;
-    let mut collected = BytesMut::with_capacity(expected);
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| Buffered::Failed(e.into()))?;
-        if let Ok(data) = frame.into_data() {
-            collected.extend_from_slice(&data);
-            if collected.len() > limit {
-                return Err(Buffered::TooLarge(collected.freeze(), body));
-            }
-        }
-    }
-    // A stored body gets an allocation of its own, exactly its size: never the spare
-    // capacity of a growing buffer, never a slice that pins a connection's whole
-    // read buffer (that doubled the resident memory per entry).
-    Ok(Bytes::copy_from_slice(&collected))
 }
 
 impl<St: Store> Shared<St> {
@@ -509,11 +478,14 @@ impl<St: Store> Shared<St> {
             return Fetched::Live(response, status);
         }
 
-        // Buffer the body, bounded; too large a body streams on unstored.
-        let (bytes, rest) = match buffer(body, self.config.max_object_bytes).await {
-            Ok(bytes) => (bytes, None),
-            Err(Buffered::TooLarge(prefix, rest)) => (prefix, Some(rest)),
-            Err(Buffered::Failed(error)) => {
+        // Buffer the body, bounded; too large a body streams on unstored. A stored
+        // body gets an allocation of its own, exactly its size: never the spare
+        // capacity of a growing buffer, never a slice that pins a connection's whole
+        // read buffer (that would double the resident memory per entry).
+        let (bytes, rest) = match collect_up_to(body, self.config.max_object_bytes).await {
+            Ok(bytes) => (Bytes::copy_from_slice(&bytes), None),
+            Err(Uncollected::TooLarge(prefix, rest)) => (prefix, Some(rest)),
+            Err(Uncollected::Failed(error)) => {
                 let response = Response::from_parts(parts, CacheBody::failed(error));
                 return Fetched::Live(response, status);
             }

@@ -22,6 +22,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use revalidate::Problem;
+use revalidate::body::{Uncollected, collect_up_to};
 use revalidate_cache::BoxError;
 use revalidate_cache::strip_hop_by_hop;
 use tower::Service;
@@ -270,9 +271,15 @@ impl UpstreamInner {
         let authority = &self.authority;
         let (body, fault) = TimedBody::new(body, self.client_body_timeout, Sender::Client);
         let outgoing = if parts.method.is_idempotent() {
-            match hold(body, self.settings.retry_body_bytes.as_u64()).await {
-                Ok(outgoing) => outgoing,
-                Err(()) => return client_fault(fault.get().copied()),
+            let limit =
+                usize::try_from(self.settings.retry_body_bytes.as_u64()).unwrap_or(usize::MAX);
+            match collect_up_to(body, limit).await {
+                Ok(bytes) => Outgoing::Held(bytes),
+                // Too long to hold: streamed on from where the reading stopped.
+                Err(Uncollected::TooLarge(read, rest)) => {
+                    Outgoing::Streamed(Body::new(revalidate::ResponseBody::prefixed(read, rest)))
+                }
+                Err(Uncollected::Failed(_)) => return client_fault(fault.get().copied()),
             }
         } else {
             Outgoing::Streamed(Body::new(body))
@@ -319,34 +326,6 @@ impl UpstreamInner {
             }
         }
     }
-}
-
-/// Reads `body` whole when it ends within `limit` bytes; a longer one is streamed
-/// on from where the reading stopped. `Err` when the body failed (its fault cell
-/// says how).
-async fn hold<B>(mut body: B, limit: u64) -> Result<Outgoing, ()>
-where
-    B: http_body::Body<Data = Bytes, Error = BoxError> + Send + Unpin + 'static,
-{
-    if body.is_end_stream() {
-        return Ok(Outgoing::Held(Bytes::new()));
-    }
-    if body.size_hint().lower() > limit {
-        return Ok(Outgoing::Streamed(Body::new(body)));
-    }
-    let mut held = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(drop)?;
-        // Trailers end the body as data would; they are not forwarded.
-        if let Ok(data) = frame.into_data() {
-            held.extend_from_slice(&data);
-            if held.len() as u64 > limit {
-                let rest = revalidate::ResponseBody::prefixed(held.freeze(), body);
-                return Ok(Outgoing::Streamed(Body::new(rest)));
-            }
-        }
-    }
-    Ok(Outgoing::Held(held.freeze()))
 }
 
 /// The answer to a request whose body could not be read: 408 when the client
