@@ -7,6 +7,8 @@
 //! these tests fail with the reason, they never skip. `PYTHON3=/path/to/python3`
 //! picks the interpreter. docs/flask-fastapi.md does the same by hand.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -22,7 +24,6 @@ use revalidate_cache::{Cache, Purge};
 use revalidate_cli::serve::admin::{AdminState, router as admin_router};
 use revalidate_cli::serve::{Proxy, UpstreamClient, parse, proxy, server};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
 /// The Flask release the virtualenv gets; its directory is named after it, so a
 /// new pin makes a new virtualenv.
@@ -382,21 +383,11 @@ struct Setup {
 }
 
 async fn serve(app: axum::Router) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}")
+    format!("http://{}", support::proxy::spawn(app).await.0)
 }
 
 async fn serve_proxy(app: Proxy) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(server::run(
-        listener,
-        move |peer| app.for_peer(peer),
-        std::future::pending(),
-        server::ClientLimits::default(),
-    ));
+    let addr = support::proxy::spawn_proxy(app, server::ClientLimits::default()).await;
     format!("http://{addr}")
 }
 

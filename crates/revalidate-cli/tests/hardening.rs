@@ -2,19 +2,18 @@
 //! sockets: what is forwarded is what is keyed, every wait has a bound, malformed
 //! requests are the client's error, and lost keep-alive connections cost no write.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
 use axum::response::IntoResponse;
 use http::{HeaderMap, StatusCode};
-use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use revalidate_cli::serve::server::{self, ClientLimits};
 use revalidate_cli::serve::{ServeConfig, UpstreamClient, parse, proxy};
+use support::proxy::{Reply, request, send, spawn, spawn_proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -60,63 +59,22 @@ async fn listen() -> (TcpListener, SocketAddr) {
     (listener, addr)
 }
 
-/// Serves `router` on a free port.
-async fn serve_router(router: Router) -> SocketAddr {
-    let (listener, addr) = listen().await;
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    addr
-}
-
 /// The proxy with `config` in front of `origin`.
-async fn spawn_proxy(config: &str, origin: SocketAddr) -> SocketAddr {
+async fn start_proxy(config: &str, origin: SocketAddr) -> SocketAddr {
     let config: ServeConfig = parse(config, "test.toml").unwrap();
     let upstream = UpstreamClient::new(&format!("http://{origin}"), &config).unwrap();
     let limits = ClientLimits::new(&config.client);
     let (app, _) = proxy(&config, upstream);
-    let (listener, addr) = listen().await;
-    tokio::spawn(server::run(
-        listener,
-        move |peer| app.for_peer(peer),
-        std::future::pending(),
-        limits,
-    ));
-    addr
+    spawn_proxy(app, limits).await
 }
 
-struct Reply {
-    status: u16,
-    headers: HeaderMap,
-    body: String,
-}
-
-async fn send(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> Reply {
-    let client: Client<_, Body> = Client::builder(TokioExecutor::new()).build_http();
-    let mut builder = http::Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"));
-    for (k, v) in headers {
-        builder = builder.header(*k, *v);
-    }
-    let response = client
-        .request(builder.body(Body::from(body.to_string())).unwrap())
-        .await
-        .unwrap();
-    let (parts, body) = response.into_parts();
-    Reply {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        body: String::from_utf8_lossy(&body.collect().await.unwrap().to_bytes()).into_owned(),
-    }
+/// Serves `router` on a free port.
+async fn serve_router(router: Router) -> SocketAddr {
+    spawn(router).await.0
 }
 
 async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
-    send(addr, "GET", path, headers, "").await
+    request(addr, "GET", path, headers).await
 }
 
 /// Writes `bytes` on a new connection and reads until the server closes it or
@@ -152,7 +110,7 @@ default_ttl = "60s"
 async fn percent_encoding_cannot_poison_a_key() {
     let seen = Seen::default();
     let origin = serve_router(raw_origin(seen.clone())).await;
-    let proxy = spawn_proxy(ROUTES, origin).await;
+    let proxy = start_proxy(ROUTES, origin).await;
     for method in ["GET", "HEAD"] {
         let attack = send(
             proxy,
@@ -184,7 +142,7 @@ async fn percent_encoding_cannot_poison_a_key() {
 async fn a_dropped_parameter_cannot_cloak_another() {
     let seen = Seen::default();
     let origin = serve_router(raw_origin(seen.clone())).await;
-    let proxy = spawn_proxy(ROUTES, origin).await;
+    let proxy = start_proxy(ROUTES, origin).await;
     let attack = get(proxy, "/q?a=1&utm_source=x;a=2", &[]).await;
     assert_eq!(attack.body, "a=1", "the origin never saw a=2");
     assert_eq!(get(proxy, "/q?a=1", &[]).await.body, "a=1");
@@ -195,7 +153,7 @@ async fn a_dropped_parameter_cannot_cloak_another() {
 async fn override_headers_and_underscored_names_never_reach_the_origin() {
     let seen = Seen::default();
     let origin = serve_router(raw_origin(seen)).await;
-    let proxy = spawn_proxy("", origin).await;
+    let proxy = start_proxy("", origin).await;
     let attack = [
         ("x-forwarded-prefix", "/evil"),
         ("x-host", "evil.test"),
@@ -207,7 +165,7 @@ async fn override_headers_and_underscored_names_never_reach_the_origin() {
     let reply = get(proxy, "/echo", &attack).await;
     assert_eq!(reply.body, "underscored=false");
 
-    let allowed = spawn_proxy("[client]\nforward_underscored_headers = true\n", origin).await;
+    let allowed = start_proxy("[client]\nforward_underscored_headers = true\n", origin).await;
     let reply = get(allowed, "/echo?x", &[("x_custom", "1")]).await;
     assert_eq!(reply.body, "underscored=true", "forwarded when configured");
 }
@@ -221,7 +179,7 @@ async fn recording_origin() -> (SocketAddr, Seen) {
 #[tokio::test]
 async fn malformed_requests_are_refused_and_never_forwarded() {
     let (origin, seen) = recording_origin().await;
-    let proxy = spawn_proxy("", origin).await;
+    let proxy = start_proxy("", origin).await;
     let cases: [(&str, u16); 9] = [
         ("GET /q HTTP/1.1\r\n\r\n", 400),
         ("GET /q HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
@@ -246,7 +204,7 @@ async fn malformed_requests_are_refused_and_never_forwarded() {
 #[tokio::test]
 async fn bad_chunked_framing_is_a_400_not_an_upstream_failure() {
     let (origin, _) = recording_origin().await;
-    let proxy = spawn_proxy("", origin).await;
+    let proxy = start_proxy("", origin).await;
     for method in ["POST", "PUT"] {
         let request = format!(
             "{method} /q HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"
@@ -259,7 +217,7 @@ async fn bad_chunked_framing_is_a_400_not_an_upstream_failure() {
 #[tokio::test]
 async fn a_request_body_that_stalls_gets_408() {
     let (origin, _) = recording_origin().await;
-    let proxy = spawn_proxy("[client]\nbody_timeout = \"300ms\"\n", origin).await;
+    let proxy = start_proxy("[client]\nbody_timeout = \"300ms\"\n", origin).await;
     // PUT is held for a retry, POST streams: both are bounded.
     for method in ["PUT", "POST"] {
         let request =
@@ -273,7 +231,7 @@ async fn a_request_body_that_stalls_gets_408() {
 #[tokio::test]
 async fn a_client_that_trickles_its_head_is_cut_off() {
     let (origin, _) = recording_origin().await;
-    let proxy = spawn_proxy("[client]\nheader_timeout = \"400ms\"\n", origin).await;
+    let proxy = start_proxy("[client]\nheader_timeout = \"400ms\"\n", origin).await;
     let mut stream = TcpStream::connect(proxy).await.unwrap();
     let started = Instant::now();
     // One byte every 100 ms, as slowloris does: the connection is active, but its
@@ -309,7 +267,7 @@ async fn a_client_that_trickles_its_head_is_cut_off() {
 async fn idle_keep_alive_connections_are_closed_but_busy_ones_are_not() {
     let (origin, _) = recording_origin().await;
     let config = "[client]\nkeepalive_timeout = \"400ms\"\nheader_timeout = \"2s\"\n";
-    let proxy = spawn_proxy(config, origin).await;
+    let proxy = start_proxy(config, origin).await;
     let mut stream = TcpStream::connect(proxy).await.unwrap();
     // Requests every 150 ms for a second: longer than the idle bound in all, never
     // idle that long; the slow one keeps the connection busy for 600 ms.
@@ -356,7 +314,7 @@ async fn stalling_origin() -> SocketAddr {
 #[tokio::test]
 async fn an_upstream_that_stalls_mid_body_is_cut_off_and_nothing_is_stored() {
     let origin = stalling_origin().await;
-    let proxy = spawn_proxy("[upstream]\nbody_timeout = \"300ms\"\n", origin).await;
+    let proxy = start_proxy("[upstream]\nbody_timeout = \"300ms\"\n", origin).await;
     for _ in 0..2 {
         let (reply, lasted) = exchange(
             proxy,
@@ -404,7 +362,7 @@ fn socket2_like_listener() -> std::net::TcpListener {
 async fn connecting_to_the_upstream_is_bounded() {
     let (origin, _held) = black_hole();
     let config = "[upstream]\nconnect_timeout = \"300ms\"\ntimeout = \"10s\"\n";
-    let proxy = spawn_proxy(config, origin).await;
+    let proxy = start_proxy(config, origin).await;
     let started = Instant::now();
     let reply = get(proxy, "/q", &[]).await;
     assert_eq!(reply.status, 502, "{}", reply.body);
@@ -419,7 +377,7 @@ async fn connecting_to_the_upstream_is_bounded() {
 async fn at_the_connection_limit_new_connections_wait_for_a_free_one() {
     let (origin, _) = recording_origin().await;
     let config = "[client]\nmax_connections = 2\nheader_timeout = \"600ms\"\n";
-    let proxy = spawn_proxy(config, origin).await;
+    let proxy = start_proxy(config, origin).await;
     let silent: Vec<TcpStream> = vec![
         TcpStream::connect(proxy).await.unwrap(),
         TcpStream::connect(proxy).await.unwrap(),
@@ -469,7 +427,7 @@ async fn writes_survive_an_origin_that_closes_idle_connections() {
         std::future::pending(),
         quick_close,
     ));
-    let proxy = spawn_proxy("", origin).await;
+    let proxy = start_proxy("", origin).await;
     let mut tasks = Vec::new();
     for worker in 0..16 {
         tasks.push(tokio::spawn(async move {

@@ -14,7 +14,9 @@ use axum::response::IntoResponse;
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use revalidate_cli::serve::{Proxy, UpstreamClient, parse, proxy, server};
+use revalidate_cli::serve::server::ClientLimits;
+use revalidate_cli::serve::{UpstreamClient, parse, proxy};
+use support::proxy::{cache_status, request, spawn, spawn_proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An origin that records the headers of every request it sees.
@@ -66,27 +68,6 @@ impl Origin {
     }
 }
 
-async fn spawn_proxy(app: Proxy) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(server::run(
-        listener,
-        move |peer| app.for_peer(peer),
-        std::future::pending(),
-        server::ClientLimits::default(),
-    ));
-    addr
-}
-
-async fn spawn(router: Router) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, router).await.unwrap();
-    });
-    (addr, task)
-}
-
 async fn start(
     config: &str,
 ) -> (
@@ -100,52 +81,8 @@ async fn start(
     let config = parse(config, "test.toml").unwrap();
     let upstream = UpstreamClient::new(&format!("http://{origin_addr}"), &config).unwrap();
     let (app, cache) = proxy(&config, upstream);
-    let proxy_addr = spawn_proxy(app).await;
+    let proxy_addr = spawn_proxy(app, ClientLimits::default()).await;
     (origin, proxy_addr, origin_task, cache)
-}
-
-struct Reply {
-    status: u16,
-    headers: HeaderMap,
-    body: String,
-}
-
-async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
-    let client: Client<_, Body> = Client::builder(TokioExecutor::new()).build_http();
-    let mut builder = http::Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"));
-    for (k, v) in headers {
-        builder = builder.header(*k, *v);
-    }
-    let response = client
-        .request(builder.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = String::from_utf8(
-        response
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn cache_status(reply: &Reply) -> &str {
-    reply
-        .headers
-        .get("cache-status")
-        .map_or("", |v| v.to_str().unwrap())
 }
 
 #[tokio::test]
@@ -244,7 +181,7 @@ async fn an_unreachable_upstream_is_a_502_problem() {
     )
     .unwrap();
     let (app, _) = proxy(&parse("", "t.toml").unwrap(), upstream);
-    let addr = spawn_proxy(app).await;
+    let addr = spawn_proxy(app, ClientLimits::default()).await;
     let reply = request(addr, "GET", "/x", &[]).await;
     assert_eq!(reply.status, 502);
     assert_eq!(reply.headers["content-type"], "application/problem+json");
@@ -645,7 +582,7 @@ async fn x_forwarded_for_gets_the_peer_appended() {
     )
     .unwrap();
     let (app, _) = proxy(&parse("", "t.toml").unwrap(), upstream);
-    let addr = spawn_proxy(app).await;
+    let addr = spawn_proxy(app, ClientLimits::default()).await;
     request(addr, "GET", "/xff", &[("x-forwarded-for", "203.0.113.9")]).await;
     let (_, headers) = origin.requests().pop().unwrap();
     assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
@@ -727,7 +664,7 @@ async fn idempotent_requests_survive_a_closed_keep_alive_connection() {
     let upstream =
         UpstreamClient::new(&format!("http://{origin}"), &parse("", "t.toml").unwrap()).unwrap();
     let (app, _) = proxy(&parse("", "t.toml").unwrap(), upstream);
-    let addr = spawn_proxy(app).await;
+    let addr = spawn_proxy(app, ClientLimits::default()).await;
     let first = request(addr, "GET", "/a", &[]).await;
     assert_eq!((first.status, first.body.as_str()), (200, "answer 1"));
     let second = request(addr, "GET", "/a", &[]).await;
@@ -791,7 +728,7 @@ async fn the_example_config_serves_the_demo_list_stale_when_the_demo_fails() {
     .unwrap();
     let upstream = UpstreamClient::new(&format!("http://{demo_addr}"), &config).unwrap();
     let (app, _) = proxy(&config, upstream);
-    let addr = spawn_proxy(app).await;
+    let addr = spawn_proxy(app, ClientLimits::default()).await;
     let fresh = request(addr, "GET", "/users", &[]).await;
     assert_eq!(fresh.status, 200);
     tokio::time::sleep(Duration::from_millis(2100)).await;

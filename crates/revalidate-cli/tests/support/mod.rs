@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod postgres;
+pub mod proxy;
 pub mod scenarios;
 
 use axum::Router;
