@@ -2,17 +2,17 @@
 //!
 //! `cargo run --release -p revalidate-cache --example entry_overhead [ENTRIES] [BODY_BYTES]`
 //!
-//! Stores ENTRIES responses (default 100,000 of 5 KiB) with realistic headers
-//! through the cache layer's store and reports resident memory before and after.
+//! Sends ENTRIES misses (default 100,000 of 5 KiB) with realistic headers through
+//! the cache layer, so that each response is stored as a proxy stores it, and
+//! reports resident memory before and after.
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::convert::Infallible;
 
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
-use revalidate_cache::entry::{StoredResponse, Timing, Variants};
-use revalidate_cache::key::Secondary;
-use revalidate_cache::{MemoryStore, Store};
+use http::{Request, Response};
+use http_body_util::Full;
+use revalidate_cache::{Cache, MemoryStore, Store};
+use tower::{Layer, ServiceExt, service_fn};
 
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -29,31 +29,35 @@ async fn main() {
     let entries: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let body_len: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5 * 1024);
     let store = MemoryStore::new(u64::MAX / 2);
-    let before = rss_bytes();
-    let now = SystemTime::now();
-    let mut headers = HeaderMap::new();
-    headers.insert("content-type", "application/json".parse().unwrap());
-    headers.insert("cache-control", "public, max-age=3600".parse().unwrap());
-    headers.insert("date", "Mon, 23 Nov 2026 12:00:00 GMT".parse().unwrap());
-    headers.insert("content-length", body_len.into());
-    for i in 0..entries {
-        let mut h = headers.clone();
-        h.insert("etag", format!("\"{i:016x}\"").parse().unwrap());
+    let origin = service_fn(move |request: Request<Full<Bytes>>| async move {
+        let i: u64 = request
+            .uri()
+            .path()
+            .trim_start_matches("/obj/")
+            .parse()
+            .unwrap_or(0);
         let mut body = vec![b'x'; body_len];
-        body[..8].copy_from_slice(&(i as u64).to_le_bytes());
-        let timing = Timing::fresh_for(Duration::from_secs(3600), now);
-        let path = format!("/obj/{i}");
-        let entry = StoredResponse::new(
-            StatusCode::OK,
-            h,
-            Bytes::from(body),
-            timing,
-            Secondary::default(),
-            vec![],
-            Arc::from(path.as_str()),
-        );
-        let variants = Variants::new(vec![], vec![Arc::new(entry)]);
-        store.put(format!("127.0.0.1{path}"), variants).await;
+        body[..8].copy_from_slice(&i.to_le_bytes());
+        let response = Response::builder()
+            .header("content-type", "application/json")
+            .header("cache-control", "public, max-age=3600")
+            .header("date", "Mon, 23 Nov 2026 12:00:00 GMT")
+            .header("content-length", body_len)
+            .header("etag", format!("\"{i:016x}\""))
+            .body(Full::new(Bytes::from(body)))
+            .expect("a valid response");
+        Ok::<_, Infallible>(response)
+    });
+    let cache = Cache::builder(store.clone()).build();
+    let service = cache.layer().layer(origin);
+    let before = rss_bytes();
+    for i in 0..entries {
+        let request = Request::get(format!("http://127.0.0.1/obj/{i}"))
+            .body(Full::default())
+            .expect("a valid request");
+        let response = service.clone().oneshot(request).await.expect("infallible");
+        // The answer is dropped unread: the stored copy is what is measured.
+        drop(response);
     }
     let after = rss_bytes();
     let usage = store.usage();

@@ -14,11 +14,11 @@ use crate::stored_fields::{FIELD_BYTES, StoredFields};
 /// Bytes charged per entry beyond its body and header bytes: the struct, the
 /// fields' table and the store's bookkeeping (measured by
 /// `cargo run --release -p revalidate-cache --example entry_overhead`).
-pub const ENTRY_OVERHEAD_BYTES: usize = 700;
+pub(crate) const ENTRY_OVERHEAD_BYTES: usize = 700;
 
 /// Bytes charged per stored header field beyond its name and value (its entry in
 /// [`StoredFields`]: its value, a slice of the entry's buffer).
-pub const HEADER_OVERHEAD_BYTES: usize = FIELD_BYTES;
+pub(crate) const HEADER_OVERHEAD_BYTES: usize = FIELD_BYTES;
 
 /// One response held by the cache, with what freshness needs.
 ///
@@ -27,7 +27,7 @@ pub const HEADER_OVERHEAD_BYTES: usize = FIELD_BYTES;
 /// for memory.
 #[derive(Debug)]
 #[repr(C)]
-pub struct StoredResponse {
+pub(crate) struct StoredResponse {
     /// Unique per entry (from 1), never reused: what [`crate::local_fields`] finds copies by.
     id: u64,
     soft_purged: AtomicBool,
@@ -74,7 +74,7 @@ pub struct StoredResponse {
 /// The bytes a stored 206 holds: `first..=last` of a representation of `complete`
 /// bytes (RFC 9111 §3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Part {
+pub(crate) struct Part {
     /// First byte position held.
     pub first: u64,
     /// Last byte position held.
@@ -87,7 +87,7 @@ impl Part {
     /// The part a 206 with a single `Content-Range: bytes first-last/complete` and a
     /// body of exactly that many bytes holds; `None` for anything else (an unknown
     /// complete length, a multipart body, a mismatch).
-    pub fn of(headers: &HeaderMap, body_len: usize) -> Option<Self> {
+    pub(crate) fn of(headers: &HeaderMap, body_len: usize) -> Option<Self> {
         let value = headers
             .get(http::header::CONTENT_RANGE)?
             .to_str()
@@ -113,14 +113,14 @@ impl Part {
     }
 
     /// Whether it holds every byte of `first..=last`.
-    pub fn holds(&self, first: u64, last: u64) -> bool {
+    pub(crate) fn holds(&self, first: u64, last: u64) -> bool {
         self.first <= first && last <= self.last
     }
 }
 
 /// What [`StoredResponse::new`] needs beyond the response itself.
 #[derive(Debug, Clone)]
-pub struct Timing {
+pub(crate) struct Timing {
     /// When the request went upstream.
     pub request_time: SystemTime,
     /// When the response arrived.
@@ -140,7 +140,8 @@ pub struct Timing {
 impl Timing {
     /// A response that arrived at `now`, right after its request, fresh for
     /// `lifetime`, with no stale windows and no revalidation required.
-    pub fn fresh_for(lifetime: Duration, now: SystemTime) -> Self {
+    #[cfg(test)]
+    pub(crate) fn fresh_for(lifetime: Duration, now: SystemTime) -> Self {
         Self {
             request_time: now,
             response_time: now,
@@ -157,7 +158,7 @@ impl StoredResponse {
     /// Builds an entry from a response's fields as received, or as a 304 freshened
     /// them (their `Age` goes into the initial age); they are kept as
     /// [`StoredFields::of`] picks them.
-    pub fn new(
+    pub(crate) fn new(
         status: StatusCode,
         headers: HeaderMap,
         body: Bytes,
@@ -203,12 +204,12 @@ impl StoredResponse {
     }
 
     /// Its id, unique among every entry this process makes.
-    pub fn id(&self) -> u64 {
+    pub(crate) fn id(&self) -> u64 {
         self.id
     }
 
     /// Current age (§4.2.3).
-    pub fn age(&self, now: SystemTime) -> Duration {
+    pub(crate) fn age(&self, now: SystemTime) -> Duration {
         let resident = now
             .duration_since(self.response_time)
             .unwrap_or(Duration::ZERO);
@@ -216,7 +217,7 @@ impl StoredResponse {
     }
 
     /// Time left before it goes stale; `None` when stale, soft-purged or `no-cache`.
-    pub fn ttl(&self, now: SystemTime) -> Option<Duration> {
+    pub(crate) fn ttl(&self, now: SystemTime) -> Option<Duration> {
         if self.always_revalidate || self.is_soft_purged() {
             return None;
         }
@@ -226,7 +227,7 @@ impl StoredResponse {
     }
 
     /// How long past its lifetime it is (zero while fresh).
-    pub fn staleness(&self, now: SystemTime) -> Duration {
+    pub(crate) fn staleness(&self, now: SystemTime) -> Duration {
         if self.is_soft_purged() {
             return self
                 .age(now)
@@ -237,32 +238,32 @@ impl StoredResponse {
     }
 
     /// Marks it stale: the next use revalidates (a soft purge).
-    pub fn soft_purge(&self) {
+    pub(crate) fn soft_purge(&self) {
         self.soft_purged.store(true, Ordering::Release);
     }
 
     /// Whether a soft purge marked it.
-    pub fn is_soft_purged(&self) -> bool {
+    pub(crate) fn is_soft_purged(&self) -> bool {
         self.soft_purged.load(Ordering::Acquire)
     }
 
     /// Its fields as stored.
-    pub fn fields(&self) -> &StoredFields {
+    pub(crate) fn fields(&self) -> &StoredFields {
         &self.fields
     }
 
     /// Its fields as a header map, as [`StoredFields::to_map`] makes it.
-    pub fn headers(&self) -> HeaderMap {
+    pub(crate) fn headers(&self) -> HeaderMap {
         self.fields.to_map()
     }
 
     /// Its entity tag and last-modified date.
-    pub fn validators(&self) -> &Validators {
+    pub(crate) fn validators(&self) -> &Validators {
         &self.validators
     }
 
     /// Bytes charged against the memory budget.
-    pub fn weight(&self) -> usize {
+    pub(crate) fn weight(&self) -> usize {
         self.weight
     }
 }
@@ -301,7 +302,7 @@ impl Variants {
     /// The variants `entries`, selected by the `vary` field names. Without `Vary`
     /// there is one variant: give at most one entry (debug builds check it; a
     /// release build keeps the first).
-    pub fn new(vary: Vec<HeaderName>, mut entries: Vec<Arc<StoredResponse>>) -> Self {
+    pub(crate) fn new(vary: Vec<HeaderName>, mut entries: Vec<Arc<StoredResponse>>) -> Self {
         // `find` relies on it: without Vary, one variant.
         debug_assert!(!vary.is_empty() || entries.len() <= 1);
         Self(match (vary.is_empty(), entries.len()) {
@@ -316,7 +317,7 @@ impl Variants {
     }
 
     /// The `Vary` field names that select among them (empty without `Vary`).
-    pub fn vary(&self) -> &[HeaderName] {
+    pub(crate) fn vary(&self) -> &[HeaderName] {
         match &self.0 {
             Held::Varied(varied) => &varied.vary,
             Held::Nothing | Held::One(_) => &[],
@@ -324,7 +325,7 @@ impl Variants {
     }
 
     /// Every stored response.
-    pub fn entries(&self) -> &[Arc<StoredResponse>] {
+    pub(crate) fn entries(&self) -> &[Arc<StoredResponse>] {
         match &self.0 {
             Held::Nothing => &[],
             Held::One(entry) => std::slice::from_ref(entry),
@@ -345,7 +346,7 @@ impl Variants {
     }
 
     /// The entry `request` selects.
-    pub fn find(&self, request: &http::HeaderMap) -> Option<&Arc<StoredResponse>> {
+    pub(crate) fn find(&self, request: &http::HeaderMap) -> Option<&Arc<StoredResponse>> {
         match &self.0 {
             Held::Nothing => None,
             // Without Vary there is one variant, whatever the request: its secondary
@@ -359,7 +360,7 @@ impl Variants {
     /// These variants with `entry` added (replacing one with the same secondary
     /// key). A different `Vary` replaces them all; beyond `max_variants` the
     /// oldest go, and `entry` always stays.
-    pub fn with(
+    pub(crate) fn with(
         &self,
         vary: Vec<HeaderName>,
         entry: Arc<StoredResponse>,
@@ -397,6 +398,12 @@ impl Variants {
     /// Tags of all entries.
     pub fn tags(&self) -> impl Iterator<Item = &String> {
         self.entries().iter().flat_map(|e| e.tags.iter())
+    }
+
+    /// Marks every variant stale, so that its next use revalidates: what a soft
+    /// purge does to an entry it names.
+    pub fn soft_purge(&self) {
+        self.entries().iter().for_each(|e| e.soft_purge());
     }
 }
 

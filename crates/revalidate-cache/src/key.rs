@@ -6,14 +6,6 @@
 //! characters are decoded, `.` and `..` segments removed (RFC 3986 §5.2.4, as the
 //! upstream itself would resolve them, and as nginx does before it matches a
 //! location), so that `/static/%2e%2e/me` is routed and keyed as `/me`.
-//!
-//! ```
-//! use revalidate_cache::key::{QueryRules, normalize_target};
-//!
-//! let rules = QueryRules { sort: true, drop: vec!["utm_*".into()] };
-//! assert_eq!(normalize_target("/a/%7euser?b=2&utm_source=x&a=1", &rules), "/a/~user?a=1&b=2");
-//! assert_eq!(normalize_target("", &QueryRules::default()), "/");
-//! ```
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -77,7 +69,7 @@ fn normalize_percent(input: &str, out: &mut String) {
 }
 
 /// The path and query of a request target, normalized for use as a key.
-pub fn normalize_target(path_and_query: &str, rules: &QueryRules) -> String {
+pub(crate) fn normalize_target(path_and_query: &str, rules: &QueryRules) -> String {
     let (path, query) = match path_and_query.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),
@@ -90,7 +82,7 @@ pub fn normalize_target(path_and_query: &str, rules: &QueryRules) -> String {
 
 /// Appends a path, percent-encodings normalized and dot segments removed (`/` when
 /// empty).
-pub fn push_normalized_path(path: &str, out: &mut String) {
+pub(crate) fn push_normalized_path(path: &str, out: &mut String) {
     if path.is_empty() {
         out.push('/');
         return;
@@ -160,7 +152,7 @@ fn remove_dot_segments(path: &str) -> String {
 
 /// Appends `?` and a query normalized by `rules` (nothing when there is no query,
 /// or when the rules leave nothing of it).
-pub fn push_normalized_query(query: Option<&str>, rules: &QueryRules, out: &mut String) {
+pub(crate) fn push_normalized_query(query: Option<&str>, rules: &QueryRules, out: &mut String) {
     let Some(query) = query else {
         return;
     };
@@ -203,7 +195,7 @@ pub fn push_normalized_query(query: Option<&str>, rules: &QueryRules, out: &mut 
 /// The request's values for the fields a response varies on, normalized so that
 /// equivalent requests match (§4.1: combined lines, whitespace around commas).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
-pub struct Secondary {
+pub(crate) struct Secondary {
     /// The response's `Vary` field names.
     pub names: Vec<HeaderName>,
     /// The request's value of each (absent: `None`).
@@ -212,7 +204,7 @@ pub struct Secondary {
 
 impl Secondary {
     /// Whether `request` selects this variant.
-    pub fn matches(&self, request: &HeaderMap) -> bool {
+    pub(crate) fn matches(&self, request: &HeaderMap) -> bool {
         // Field by field: no key is built (most responses vary on nothing, and
         // this runs on every hit).
         self.names.len() == self.values.len()
@@ -225,7 +217,7 @@ impl Secondary {
 }
 
 /// The field names of a response's `Vary`; `None` for `Vary: *`, which never matches.
-pub fn vary_names(response: &HeaderMap) -> Option<Vec<HeaderName>> {
+pub(crate) fn vary_names(response: &HeaderMap) -> Option<Vec<HeaderName>> {
     let mut names = Vec::new();
     for value in response.get_all(http::header::VARY) {
         // A Vary that is not even ASCII cannot be matched safely: treat it as `*`.
@@ -245,7 +237,7 @@ pub fn vary_names(response: &HeaderMap) -> Option<Vec<HeaderName>> {
 }
 
 /// The secondary key of `request` for the `names` a response varies on.
-pub fn secondary(names: &[HeaderName], request: &HeaderMap) -> Secondary {
+pub(crate) fn secondary(names: &[HeaderName], request: &HeaderMap) -> Secondary {
     Secondary {
         names: names.to_vec(),
         values: names
@@ -351,6 +343,20 @@ mod tests {
         // A target the http crate accepts with bytes beyond ASCII keeps them as they are.
         let uri: http::Uri = "/caf\u{e9}%C3%A9".parse().unwrap();
         assert_eq!(normalize_target(uri.path(), &none), "/caf\u{e9}%C3%A9");
+    }
+
+    /// Escapes decoded, the query sorted and dropped, an empty target is `/`.
+    #[test]
+    fn the_target_is_normalized() {
+        let rules = QueryRules {
+            sort: true,
+            drop: vec!["utm_*".into()],
+        };
+        assert_eq!(
+            normalize_target("/a/%7euser?b=2&utm_source=x&a=1", &rules),
+            "/a/~user?a=1&b=2"
+        );
+        assert_eq!(normalize_target("", &QueryRules::default()), "/");
     }
 
     proptest::proptest! {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use http::{HeaderName, Method};
 use revalidate::CacheControl;
 
-use crate::key::QueryRules;
+pub use crate::key::QueryRules;
 
 /// Parameters captured by a pattern.
 pub type Params = Vec<(String, String)>;

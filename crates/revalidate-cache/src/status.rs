@@ -1,13 +1,4 @@
 //! The `Cache-Status` response field (RFC 9211).
-//!
-//! ```
-//! use revalidate_cache::status::{CacheStatus, ForwardReason};
-//!
-//! let status = CacheStatus::hit(Some(42));
-//! assert_eq!(status.to_string(), "revalidate; hit; ttl=42");
-//! let miss = CacheStatus::forward(ForwardReason::UriMiss).stored();
-//! assert_eq!(miss.to_string(), "revalidate; fwd=uri-miss; stored");
-//! ```
 
 use std::cell::RefCell;
 use std::fmt;
@@ -17,13 +8,13 @@ use http::{HeaderName, HeaderValue};
 use crate::stats::Outcome;
 
 /// The field name.
-pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+pub(crate) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// Why a request went upstream: the `fwd` parameter of `Cache-Status` (RFC 9211
 /// §2.2), as this cache uses it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum ForwardReason {
+pub(crate) enum ForwardReason {
     /// The route bypasses the cache, or the request cannot be keyed.
     Bypass,
     /// The method is not one the cache answers (writes, OPTIONS…).
@@ -43,7 +34,8 @@ pub enum ForwardReason {
 
 impl ForwardReason {
     /// Every reason, in the order RFC 9211 lists them.
-    pub const ALL: [Self; 7] = [
+    #[cfg(test)]
+    pub(crate) const ALL: [Self; 7] = [
         Self::Bypass,
         Self::Method,
         Self::UriMiss,
@@ -54,7 +46,7 @@ impl ForwardReason {
     ];
 
     /// The token in `Cache-Status`.
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::Bypass => "bypass",
             Self::Method => "method",
@@ -68,7 +60,7 @@ impl ForwardReason {
 
     /// How a request forwarded for this reason is counted: a fetch that validates
     /// what is stored is a revalidation, one that fills the key a miss.
-    pub const fn outcome(self) -> Outcome {
+    pub(crate) const fn outcome(self) -> Outcome {
         match self {
             Self::Bypass | Self::Method => Outcome::Bypassed,
             Self::Request | Self::Stale => Outcome::Revalidated,
@@ -85,7 +77,7 @@ impl fmt::Display for ForwardReason {
 
 /// One cache's entry in `Cache-Status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CacheStatus {
+pub(crate) struct CacheStatus {
     hit: bool,
     fwd: Option<ForwardReason>,
     fwd_status: Option<u16>,
@@ -97,7 +89,7 @@ pub struct CacheStatus {
 
 impl CacheStatus {
     /// Served from the cache without going upstream.
-    pub fn hit(ttl: Option<i64>) -> Self {
+    pub(crate) fn hit(ttl: Option<i64>) -> Self {
         Self {
             hit: true,
             ttl,
@@ -106,7 +98,7 @@ impl CacheStatus {
     }
 
     /// Forwarded upstream, for `reason`.
-    pub fn forward(reason: ForwardReason) -> Self {
+    pub(crate) fn forward(reason: ForwardReason) -> Self {
         Self {
             fwd: Some(reason),
             ..Self::default()
@@ -114,42 +106,37 @@ impl CacheStatus {
     }
 
     /// The status the upstream answered.
-    pub fn fwd_status(mut self, status: u16) -> Self {
+    pub(crate) fn fwd_status(mut self, status: u16) -> Self {
         self.fwd_status = Some(status);
         self
     }
 
     /// The remaining freshness, in seconds (negative when stale).
-    pub fn ttl(mut self, ttl: i64) -> Self {
+    pub(crate) fn ttl(mut self, ttl: i64) -> Self {
         self.ttl = Some(ttl);
         self
     }
 
     /// The response was stored.
-    pub fn stored(mut self) -> Self {
+    pub(crate) fn stored(mut self) -> Self {
         self.stored = true;
         self
     }
 
     /// The request was collapsed with another one's fetch.
-    pub fn collapsed(mut self) -> Self {
+    pub(crate) fn collapsed(mut self) -> Self {
         self.collapsed = true;
         self
     }
 
     /// Extra detail, e.g. `stale-while-revalidate`.
-    pub fn detail(mut self, detail: &'static str) -> Self {
+    pub(crate) fn detail(mut self, detail: &'static str) -> Self {
         self.detail = Some(detail);
         self
     }
 
-    /// Whether this was a hit.
-    pub fn is_hit(&self) -> bool {
-        self.hit
-    }
-
     /// The field value.
-    pub fn to_header_value(&self) -> HeaderValue {
+    pub(crate) fn to_header_value(&self) -> HeaderValue {
         // Every answer carries one, and under load a thread's consecutive answers
         // mostly carry the same one (the same ttl, within a second): the last value
         // a thread made is kept and handed out again.
@@ -232,6 +219,15 @@ mod tests {
             "revalidate; fwd=uri-miss; stored"
         );
         assert_eq!(hit.to_header_value(), "revalidate; hit; ttl=5");
+    }
+
+    /// A hit and a stored miss, as written in the header.
+    #[test]
+    fn a_hit_and_a_stored_miss_read_as_rfc_9211() {
+        let status = CacheStatus::hit(Some(42));
+        assert_eq!(status.to_string(), "revalidate; hit; ttl=42");
+        let miss = CacheStatus::forward(ForwardReason::UriMiss).stored();
+        assert_eq!(miss.to_string(), "revalidate; fwd=uri-miss; stored");
     }
 
     #[test]

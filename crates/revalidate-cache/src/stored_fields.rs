@@ -38,22 +38,6 @@
 //! as much again as the bytes themselves). The body keeps its own: appended here, a
 //! 5 KiB body would move up to the allocator's 6 KiB size class, a sixth more
 //! memory per entry (`examples/entry_overhead.rs` measures it).
-//!
-//! ```
-//! use http::HeaderMap;
-//! use revalidate_cache::stored_fields::StoredFields;
-//!
-//! let mut received = HeaderMap::new();
-//! received.insert("etag", "\"v1\"".parse().unwrap());
-//! received.insert("content-length", "5".parse().unwrap());
-//! received.insert("age", "30".parse().unwrap());
-//! let fields = StoredFields::of(&received);
-//! assert_eq!(fields.len(), 1, "the length and the age are not kept");
-//! let answer = fields.to_map();
-//! let names: Vec<&str> = answer.keys().map(|name| name.as_str()).collect();
-//! assert_eq!(names, ["age", "cache-status", "etag"], "placeholders first");
-//! assert_eq!(answer["etag"], "\"v1\"");
-//! ```
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -67,13 +51,13 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use crate::status::CACHE_STATUS;
 
 /// Bytes a stored field takes beyond its name's and value's bytes.
-pub const FIELD_BYTES: usize = size_of::<HeaderValue>();
+pub(crate) const FIELD_BYTES: usize = size_of::<HeaderValue>();
 
 /// The fields a stored response keeps: all it received but `Age`,
 /// `Content-Length` and `Cache-Status`, their values sharing one buffer. See the
 /// [module documentation](self).
 #[derive(Debug, Clone)]
-pub struct StoredFields {
+pub(crate) struct StoredFields {
     /// The names, in the order a header map iterates them: the values of one name
     /// together.
     shape: Arc<Shape>,
@@ -84,7 +68,7 @@ pub struct StoredFields {
 impl StoredFields {
     /// The fields of `headers` a stored response keeps: all but `Age`,
     /// `Content-Length` and `Cache-Status`.
-    pub fn of(headers: &HeaderMap) -> Self {
+    pub(crate) fn of(headers: &HeaderMap) -> Self {
         let kept = || {
             headers
                 .iter()
@@ -99,31 +83,26 @@ impl StoredFields {
     }
 
     /// The number of fields.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.values.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
     }
 
     /// Bytes of names and values. The names are counted for every entry that
     /// shares them: more than their shape's own allocation when it is shared, about
     /// as much when it is not.
-    pub fn byte_len(&self) -> usize {
+    pub(crate) fn byte_len(&self) -> usize {
         let names: usize = self.shape.names.iter().map(|n| n.as_str().len()).sum();
         names + self.values.iter().map(HeaderValue::len).sum::<usize>()
     }
 
     /// A header map of these fields, after `Age` and `Cache-Status` placeholders (see
     /// [`set_answer_fields`]); its values share the stored buffer.
-    pub fn to_map(&self) -> HeaderMap {
+    pub(crate) fn to_map(&self) -> HeaderMap {
         map_over(&self.shape, &self.values)
     }
 
     /// The same map, its values in a buffer of its own (see the crate's `local_fields` module).
-    pub fn to_detached_map(&self) -> HeaderMap {
+    pub(crate) fn to_detached_map(&self) -> HeaderMap {
         let values: Vec<&HeaderValue> = self.values.iter().collect();
         map_over(&self.shape, &copied(&values))
     }
@@ -309,7 +288,7 @@ pub(crate) fn answer_map(fields: usize) -> HeaderMap {
 /// Sets `Age` and `Cache-Status` in an answer's map: in place when they are its
 /// first two fields, as [`StoredFields::to_map`] and `answer_map` make them,
 /// inserted otherwise.
-pub fn set_answer_fields(headers: &mut HeaderMap, age: HeaderValue, status: HeaderValue) {
+pub(crate) fn set_answer_fields(headers: &mut HeaderMap, age: HeaderValue, status: HeaderValue) {
     let (mut age, mut status) = (Some(age), Some(status));
     for (name, value) in headers.iter_mut().take(2) {
         if name == AGE {
@@ -334,6 +313,23 @@ pub fn set_answer_fields(headers: &mut HeaderMap, age: HeaderValue, status: Head
 mod tests {
     use super::*;
     use crate::headers::age_value;
+
+    /// Content-Length and Age are not kept; the answer fields come first.
+    #[test]
+    fn length_and_age_are_not_kept_and_answer_fields_come_first() {
+        use http::HeaderMap;
+
+        let mut received = HeaderMap::new();
+        received.insert("etag", "\"v1\"".parse().unwrap());
+        received.insert("content-length", "5".parse().unwrap());
+        received.insert("age", "30".parse().unwrap());
+        let fields = StoredFields::of(&received);
+        assert_eq!(fields.len(), 1, "the length and the age are not kept");
+        let answer = fields.to_map();
+        let names: Vec<&str> = answer.keys().map(|name| name.as_str()).collect();
+        assert_eq!(names, ["age", "cache-status", "etag"], "placeholders first");
+        assert_eq!(answer["etag"], "\"v1\"");
+    }
 
     fn received() -> HeaderMap {
         let mut upstream = HeaderMap::new();

@@ -95,7 +95,7 @@ impl WrappedStore {
 }
 
 impl Store for WrappedStore {
-    async fn get(&self, primary: &str) -> Option<revalidate_cache::entry::Variants> {
+    async fn get(&self, primary: &str) -> Option<revalidate_cache::store::Variants> {
         self.lookups.fetch_add(1, Ordering::SeqCst);
         self.inner.get(primary).await
     }
@@ -108,7 +108,7 @@ impl Store for WrappedStore {
         self.inner.get_now(primary)
     }
 
-    async fn put(&self, primary: String, variants: revalidate_cache::entry::Variants) -> bool {
+    async fn put(&self, primary: String, variants: revalidate_cache::store::Variants) -> bool {
         self.inner.put(primary, variants).await
     }
 
@@ -567,7 +567,7 @@ async fn route_overrides_ttl_and_stale_windows() {
 async fn key_headers_and_query_rules_from_the_route() {
     let policy = RoutePolicy {
         key_headers: vec![HeaderName::from_static("x-tenant")],
-        query: revalidate_cache::key::QueryRules {
+        query: revalidate_cache::QueryRules {
             sort: true,
             drop: vec!["utm_*".into()],
         },

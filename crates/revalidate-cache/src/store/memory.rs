@@ -239,7 +239,7 @@ impl Store for MemoryStore {
         for primary in &selected {
             if purge.soft {
                 if let Some(variants) = self.inner.entries.peek(primary.as_bytes()) {
-                    variants.entries().iter().for_each(|e| e.soft_purge());
+                    variants.soft_purge();
                 }
             } else if let Some((_, variants)) = self.inner.entries.remove(primary.as_bytes()) {
                 index.remove(primary, &variants);

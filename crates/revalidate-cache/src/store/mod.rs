@@ -15,5 +15,6 @@
 mod contract;
 mod memory;
 
+pub use crate::entry::Variants;
 pub use contract::{LookupNow, Purge, Store, StoreUsage};
 pub use memory::MemoryStore;

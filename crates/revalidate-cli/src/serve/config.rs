@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use http::{HeaderName, Method};
 use revalidate::CacheControl;
-use revalidate_cache::key::QueryRules;
+use revalidate_cache::QueryRules;
 use revalidate_cache::{
     CacheConfig, InvalidationRule, Pattern, Route, RoutePolicy, Routes, Template,
 };
