@@ -33,6 +33,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod answer_fields;
 mod cache;
 pub mod clock;
 mod coalesce;

@@ -237,6 +237,11 @@ pub struct Route {
     pub on_write: Vec<InvalidationRule>,
 }
 
+/// Which route a target resolved to, by position among the routes (`None`: none,
+/// the default policy applies). See [`Routes::resolve_id`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RouteId(Option<usize>);
+
 /// Routes in order; the first match wins, else the default policy applies.
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
@@ -252,17 +257,29 @@ impl Routes {
 
     /// The route for a path and its parameters; `None` selects the default policy.
     pub fn resolve(&self, path: &str) -> (Option<&Route>, Params) {
-        for route in &self.routes {
-            if let Some(params) = route.pattern.matches(path) {
-                return (Some(route), params);
-            }
-        }
-        (None, Vec::new())
+        let (id, params) = self.resolve_id(path);
+        (self.get(id), params)
     }
 
     /// The policy for a resolved route.
     pub fn policy<'a>(&'a self, route: Option<&'a Route>) -> &'a RoutePolicy {
         route.map_or(&self.default, |r| &r.policy)
+    }
+
+    /// [`Routes::resolve`], naming the route by its position, so that a request
+    /// can carry it from one step to the next without borrowing the routes.
+    pub(crate) fn resolve_id(&self, path: &str) -> (RouteId, Params) {
+        for (index, route) in self.routes.iter().enumerate() {
+            if let Some(params) = route.pattern.matches(path) {
+                return (RouteId(Some(index)), params);
+            }
+        }
+        (RouteId(None), Vec::new())
+    }
+
+    /// The route `id` names (`None`: the default policy applies).
+    pub(crate) fn get(&self, id: RouteId) -> Option<&Route> {
+        id.0.and_then(|index| self.routes.get(index))
     }
 
     /// Every route.

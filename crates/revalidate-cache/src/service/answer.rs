@@ -11,14 +11,13 @@ use revalidate::{
     CacheControl, Evaluation, HttpDate, Preconditions, Problem, Validators, not_modified_headers,
 };
 
+use crate::answer_fields::{AnswerKind, answer_fields};
 use crate::entry::StoredResponse;
 use crate::headers::age_value;
-use crate::local_fields::{LocalFields, with_local_fields};
 use crate::shared::Shared;
 use crate::stats::Outcome;
 use crate::status::{CACHE_STATUS, CacheStatus, ForwardReason};
 use crate::store::Store;
-use crate::stored_fields::set_answer_fields;
 use revalidate::{BoxError, ResponseBody as CacheBody};
 
 use super::head::RequestHead;
@@ -91,21 +90,6 @@ impl<St: Store> Shared<St> {
         status: CacheStatus,
         outcome: Outcome,
     ) -> Response<CacheBody<B>> {
-        with_local_fields(entry, |fields| {
-            self.respond_with_fields(head, entry, fields, status, outcome)
-        })
-    }
-
-    /// [`Shared::respond_stored`] with the entry's fields as a map (see
-    /// [`with_local_fields`]).
-    pub(super) fn respond_with_fields<B>(
-        &self,
-        head: &RequestHead,
-        entry: &StoredResponse,
-        mut fields: LocalFields<'_>,
-        status: CacheStatus,
-        outcome: Outcome,
-    ) -> Response<CacheBody<B>> {
         self.stats.outcome(outcome);
         let now = self.clock.now();
         let age = age_value(entry.age(now).as_secs());
@@ -113,7 +97,7 @@ impl<St: Store> Shared<St> {
         let mut honor_range = true;
         if entry.status.is_success()
             && head.carried.conditional.any_precondition()
-            && let Some(evaluation) = self.evaluate_preconditions(head, entry, &fields)
+            && let Some(evaluation) = self.evaluate_preconditions(head, entry)
         {
             match evaluation {
                 Evaluation::NotModified => {
@@ -121,25 +105,22 @@ impl<St: Store> Shared<St> {
                     self.stats.bytes(0, entry.body.len() as u64);
                     let mut response = Response::new(CacheBody::empty());
                     *response.status_mut() = StatusCode::NOT_MODIFIED;
-                    let mut nm = fields.not_modified_headers();
-                    set_answer_fields(&mut nm, age, status.to_header_value());
-                    *response.headers_mut() = nm;
+                    *response.headers_mut() = answer_fields(
+                        entry,
+                        AnswerKind::NotModified,
+                        age,
+                        status.to_header_value(),
+                    );
                     return response;
                 }
                 Evaluation::PreconditionFailed => {
                     self.stats.client_status(412);
-                    // The 412 carries both validators, taken from this thread's
-                    // fields: the entry's share a buffer with other cores.
-                    let validators = Validators::from_headers(fields.headers());
-                    return with_header(precondition_failed(&validators), &status);
+                    return with_header(precondition_failed(entry.validators()), &status);
                 }
                 Evaluation::Proceed { honor_range: honor } => honor_range = honor,
             }
         }
-        // The answer fields are overwritten in place (see `stored_fields`); a
-        // thread's copy is cloned, without rehashing.
-        let mut headers = fields.into_headers();
-        set_answer_fields(&mut headers, age, status.to_header_value());
+        let mut headers = answer_fields(entry, AnswerKind::Whole, age, status.to_header_value());
         let range = head
             .range()
             .filter(|_| honor_range && head.method == Method::GET);
@@ -176,7 +157,6 @@ impl<St: Store> Shared<St> {
         &self,
         head: &RequestHead,
         entry: &StoredResponse,
-        fields: &LocalFields<'_>,
     ) -> Option<Evaluation> {
         let validators = entry.validators();
         if let Some(tag) = &validators.etag
@@ -202,7 +182,7 @@ impl<St: Store> Shared<St> {
             validators.last_modified,
             preconditions.if_modified_since,
         ) && revalidate::is_get_or_head(&head.method)
-            && HttpDate::from_headers(fields.headers(), &DATE)
+            && HttpDate::from_headers(&entry.headers(), &DATE)
                 .unwrap_or_else(|| HttpDate::from_system_time(entry.response_time))
                 <= since
         {

@@ -13,7 +13,7 @@ use revalidate::{CacheControl, Validators};
 
 use crate::headers::{Carried, remove_hop_by_hop};
 use crate::key::{push_normalized_path, push_normalized_query};
-use crate::routes::{Params, Route};
+use crate::routes::{Params, Route, RouteId};
 use crate::shared::Shared;
 use crate::store::Store;
 
@@ -146,42 +146,48 @@ pub(super) struct Lookup<'a> {
 pub(super) const HOST_ROOM: usize = 32;
 
 /// Where a request target leads: see [`Shared::locate`].
-pub(super) struct Located<'a> {
-    pub(super) route: Option<&'a Route>,
+pub(super) struct Located {
+    pub(super) route: RouteId,
     pub(super) params: Params,
     /// The normalized path and query.
     pub(super) target: String,
 }
 
-/// `uri` with its path and query replaced by `target`, the normalized form the key
+/// Replaces `uri`'s path and query with `target`, the normalized form the key
 /// holds; an absolute-form target keeps its scheme and authority (the key's host).
-pub(super) fn forwarded_uri(uri: &Uri, target: &str) -> Uri {
+/// A target that is already normalized (most are) is left as it is.
+pub(super) fn forward_as_keyed(uri: &mut Uri, target: &str) {
     if uri.path_and_query().is_some_and(|pq| pq.as_str() == target) {
-        return uri.clone();
+        return;
     }
     let mut parts = uri.clone().into_parts();
     // A normalized target only differs from a valid one by decoded unreserved
     // characters, uppercase escapes, `%25` for a bare `%` and dropped parameters,
     // so it always parses; were it not to, the client's own target is kept.
-    match PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(target.as_bytes())) {
-        Ok(path_and_query) => parts.path_and_query = Some(path_and_query),
-        Err(_) => return uri.clone(),
+    let Ok(path_and_query) =
+        PathAndQuery::from_maybe_shared(Bytes::copy_from_slice(target.as_bytes()))
+    else {
+        return;
+    };
+    parts.path_and_query = Some(path_and_query);
+    if let Ok(forwarded) = Uri::from_parts(parts) {
+        *uri = forwarded;
     }
-    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }
 
 impl<St: Store> Shared<St> {
     /// The route of a target, matched on its normalized path, and the normalized
     /// target (with the route's query rules) that keys, tags and purges are built
     /// from, so `/users/%31` is `/users/1` everywhere.
-    pub(super) fn locate(&self, uri: &Uri) -> Located<'_> {
+    pub(super) fn locate(&self, uri: &Uri) -> Located {
         // Room for the host, which the primary key puts in front of the target.
         let mut target = String::with_capacity(
             HOST_ROOM + uri.path().len() + uri.query().map_or(0, |q| q.len() + 1),
         );
         push_normalized_path(uri.path(), &mut target);
-        let (route, params) = self.routes.resolve(&target);
-        push_normalized_query(uri.query(), &self.routes.policy(route).query, &mut target);
+        let (route, params) = self.routes.resolve_id(&target);
+        let policy = self.routes.policy(self.routes.get(route));
+        push_normalized_query(uri.query(), &policy.query, &mut target);
         Located {
             route,
             params,

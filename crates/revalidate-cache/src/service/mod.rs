@@ -1,6 +1,17 @@
-//! The cache middleware: a request is located (route and normalized target),
-//! looked up, answered from the store when fresh enough, and otherwise fetched,
-//! coalesced and stored; writes are forwarded and invalidate what they change.
+//! The cache middleware. Every request takes the same steps:
+//!
+//! 1. **prepare** — locate it (route and normalized target), forward it under the
+//!    target it is keyed by, and key it ([`Shared::prepare`]);
+//! 2. **look up** — in the store, at once when the store can tell without waiting;
+//! 3. **check freshness** — against the stored response and the request's
+//!    directives;
+//! 4. **answer** — from the store (`answer`, whose header fields come from
+//!    `crate::answer_fields`), or revalidate, fetch, coalesce and store (`fetch`).
+//!
+//! A fresh hit in a store that answers at once takes steps 1–4 in
+//! [`Shared::answer_at_once`], before a future is made; everything else continues
+//! in [`Shared::handle`] from what step 1 made. Writes are forwarded and
+//! invalidate what they change (`invalidate`).
 //!
 //! | module | concern |
 //! |---|---|
@@ -30,10 +41,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::request::Parts;
 use http::{Method, Request, Response};
 use tower::ServiceExt;
 use tower_service::Service;
 
+use crate::routes::{Params, RouteId};
 use crate::shared::Shared;
 use crate::stats::Outcome;
 use crate::status::{CacheStatus, ForwardReason};
@@ -41,8 +54,8 @@ use crate::store::{LookupNow, Store};
 use revalidate::ResponseBody as CacheBody;
 
 use answer::{gateway_timeout, with_header};
-use head::{Located, Lookup, RequestHead, forwarded_uri};
-use primary_key::primary_key;
+use head::{Located, Lookup, RequestHead, forward_as_keyed};
+use primary_key::{PrimaryKey, primary_key};
 
 /// Middleware that answers from, and fills, a shared cache. Built by
 /// [`CacheLayer`](crate::CacheLayer).
@@ -70,17 +83,17 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         // A fresh hit in a store that answers at once is answered here, without a
         // task-sized future or a copy of the upstream service.
-        let (request, looked_up) = match self.shared.answer_at_once(request) {
+        let (prepared, looked_up) = match self.shared.answer_at_once(request) {
             AtOnce::Answered(response) => {
                 return ResponseFuture::Ready(std::future::ready(Ok(response)));
             }
-            AtOnce::Later(request, looked_up) => (request, looked_up),
+            AtOnce::Later(prepared, looked_up) => (prepared, looked_up),
         };
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
         ResponseFuture::Pending(Box::pin(async move {
-            shared.handle(inner, request, looked_up).await
+            shared.handle(inner, prepared, looked_up).await
         }))
     }
 }
@@ -117,62 +130,126 @@ impl<B, E> std::fmt::Debug for ResponseFuture<B, E> {
     }
 }
 
+/// A request as every path of the cache starts from it, made once by
+/// [`Shared::prepare`]: located (route and normalized target), its target
+/// replaced by the one it is keyed under, and, for a read, keyed.
+pub(super) enum Prepared<B> {
+    /// Not a GET or HEAD: forwarded; a successful write invalidates.
+    Write {
+        parts: Parts,
+        body: B,
+        route: RouteId,
+        params: Params,
+    },
+    /// A read the cache does not keep: forwarded as it is. `detail` says why when
+    /// the route did not ask for it.
+    Bypass {
+        request: Request<B>,
+        detail: Option<&'static str>,
+    },
+    /// A read the cache may answer from the store.
+    Read(Read),
+}
+
+/// A GET or HEAD the cache may answer (its body, if any, is not forwarded).
+pub(super) struct Read {
+    head: RequestHead,
+    route: RouteId,
+    params: Params,
+    primary: PrimaryKey,
+}
+
 /// What [`Shared::answer_at_once`] made of a request.
 pub(super) enum AtOnce<ReqBody, ResBody> {
     /// A fresh hit's answer.
     Answered(Response<CacheBody<ResBody>>),
-    /// The request, for the full path, with what the store held under its key
-    /// when it was looked up (the full path does not ask the store again).
-    Later(Request<ReqBody>, LookupNow),
+    /// The prepared request, for the full path, with what the store held under its
+    /// key when it was looked up (the full path does not ask the store again).
+    Later(Prepared<ReqBody>, LookupNow),
 }
 
 impl<St: Store> Shared<St> {
-    /// The answer to `request` from a fresh stored response, when the store can
-    /// look it up without waiting; otherwise the request, untouched but for
-    /// hop-by-hop fields, for [`Shared::handle`].
-    fn answer_at_once<ReqBody, ResBody>(
-        &self,
-        request: Request<ReqBody>,
-    ) -> AtOnce<ReqBody, ResBody> {
-        if request.method() != Method::GET && request.method() != Method::HEAD {
-            return AtOnce::Later(request, LookupNow::Unknown);
+    /// Locates and keys `request`: the one step both the answer at once and the
+    /// full path start from.
+    fn prepare<B: Default>(&self, request: Request<B>) -> Prepared<B> {
+        let (mut parts, body) = request.into_parts();
+        let Located {
+            route,
+            params,
+            target,
+        } = self.locate(&parts.uri);
+        // What is forwarded is what is keyed: an origin that does not decode `%75`
+        // as `u`, or splits a query on `;` where the key splits it on `&` only,
+        // would otherwise answer for another resource than the key names, and that
+        // answer would be served to every client of the key (cache poisoning).
+        forward_as_keyed(&mut parts.uri, &target);
+        if parts.method != Method::GET && parts.method != Method::HEAD {
+            return Prepared::Write {
+                parts,
+                body,
+                route,
+                params,
+            };
         }
-        let (parts, body) = request.into_parts();
-        let Located { route, target, .. } = self.locate(&parts.uri);
-        let policy = self.routes.policy(route);
+        let policy = self.routes.policy(self.routes.get(route));
         if policy.bypass {
-            return AtOnce::Later(Request::from_parts(parts, body), LookupNow::Unknown);
+            return Prepared::Bypass {
+                request: Request::from_parts(parts, body),
+                detail: None,
+            };
         }
         let head = RequestHead::of(parts);
-        // What the store holds is borrowed, not cloned, to answer: a clone and its
-        // drop are two atomic writes to an entry that, over many keys, is rarely in
-        // the CPU's cache. The full path gets it whole.
-        let looked_up = primary_key(policy, &head, target).map_or(LookupNow::Unknown, |primary| {
-            self.store.get_now(&primary.key)
-        });
-        let found = match &looked_up {
-            LookupNow::Found(variants) => variants.find(&head.headers),
-            LookupNow::Missing | LookupNow::Unknown => None,
-        };
-        let request_cc;
-        let answer = match found {
-            // A stored part answers only some ranges: the full path decides.
-            Some(entry) if entry.part.is_none() => {
-                request_cc = head.cache_control();
-                self.fresh_answer(&head, &request_cc, entry, self.clock.now())
-            }
-            _ => None,
-        };
-        match answer {
-            Some(response) => AtOnce::Answered(response),
-            None => AtOnce::Later(head.into_request(body), looked_up),
+        match primary_key(policy, &head, target) {
+            Some(primary) => Prepared::Read(Read {
+                head,
+                route,
+                params,
+                primary,
+            }),
+            None => Prepared::Bypass {
+                request: head.into_request(B::default()),
+                detail: Some("invalid-host"),
+            },
         }
     }
 
+    /// The answer to `request` from a fresh stored response, when the store can
+    /// look it up without waiting; otherwise the prepared request, for
+    /// [`Shared::handle`].
+    fn answer_at_once<ReqBody: Default, ResBody>(
+        &self,
+        request: Request<ReqBody>,
+    ) -> AtOnce<ReqBody, ResBody> {
+        let prepared = self.prepare(request);
+        let Prepared::Read(read) = &prepared else {
+            return AtOnce::Later(prepared, LookupNow::Unknown);
+        };
+        let looked_up = self.store.get_now(&read.primary.key);
+        // What the store holds is borrowed, not cloned, to answer: a clone and its
+        // drop are two atomic writes to an entry that, over many keys, is rarely in
+        // the CPU's cache. The full path gets it whole.
+        if let LookupNow::Found(variants) = &looked_up
+            && let Some(entry) = variants.find(&read.head.headers)
+            // A stored part answers only some ranges: the full path decides.
+            && entry.part.is_none()
+            && let Some(response) = self.fresh_answer(
+                &read.head,
+                &read.head.cache_control(),
+                entry,
+                self.clock.now(),
+            )
+        {
+            return AtOnce::Answered(response);
+        }
+        AtOnce::Later(prepared, looked_up)
+    }
+
+    /// The full path: writes and bypasses are forwarded; a read is looked up,
+    /// answered when fresh enough, and otherwise revalidated or fetched.
     async fn handle<S, ReqBody, ResBody>(
         self: Arc<Self>,
         inner: S,
-        request: Request<ReqBody>,
+        prepared: Prepared<ReqBody>,
         looked_up: LookupNow,
     ) -> Result<Response<CacheBody<ResBody>>, S::Error>
     where
@@ -180,45 +257,35 @@ impl<St: Store> Shared<St> {
         ReqBody: Default + Send + 'static,
         ResBody: CacheableBody,
     {
-        let (mut parts, body) = request.into_parts();
-        let Located {
+        let Read {
+            head,
             route,
             params,
-            target,
-        } = self.locate(&parts.uri);
-        let policy = self.routes.policy(route);
-        // What is forwarded is what is keyed: an origin that does not decode `%75`
-        // as `u`, or splits a query on `;` where the key splits it on `&` only,
-        // would otherwise answer for another resource than the key names, and that
-        // answer would be served to every client of the key (cache poisoning).
-        parts.uri = forwarded_uri(&parts.uri, &target);
-
-        if parts.method != Method::GET && parts.method != Method::HEAD {
-            return Box::pin(self.forward_write(inner, parts, body, route, params)).await;
-        }
-        if policy.bypass {
-            self.stats.outcome(Outcome::Bypassed);
-            let response = inner.oneshot(Request::from_parts(parts, body)).await?;
-            let response = response.map(|b| CacheBody::prefixed(Bytes::new(), b));
-            return Ok(with_header(
-                response,
-                &CacheStatus::forward(ForwardReason::Bypass),
-            ));
-        }
-        drop(body);
-        let head = RequestHead::of(parts);
-        let request_cc = head.cache_control();
-        let Some(primary) = primary_key(policy, &head, target) else {
-            self.stats.outcome(Outcome::Bypassed);
-            let response = inner.oneshot(head.into_request(ReqBody::default())).await?;
-            let response = response.map(|b| CacheBody::prefixed(Bytes::new(), b));
-            return Ok(with_header(
-                response,
-                &CacheStatus::forward(ForwardReason::Bypass).detail("invalid-host"),
-            ));
+            primary,
+        } = match prepared {
+            Prepared::Write {
+                parts,
+                body,
+                route,
+                params,
+            } => {
+                let route = self.routes.get(route);
+                return Box::pin(self.forward_write(inner, parts, body, route, params)).await;
+            }
+            Prepared::Bypass { request, detail } => {
+                self.stats.outcome(Outcome::Bypassed);
+                let response = inner.oneshot(request).await?;
+                let response = response.map(|b| CacheBody::prefixed(Bytes::new(), b));
+                let status = CacheStatus::forward(ForwardReason::Bypass);
+                let status = match detail {
+                    Some(detail) => status.detail(detail),
+                    None => status,
+                };
+                return Ok(with_header(response, &status));
+            }
+            Prepared::Read(read) => read,
         };
-        let path = primary.target();
-
+        let request_cc = head.cache_control();
         let variants = match looked_up {
             LookupNow::Found(variants) => Some(variants),
             LookupNow::Missing => None,
@@ -231,10 +298,10 @@ impl<St: Store> Shared<St> {
         let lookup = Lookup {
             head: &head,
             request_cc: &request_cc,
-            route,
+            route: self.routes.get(route),
             params: &params,
             primary: &primary.key,
-            path,
+            path: primary.target(),
         };
         match found {
             Some(entry) => self.serve_stored_or_revalidate(inner, &lookup, entry).await,
