@@ -1,5 +1,5 @@
 //! An axum API with conditional requests, run with
-//! `cargo run -p revalidate --example versioned_api`, then try the curl lines it
+//! `cargo run -p revalidate --features axum --example versioned_api`, then try the curl lines it
 //! prints.
 //!
 //! - `GET /catalog`: a content ETag (the body is hashed), public for a minute.
@@ -15,12 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use axum::extract::{Path, State};
-use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use revalidate::{CacheControl, ConditionalLayer, EntityTagMatch, Validators};
+use revalidate::{CacheControl, ConditionalLayer, EntityTagMatch, Validators, from_extractors};
 
 /// One item and its version, bumped by every write.
 #[derive(Clone)]
@@ -36,10 +35,10 @@ fn validators(item: &Item) -> Validators {
     Validators::versioned(item.version, item.updated_at)
 }
 
-/// The item of `/items/{id}`, from the request head: what the layer calls before
-/// the handler (a counter or a version column in a real app).
-fn current(items: &Items, parts: &Parts) -> Option<Validators> {
-    let id: u64 = parts.uri.path().strip_prefix("/items/")?.parse().ok()?;
+/// The validators of `/items/{id}`: what the layer asks before the handler runs
+/// (a counter or a version column in a real app), from the same extractors a
+/// handler takes.
+async fn current((Path(id), State(items)): (Path<u64>, State<Items>)) -> Option<Validators> {
     let items = items.lock().unwrap_or_else(|e| e.into_inner());
     items.get(&id).map(validators)
 }
@@ -94,13 +93,6 @@ async fn put_item(
 }
 
 fn app(items: Items) -> Router {
-    let lookup = {
-        let items = items.clone();
-        move |parts: &Parts| {
-            let found = current(&items, parts);
-            async move { found }
-        }
-    };
     let catalog = get(|| async { Json(serde_json::json!({ "items": [1, 2] })) }).route_layer(
         ConditionalLayer::new().cache_control(
             CacheControl::new()
@@ -110,7 +102,7 @@ fn app(items: Items) -> Router {
     );
     let item = get(get_item).put(put_item).route_layer(
         ConditionalLayer::new()
-            .validators(lookup)
+            .validators(from_extractors(items.clone(), current))
             .cache_control(CacheControl::new().no_cache())
             .require_if_match(),
     );

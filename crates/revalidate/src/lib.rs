@@ -42,6 +42,8 @@ pub mod validators;
 pub use body::{BoxError, ResponseBody};
 pub use cache_control::CacheControl;
 pub use conditional::{Conditional, ConditionalLayer, ContentHash, ValidatorSource};
+#[cfg(feature = "axum")]
+pub use conditional::{FromExtractors, from_extractors};
 pub use not_modified::not_modified_headers;
 pub use policy::{CachePolicy, Scope};
 pub use precondition::{

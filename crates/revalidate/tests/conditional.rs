@@ -530,3 +530,134 @@ async fn on_the_wire_a_304_has_no_content_length() {
     assert!(lower.contains(&format!("etag: {}", etag.to_ascii_lowercase())));
     assert!(raw.ends_with("\r\n\r\n"), "no body after the head: {raw:?}");
 }
+
+/// A handler that sets its own ETag keeps it: the layer answers `If-None-Match`
+/// from that tag with a 304 and never hashes the body (a stream here, which the
+/// layer could not hash anyway).
+#[tokio::test]
+async fn a_handler_that_sets_its_own_etag_gets_304s_from_it() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let app = Router::new().route(
+        "/r",
+        get(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async {
+                let chunks = futures_util::stream::iter([Ok::<_, std::io::Error>("a"), Ok("b")]);
+                ([(ETAG, "\"from-the-handler\"")], Body::from_stream(chunks))
+            }
+        })
+        .route_layer(ConditionalLayer::new()),
+    );
+    let (status, headers, body) = send(&app, get_req("/r", &[])).await;
+    assert_eq!((status, body.as_slice()), (StatusCode::OK, &b"ab"[..]));
+    assert_eq!(headers[ETAG], "\"from-the-handler\"");
+    let (status, headers, body) = send(
+        &app,
+        get_req("/r", &[("if-none-match", "\"from-the-handler\"")]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+    assert_eq!(headers[ETAG], "\"from-the-handler\"");
+    assert!(body.is_empty());
+    let (status, ..) = send(&app, get_req("/r", &[("if-none-match", "\"other\"")])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "content mode runs the handler"
+    );
+}
+
+/// One layer for the whole app (`Router::layer`): every route's responses are
+/// tagged and revalidated, and what is not a success (the fallback's 404) passes
+/// through untouched.
+#[tokio::test]
+async fn an_app_wide_layer_serves_every_route() {
+    let app = Router::new()
+        .route("/a", get(|| async { "first" }))
+        .route("/b", get(|| async { "second" }))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "none") })
+        .layer(ConditionalLayer::new());
+    let mut tags = Vec::new();
+    for path in ["/a", "/b"] {
+        let (status, headers, _) = send(&app, get_req(path, &[])).await;
+        assert_eq!(status, StatusCode::OK);
+        let tag = headers[ETAG].to_str().unwrap().to_owned();
+        let (status, ..) = send(&app, get_req(path, &[("if-none-match", &tag)])).await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED, "{path}");
+        tags.push(tag);
+    }
+    assert_ne!(tags[0], tags[1], "each representation has its own tag");
+    let (status, headers, body) = send(&app, get_req("/missing", &[])).await;
+    assert_eq!(
+        (status, body.as_slice()),
+        (StatusCode::NOT_FOUND, &b"none"[..])
+    );
+    assert!(!headers.contains_key(ETAG));
+}
+
+/// Validators looked up from axum extractors: the route's path parameter and the
+/// app's state, with no parsing of the request by hand.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn validators_from_extractors_see_the_path_and_the_state() {
+    use axum::extract::{Path, State};
+    use revalidate::from_extractors;
+
+    /// The app's state: a version per user id, and how often the handler ran.
+    #[derive(Clone)]
+    struct AppState {
+        versions: Arc<Vec<u64>>,
+        calls: Arc<AtomicUsize>,
+    }
+    async fn lookup((Path(id), State(app)): (Path<usize>, State<AppState>)) -> Option<Validators> {
+        let version = *app.versions.get(id)?;
+        Some(Validators::versioned(
+            version,
+            HttpDate::from_unix_secs(1_700_000_000),
+        ))
+    }
+    async fn handler(Path(id): Path<String>, State(app): State<AppState>) -> impl IntoResponse {
+        app.calls.fetch_add(1, Ordering::SeqCst);
+        match id.parse::<usize>() {
+            Ok(id) => (StatusCode::OK, format!("user {id}")),
+            Err(_) => (StatusCode::BAD_REQUEST, "not an id".to_string()),
+        }
+    }
+    let state = AppState {
+        versions: Arc::new(vec![3, 8]),
+        calls: Arc::new(AtomicUsize::new(0)),
+    };
+    let app = Router::new()
+        .route(
+            "/users/{id}",
+            get(handler).route_layer(
+                ConditionalLayer::new().validators(from_extractors(state.clone(), lookup)),
+            ),
+        )
+        .with_state(state.clone());
+    let calls = || state.calls.load(Ordering::SeqCst);
+
+    let tag = Validators::versioned(8, HttpDate::from_unix_secs(0))
+        .etag
+        .unwrap()
+        .to_string();
+    let (status, headers, _) = send(&app, get_req("/users/1", &[("if-none-match", &tag)])).await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED, "user 1 is at version 8");
+    assert_eq!(headers[ETAG].to_str().unwrap(), tag);
+    assert_eq!(calls(), 0, "answered before the handler");
+
+    let (status, headers, _) = send(&app, get_req("/users/0", &[("if-none-match", &tag)])).await;
+    assert_eq!(status, StatusCode::OK, "user 0 is at version 3");
+    assert_ne!(headers[ETAG].to_str().unwrap(), tag);
+    assert_eq!(calls(), 1);
+
+    // A parameter the lookup's extractor rejects: the handler answers.
+    let (status, _, body) = send(&app, get_req("/users/x", &[("if-none-match", &tag)])).await;
+    assert_eq!(
+        (status, body.as_slice()),
+        (StatusCode::BAD_REQUEST, &b"not an id"[..])
+    );
+    assert_eq!(calls(), 2);
+}

@@ -8,7 +8,6 @@ use axum::extract::{Path, Request, State, rejection::PathRejection};
 use axum::http::header::{
     AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, ETAG, LOCATION, WWW_AUTHENTICATE,
 };
-use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -16,6 +15,7 @@ use axum::routing::get;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use revalidate::{
     CacheControl, ConditionalLayer, EntityTag, EntityTagMatch, HttpDate, Problem, Validators,
+    from_extractors,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -29,52 +29,12 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub fn router(store: UserStore) -> Router {
     let revalidate_always = || CacheControl::new().no_cache();
 
-    let collection = {
-        let store = store.clone();
-        move |_: &Parts| {
-            let store = store.clone();
-            async move {
-                store
-                    .collection_version()
-                    .await
-                    .ok()
-                    .map(|v| Validators::new().etag(collection_etag(v)))
-            }
-        }
-    };
-    let member = {
-        let store = store.clone();
-        move |parts: &Parts| {
-            let store = store.clone();
-            let id = parts
-                .uri
-                .path()
-                .strip_prefix("/users/")
-                .and_then(canonical_id);
-            async move {
-                let (version, updated_at) = store.validators(id?).await.ok()??;
-                Some(user_validators(version, updated_at))
-            }
-        }
-    };
-    let me = {
-        let store = store.clone();
-        move |parts: &Parts| {
-            let store = store.clone();
-            let id = bearer_user_id(&parts.headers);
-            async move {
-                let (version, updated_at) = store.validators(id?).await.ok()??;
-                Some(user_validators(version, updated_at))
-            }
-        }
-    };
-
     Router::new()
         .route(
             "/users",
             get(list_users).post(create_user).route_layer(
                 ConditionalLayer::new()
-                    .validators(collection)
+                    .validators(from_extractors(store.clone(), collection_validators))
                     .cache_control(revalidate_always()),
             ),
         )
@@ -86,7 +46,7 @@ pub fn router(store: UserStore) -> Router {
                 .delete(delete_user)
                 .route_layer(
                     ConditionalLayer::new()
-                        .validators(member)
+                        .validators(from_extractors(store.clone(), member_validators))
                         .cache_control(revalidate_always())
                         .require_if_match()
                         .ignore_preconditions_when_missing(),
@@ -98,7 +58,7 @@ pub fn router(store: UserStore) -> Router {
             "/me",
             get(get_me).route_layer(
                 ConditionalLayer::new()
-                    .validators(me)
+                    .validators(from_extractors(store.clone(), me_validators))
                     .user_scoped()
                     .cache_control(CacheControl::new().private().no_cache()),
             ),
@@ -111,6 +71,28 @@ pub fn router(store: UserStore) -> Router {
             )
         })
         .with_state(store)
+}
+
+// The validator sources: each runs before its handler, so a matching
+// `If-None-Match` (or a stale `If-Match`) is answered without calling it.
+
+async fn collection_validators(State(store): State<UserStore>) -> Option<Validators> {
+    let version = store.collection_version().await.ok()?;
+    Some(Validators::new().etag(collection_etag(version)))
+}
+
+async fn member_validators(
+    (Path(id), State(store)): (Path<String>, State<UserStore>),
+) -> Option<Validators> {
+    let (version, updated_at) = store.validators(canonical_id(&id)?).await.ok()??;
+    Some(user_validators(version, updated_at))
+}
+
+async fn me_validators(
+    (State(store), headers): (State<UserStore>, HeaderMap),
+) -> Option<Validators> {
+    let (version, updated_at) = store.validators(bearer_user_id(&headers)?).await.ok()??;
+    Some(user_validators(version, updated_at))
 }
 
 fn collection_etag(version: i64) -> EntityTag {

@@ -492,6 +492,30 @@ mod tests {
         assert!(config.routes.iter().count() >= 3);
     }
 
+    /// Every TOML example in the README and the configuration guide parses.
+    #[test]
+    fn the_documented_examples_are_valid() {
+        for (file, text) in [
+            ("README.md", include_str!("../../../../README.md")),
+            (
+                "docs/configuration.md",
+                include_str!("../../../../docs/configuration.md"),
+            ),
+        ] {
+            let blocks: Vec<&str> = text
+                .split("```toml\n")
+                .skip(1)
+                .filter_map(|rest| rest.split("```").next())
+                .collect();
+            assert!(!blocks.is_empty(), "{file} shows a configuration");
+            for block in blocks {
+                if let Err(e) = parse(block, file) {
+                    panic!("{file}: {e}\n{block}");
+                }
+            }
+        }
+    }
+
     fn error(text: &str) -> ConfigError {
         parse(text, "test.toml").unwrap_err()
     }

@@ -34,10 +34,14 @@
 //! # }
 //! ```
 
+#[cfg(feature = "axum")]
+mod extract;
 mod layer;
 mod service;
 mod source;
 
+#[cfg(feature = "axum")]
+pub use extract::{FromExtractors, from_extractors};
 pub use layer::{ConditionalLayer, DEFAULT_MAX_BUFFERED_BYTES};
 pub use service::Conditional;
 pub(crate) use service::hex128;
