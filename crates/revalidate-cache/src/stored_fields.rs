@@ -87,6 +87,11 @@ impl StoredFields {
         self.values.len()
     }
 
+    /// Each field's name and value, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.shape.names.iter().zip(self.values.iter())
+    }
+
     /// Bytes of names and values. The names are counted for every entry that
     /// shares them: more than their shape's own allocation when it is shared, about
     /// as much when it is not.

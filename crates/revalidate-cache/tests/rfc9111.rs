@@ -108,8 +108,13 @@ impl Store for WrappedStore {
         self.inner.get_now(primary)
     }
 
-    async fn put(&self, primary: String, variants: revalidate_cache::store::Variants) -> bool {
-        self.inner.put(primary, variants).await
+    async fn put(
+        &self,
+        primary: String,
+        variants: revalidate_cache::store::Variants,
+        since: revalidate_cache::store::FetchMark,
+    ) -> bool {
+        self.inner.put(primary, variants, since).await
     }
 
     async fn purge(&self, purge: &revalidate_cache::Purge) -> usize {

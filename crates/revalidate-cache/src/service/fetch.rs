@@ -21,7 +21,7 @@ use crate::invalidation::Ticket;
 use crate::shared::Shared;
 use crate::stats::Outcome;
 use crate::status::{CACHE_STATUS, CacheStatus, ForwardReason};
-use crate::store::Store;
+use crate::store::{FetchMark, Store};
 use revalidate::{BoxError, ResponseBody as CacheBody};
 
 use super::answer::{delta, gateway_timeout, secs};
@@ -341,6 +341,7 @@ impl<St: Store> Shared<St> {
         } = *lookup;
         let policy = self.routes.policy(route);
         let ticket = self.log.ticket();
+        let since = self.store.fetch_mark().await;
         let validators = stale.as_ref().map(|e| e.validators());
         // With nothing stored to validate, a single range is asked for as the client
         // asked (its 206 is stored as a part); with If-Range, the whole is fetched.
@@ -447,7 +448,10 @@ impl<St: Store> Shared<St> {
                 tags,
                 old.path.clone(),
             ));
-            let stored = verdict.is_ok() && self.store_entry(ticket, primary, entry.clone()).await;
+            let stored = verdict.is_ok()
+                && self
+                    .store_entry(ticket, since, primary, entry.clone())
+                    .await;
             let mut status = CacheStatus::forward(reason).fwd_status(304);
             if stored {
                 status = status.stored();
@@ -505,8 +509,10 @@ impl<St: Store> Shared<St> {
             &directives,
             (request_time, response_time),
         );
-        let stored =
-            worth_storing(&entry) && self.store_entry(ticket, primary, entry.clone()).await;
+        let stored = worth_storing(&entry)
+            && self
+                .store_entry(ticket, since, primary, entry.clone())
+                .await;
         let status = if stored { status.stored() } else { status };
         // Waiting requests may reuse it only as they could reuse a stored response:
         // while fresh (RFC 9111 §4.2), never a `no-cache` one without validation (a
@@ -525,6 +531,7 @@ impl<St: Store> Shared<St> {
     pub(super) async fn store_entry(
         &self,
         ticket: Ticket,
+        since: FetchMark,
         primary: &str,
         entry: Arc<StoredResponse>,
     ) -> bool {
@@ -538,7 +545,7 @@ impl<St: Store> Shared<St> {
         let variants = existing
             .unwrap_or_default()
             .with(names, entry, self.config.max_variants);
-        let kept = self.store.put(primary.to_string(), variants).await;
+        let kept = self.store.put(primary.to_string(), variants, since).await;
         drop(guard);
         if kept {
             self.stats.stored();

@@ -32,6 +32,31 @@ impl From<Option<Variants>> for LookupNow {
     }
 }
 
+/// When an upstream fetch began, as a store tells it (see [`Store::fetch_mark`]).
+///
+/// A store shared by several instances gives a mark from the sequence of its
+/// purges, and stores a response only if no purge happened after its mark: a
+/// response fetched before a purge is then never stored after it, on any
+/// instance. A store of one process has the cache's own guard and needs none
+/// ([`FetchMark::NONE`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FetchMark(Option<u64>);
+
+impl FetchMark {
+    /// No mark: the store keeps no sequence of purges, or could not read it.
+    pub const NONE: Self = Self(None);
+
+    /// The mark at position `purges` of the store's sequence of purges.
+    pub const fn at(purges: u64) -> Self {
+        Self(Some(purges))
+    }
+
+    /// Its position, if any.
+    pub const fn position(self) -> Option<u64> {
+        self.0
+    }
+}
+
 /// A place to keep responses by primary key.
 ///
 /// Purges are part of the trait so that a shared tier can carry them to every
@@ -47,9 +72,20 @@ pub trait Store: Clone + Send + Sync + 'static {
         let _ = primary;
         LookupNow::Unknown
     }
-    /// Stores (or replaces) the variants of `primary`; returns whether they are kept
-    /// (a store may refuse what it cannot hold).
-    fn put(&self, primary: String, variants: Variants) -> impl Future<Output = bool> + Send;
+    /// A mark taken before an upstream fetch starts, given back to [`Store::put`]
+    /// with what it fetched. By default [`FetchMark::NONE`].
+    fn fetch_mark(&self) -> impl Future<Output = FetchMark> + Send {
+        std::future::ready(FetchMark::NONE)
+    }
+    /// Stores (or replaces) the variants of `primary`, fetched after `since`;
+    /// returns whether they are kept (a store may refuse what it cannot hold, or
+    /// what a purge after `since` may have named).
+    fn put(
+        &self,
+        primary: String,
+        variants: Variants,
+        since: FetchMark,
+    ) -> impl Future<Output = bool> + Send;
     /// Removes or (soft) marks stale every entry the purge names; returns how many
     /// primary keys it touched. Costs time in the number of entries named.
     fn purge(&self, purge: &Purge) -> impl Future<Output = usize> + Send;
@@ -58,7 +94,7 @@ pub trait Store: Clone + Send + Sync + 'static {
 }
 
 /// What to invalidate: the body of the admin API's `POST /purge` too.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Purge {
     /// Exact normalized paths (with query), every variant and scope of each.

@@ -7,7 +7,7 @@ use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 use smallvec::SmallVec;
 
-use super::contract::{LookupNow, Purge, Store, StoreUsage};
+use super::contract::{FetchMark, LookupNow, Purge, Store, StoreUsage};
 use crate::entry::Variants;
 
 /// The in-memory tier: quick_cache (S3-FIFO-style admission and eviction, lock-sharded
@@ -188,6 +188,17 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// Drops everything: what a local tier does when it may have missed a purge.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn clear(&self) {
+        let mut index = lock(&self.inner.index);
+        self.inner.entries.clear();
+        *index = Index::default();
+        lock(&self.inner.notices.evicted).clear();
+    }
+}
+
 impl Inner {
     /// Unindexes what the last cache insert evicted (the index lock is held).
     fn unindex_evicted(&self, index: &mut Index) {
@@ -216,7 +227,7 @@ impl Store for MemoryStore {
         self.inner.entries.get(primary.as_bytes()).into()
     }
 
-    async fn put(&self, primary: String, variants: Variants) -> bool {
+    async fn put(&self, primary: String, variants: Variants, _: FetchMark) -> bool {
         let key = StoreKey::from_slice(primary.as_bytes());
         let primary: Arc<str> = Arc::from(primary);
         let mut index = lock(&self.inner.index);
@@ -291,12 +302,22 @@ mod tests {
     #[tokio::test]
     async fn purges_select_by_url_prefix_and_tag() {
         let store = MemoryStore::new(64 << 20);
-        store.put("h/a".into(), variants("/a", &["t1"], 10)).await;
         store
-            .put("h/a/b".into(), variants("/a/b", &["t2"], 10))
+            .put("h/a".into(), variants("/a", &["t1"], 10), FetchMark::NONE)
             .await;
-        store.put("h/ab".into(), variants("/ab", &[], 10)).await;
-        store.put("h/c".into(), variants("/c", &["t1"], 10)).await;
+        store
+            .put(
+                "h/a/b".into(),
+                variants("/a/b", &["t2"], 10),
+                FetchMark::NONE,
+            )
+            .await;
+        store
+            .put("h/ab".into(), variants("/ab", &[], 10), FetchMark::NONE)
+            .await;
+        store
+            .put("h/c".into(), variants("/c", &["t1"], 10), FetchMark::NONE)
+            .await;
         assert_eq!(store.purge(&Purge::urls(["/a"])).await, 1);
         assert!(store.get("h/a").await.is_none());
         assert!(store.get("h/a/b").await.is_some());
@@ -324,7 +345,11 @@ mod tests {
             let body_len = 10 + i;
             assert!(
                 store
-                    .put(format!("h{path}"), variants(path, &["t"], body_len))
+                    .put(
+                        format!("h{path}"),
+                        variants(path, &["t"], body_len),
+                        FetchMark::NONE
+                    )
                     .await
             );
         }
@@ -345,9 +370,13 @@ mod tests {
     async fn long_keys_are_charged_twice_and_unindexed_when_evicted() {
         let long = |i: usize| format!("h/{}{i}", "k".repeat(INLINE_KEY_BYTES));
         let store = MemoryStore::new(64 << 10);
-        store.put(long(0), variants("/long0", &["old"], 10)).await;
+        store
+            .put(long(0), variants("/long0", &["old"], 10), FetchMark::NONE)
+            .await;
         let charged = store.usage().bytes;
-        store.put("h/s".into(), variants("/s", &[], 10)).await;
+        store
+            .put("h/s".into(), variants("/s", &[], 10), FetchMark::NONE)
+            .await;
         let short = store.usage().bytes - charged;
         // The two differ in their key, path and tag bytes only.
         let long_bytes = 2 * long(0).len() + "/long0".len() + "old".len();
@@ -358,11 +387,17 @@ mod tests {
             "a spilled key's bytes count twice, an inline key's once"
         );
         // Replaced, then evicted by many more long keys: the index follows.
-        store.put(long(0), variants("/long0", &["new"], 10)).await;
+        store
+            .put(long(0), variants("/long0", &["new"], 10), FetchMark::NONE)
+            .await;
         assert_eq!(store.purge(&Purge::tags(["old"])).await, 0);
         for i in 1..100 {
             store
-                .put(long(i), variants(&format!("/long{i}"), &["all"], 4096))
+                .put(
+                    long(i),
+                    variants(&format!("/long{i}"), &["all"], 4096),
+                    FetchMark::NONE,
+                )
                 .await;
         }
         let usage = store.usage();
@@ -381,20 +416,32 @@ mod tests {
     #[tokio::test]
     async fn replacing_and_evicting_keep_the_indexes_exact() {
         let store = MemoryStore::new(64 << 10);
-        store.put("h/x".into(), variants("/x", &["old"], 10)).await;
-        store.put("h/x".into(), variants("/x", &["new"], 10)).await;
+        store
+            .put("h/x".into(), variants("/x", &["old"], 10), FetchMark::NONE)
+            .await;
+        store
+            .put("h/x".into(), variants("/x", &["new"], 10), FetchMark::NONE)
+            .await;
         assert_eq!(store.purge(&Purge::tags(["old"])).await, 0);
         for i in 0..100 {
             let path = format!("/o{i}");
             store
-                .put(format!("h{path}"), variants(&path, &["all"], 4096))
+                .put(
+                    format!("h{path}"),
+                    variants(&path, &["all"], 4096),
+                    FetchMark::NONE,
+                )
                 .await;
         }
         let usage = store.usage();
         assert!(usage.evictions > 0 && usage.bytes <= 64 << 10, "{usage:?}");
         assert!(
             !store
-                .put("h/big".into(), variants("/big", &[], 80 << 10))
+                .put(
+                    "h/big".into(),
+                    variants("/big", &[], 80 << 10),
+                    FetchMark::NONE
+                )
                 .await,
             "an entry heavier than the store is refused, and says so"
         );
@@ -415,10 +462,16 @@ mod tests {
         );
         // Over a stored key, a refused entry leaves nothing behind: never the older
         // response it was meant to replace.
-        store.put("h/y".into(), variants("/y", &["y"], 10)).await;
+        store
+            .put("h/y".into(), variants("/y", &["y"], 10), FetchMark::NONE)
+            .await;
         assert!(
             !store
-                .put("h/y".into(), variants("/y", &["y"], 80 << 10))
+                .put(
+                    "h/y".into(),
+                    variants("/y", &["y"], 80 << 10),
+                    FetchMark::NONE
+                )
                 .await
         );
         assert!(store.get("h/y").await.is_none(), "the older /y is gone");

@@ -14,7 +14,11 @@
 
 mod contract;
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
 pub use crate::entry::Variants;
-pub use contract::{LookupNow, Purge, Store, StoreUsage};
+pub use contract::{FetchMark, LookupNow, Purge, Store, StoreUsage};
 pub use memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use redis::{BusStatus, RedisConfig, RedisError, RedisStore, Tiered};

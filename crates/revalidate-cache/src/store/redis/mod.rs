@@ -1,0 +1,354 @@
+//! Redis as a store shared by every instance of a service: one upstream fetch
+//! fills it for the fleet, and each entry expires on its own.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), revalidate_cache::store::RedisError> {
+//! use revalidate_cache::store::{RedisConfig, RedisStore};
+//! use revalidate_cache::{Cache, MemoryStore};
+//!
+//! let shared = RedisStore::open(RedisConfig::new("redis://127.0.0.1:6379"))?;
+//! // Alone: every lookup asks Redis. Under a local tier: see `Tiered`.
+//! let cache = Cache::builder(shared).build();
+//! # Ok(()) }
+//! ```
+//!
+//! What it keeps, under the configured namespace (`revalidate:` by default):
+//!
+//! | key | what |
+//! |---|---|
+//! | `e:{primary key}` | the variants of one key ([`codec`]), expiring when no request may use them: the freshness left plus the longer stale window |
+//! | `p:{path}`, `t:{tag}` | the primary keys stored under a path or a tag (sets, expiring with their longest entry) |
+//! | `paths` | every path stored, for prefix purges (a sorted set read by range) |
+//! | `purges` | the number of purges so far: the mark a fetch takes ([`FetchMark`]) |
+//! | `bus` | a stream of every purge, in order, for the instances' local tiers |
+//!
+//! Storing and purging are Lua scripts, so each is atomic: a store checks that
+//! no purge happened since its fetch began and writes the entry and its indexes
+//! in one step; a purge counts itself, removes what it names and appends itself
+//! to the stream in one step. Every command is bounded by the configured
+//! timeout; a command that fails or times out is a miss (or a store skipped),
+//! never an error to a client.
+
+mod bus;
+mod codec;
+mod tiered;
+
+pub use tiered::{BusStatus, Tiered};
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+
+use super::contract::{FetchMark, Purge, Store, StoreUsage};
+use crate::entry::Variants;
+
+/// How to reach Redis, and how long to wait for it.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://host:port[/db]`.
+    pub url: String,
+    /// Prefix of every key, so that several caches can share one Redis.
+    pub namespace: String,
+    /// The longest any command may take; then it counts as failed.
+    pub timeout: Duration,
+    /// Purges the stream keeps (older ones are trimmed; an instance that
+    /// missed them drops its local tier).
+    pub bus_length: u64,
+}
+
+impl RedisConfig {
+    /// Defaults for `url`: namespace `revalidate:`, 50 ms per command, 10,000
+    /// purges kept.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            namespace: "revalidate:".into(),
+            timeout: Duration::from_millis(50),
+            bus_length: 10_000,
+        }
+    }
+}
+
+/// Why Redis cannot be used as configured.
+#[derive(Debug, thiserror::Error)]
+#[error("redis: {0}")]
+pub struct RedisError(#[from] redis::RedisError);
+
+/// Redis as a [`Store`]. Cheap to clone: clones share one connection, which
+/// reconnects by itself (with backoff) when Redis goes away.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    connection: ConnectionManager,
+    config: RedisConfig,
+    put: Script,
+    purge: Script,
+    up: AtomicBool,
+    failures: AtomicU64,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("namespace", &self.inner.config.namespace)
+            .field("up", &self.is_up())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Stores `ARGV[2]` under `KEYS[2]` for `ARGV[3]` ms, unless the purge count
+/// `KEYS[1]` moved past the fetch's mark `ARGV[1]`; indexes it under its path
+/// (`KEYS[3]`, `KEYS[4]`) and tags (`KEYS[5..]`).
+const PUT: &str = r"
+if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
+local ttl = tonumber(ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
+redis.call('ZADD', KEYS[3], 0, ARGV[5])
+for i = 4, #KEYS do
+  redis.call('SADD', KEYS[i], ARGV[4])
+  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+return 1
+";
+
+/// Counts a purge (`KEYS[1]`), removes (or, soft, marks) every entry it names
+/// and appends it to the stream `KEYS[3]`. `ARGV`: the namespace, `1` for soft,
+/// the purge as JSON, the stream's length, then the URLs, prefixes and tags,
+/// each list preceded by its length. Returns the purge's number, its stream id
+/// and how many entries it touched.
+const PURGE: &str = r"
+local ns = ARGV[1]
+local soft = ARGV[2] == '1'
+local number = redis.call('INCR', KEYS[1])
+local primaries, seen, paths, tags = {}, {}, {}, {}
+local function collect(set)
+  for _, p in ipairs(redis.call('SMEMBERS', set)) do
+    if not seen[p] then seen[p] = true; primaries[#primaries + 1] = p end
+  end
+end
+local i = 5
+local n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do paths[#paths + 1] = ARGV[i]; collect(ns .. 'p:' .. ARGV[i]); i = i + 1 end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  for _, path in ipairs(redis.call('ZRANGEBYLEX', KEYS[2], '[' .. ARGV[i], '[' .. ARGV[i] .. '\255')) do
+    paths[#paths + 1] = path; collect(ns .. 'p:' .. path)
+  end
+  i = i + 1
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do tags[#tags + 1] = ARGV[i]; collect(ns .. 't:' .. ARGV[i]); i = i + 1 end
+local touched = 0
+for _, p in ipairs(primaries) do
+  local key = ns .. 'e:' .. p
+  if soft then
+    if redis.call('EXISTS', key) == 1 then redis.call('SETRANGE', key, 1, '\1'); touched = touched + 1 end
+  else
+    touched = touched + redis.call('DEL', key)
+  end
+end
+if not soft then
+  for _, path in ipairs(paths) do redis.call('DEL', ns .. 'p:' .. path); redis.call('ZREM', KEYS[2], path) end
+  for _, tag in ipairs(tags) do redis.call('DEL', ns .. 't:' .. tag) end
+end
+local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'number', number, 'purge', ARGV[3])
+return {number, id, touched}
+";
+
+// The purge script marks a soft purge at offset 1 of the value.
+const _: () = assert!(codec::FLAGS_OFFSET == 1);
+
+/// A purge as Redis applied it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Applied {
+    /// Its number in the sequence of purges.
+    pub(crate) number: u64,
+    /// Its id in the stream.
+    pub(crate) id: String,
+    /// Entries it removed or marked.
+    pub(crate) touched: usize,
+}
+
+impl RedisStore {
+    /// A store on the Redis at `config.url`. Connects lazily: a Redis that is
+    /// down now is tried again on every use, with backoff.
+    pub fn open(config: RedisConfig) -> Result<Self, RedisError> {
+        let client = redis::Client::open(config.url.as_str())?;
+        let manager = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout.max(Duration::from_millis(200))))
+            .set_response_timeout(Some(config.timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), manager)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                connection,
+                config,
+                put: Script::new(PUT),
+                purge: Script::new(PURGE),
+                up: AtomicBool::new(true),
+                failures: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Whether the last command succeeded.
+    pub fn is_up(&self) -> bool {
+        self.inner.up.load(Ordering::Relaxed)
+    }
+
+    /// Commands that failed or timed out so far.
+    pub fn failures(&self) -> u64 {
+        self.inner.failures.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn client(&self) -> &redis::Client {
+        &self.inner.client
+    }
+
+    pub(crate) fn key(&self, kind: &str, name: &str) -> String {
+        format!("{}{kind}{name}", self.inner.config.namespace)
+    }
+
+    /// Runs `command` within the timeout, recording whether Redis answered.
+    pub(crate) async fn run<T>(
+        &self,
+        what: &'static str,
+        command: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Option<T> {
+        let outcome = tokio::time::timeout(self.inner.config.timeout, command).await;
+        let result = match outcome {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(error)) => {
+                tracing::debug!(what, %error, "redis command failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(what, "redis command timed out");
+                None
+            }
+        };
+        self.inner.up.store(result.is_some(), Ordering::Relaxed);
+        if result.is_none() {
+            self.inner.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Applies `purge` in Redis and appends it to the bus.
+    pub(crate) async fn apply_purge(&self, purge: &Purge) -> Option<Applied> {
+        let message = serde_json::to_string(purge).ok()?;
+        let mut invocation = self.inner.purge.prepare_invoke();
+        invocation
+            .key(self.key("", "purges"))
+            .key(self.key("", "paths"))
+            .key(self.key("", "bus"))
+            .arg(&self.inner.config.namespace)
+            .arg(if purge.soft { "1" } else { "0" })
+            .arg(message)
+            .arg(self.inner.config.bus_length);
+        for list in [&purge.urls, &purge.prefixes, &purge.tags] {
+            invocation.arg(list.len());
+            for item in list {
+                invocation.arg(item);
+            }
+        }
+        let mut connection = self.inner.connection.clone();
+        let (number, id, touched): (u64, String, usize) = self
+            .run("purge", invocation.invoke_async(&mut connection))
+            .await?;
+        Some(Applied {
+            number,
+            id,
+            touched,
+        })
+    }
+}
+
+/// How long Redis keeps `variants`: while any of them is fresh or may be served
+/// stale (at least a second).
+fn lifetime_in_redis(variants: &Variants) -> Duration {
+    variants
+        .entries()
+        .iter()
+        .map(|e| {
+            e.lifetime.saturating_sub(e.initial_age)
+                + e.stale_while_revalidate.max(e.stale_if_error)
+        })
+        .max()
+        .unwrap_or_default()
+        .max(Duration::from_secs(1))
+}
+
+impl Store for RedisStore {
+    async fn get(&self, primary: &str) -> Option<Variants> {
+        let mut connection = self.inner.connection.clone();
+        let key = self.key("e:", primary);
+        let value: Option<Vec<u8>> = self.run("get", connection.get(&key)).await?;
+        codec::decode(Bytes::from(value?))
+    }
+
+    async fn fetch_mark(&self) -> FetchMark {
+        let mut connection = self.inner.connection.clone();
+        let key = self.key("", "purges");
+        match self
+            .run("mark", connection.get::<_, Option<u64>>(&key))
+            .await
+        {
+            Some(count) => FetchMark::at(count.unwrap_or(0)),
+            None => FetchMark::NONE,
+        }
+    }
+
+    async fn put(&self, primary: String, variants: Variants, since: FetchMark) -> bool {
+        // Without a mark, a purge may have happened unseen since the fetch began.
+        let (Some(mark), Some(path)) = (since.position(), variants.path()) else {
+            return false;
+        };
+        let mut invocation = self.inner.put.prepare_invoke();
+        invocation
+            .key(self.key("", "purges"))
+            .key(self.key("e:", &primary))
+            .key(self.key("", "paths"))
+            .key(self.key("p:", path));
+        let mut tags: Vec<&String> = variants.tags().collect();
+        tags.sort();
+        tags.dedup();
+        for tag in tags {
+            invocation.key(self.key("t:", tag));
+        }
+        invocation
+            .arg(mark)
+            .arg(codec::encode(&variants).as_ref())
+            .arg(u64::try_from(lifetime_in_redis(&variants).as_millis()).unwrap_or(u64::MAX))
+            .arg(&primary)
+            .arg(path.as_ref());
+        let mut connection = self.inner.connection.clone();
+        let stored: Option<u8> = self
+            .run("put", invocation.invoke_async(&mut connection))
+            .await;
+        stored == Some(1)
+    }
+
+    async fn purge(&self, purge: &Purge) -> usize {
+        self.apply_purge(purge).await.map_or(0, |a| a.touched)
+    }
+
+    /// Redis's own occupancy is not tracked here (see its `INFO memory`).
+    fn usage(&self) -> StoreUsage {
+        StoreUsage::default()
+    }
+}
