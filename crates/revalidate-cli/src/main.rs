@@ -83,6 +83,10 @@ struct ServeArgs {
     /// Bearer token for the admin API; required off loopback.
     #[arg(long, env = "REVALIDATE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Redis as a tier shared by every instance, e.g. redis://127.0.0.1:6379
+    /// (overrides `[redis] url`).
+    #[arg(long, env = "REVALIDATE_REDIS")]
+    redis: Option<String>,
     /// Threads serving clients (default: one per CPU).
     #[arg(long, env = "REVALIDATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
@@ -155,10 +159,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => serve::load(path).map_err(|e: ConfigError| UsageError(e.to_string()))?,
         None => serve::ServeConfig::default(),
     };
+    if let Some(url) = args.redis.clone().filter(|u| !u.is_empty()) {
+        serve::config::check_redis_url(&url).map_err(|e| UsageError(format!("--redis: {e}")))?;
+        config.redis.url = Some(url);
+    }
     let upstream = UpstreamClient::new(&args.upstream, &config)
         .map_err(|e: InvalidUpstream| UsageError(e.to_string()))?;
     let token = args.admin_token.filter(|t| !t.is_empty());
@@ -182,7 +190,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
 
     let limits = client_limits(&config.client);
-    let (app, cache) = serve::proxy(&config, upstream);
+    let (app, cache) =
+        serve::proxy(&config, upstream).map_err(|e| UsageError(format!("--redis: {e}")))?;
+    if let Some(url) = &config.redis.url {
+        tracing::info!(%url, lease = ?config.redis.lease, "shared tier: redis");
+    }
     let admin = serve::admin::router(serve::admin::AdminState {
         cache,
         token,

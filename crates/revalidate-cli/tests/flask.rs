@@ -379,7 +379,7 @@ struct Setup {
     flask: FlaskApp,
     proxy: String,
     admin: String,
-    cache: Cache,
+    cache: Cache<revalidate_cli::serve::ProxyStore>,
 }
 
 async fn serve(app: axum::Router) -> String {
@@ -397,7 +397,7 @@ impl Setup {
         let flask = FlaskApp::start(&http).await;
         let config = parse(CONFIG, "flask.toml").unwrap_or_else(|e| panic!("{e}"));
         let upstream = UpstreamClient::new(&flask.url, &config).unwrap();
-        let (app, cache) = proxy(&config, upstream);
+        let (app, cache) = proxy(&config, upstream).unwrap();
         let proxy = serve_proxy(app).await;
         let admin = serve(admin_router(AdminState {
             cache: cache.clone(),

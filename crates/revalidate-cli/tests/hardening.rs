@@ -64,7 +64,7 @@ async fn start_proxy(config: &str, origin: SocketAddr) -> SocketAddr {
     let config: ServeConfig = parse(config, "test.toml").unwrap();
     let upstream = UpstreamClient::new(&format!("http://{origin}"), &config).unwrap();
     let limits = ClientLimits::new(&config.client);
-    let (app, _) = proxy(&config, upstream);
+    let (app, _) = proxy(&config, upstream).unwrap();
     spawn_proxy(app, limits).await
 }
 

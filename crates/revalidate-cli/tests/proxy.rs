@@ -74,13 +74,13 @@ async fn start(
     Origin,
     SocketAddr,
     tokio::task::JoinHandle<()>,
-    revalidate_cache::Cache,
+    revalidate_cache::Cache<revalidate_cli::serve::ProxyStore>,
 ) {
     let origin = Origin::default();
     let (origin_addr, origin_task) = spawn(origin.router()).await;
     let config = parse(config, "test.toml").unwrap();
     let upstream = UpstreamClient::new(&format!("http://{origin_addr}"), &config).unwrap();
-    let (app, cache) = proxy(&config, upstream);
+    let (app, cache) = proxy(&config, upstream).unwrap();
     let proxy_addr = spawn_proxy(app, ClientLimits::default()).await;
     (origin, proxy_addr, origin_task, cache)
 }
@@ -180,7 +180,7 @@ async fn an_unreachable_upstream_is_a_502_problem() {
         &parse("", "t.toml").unwrap(),
     )
     .unwrap();
-    let (app, _) = proxy(&parse("", "t.toml").unwrap(), upstream);
+    let (app, _) = proxy(&parse("", "t.toml").unwrap(), upstream).unwrap();
     let addr = spawn_proxy(app, ClientLimits::default()).await;
     let reply = request(addr, "GET", "/x", &[]).await;
     assert_eq!(reply.status, 502);
@@ -436,6 +436,16 @@ fn bad_flags_and_bad_config_exit_2_with_one_line() {
             ],
             "invalid value 'sideways' for '--scheduler",
         ),
+        (
+            vec![
+                "serve".into(),
+                "--upstream".into(),
+                "http://127.0.0.1:1".into(),
+                "--redis".into(),
+                "http://127.0.0.1:6379".into(),
+            ],
+            "--redis: \"http://127.0.0.1:6379\" is not a redis:// URL",
+        ),
     ];
     for (args, expected) in cases {
         let output = binary()
@@ -581,7 +591,7 @@ async fn x_forwarded_for_gets_the_peer_appended() {
         &parse("", "t.toml").unwrap(),
     )
     .unwrap();
-    let (app, _) = proxy(&parse("", "t.toml").unwrap(), upstream);
+    let (app, _) = proxy(&parse("", "t.toml").unwrap(), upstream).unwrap();
     let addr = spawn_proxy(app, ClientLimits::default()).await;
     request(addr, "GET", "/xff", &[("x-forwarded-for", "203.0.113.9")]).await;
     let (_, headers) = origin.requests().pop().unwrap();
@@ -663,7 +673,7 @@ async fn idempotent_requests_survive_a_closed_keep_alive_connection() {
     let origin = origin_closing_reused_connections().await;
     let upstream =
         UpstreamClient::new(&format!("http://{origin}"), &parse("", "t.toml").unwrap()).unwrap();
-    let (app, _) = proxy(&parse("", "t.toml").unwrap(), upstream);
+    let (app, _) = proxy(&parse("", "t.toml").unwrap(), upstream).unwrap();
     let addr = spawn_proxy(app, ClientLimits::default()).await;
     let first = request(addr, "GET", "/a", &[]).await;
     assert_eq!((first.status, first.body.as_str()), (200, "answer 1"));
@@ -727,7 +737,7 @@ async fn the_example_config_serves_the_demo_list_stale_when_the_demo_fails() {
     )
     .unwrap();
     let upstream = UpstreamClient::new(&format!("http://{demo_addr}"), &config).unwrap();
-    let (app, _) = proxy(&config, upstream);
+    let (app, _) = proxy(&config, upstream).unwrap();
     let addr = spawn_proxy(app, ClientLimits::default()).await;
     let fresh = request(addr, "GET", "/users", &[]).await;
     assert_eq!(fresh.status, 200);

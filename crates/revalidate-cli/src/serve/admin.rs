@@ -18,13 +18,15 @@ use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use revalidate::Problem;
 use revalidate_cache::{Cache, Purge};
+
+use super::ProxyStore;
 use serde_json::json;
 
 /// What the admin routes share.
 #[derive(Clone)]
 pub struct AdminState {
     /// The cache.
-    pub cache: Cache,
+    pub cache: Cache<ProxyStore>,
     /// The bearer token; `None` only on a loopback address.
     pub token: Option<String>,
     /// The Prometheus recorder's handle.
@@ -89,7 +91,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .fallback(|| async {
             problem(
                 StatusCode::NOT_FOUND,
@@ -167,6 +169,17 @@ async fn purge(State(state): State<AdminState>, request: Request) -> Response {
     axum::Json(json!({ "purged": purged, "soft": purge.soft })).into_response()
 }
 
+/// Liveness: always 200 while the process serves; says when Redis is out of
+/// reach (requests are then served from the upstream and the local tier is not).
+async fn healthz(State(state): State<AdminState>) -> &'static str {
+    match state.cache.store().bus() {
+        Some(bus) if !bus.redis_up || !bus.trusted => {
+            "ok (degraded: the shared tier is out of reach; serving from the upstream)\n"
+        }
+        _ => "ok\n",
+    }
+}
+
 async fn stats(State(state): State<AdminState>) -> Response {
     let counters = state.cache.stats();
     let usage = state.cache.usage();
@@ -186,12 +199,28 @@ async fn stats(State(state): State<AdminState>) -> Response {
         "hit_ratio": hit_ratio,
         "bytes_saved": counters.bytes_without_cache.saturating_sub(counters.bytes_sent),
         "store": { "entries": usage.entries, "bytes": usage.bytes, "evictions": usage.evictions },
+        "redis": state.cache.store().bus().map(|bus| json!({
+            "up": bus.redis_up,
+            "local_tier_served": bus.trusted,
+            "purges_applied": bus.applied,
+            "local_tier_drops": bus.drops,
+            "purge_waits_timed_out": bus.fenced_waits,
+            "failed_commands": bus.redis_failures,
+        })),
     }))
     .into_response()
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
     state.cache.publish_metrics();
+    if let Some(bus) = state.cache.store().bus() {
+        metrics::gauge!("revalidate_redis_up").set(f64::from(u8::from(bus.redis_up)));
+        metrics::gauge!("revalidate_local_tier_served").set(f64::from(u8::from(bus.trusted)));
+        metrics::gauge!("revalidate_bus_purges_applied").set(bus.applied as f64);
+        metrics::counter!("revalidate_local_tier_drops_total").absolute(bus.drops);
+        metrics::counter!("revalidate_purge_waits_timed_out_total").absolute(bus.fenced_waits);
+        metrics::counter!("revalidate_redis_failed_commands_total").absolute(bus.redis_failures);
+    }
     match &state.metrics {
         Some(handle) => (
             [(CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -27,6 +27,9 @@ pub struct FileConfig {
     /// Upstream settings.
     #[serde(default)]
     pub upstream: UpstreamSection,
+    /// `[redis]`.
+    #[serde(default)]
+    pub redis: RedisSection,
     /// The policy of paths no route matches.
     #[serde(default)]
     pub defaults: RouteSection,
@@ -220,6 +223,56 @@ pub struct InvalidateSection {
     pub tags: Vec<Spanned<String>>,
 }
 
+/// `[redis]`: Redis as a tier shared by every instance (off unless `url` is set,
+/// here or with `--redis`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSection {
+    /// `redis://host:port[/db]`.
+    pub url: Option<String>,
+    /// Prefix of every key, so that several services can share one Redis.
+    pub namespace: String,
+    /// The longest a Redis command may take before it counts as failed (the
+    /// request then goes on without Redis).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long an instance cut off from the invalidation bus keeps serving its
+    /// local tier, and so the longest a purge waits for an instance that does not
+    /// acknowledge it.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        Self {
+            url: None,
+            namespace: "revalidate:".into(),
+            timeout: Duration::from_millis(50),
+            lease: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Whether `url` names a Redis this build can reach.
+pub fn check_redis_url(url: &str) -> Result<(), String> {
+    if url.starts_with("rediss://") {
+        return Err(format!(
+            "{url:?}: TLS to Redis (rediss://) is not supported yet"
+        ));
+    }
+    if !url.starts_with("redis://") {
+        return Err(format!("{url:?} is not a redis:// URL"));
+    }
+    redis_url_parses(url)
+}
+
+fn redis_url_parses(url: &str) -> Result<(), String> {
+    revalidate_cache::store::RedisConfig::new(url)
+        .check()
+        .map_err(|e| format!("{url:?}: {e}"))
+}
+
 /// A configuration ready to run.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -231,6 +284,8 @@ pub struct ServeConfig {
     pub client: ClientSection,
     /// Upstream timeouts and retries.
     pub upstream: UpstreamSection,
+    /// The shared tier, if any.
+    pub redis: RedisSection,
     /// Routes.
     pub routes: Routes,
 }
@@ -318,6 +373,9 @@ pub fn parse(text: &str, file: &str) -> Result<ServeConfig, ConfigError> {
             "[client] max_connections must be at least 1".into(),
         ));
     }
+    if let Some(url) = &raw.redis.url {
+        check_redis_url(url).map_err(|reason| error_at(0, format!("[redis] url: {reason}")))?;
+    }
     if raw.cache.max_object_bytes.as_u64() > raw.cache.max_bytes.as_u64() {
         return Err(error_at(
             0,
@@ -358,6 +416,7 @@ pub fn parse(text: &str, file: &str) -> Result<ServeConfig, ConfigError> {
         max_bytes: raw.cache.max_bytes.as_u64(),
         client: raw.client,
         upstream: raw.upstream,
+        redis: raw.redis,
         routes: Routes::new(routes, default),
     })
 }

@@ -26,6 +26,7 @@ mod drain;
 mod etag;
 pub mod request_check;
 pub mod server;
+mod store;
 pub mod timed_body;
 mod upstream;
 
@@ -36,7 +37,8 @@ pub use access_log::{AccessLog, AccessLogLayer};
 pub use config::{ConfigError, ServeConfig, load, parse};
 pub use etag::EtagByRoute;
 pub use request_check::RequestCheck;
-use revalidate_cache::{Cache, CacheService, MemoryStore, Routes};
+use revalidate_cache::{Cache, CacheService, Routes};
+pub use store::ProxyStore;
 use tower::Layer;
 pub use upstream::{InvalidUpstream, UpstreamBody, UpstreamClient};
 
@@ -44,14 +46,14 @@ pub use upstream::{InvalidUpstream, UpstreamBody, UpstreamClient};
 /// ([`Proxy::for_peer`]).
 #[derive(Debug, Clone)]
 pub struct Proxy {
-    cache: Cache,
+    cache: Cache<ProxyStore>,
     routes: Arc<Routes>,
     upstream: UpstreamClient,
 }
 
 /// The proxy as one tower service: access log, request check, cache, per-route
 /// content ETags, upstream.
-pub type ProxyService = AccessLog<RequestCheck<CacheService<EtagByRoute, MemoryStore>>>;
+pub type ProxyService = AccessLog<RequestCheck<CacheService<EtagByRoute, ProxyStore>>>;
 
 impl Proxy {
     /// The service for one client connection; requests it forwards name `peer` in
@@ -70,9 +72,12 @@ impl Proxy {
     }
 }
 
-/// The proxy and the cache inside it.
-pub fn proxy(config: &ServeConfig, upstream: UpstreamClient) -> (Proxy, Cache) {
-    let cache = Cache::builder(MemoryStore::new(config.max_bytes))
+/// The proxy and the cache inside it, over the store `config` asks for.
+pub fn proxy(
+    config: &ServeConfig,
+    upstream: UpstreamClient,
+) -> Result<(Proxy, Cache<ProxyStore>), revalidate_cache::store::RedisError> {
+    let cache = Cache::builder(ProxyStore::of(config)?)
         .routes(config.routes.clone())
         .config(config.cache.clone())
         .build();
@@ -81,5 +86,5 @@ pub fn proxy(config: &ServeConfig, upstream: UpstreamClient) -> (Proxy, Cache) {
         routes: Arc::new(config.routes.clone()),
         upstream,
     };
-    (proxy, cache)
+    Ok((proxy, cache))
 }

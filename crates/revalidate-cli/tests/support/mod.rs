@@ -3,6 +3,9 @@
 
 pub mod postgres;
 pub mod proxy;
+/// A real Redis, the same harness as the cache crate's tests.
+#[path = "../../../revalidate-cache/tests/support/redis.rs"]
+pub mod redis;
 pub mod scenarios;
 
 use axum::Router;

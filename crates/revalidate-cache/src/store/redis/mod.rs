@@ -73,6 +73,14 @@ impl RedisConfig {
     }
 }
 
+impl RedisConfig {
+    /// Whether the URL is one this build can connect to (nothing is connected).
+    pub fn check(&self) -> Result<(), RedisError> {
+        redis::Client::open(self.url.as_str()).map(drop)?;
+        Ok(())
+    }
+}
+
 /// Why Redis cannot be used as configured.
 #[derive(Debug, thiserror::Error)]
 #[error("redis: {0}")]

@@ -1,0 +1,92 @@
+//! The proxy's store: the in-memory tier alone, or over Redis (`--redis`).
+
+use std::time::Duration;
+
+use revalidate_cache::store::{
+    BusStatus, FetchMark, LookupNow, RedisConfig, RedisError, RedisStore, Tiered, Variants,
+};
+use revalidate_cache::{MemoryStore, Purge, Store, StoreUsage};
+
+use super::config::ServeConfig;
+
+/// Where the proxy keeps responses. A decision made once at start, so an enum:
+/// a hit pays one match, not a virtual call.
+#[derive(Debug, Clone)]
+pub enum ProxyStore {
+    /// This process's memory only.
+    Memory(MemoryStore),
+    /// This process's memory over Redis, shared with every other instance.
+    Tiered(Tiered),
+}
+
+impl ProxyStore {
+    /// The store `config` asks for; Redis is connected lazily, and the
+    /// invalidation bus started on the current runtime.
+    pub fn of(config: &ServeConfig) -> Result<Self, RedisError> {
+        let local = MemoryStore::new(config.max_bytes);
+        let Some(url) = &config.redis.url else {
+            return Ok(Self::Memory(local));
+        };
+        let mut redis = RedisConfig::new(url.clone());
+        redis.namespace = config.redis.namespace.clone();
+        redis.timeout = config.redis.timeout.max(Duration::from_millis(1));
+        let shared = RedisStore::open(redis)?;
+        Ok(Self::Tiered(Tiered::start(
+            local,
+            shared,
+            config.redis.lease,
+        )))
+    }
+
+    /// What the invalidation bus is doing, with Redis in use.
+    pub fn bus(&self) -> Option<BusStatus> {
+        match self {
+            Self::Memory(_) => None,
+            Self::Tiered(tiered) => Some(tiered.status()),
+        }
+    }
+}
+
+impl Store for ProxyStore {
+    async fn get(&self, primary: &str) -> Option<Variants> {
+        match self {
+            Self::Memory(store) => store.get(primary).await,
+            Self::Tiered(store) => store.get(primary).await,
+        }
+    }
+
+    fn get_now(&self, primary: &str) -> LookupNow {
+        match self {
+            Self::Memory(store) => store.get_now(primary),
+            Self::Tiered(store) => store.get_now(primary),
+        }
+    }
+
+    async fn fetch_mark(&self) -> FetchMark {
+        match self {
+            Self::Memory(store) => store.fetch_mark().await,
+            Self::Tiered(store) => store.fetch_mark().await,
+        }
+    }
+
+    async fn put(&self, primary: String, variants: Variants, since: FetchMark) -> bool {
+        match self {
+            Self::Memory(store) => store.put(primary, variants, since).await,
+            Self::Tiered(store) => store.put(primary, variants, since).await,
+        }
+    }
+
+    async fn purge(&self, purge: &Purge) -> usize {
+        match self {
+            Self::Memory(store) => store.purge(purge).await,
+            Self::Tiered(store) => store.purge(purge).await,
+        }
+    }
+
+    fn usage(&self) -> StoreUsage {
+        match self {
+            Self::Memory(store) => store.usage(),
+            Self::Tiered(store) => store.usage(),
+        }
+    }
+}
