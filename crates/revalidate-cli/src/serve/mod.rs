@@ -10,7 +10,7 @@
 //!
 //! let config = ServeConfig::default();
 //! let upstream = UpstreamClient::new("http://127.0.0.1:5000", &config)?;
-//! let (proxy, _cache) = proxy(&config, upstream);
+//! let (proxy, _cache) = proxy(&config, upstream)?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! let limits = server::ClientLimits::new(&config.client);
 //! server::run(listener, move |peer| proxy.for_peer(peer), std::future::pending(), limits).await?;
