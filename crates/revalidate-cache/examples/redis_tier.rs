@@ -1,0 +1,134 @@
+//! Measures the shared tier: bytes Redis holds per stored response, and how
+//! long a purge takes to reach every instance.
+//!
+//! `cargo run --release -p revalidate-cache --features redis --example redis_tier -- [REDIS_URL] [ENTRIES] [BODY_BYTES]`
+//!
+//! Stores ENTRIES responses (default 10,000 of 5 KiB) through the cache layer
+//! into Redis (in a namespace of its own, deleted afterwards) and sums Redis's
+//! `MEMORY USAGE` of every key it made (entries and indexes). Then starts three instances (each a local tier
+//! over that Redis) and times 1,000 purges made through one of them: each returns
+//! once the other two applied it to their local tiers.
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use revalidate_cache::store::{RedisConfig, RedisStore, Tiered};
+use revalidate_cache::{Cache, MemoryStore, Purge};
+use tower::{Layer, ServiceExt, service_fn};
+
+/// Bytes Redis uses for every key of `namespace` (`MEMORY USAGE`: the value,
+/// the key and Redis's own overhead), and how many keys there are.
+async fn namespace_bytes(client: &redis::Client, namespace: &str) -> (u64, usize) {
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{namespace}*"))
+        .query_async(&mut connection)
+        .await
+        .unwrap_or_default();
+    let mut bytes = 0;
+    for key in &keys {
+        let usage: Option<u64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(key)
+            .arg("SAMPLES")
+            .arg(0)
+            .query_async(&mut connection)
+            .await
+            .unwrap_or(None);
+        bytes += usage.unwrap_or(0);
+    }
+    (bytes, keys.len())
+}
+
+fn store(url: &str, namespace: &str) -> RedisStore {
+    let mut config = RedisConfig::new(url);
+    config.namespace = namespace.into();
+    config.timeout = Duration::from_secs(1);
+    RedisStore::open(config).expect("a redis:// URL")
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let url = args
+        .next()
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    let entries: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let body_len: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5 * 1024);
+    let namespace = format!("sizing:{}:", std::process::id());
+    let client = redis::Client::open(url.as_str()).expect("a redis:// URL");
+
+    let origin = service_fn(move |request: Request<Full<Bytes>>| async move {
+        let mut body = vec![b'x'; body_len];
+        let path = request.uri().path().as_bytes();
+        body[..path.len().min(body_len)].copy_from_slice(&path[..path.len().min(body_len)]);
+        let response = Response::builder()
+            .header("content-type", "application/json")
+            .header("cache-control", "public, max-age=3600")
+            .header("etag", format!("\"{:016x}\"", body.len()))
+            .body(Full::new(Bytes::from(body)))
+            .expect("a valid response");
+        Ok::<_, Infallible>(response)
+    });
+    let cache = Cache::builder(store(&url, &namespace)).build();
+    let service = cache.layer().layer(origin);
+    for i in 0..entries {
+        let request = Request::get(format!("http://127.0.0.1/obj/{i}"))
+            .body(Full::default())
+            .expect("a valid request");
+        drop(service.clone().oneshot(request).await);
+    }
+    let (bytes, keys) = namespace_bytes(&client, &namespace).await;
+    let per_entry = bytes as f64 / entries as f64;
+    println!("redis keys:                {keys} for {entries} entries (with the indexes)");
+    println!("redis bytes per entry:     {per_entry:.0} ({body_len}-byte bodies)");
+    println!(
+        "beyond the body:           {:.0}",
+        per_entry - body_len as f64
+    );
+
+    let lease = Duration::from_millis(500);
+    let instances: Vec<Tiered> = (0..3)
+        .map(|_| Tiered::start(MemoryStore::new(64 << 20), store(&url, &namespace), lease))
+        .collect();
+    while !instances.iter().all(|i| i.status().trusted) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let writer = Cache::builder(instances[0].clone()).build();
+    let mut waits = Vec::new();
+    for i in 0..1000 {
+        let started = Instant::now();
+        writer.purge(&Purge::urls([format!("/obj/{i}")])).await;
+        waits.push(started.elapsed());
+    }
+    waits.sort();
+    let at = |q: f64| waits[((waits.len() as f64 * q) as usize).min(waits.len() - 1)];
+    println!(
+        "purge applied by 3 instances: p50 {:?}, p99 {:?}, max {:?}",
+        at(0.5),
+        at(0.99),
+        waits[waits.len() - 1]
+    );
+
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{namespace}*"))
+        .query_async(&mut connection)
+        .await
+        .unwrap_or_default();
+    for chunk in keys.chunks(1000) {
+        let _: Result<u64, _> = redis::cmd("DEL")
+            .arg(chunk)
+            .query_async(&mut connection)
+            .await;
+    }
+}
