@@ -55,7 +55,9 @@ pub use cache::{Cache, CacheBuilder, CacheLayer};
 pub use clock::{Clock, MockClock, SystemClock};
 pub use headers::strip_hop_by_hop;
 pub use revalidate::{BoxError, ResponseBody as CacheBody};
-pub use routes::{InvalidationRule, Pattern, QueryRules, Route, RoutePolicy, Routes, Template};
+pub use routes::{
+    InvalidationRule, KeyPart, Pattern, QueryRules, Route, RoutePolicy, Routes, Template,
+};
 pub use service::{CacheService, CacheableBody, ResponseFuture, Upstream, UpstreamUnavailable};
 pub use shared::CacheConfig;
 pub use stats::{Outcome, Snapshot};

@@ -237,6 +237,20 @@ pub struct Route {
     pub on_write: Vec<InvalidationRule>,
 }
 
+/// A part of the cache key that a layer in front of the cache adds to a request
+/// (as a request extension): responses stored for one value are never served for
+/// another. `revalidate serve` puts a route's version counter in it, so that a
+/// bump keys every later request apart from what was stored before it.
+///
+/// ```
+/// use revalidate_cache::KeyPart;
+///
+/// let mut request = http::Request::get("/users/1").body(()).unwrap();
+/// request.extensions_mut().insert(KeyPart("v7".into()));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPart(pub String);
+
 /// Which route a target resolved to, by position among the routes (`None`: none,
 /// the default policy applies). See [`Routes::resolve_id`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

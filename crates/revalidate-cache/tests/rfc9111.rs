@@ -981,3 +981,31 @@ async fn qualified_fields_reach_the_requester_but_are_not_stored() {
         ("", "", "3")
     );
 }
+
+/// A `KeyPart` set by a layer in front of the cache keys requests apart.
+#[tokio::test]
+async fn a_key_part_keys_requests_apart() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let h = Harness::new(Origin::new(|_, n| {
+        support::response(200, &[("cache-control", "max-age=60")], &format!("v{n}"))
+    }));
+    let get = |part: &'static str| {
+        let mut request = http::Request::get("http://origin.test/k")
+            .body(http_body_util::Full::<bytes::Bytes>::default())
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(revalidate_cache::KeyPart(part.into()));
+        let service = h.service.clone();
+        async move {
+            let response = service.oneshot(request).await.unwrap();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8(body.to_vec()).unwrap()
+        }
+    };
+    assert_eq!(get("v1").await, "v1");
+    assert_eq!(get("v1").await, "v1", "a hit under the same part");
+    assert_eq!(get("v2").await, "v2", "another part misses");
+    assert_eq!(h.origin.calls(), 2);
+}

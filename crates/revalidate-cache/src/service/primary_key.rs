@@ -5,7 +5,7 @@ use http::header::{COOKIE, HOST};
 use http::{HeaderMap, HeaderValue};
 use twox_hash::XxHash3_128;
 
-use crate::routes::RoutePolicy;
+use crate::routes::{KeyPart, RoutePolicy};
 
 use super::head::RequestHead;
 
@@ -73,6 +73,10 @@ pub(super) fn primary_key(
             hasher.write(b"\n");
         }
         primary.push_str(&format!("\nu:{:032x}", hasher.finish_128()));
+    }
+    if let Some(KeyPart(part)) = head.extensions.get::<KeyPart>() {
+        primary.push_str("\nx:");
+        primary.push_str(part);
     }
     Some(PrimaryKey {
         key: primary,

@@ -21,4 +21,4 @@ pub use crate::entry::Variants;
 pub use contract::{FetchMark, LookupNow, Purge, Store, StoreUsage};
 pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
-pub use redis::{BusStatus, RedisConfig, RedisError, RedisStore, Tiered};
+pub use redis::{BusStatus, RedisConfig, RedisError, RedisStore, Tiered, Versions, version_tag};

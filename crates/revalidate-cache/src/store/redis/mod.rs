@@ -32,8 +32,10 @@
 mod bus;
 mod codec;
 mod tiered;
+mod versions;
 
 pub use tiered::{BusStatus, Tiered};
+pub use versions::{Versions, version_tag};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
