@@ -190,6 +190,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
 
     let limits = client_limits(&config.client);
+    if !config.versions.is_empty() && config.redis.url.is_none() {
+        return Err(UsageError(
+            "routes with `version` read their counters in Redis: set [redis] url or --redis".into(),
+        )
+        .into());
+    }
     let (app, cache) =
         serve::proxy(&config, upstream).map_err(|e| UsageError(format!("--redis: {e}")))?;
     if let Some(url) = &config.redis.url {

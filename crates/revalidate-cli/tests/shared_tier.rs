@@ -160,3 +160,61 @@ async fn with_redis_out_of_reach_the_proxy_serves_and_says_so() {
         "{body:?}"
     );
 }
+
+/// A route with `version = "user:{id}"`: the proxy answers `If-None-Match` from
+/// the counter the app bumps, without calling the app, and a bump is a new key.
+#[tokio::test]
+async fn a_versioned_route_answers_from_the_counter() {
+    let url = support::redis::url();
+    let namespace = support::redis::namespace("versioned");
+    let (calls, version) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(1)));
+    let (origin_addr, _origin) = spawn(origin(calls.clone(), version.clone())).await;
+    let config = parse(
+        &format!(
+            "[redis]\nurl = \"{url}\"\nnamespace = \"{namespace}\"\n\n\
+             [[routes]]\npath = \"/items/{{id}}\"\nversion = \"item:{{id}}\"\n"
+        ),
+        "t.toml",
+    )
+    .unwrap();
+    let upstream = UpstreamClient::new(&format!("http://{origin_addr}"), &config).unwrap();
+    let (app, cache) = proxy(&config, upstream).unwrap();
+    let addr = spawn_proxy(app, ClientLimits::default()).await;
+    let versions = cache.store().versions().unwrap();
+
+    let first = request(addr, "GET", "/items/7", &[]).await;
+    assert_eq!(
+        (first.body.as_str(), first.headers["etag"].to_str().unwrap()),
+        ("v1", "\"v0\"")
+    );
+    let not_modified = request(addr, "GET", "/items/7", &[("if-none-match", "\"v0\"")]).await;
+    assert_eq!(not_modified.status, 304);
+    assert_eq!(
+        cache_status(&not_modified),
+        "revalidate; hit; detail=version"
+    );
+    assert!(
+        request(addr, "GET", "/items/7", &[]).await.headers["cache-status"]
+            .to_str()
+            .unwrap()
+            .contains("hit")
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the app saw one request");
+
+    // The app writes: new data, and a bump of the counter in its write path.
+    version.fetch_add(1, Ordering::SeqCst);
+    assert_eq!(versions.bump("item:7").await, Some(1));
+    let after = request(addr, "GET", "/items/7", &[("if-none-match", "\"v0\"")]).await;
+    assert_eq!(after.status, 200, "the old tag is not current any more");
+    assert_eq!(
+        (after.body.as_str(), after.headers["etag"].to_str().unwrap()),
+        ("v2", "\"v1\"")
+    );
+    assert_eq!(
+        request(addr, "GET", "/items/7", &[("if-none-match", "\"v1\"")])
+            .await
+            .status,
+        304
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

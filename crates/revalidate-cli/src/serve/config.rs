@@ -1,6 +1,7 @@
 //! The `revalidate serve` configuration file (TOML), checked whole at start: an
 //! invalid file is refused with its path, line, column and the reason.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -191,6 +192,10 @@ pub struct RouteSection {
     /// What writes to this route invalidate.
     #[serde(default)]
     pub invalidate: Vec<InvalidateSection>,
+    /// A version counter in Redis (`"user:{id}"`) that the app bumps on every
+    /// write: the proxy answers conditional requests from it and keys what it
+    /// stores by it.
+    pub version: Option<Spanned<String>>,
 }
 
 /// `query = { sort = true, drop = ["utm_*"] }`.
@@ -288,6 +293,8 @@ pub struct ServeConfig {
     pub redis: RedisSection,
     /// Routes.
     pub routes: Routes,
+    /// The version counter of each versioned route, by its path pattern.
+    pub versions: HashMap<String, Template>,
 }
 
 impl Default for ServeConfig {
@@ -384,6 +391,13 @@ pub fn parse(text: &str, file: &str) -> Result<ServeConfig, ConfigError> {
     }
     let default = policy(&raw.defaults, None, &error_at)?;
     let mut routes = Vec::new();
+    let mut versions = HashMap::new();
+    if let Some(version) = &raw.defaults.version {
+        return Err(error_at(
+            version.span().start,
+            "[defaults] takes no `version`: a version belongs to a route's resources".into(),
+        ));
+    }
     for section in &raw.routes {
         let Some(path) = &section.path else {
             return Err(error_at(
@@ -394,6 +408,12 @@ pub fn parse(text: &str, file: &str) -> Result<ServeConfig, ConfigError> {
         let pattern =
             Pattern::parse(path.get_ref()).map_err(|e| error_at(path.span().start, e.0))?;
         let policy = policy(section, Some(&pattern), &error_at)?;
+        if let Some(version) = &section.version {
+            let template = template(version, Some(&pattern), &error_at)?;
+            versions
+                .entry(pattern.as_str().to_string())
+                .or_insert(template);
+        }
         let on_write = section
             .invalidate
             .iter()
@@ -418,6 +438,7 @@ pub fn parse(text: &str, file: &str) -> Result<ServeConfig, ConfigError> {
         upstream: raw.upstream,
         redis: raw.redis,
         routes: Routes::new(routes, default),
+        versions,
     })
 }
 

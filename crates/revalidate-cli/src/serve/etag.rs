@@ -1,5 +1,6 @@
 //! Content ETags for the routes that ask for them (`add_etag = true`): the
-//! conditional layer of the `revalidate` crate, chosen per route.
+//! conditional layer of the `revalidate` crate, chosen per route; and the
+//! version tags of versioned routes (see `versioned`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use revalidate_cache::Routes;
 use tower::{Layer, Service};
 
 use super::upstream::{UpstreamBody, UpstreamClient};
+use super::versioned::{VersionTag, tag_response};
 
 /// Routes each request to the upstream directly or through the conditional layer.
 #[derive(Debug, Clone)]
@@ -57,10 +59,22 @@ impl Service<Request<Body>> for EtagByRoute {
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         // Both are always ready (`UpstreamClient::poll_ready`), so clones may be called.
         let inner = &*self.inner;
+        let version = request.extensions().get::<VersionTag>().copied();
         let (route, _) = inner.routes.resolve(request.uri().path());
         if inner.routes.policy(route).add_etag {
             let future = inner.tagged.clone().call(request);
-            Box::pin(async move { Ok(future.await?.map(|body| body.boxed())) })
+            Box::pin(async move {
+                let mut response = future.await?.map(|body| body.boxed());
+                tag_response(version, &mut response);
+                Ok(response)
+            })
+        } else if version.is_some() {
+            let future = inner.plain.clone().call(request);
+            Box::pin(async move {
+                let mut response = future.await?;
+                tag_response(version, &mut response);
+                Ok(response)
+            })
         } else {
             Box::pin(inner.plain.clone().call(request))
         }

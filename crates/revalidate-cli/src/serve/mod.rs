@@ -29,6 +29,7 @@ pub mod server;
 mod store;
 pub mod timed_body;
 mod upstream;
+pub mod versioned;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +42,7 @@ use revalidate_cache::{Cache, CacheService, Routes};
 pub use store::ProxyStore;
 use tower::Layer;
 pub use upstream::{InvalidUpstream, UpstreamBody, UpstreamClient};
+use versioned::{VersionCheck, Versioning};
 
 /// The proxy's parts, from which each client connection gets its own service
 /// ([`Proxy::for_peer`]).
@@ -48,12 +50,14 @@ pub use upstream::{InvalidUpstream, UpstreamBody, UpstreamClient};
 pub struct Proxy {
     cache: Cache<ProxyStore>,
     routes: Arc<Routes>,
+    versioning: Versioning,
     upstream: UpstreamClient,
 }
 
 /// The proxy as one tower service: access log, request check, cache, per-route
 /// content ETags, upstream.
-pub type ProxyService = AccessLog<RequestCheck<CacheService<EtagByRoute, ProxyStore>>>;
+pub type ProxyService =
+    AccessLog<RequestCheck<VersionCheck<CacheService<EtagByRoute, ProxyStore>>>>;
 
 impl Proxy {
     /// The service for one client connection; requests it forwards name `peer` in
@@ -61,14 +65,19 @@ impl Proxy {
     /// once here rather than carried in every request's extensions.
     pub fn for_peer(&self, peer: SocketAddr) -> ProxyService {
         let upstream = EtagByRoute::new(self.routes.clone(), self.upstream.for_peer(peer));
-        AccessLogLayer.layer(RequestCheck::new(self.cache.layer().layer(upstream)))
+        self.wrap(self.cache.layer().layer(upstream))
     }
 
     /// The service for requests that carry their peer, if any, as axum's
     /// `ConnectInfo` extension.
     pub fn service(&self) -> ProxyService {
         let upstream = EtagByRoute::new(self.routes.clone(), self.upstream.clone());
-        AccessLogLayer.layer(RequestCheck::new(self.cache.layer().layer(upstream)))
+        self.wrap(self.cache.layer().layer(upstream))
+    }
+
+    fn wrap(&self, cache: CacheService<EtagByRoute, ProxyStore>) -> ProxyService {
+        let versioned = VersionCheck::new(cache, self.versioning.clone());
+        AccessLogLayer.layer(RequestCheck::new(versioned))
     }
 }
 
@@ -81,9 +90,16 @@ pub fn proxy(
         .routes(config.routes.clone())
         .config(config.cache.clone())
         .build();
+    let routes = Arc::new(config.routes.clone());
+    let versioning = Versioning::new(
+        routes.clone(),
+        config.versions.clone(),
+        cache.store().versions(),
+    );
     let proxy = Proxy {
         cache: cache.clone(),
-        routes: Arc::new(config.routes.clone()),
+        routes,
+        versioning,
         upstream,
     };
     Ok((proxy, cache))

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use revalidate_cache::store::{
     BusStatus, FetchMark, LookupNow, RedisConfig, RedisError, RedisStore, Tiered, Variants,
+    Versions,
 };
 use revalidate_cache::{MemoryStore, Purge, Store, StoreUsage};
 
@@ -36,6 +37,14 @@ impl ProxyStore {
             shared,
             config.redis.lease,
         )))
+    }
+
+    /// The version counters, with Redis in use.
+    pub fn versions(&self) -> Option<Versions> {
+        match self {
+            Self::Memory(_) => None,
+            Self::Tiered(tiered) => Some(tiered.shared().versions()),
+        }
     }
 
     /// What the invalidation bus is doing, with Redis in use.

@@ -68,6 +68,11 @@ impl Tiered {
         Self { local, shared, bus }
     }
 
+    /// The shared tier (for its version counters, say).
+    pub fn shared(&self) -> &RedisStore {
+        &self.shared
+    }
+
     /// What the bus is doing.
     pub fn status(&self) -> BusStatus {
         let applied = self.bus.applied.load(Ordering::Relaxed);
