@@ -28,6 +28,8 @@ use serde_json::{Value, json};
 /// The Flask release the virtualenv gets; its directory is named after it, so a
 /// new pin makes a new virtualenv.
 const FLASK_VERSION: &str = "3.1.3";
+/// The Redis client the app bumps its version counters with.
+const REDIS_PY_VERSION: &str = "5.2.1";
 const APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/flask_app/app.py");
 
 /// The proxy's configuration, as a user would write it for this app.
@@ -74,7 +76,8 @@ fn run(command: &mut Command, what: &str) {
 /// Whether `dir` is a virtualenv with the pinned Flask.
 fn venv_ready(dir: &Path) -> bool {
     let check = format!(
-        "import importlib.metadata as m, flask; assert m.version('flask') == '{FLASK_VERSION}'"
+        "import importlib.metadata as m, flask, redis; \
+         assert m.version('flask') == '{FLASK_VERSION}' and m.version('redis') == '{REDIS_PY_VERSION}'"
     );
     Command::new(dir.join("bin").join("python"))
         .args(["-c", &check])
@@ -102,7 +105,9 @@ fn venv_python() -> &'static Path {
 
 fn make_venv() -> PathBuf {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let dir = tmp.join(format!("flask-venv-{FLASK_VERSION}"));
+    let dir = tmp.join(format!(
+        "flask-venv-{FLASK_VERSION}-redis-{REDIS_PY_VERSION}"
+    ));
     if venv_ready(&dir) {
         return dir.join("bin").join("python");
     }
@@ -124,7 +129,7 @@ fn make_venv() -> PathBuf {
     // half a virtualenv (the interpreter finds it by its own path, so a moved
     // virtualenv still works).
     let building = tmp.join(format!(
-        "flask-venv-{FLASK_VERSION}.building-{}",
+        "flask-venv-{FLASK_VERSION}-redis-{REDIS_PY_VERSION}.building-{}",
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&building);
@@ -145,8 +150,9 @@ fn make_venv() -> PathBuf {
                 "--disable-pip-version-check",
                 "--no-input",
             ])
-            .arg(format!("flask=={FLASK_VERSION}")),
-        "installing Flask into the virtualenv (`pip install`)",
+            .arg(format!("flask=={FLASK_VERSION}"))
+            .arg(format!("redis=={REDIS_PY_VERSION}")),
+        "installing Flask and redis-py into the virtualenv (`pip install`)",
     );
     if !venv_ready(&dir) {
         // An outdated or broken one.
@@ -288,7 +294,8 @@ struct FlaskApp {
 }
 
 impl FlaskApp {
-    async fn start(http: &Http) -> Self {
+    /// The app, with `env` added to its environment.
+    async fn start(http: &Http, env: &[(&str, &str)]) -> Self {
         let python = venv_python();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -305,6 +312,7 @@ impl FlaskApp {
             // The app's watchdog: it exits once this process is gone, however
             // this process ends.
             .env("REVALIDATE_TEST_PARENT_PID", std::process::id().to_string())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -393,9 +401,14 @@ async fn serve_proxy(app: Proxy) -> String {
 
 impl Setup {
     async fn start() -> Self {
+        Self::with(CONFIG, &[]).await
+    }
+
+    /// The app with `env`, behind a proxy configured with `config`.
+    async fn with(config: &str, env: &[(&str, &str)]) -> Self {
         let http = Http::new();
-        let flask = FlaskApp::start(&http).await;
-        let config = parse(CONFIG, "flask.toml").unwrap_or_else(|e| panic!("{e}"));
+        let flask = FlaskApp::start(&http, env).await;
+        let config = parse(config, "flask.toml").unwrap_or_else(|e| panic!("{e}"));
         let upstream = UpstreamClient::new(&flask.url, &config).unwrap();
         let (app, cache) = proxy(&config, upstream).unwrap();
         let proxy = serve_proxy(app).await;
@@ -789,4 +802,56 @@ async fn purges_by_tag_through_the_admin_api_and_the_library() {
     assert_eq!(s.flask.gets(&s.http, "/users").await, [200, 200, 200]);
     assert_eq!(s.flask.gets(&s.http, "/users/2").await, [200]);
     assert_eq!(s.cache.stats().purges, 2);
+}
+
+/// A route whose version counter the app bumps in Redis on every write: the
+/// proxy answers `If-None-Match` from the counter, without asking Flask, and a
+/// write makes the old tag stale on every instance at once.
+#[tokio::test]
+async fn flask_bumps_a_counter_and_the_proxy_answers_304s_from_it() {
+    let url = support::redis::url();
+    let namespace = support::redis::namespace("flask");
+    let config = format!(
+        "{CONFIG}\n[[routes]]\npath = \"/users/{{id}}/summary\"\nversion = \"user:{{id}}\"\n\n\
+         [redis]\nurl = \"{url}\"\nnamespace = \"{namespace}\"\n"
+    );
+    let s = Setup::with(
+        &config,
+        &[("REDIS_URL", &url), ("REVALIDATE_NAMESPACE", &namespace)],
+    )
+    .await;
+    let first = s.get("/users/2/summary", &[]).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.etag(), "\"v0\"", "the proxy's tag, from the counter");
+    assert_eq!(first.json()["name"], "Alan Turing");
+    let again = s
+        .get("/users/2/summary", &[("if-none-match", "\"v0\"")])
+        .await;
+    assert_eq!(again.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(
+        s.flask.gets(&s.http, "/users/2/summary").await,
+        [200],
+        "Flask was asked once"
+    );
+
+    let put = s
+        .write(
+            Method::PUT,
+            "/users/2",
+            &[],
+            json!({ "name": "Alan M. Turing" }),
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::OK);
+    let after = s
+        .get("/users/2/summary", &[("if-none-match", "\"v0\"")])
+        .await;
+    assert_eq!(after.status, StatusCode::OK, "the old tag is stale");
+    assert_eq!(after.etag(), "\"v1\"");
+    assert_eq!(after.json()["name"], "Alan M. Turing");
+    let current = s
+        .get("/users/2/summary", &[("if-none-match", "\"v1\"")])
+        .await;
+    assert_eq!(current.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(s.flask.gets(&s.http, "/users/2/summary").await, [200, 200]);
 }

@@ -572,7 +572,7 @@ mod tests {
         assert!(config.routes.iter().count() >= 3);
     }
 
-    /// Every TOML example in the README and the configuration guide parses.
+    /// Every TOML example in the README and the guides parses.
     #[test]
     fn the_documented_examples_are_valid() {
         for (file, text) in [
@@ -580,6 +580,14 @@ mod tests {
             (
                 "docs/configuration.md",
                 include_str!("../../../../docs/configuration.md"),
+            ),
+            (
+                "docs/shared-tier.md",
+                include_str!("../../../../docs/shared-tier.md"),
+            ),
+            (
+                "docs/proxy-guide.md",
+                include_str!("../../../../docs/proxy-guide.md"),
             ),
         ] {
             let blocks: Vec<&str> = text

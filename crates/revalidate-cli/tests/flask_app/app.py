@@ -14,12 +14,17 @@ It listens on 127.0.0.1 only. What it shows a cache:
   GET  /users/<id>/plain    JSON; public, max-age=60; no ETag at all (`add_etag = true`
                             in the proxy's config gives it one)
   GET  /users/<id>/profile  JSON; no-cache + ETag: stored, but revalidated every time
+  GET  /users/<id>/summary  JSON; public, max-age=60; no ETag: the proxy's route names
+                            the version counter "user:<id>" that PUT bumps in Redis
   GET  /health              "ok"; no-cache and no ETag
   PUT  /users/<id>          JSON body {"name": ..., "email": ...}; bumps the version;
                             honours If-Match (412 on a stale tag)
   POST /users               JSON body; 201 with Location: /users/<new id>
   GET  /_requests           what the app was asked, in order (not itself recorded):
                             [{"method", "path", "status", "if_none_match"}, ...]
+
+With REDIS_URL set (and REVALIDATE_NAMESPACE, default "revalidate:"), every write
+bumps the user's version counter in Redis (`pip install redis`).
 
 With REVALIDATE_TEST_PARENT_PID set, the app exits by itself once that process is gone,
 so a test that dies without cleaning up leaves no server behind.
@@ -47,6 +52,23 @@ _requests = []
 def _etag(user_id):
     """The user's ETag (unquoted; werkzeug quotes it): changes with every write."""
     return f"user-{user_id}-v{_versions[user_id]}"
+
+
+_redis = None
+
+
+def _bump_version(user_id):
+    """Counts a write to the user in Redis: the proxy answers If-None-Match from it."""
+    global _redis
+    url = os.environ.get("REDIS_URL")
+    if not url:
+        return
+    if _redis is None:
+        import redis
+
+        _redis = redis.Redis.from_url(url)
+    namespace = os.environ.get("REVALIDATE_NAMESPACE", "revalidate:")
+    _redis.incr(f"{namespace}v:user:{user_id}")
 
 
 def _not_found(user_id):
@@ -138,6 +160,16 @@ def get_profile(user_id):
     return response.make_conditional(request)
 
 
+@app.get("/users/<int:user_id>/summary")
+def get_summary(user_id):
+    """No validator of its own: its version lives in Redis, bumped by every write."""
+    with _lock:
+        if user_id not in _users:
+            return _not_found(user_id)
+        user = dict(_users[user_id])
+    return _public(jsonify({"id": user_id, "name": user["name"]}))
+
+
 @app.put("/users/<int:user_id>")
 def put_user(user_id):
     body = request.get_json(silent=True)
@@ -160,6 +192,8 @@ def put_user(user_id):
                 user[field] = body[field]
         _versions[user_id] += 1
         user, etag = dict(user), _etag(user_id)
+    # After the write, before the answer: no client sees the old version's tag again.
+    _bump_version(user_id)
     response = jsonify(user)
     response.set_etag(etag)
     return response
