@@ -1,13 +1,15 @@
 //! Measures the shared tier: bytes Redis holds per stored response, and how
 //! long a purge takes to reach every instance.
 //!
-//! `cargo run --release -p revalidate-cache --features redis --example redis_tier -- [REDIS_URL] [ENTRIES] [BODY_BYTES]`
+//! `cargo run --release -p revalidate-cache --features redis --example redis_tier -- [REDIS_URL[,URL…]] [ENTRIES] [BODY_BYTES]`
 //!
 //! Stores ENTRIES responses (default 10,000 of 5 KiB) through the cache layer
 //! into Redis (in a namespace of its own, deleted afterwards) and sums Redis's
-//! `MEMORY USAGE` of every key it made (entries and indexes). Then starts three instances (each a local tier
-//! over that Redis) and times 1,000 purges made through one of them: each returns
-//! once the other two applied it to their local tiers.
+//! `MEMORY USAGE` of every key it made (entries and indexes). Then starts three
+//! instances (each a local tier over that Redis) and times 1,000 purges made
+//! through one of them: each returns once the other two applied it to their
+//! local tiers. Several URLs name the nodes of a Redis Cluster (sizes are then
+//! not read).
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
@@ -19,18 +21,27 @@ use revalidate_cache::store::{RedisConfig, RedisStore, Tiered};
 use revalidate_cache::{Cache, MemoryStore, Purge};
 use tower::{Layer, ServiceExt, service_fn};
 
+/// The keys of `namespace` on a server.
+async fn keys_of(
+    connection: &mut redis::aio::MultiplexedConnection,
+    namespace: &str,
+) -> Vec<String> {
+    redis::cmd("KEYS")
+        .arg(format!("*{namespace}*"))
+        .query_async(connection)
+        .await
+        .unwrap_or_default()
+}
+
 /// Bytes Redis uses for every key of `namespace` (`MEMORY USAGE`: the value,
 /// the key and Redis's own overhead), and how many keys there are.
-async fn namespace_bytes(client: &redis::Client, namespace: &str) -> (u64, usize) {
+async fn namespace_bytes(url: &str, namespace: &str) -> (u64, usize) {
+    let client = redis::Client::open(url).expect("a redis:// URL");
     let mut connection = client
         .get_multiplexed_async_connection()
         .await
         .expect("redis");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{namespace}*"))
-        .query_async(&mut connection)
-        .await
-        .unwrap_or_default();
+    let keys = keys_of(&mut connection, namespace).await;
     let mut bytes = 0;
     for key in &keys {
         let usage: Option<u64> = redis::cmd("MEMORY")
@@ -46,11 +57,30 @@ async fn namespace_bytes(client: &redis::Client, namespace: &str) -> (u64, usize
     (bytes, keys.len())
 }
 
+async fn delete_namespace(url: &str, namespace: &str) {
+    let client = redis::Client::open(url).expect("a redis:// URL");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    for chunk in keys_of(&mut connection, namespace).await.chunks(1000) {
+        let _: Result<u64, _> = redis::cmd("DEL")
+            .arg(chunk)
+            .query_async(&mut connection)
+            .await;
+    }
+}
+
+/// One server, or a cluster when `url` lists its nodes separated by commas.
 fn store(url: &str, namespace: &str) -> RedisStore {
-    let mut config = RedisConfig::new(url);
+    let mut config = if url.contains(',') {
+        RedisConfig::cluster(url.split(','))
+    } else {
+        RedisConfig::new(url)
+    };
     config.namespace = namespace.into();
     config.timeout = Duration::from_secs(1);
-    RedisStore::open(config).expect("a redis:// URL")
+    RedisStore::open(config).expect("redis:// URLs")
 }
 
 #[tokio::main]
@@ -62,12 +92,13 @@ async fn main() {
     let entries: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let body_len: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5 * 1024);
     let namespace = format!("sizing:{}:", std::process::id());
-    let client = redis::Client::open(url.as_str()).expect("a redis:// URL");
+    let cluster = url.contains(',');
 
     let origin = service_fn(move |request: Request<Full<Bytes>>| async move {
         let mut body = vec![b'x'; body_len];
         let path = request.uri().path().as_bytes();
-        body[..path.len().min(body_len)].copy_from_slice(&path[..path.len().min(body_len)]);
+        let n = path.len().min(body_len);
+        body[..n].copy_from_slice(&path[..n]);
         let response = Response::builder()
             .header("content-type", "application/json")
             .header("cache-control", "public, max-age=3600")
@@ -84,14 +115,16 @@ async fn main() {
             .expect("a valid request");
         drop(service.clone().oneshot(request).await);
     }
-    let (bytes, keys) = namespace_bytes(&client, &namespace).await;
-    let per_entry = bytes as f64 / entries as f64;
-    println!("redis keys:                {keys} for {entries} entries (with the indexes)");
-    println!("redis bytes per entry:     {per_entry:.0} ({body_len}-byte bodies)");
-    println!(
-        "beyond the body:           {:.0}",
-        per_entry - body_len as f64
-    );
+    if !cluster {
+        let (bytes, keys) = namespace_bytes(&url, &namespace).await;
+        let per_entry = bytes as f64 / entries as f64;
+        println!("redis keys:                {keys} for {entries} entries (with the indexes)");
+        println!("redis bytes per entry:     {per_entry:.0} ({body_len}-byte bodies)");
+        println!(
+            "beyond the body:           {:.0}",
+            per_entry - body_len as f64
+        );
+    }
 
     let lease = Duration::from_millis(500);
     let instances: Vec<Tiered> = (0..3)
@@ -115,20 +148,7 @@ async fn main() {
         at(0.99),
         waits[waits.len() - 1]
     );
-
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{namespace}*"))
-        .query_async(&mut connection)
-        .await
-        .unwrap_or_default();
-    for chunk in keys.chunks(1000) {
-        let _: Result<u64, _> = redis::cmd("DEL")
-            .arg(chunk)
-            .query_async(&mut connection)
-            .await;
+    if !cluster {
+        delete_namespace(&url, &namespace).await;
     }
 }

@@ -9,7 +9,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use revalidate_cache::store::{RedisConfig, RedisStore, Tiered};
+use revalidate_cache::store::{RedisStore, Tiered};
 use revalidate_cache::{Cache, MemoryStore, Purge, Store};
 use support::{Origin, Reply, Upstream};
 use tower::Layer;
@@ -52,15 +52,12 @@ impl Instance {
 }
 
 fn tiered(url: &str, namespace: &str) -> Tiered {
-    let mut config = RedisConfig::new(url);
-    config.namespace = namespace.to_string();
-    let shared = RedisStore::open(config).expect("a valid URL");
+    let shared = RedisStore::open(support::redis::config(url, namespace)).expect("a valid URL");
     Tiered::start(MemoryStore::new(16 << 20), shared, LEASE)
 }
 
 fn shared_store(url: &str, namespace: &str) -> RedisStore {
-    let mut config = RedisConfig::new(url);
-    config.namespace = namespace.to_string();
+    let mut config = support::redis::config(url, namespace);
     config.timeout = Duration::from_secs(1);
     RedisStore::open(config).expect("a valid URL")
 }
@@ -82,8 +79,17 @@ fn versioned_origin() -> Origin {
 }
 
 #[tokio::test]
-async fn a_miss_that_another_instance_filled_is_served_from_redis() {
-    let (url, ns) = (support::redis::url(), support::redis::namespace("fill"));
+async fn a_miss_that_another_instance_filled_is_served_from_redis_on_a_server() {
+    a_miss_that_another_instance_filled_is_served_from_redis(support::redis::url()).await;
+}
+
+#[tokio::test]
+async fn a_miss_that_another_instance_filled_is_served_from_redis_on_a_cluster() {
+    a_miss_that_another_instance_filled_is_served_from_redis(support::redis::cluster_urls()).await;
+}
+
+async fn a_miss_that_another_instance_filled_is_served_from_redis(url: String) {
+    let (url, ns) = (url, support::redis::namespace("fill"));
     let origin = versioned_origin();
     let a = Instance::start(&origin, &url, &ns).await;
     let b = Instance::start(&origin, &url, &ns).await;
@@ -98,8 +104,20 @@ async fn a_miss_that_another_instance_filled_is_served_from_redis() {
 }
 
 #[tokio::test]
-async fn after_a_purge_through_one_instance_no_instance_serves_the_old_body() {
-    let (url, ns) = (support::redis::url(), support::redis::namespace("ryw"));
+async fn after_a_purge_through_one_instance_no_instance_serves_the_old_body_on_a_server() {
+    after_a_purge_through_one_instance_no_instance_serves_the_old_body(support::redis::url()).await;
+}
+
+#[tokio::test]
+async fn after_a_purge_through_one_instance_no_instance_serves_the_old_body_on_a_cluster() {
+    after_a_purge_through_one_instance_no_instance_serves_the_old_body(
+        support::redis::cluster_urls(),
+    )
+    .await;
+}
+
+async fn after_a_purge_through_one_instance_no_instance_serves_the_old_body(url: String) {
+    let (url, ns) = (url, support::redis::namespace("ryw"));
     let origin = versioned_origin();
     let a = Instance::start(&origin, &url, &ns).await;
     let b = Instance::start(&origin, &url, &ns).await;
@@ -135,8 +153,18 @@ async fn after_a_purge_through_one_instance_no_instance_serves_the_old_body() {
 }
 
 #[tokio::test]
-async fn a_write_through_one_instance_is_seen_by_the_others_at_once() {
-    let (url, ns) = (support::redis::url(), support::redis::namespace("write"));
+async fn a_write_through_one_instance_is_seen_by_the_others_at_once_on_a_server() {
+    a_write_through_one_instance_is_seen_by_the_others_at_once(support::redis::url()).await;
+}
+
+#[tokio::test]
+async fn a_write_through_one_instance_is_seen_by_the_others_at_once_on_a_cluster() {
+    a_write_through_one_instance_is_seen_by_the_others_at_once(support::redis::cluster_urls())
+        .await;
+}
+
+async fn a_write_through_one_instance_is_seen_by_the_others_at_once(url: String) {
+    let (url, ns) = (url, support::redis::namespace("write"));
     let origin = versioned_origin();
     let a = Instance::start(&origin, &url, &ns).await;
     let b = Instance::start(&origin, &url, &ns).await;
@@ -150,8 +178,18 @@ async fn a_write_through_one_instance_is_seen_by_the_others_at_once() {
 }
 
 #[tokio::test]
-async fn a_response_fetched_before_a_purge_is_stored_in_neither_tier() {
-    let (url, ns) = (support::redis::url(), support::redis::namespace("race"));
+async fn a_response_fetched_before_a_purge_is_stored_in_neither_tier_on_a_server() {
+    a_response_fetched_before_a_purge_is_stored_in_neither_tier(support::redis::url()).await;
+}
+
+#[tokio::test]
+async fn a_response_fetched_before_a_purge_is_stored_in_neither_tier_on_a_cluster() {
+    a_response_fetched_before_a_purge_is_stored_in_neither_tier(support::redis::cluster_urls())
+        .await;
+}
+
+async fn a_response_fetched_before_a_purge_is_stored_in_neither_tier(url: String) {
+    let (url, ns) = (url, support::redis::namespace("race"));
     let origin = versioned_origin();
     let a = Instance::start(&origin, &url, &ns).await;
     let b = Instance::start(&origin, &url, &ns).await;
@@ -217,13 +255,13 @@ async fn missed_purges_drop_the_local_tier() {
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     let number: u64 = redis::cmd("INCRBY")
-        .arg(format!("{ns}purges"))
+        .arg(format!("{{{ns}bus}}purges"))
         .arg(2)
         .query_async(&mut connection)
         .await
         .unwrap();
     let _: String = redis::cmd("XADD")
-        .arg(format!("{ns}bus"))
+        .arg(format!("{{{ns}bus}}bus"))
         .arg("*")
         .arg("number")
         .arg(number)
@@ -255,7 +293,7 @@ async fn a_purge_waits_for_a_live_instance_until_its_lease_ends() {
          redis.call('HSET', KEYS[1], 'lagging', t[1] * 1000 + math.floor(t[2] / 1000)) return 1",
     );
     let mut invocation = beat.prepare_invoke();
-    invocation.key(format!("{ns}beats"));
+    invocation.key(format!("{{{ns}bus}}beats"));
     let _: u8 = invocation.invoke_async(&mut connection).await.unwrap();
     let started = Instant::now();
     a.cache.purge(&Purge::urls(["/anything"])).await;
@@ -301,10 +339,16 @@ async fn redis_lost_and_back() {
     a.wait_until_trusted().await;
     b.wait_until_trusted().await;
     // A's purge from the outage reached the bus once Redis was back.
-    let shared = shared_store(&url, "lost:");
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let announced: Option<u64> = redis::cmd("GET")
+        .arg("{lost:bus}purges")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
     assert_eq!(
-        shared.fetch_mark().await,
-        revalidate_cache::store::FetchMark::at(1),
+        announced,
+        Some(1),
         "the purge made while Redis was down was sent"
     );
     let again = b.get("/m").await;
@@ -314,8 +358,17 @@ async fn redis_lost_and_back() {
 
 /// Redis alone as the store: prefix, tag and soft purges act on what it holds.
 #[tokio::test]
-async fn purges_by_prefix_tag_and_soft_in_redis() {
-    let (url, ns) = (support::redis::url(), support::redis::namespace("alone"));
+async fn purges_by_prefix_tag_and_soft_in_redis_on_a_server() {
+    purges_by_prefix_tag_and_soft_in_redis(support::redis::url()).await;
+}
+
+#[tokio::test]
+async fn purges_by_prefix_tag_and_soft_in_redis_on_a_cluster() {
+    purges_by_prefix_tag_and_soft_in_redis(support::redis::cluster_urls()).await;
+}
+
+async fn purges_by_prefix_tag_and_soft_in_redis(url: String) {
+    let (url, ns) = (url, support::redis::namespace("alone"));
     let origin = Origin::new(|request, n| {
         let tag = if request.uri().path().starts_with("/t/") {
             "tagged"
@@ -351,5 +404,43 @@ async fn purges_by_prefix_tag_and_soft_in_redis() {
         revalidated.cache_status().contains("fwd=stale"),
         "a soft purge revalidates: {}",
         revalidated.cache_status()
+    );
+}
+
+/// On a cluster, entries are spread over its masters (by their group's hash
+/// tag), and everything a script touches lies in one slot: nothing fails with
+/// CROSSSLOT.
+#[tokio::test]
+async fn entries_spread_over_the_cluster_masters() {
+    let urls = support::redis::cluster_urls();
+    let ns = support::redis::namespace("spread");
+    let store = shared_store(&urls, &ns);
+    let origin = versioned_origin();
+    let cache = Cache::builder(store.clone()).build();
+    let service = cache.layer().layer(Upstream::new(origin.service()));
+    for i in 0..64 {
+        let path = format!("/s/{i}");
+        support::send(&service, "GET", &path, &[("surrogate-key", "")]).await;
+        assert!(
+            support::send(&service, "GET", &path, &[]).await.hit(),
+            "{path} stored"
+        );
+    }
+    let mut holding = 0;
+    for url in urls.split(',') {
+        let client = redis::Client::open(url).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{{{ns}g*"))
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        holding += usize::from(!keys.is_empty());
+    }
+    assert!(holding >= 2, "entries on {holding} of 3 masters");
+    assert_eq!(
+        cache.purge(&Purge::prefixes(["/s/"])).await,
+        64,
+        "every group purged"
     );
 }

@@ -84,9 +84,13 @@ struct ServeArgs {
     #[arg(long, env = "REVALIDATE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
     /// Redis as a tier shared by every instance, e.g. redis://127.0.0.1:6379
-    /// (overrides `[redis] url`).
-    #[arg(long, env = "REVALIDATE_REDIS")]
+    /// (overrides `[redis]`).
+    #[arg(long, env = "REVALIDATE_REDIS", conflicts_with = "redis_cluster")]
     redis: Option<String>,
+    /// A Redis Cluster as that tier, by any of its nodes:
+    /// redis://10.0.0.1:6379,redis://10.0.0.2:6379 (overrides `[redis]`).
+    #[arg(long, env = "REVALIDATE_REDIS_CLUSTER", value_delimiter = ',')]
+    redis_cluster: Vec<String>,
     /// Threads serving clients (default: one per CPU).
     #[arg(long, env = "REVALIDATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
@@ -166,6 +170,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(url) = args.redis.clone().filter(|u| !u.is_empty()) {
         serve::config::check_redis_url(&url).map_err(|e| UsageError(format!("--redis: {e}")))?;
         config.redis.url = Some(url);
+        config.redis.cluster.clear();
+    }
+    let nodes: Vec<String> = args
+        .redis_cluster
+        .iter()
+        .filter(|u| !u.is_empty())
+        .cloned()
+        .collect();
+    if !nodes.is_empty() {
+        for url in &nodes {
+            serve::config::check_redis_url(url)
+                .map_err(|e| UsageError(format!("--redis-cluster: {e}")))?;
+        }
+        config.redis.cluster = nodes;
+        config.redis.url = None;
     }
     let upstream = UpstreamClient::new(&args.upstream, &config)
         .map_err(|e: InvalidUpstream| UsageError(e.to_string()))?;
@@ -190,16 +209,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
 
     let limits = client_limits(&config.client);
-    if !config.versions.is_empty() && config.redis.url.is_none() {
+    if !config.versions.is_empty() && !config.redis.is_set() {
         return Err(UsageError(
-            "routes with `version` read their counters in Redis: set [redis] url or --redis".into(),
+            "routes with `version` read their counters in Redis: set [redis] or --redis".into(),
         )
         .into());
     }
-    let (app, cache) =
-        serve::proxy(&config, upstream).map_err(|e| UsageError(format!("--redis: {e}")))?;
+    let (app, cache) = serve::proxy(&config, upstream).map_err(|e| UsageError(e.to_string()))?;
     if let Some(url) = &config.redis.url {
         tracing::info!(%url, lease = ?config.redis.lease, "shared tier: redis");
+    } else if !config.redis.cluster.is_empty() {
+        tracing::info!(nodes = ?config.redis.cluster, lease = ?config.redis.lease, "shared tier: redis cluster");
     }
     let admin = serve::admin::router(serve::admin::AdminState {
         cache,

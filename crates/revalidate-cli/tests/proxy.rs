@@ -446,6 +446,16 @@ fn bad_flags_and_bad_config_exit_2_with_one_line() {
             ],
             "--redis: \"http://127.0.0.1:6379\" is not a redis:// URL",
         ),
+        (
+            vec![
+                "serve".into(),
+                "--upstream".into(),
+                "http://127.0.0.1:1".into(),
+                "--redis-cluster".into(),
+                "redis://127.0.0.1:7000,rediss://127.0.0.1:7001".into(),
+            ],
+            "--redis-cluster: \"rediss://127.0.0.1:7001\": TLS to Redis",
+        ),
     ];
     for (args, expected) in cases {
         let output = binary()

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::routing::get;
 use revalidate_cache::Store;
-use revalidate_cache::store::{RedisConfig, RedisStore};
+use revalidate_cache::store::RedisStore;
 use revalidate_cli::serve::admin::{AdminState, router as admin_router};
 use revalidate_cli::serve::server::ClientLimits;
 use revalidate_cli::serve::{UpstreamClient, parse, proxy};
@@ -36,13 +36,26 @@ fn origin(calls: Arc<AtomicUsize>, version: Arc<AtomicUsize>) -> Router {
 }
 
 #[tokio::test]
-async fn two_instances_share_one_fetch_and_see_each_others_writes() {
+async fn two_instances_share_one_fetch_and_see_each_others_writes_on_a_server() {
     let url = support::redis::url();
+    two_instances_share_one_fetch_and_see_each_others_writes(&url, &format!("url = \"{url}\""))
+        .await;
+}
+
+#[tokio::test]
+async fn two_instances_share_one_fetch_and_see_each_others_writes_on_a_cluster() {
+    let urls = support::redis::cluster_urls();
+    let nodes: Vec<String> = urls.split(',').map(|u| format!("\"{u}\"")).collect();
+    let cluster = format!("cluster = [{}]", nodes.join(", "));
+    two_instances_share_one_fetch_and_see_each_others_writes(&urls, &cluster).await;
+}
+
+async fn two_instances_share_one_fetch_and_see_each_others_writes(url: &str, redis: &str) {
     let namespace = support::redis::namespace("serve");
     let (calls, version) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(1)));
     let (origin_addr, _origin) = spawn(origin(calls.clone(), version)).await;
     let config = parse(
-        &format!("[redis]\nurl = \"{url}\"\nnamespace = \"{namespace}\"\nlease = \"300ms\"\n"),
+        &format!("[redis]\n{redis}\nnamespace = \"{namespace}\"\nlease = \"300ms\"\n"),
         "t.toml",
     )
     .unwrap();
@@ -65,9 +78,7 @@ async fn two_instances_share_one_fetch_and_see_each_others_writes() {
     }
 
     assert_eq!(request(*a, "GET", "/items/1", &[]).await.body, "v1");
-    let mut shared = RedisConfig::new(url.clone());
-    shared.namespace = namespace.clone();
-    let shared = RedisStore::open(shared).unwrap();
+    let shared = RedisStore::open(support::redis::config(url, &namespace)).unwrap();
     let primary = format!("{a}/items/1");
     while shared.get(&primary).await.is_none() {
         assert!(Instant::now() < deadline, "never stored in Redis");

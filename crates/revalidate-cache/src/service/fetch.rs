@@ -341,7 +341,7 @@ impl<St: Store> Shared<St> {
         } = *lookup;
         let policy = self.routes.policy(route);
         let ticket = self.log.ticket();
-        let since = self.store.fetch_mark().await;
+        let since = self.store.fetch_mark(primary).await;
         let validators = stale.as_ref().map(|e| e.validators());
         // With nothing stored to validate, a single range is asked for as the client
         // asked (its 206 is stored as a part); with If-Range, the whole is fetched.

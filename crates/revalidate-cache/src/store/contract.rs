@@ -40,20 +40,45 @@ impl From<Option<Variants>> for LookupNow {
 /// instance. A store of one process has the cache's own guard and needs none
 /// ([`FetchMark::NONE`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FetchMark(Option<u64>);
+pub struct FetchMark {
+    position: Option<u64>,
+    /// A local tier's own count of the purges it applied, beside a shared one.
+    local: Option<u64>,
+}
 
 impl FetchMark {
     /// No mark: the store keeps no sequence of purges, or could not read it.
-    pub const NONE: Self = Self(None);
+    pub const NONE: Self = Self {
+        position: None,
+        local: None,
+    };
 
     /// The mark at position `purges` of the store's sequence of purges.
     pub const fn at(purges: u64) -> Self {
-        Self(Some(purges))
+        Self {
+            position: Some(purges),
+            local: None,
+        }
     }
 
     /// Its position, if any.
     pub const fn position(self) -> Option<u64> {
-        self.0
+        self.position
+    }
+
+    /// The same mark, with a local tier's count of applied purges.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) const fn with_local(self, applied: u64) -> Self {
+        Self {
+            local: Some(applied),
+            ..self
+        }
+    }
+
+    /// The local tier's count, if taken.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) const fn local(self) -> Option<u64> {
+        self.local
     }
 }
 
@@ -72,9 +97,10 @@ pub trait Store: Clone + Send + Sync + 'static {
         let _ = primary;
         LookupNow::Unknown
     }
-    /// A mark taken before an upstream fetch starts, given back to [`Store::put`]
-    /// with what it fetched. By default [`FetchMark::NONE`].
-    fn fetch_mark(&self) -> impl Future<Output = FetchMark> + Send {
+    /// A mark taken before an upstream fetch for `primary` starts, given back to
+    /// [`Store::put`] with what it fetched. By default [`FetchMark::NONE`].
+    fn fetch_mark(&self, primary: &str) -> impl Future<Output = FetchMark> + Send {
+        let _ = primary;
         std::future::ready(FetchMark::NONE)
     }
     /// Stores (or replaces) the variants of `primary`, fetched after `since`;

@@ -21,4 +21,6 @@ pub use crate::entry::Variants;
 pub use contract::{FetchMark, LookupNow, Purge, Store, StoreUsage};
 pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
-pub use redis::{BusStatus, RedisConfig, RedisError, RedisStore, Tiered, Versions, version_tag};
+pub use redis::{
+    BusStatus, RedisConfig, RedisError, RedisStore, RedisTarget, Tiered, Versions, version_tag,
+};

@@ -44,6 +44,10 @@ fn free_port() -> u16 {
 /// not installed (`.ci/run` installs it). The server is stopped when this process
 /// exits, however it exits: a shell holds it and waits on a pipe from this process.
 pub fn start_server(port: u16) -> Server {
+    start_server_with(port, &[])
+}
+
+fn start_server_with(port: u16, extra: &[String]) -> Server {
     let installed = Command::new("redis-server")
         .arg("--version")
         .stdout(Stdio::null())
@@ -54,8 +58,9 @@ pub fn start_server(port: u16) -> Server {
         "redis-server must be installed (apt-get install redis-server), or REDIS_URL set"
     );
     let script = format!(
-        "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 & \
-         r=$!; read _; kill $r; wait $r"
+        "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no {} >/dev/null 2>&1 & \
+         r=$!; read _; kill $r; wait $r",
+        extra.join(" ")
     );
     let child = Command::new("sh")
         .args(["-c", &script])
@@ -92,6 +97,101 @@ pub fn url() -> String {
         })
     });
     server.lock().unwrap().url.clone()
+}
+
+struct Cluster {
+    urls: String,
+    _servers: Vec<Server>,
+}
+
+static CLUSTER: OnceLock<Mutex<Cluster>> = OnceLock::new();
+
+/// A free port whose cluster bus port (10,000 higher) is free too.
+fn free_cluster_port() -> u16 {
+    let seed = u64::from(std::process::id()).wrapping_mul(2_654_435_761);
+    (0..1000u64)
+        .map(|i| 20_000 + ((seed + i * 7_919) % 25_000) as u16)
+        .find(|&port| {
+            TcpListener::bind(("127.0.0.1", port)).is_ok()
+                && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+        })
+        .expect("free ports for a cluster")
+}
+
+/// The URLs (comma-separated) of a real three-master Redis Cluster: the nodes
+/// `REDIS_CLUSTER_URLS` names, or three `redis-server`s started on loopback ports
+/// and joined with `redis-cli --cluster create` (stopped when this process exits).
+pub fn cluster_urls() -> String {
+    let cluster = CLUSTER.get_or_init(|| {
+        if let Ok(urls) = std::env::var("REDIS_CLUSTER_URLS")
+            && !urls.is_empty()
+        {
+            return Mutex::new(Cluster {
+                urls,
+                _servers: Vec::new(),
+            });
+        }
+        let dir = std::env::temp_dir().join(format!("revalidate-cluster-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a directory for the cluster's node files");
+        let mut ports = Vec::new();
+        let mut servers = Vec::new();
+        for _ in 0..3 {
+            let port = free_cluster_port();
+            let extra = [
+                "--cluster-enabled yes".to_string(),
+                format!("--cluster-config-file nodes-{port}.conf"),
+                format!("--dir {}", dir.display()),
+            ];
+            servers.push(start_server_with(port, &extra));
+            ports.push(port);
+        }
+        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli must be installed (apt-get install redis-tools)");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for port in &ports {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("redis-cli runs");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the cluster never became ready");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Mutex::new(Cluster {
+            urls: ports
+                .iter()
+                .map(|p| format!("redis://127.0.0.1:{p}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            _servers: servers,
+        })
+    });
+    cluster.lock().unwrap().urls.clone()
+}
+
+/// The configuration for `url`: one server, or a cluster when it lists several
+/// URLs separated by commas.
+pub fn config(url: &str, namespace: &str) -> revalidate_cache::store::RedisConfig {
+    let mut config = if url.contains(',') {
+        revalidate_cache::store::RedisConfig::cluster(url.split(','))
+    } else {
+        revalidate_cache::store::RedisConfig::new(url)
+    };
+    config.namespace = namespace.to_string();
+    config
 }
 
 /// A namespace no other test uses.

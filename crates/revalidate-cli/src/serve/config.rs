@@ -228,13 +228,15 @@ pub struct InvalidateSection {
     pub tags: Vec<Spanned<String>>,
 }
 
-/// `[redis]`: Redis as a tier shared by every instance (off unless `url` is set,
-/// here or with `--redis`).
+/// `[redis]`: Redis as a tier shared by every instance (off unless `url` or
+/// `cluster` is set, here or with `--redis` / `--redis-cluster`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSection {
-    /// `redis://host:port[/db]`.
+    /// `redis://host:port[/db]`: one server.
     pub url: Option<String>,
+    /// `["redis://host:port", …]`: nodes of a Redis Cluster (any of them).
+    pub cluster: Vec<String>,
     /// Prefix of every key, so that several services can share one Redis.
     pub namespace: String,
     /// The longest a Redis command may take before it counts as failed (the
@@ -252,6 +254,7 @@ impl Default for RedisSection {
     fn default() -> Self {
         Self {
             url: None,
+            cluster: Vec::new(),
             namespace: "revalidate:".into(),
             timeout: Duration::from_millis(50),
             lease: Duration::from_millis(500),
@@ -276,6 +279,13 @@ fn redis_url_parses(url: &str) -> Result<(), String> {
     revalidate_cache::store::RedisConfig::new(url)
         .check()
         .map_err(|e| format!("{url:?}: {e}"))
+}
+
+impl RedisSection {
+    /// Whether Redis is configured at all.
+    pub fn is_set(&self) -> bool {
+        self.url.is_some() || !self.cluster.is_empty()
+    }
 }
 
 /// A configuration ready to run.
@@ -382,6 +392,15 @@ pub fn parse(text: &str, file: &str) -> Result<ServeConfig, ConfigError> {
     }
     if let Some(url) = &raw.redis.url {
         check_redis_url(url).map_err(|reason| error_at(0, format!("[redis] url: {reason}")))?;
+    }
+    for url in &raw.redis.cluster {
+        check_redis_url(url).map_err(|reason| error_at(0, format!("[redis] cluster: {reason}")))?;
+    }
+    if raw.redis.url.is_some() && !raw.redis.cluster.is_empty() {
+        return Err(error_at(
+            0,
+            "[redis] takes `url` (one server) or `cluster` (its nodes), not both".into(),
+        ));
     }
     if raw.cache.max_object_bytes.as_u64() > raw.cache.max_bytes.as_u64() {
         return Err(error_at(

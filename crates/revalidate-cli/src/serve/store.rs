@@ -25,10 +25,13 @@ impl ProxyStore {
     /// invalidation bus started on the current runtime.
     pub fn of(config: &ServeConfig) -> Result<Self, RedisError> {
         let local = MemoryStore::new(config.max_bytes);
-        let Some(url) = &config.redis.url else {
-            return Ok(Self::Memory(local));
+        let mut redis = match &config.redis.url {
+            Some(url) => RedisConfig::new(url.clone()),
+            None if !config.redis.cluster.is_empty() => {
+                RedisConfig::cluster(config.redis.cluster.clone())
+            }
+            None => return Ok(Self::Memory(local)),
         };
-        let mut redis = RedisConfig::new(url.clone());
         redis.namespace = config.redis.namespace.clone();
         redis.timeout = config.redis.timeout.max(Duration::from_millis(1));
         let shared = RedisStore::open(redis)?;
@@ -71,10 +74,10 @@ impl Store for ProxyStore {
         }
     }
 
-    async fn fetch_mark(&self) -> FetchMark {
+    async fn fetch_mark(&self, primary: &str) -> FetchMark {
         match self {
-            Self::Memory(store) => store.fetch_mark().await,
-            Self::Tiered(store) => store.fetch_mark().await,
+            Self::Memory(store) => store.fetch_mark(primary).await,
+            Self::Tiered(store) => store.fetch_mark(primary).await,
         }
     }
 

@@ -76,6 +76,10 @@ pub(crate) struct BusState {
     pub(crate) trusted: AtomicBool,
     /// The number of the last purge applied to the local tier.
     pub(crate) applied: AtomicU64,
+    /// Changes whenever the local tier loses entries to the bus (a purge applied,
+    /// the tier dropped): a store into it is refused if this changed since its
+    /// fetch began.
+    pub(crate) generation: AtomicU64,
     /// How long a read may take before the local tier stops being served.
     pub(crate) lease: Duration,
     /// Purges made while Redis could not take them, sent when it returns.
@@ -98,6 +102,7 @@ impl BusState {
             instance,
             trusted: AtomicBool::new(false),
             applied: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
             lease,
             unsent: Mutex::new(Vec::new()),
             drops: AtomicU64::new(0),
@@ -105,22 +110,22 @@ impl BusState {
         }
     }
 
-    /// Stops serving the local tier, and refuses every store into it, until the
-    /// bus reads again.
+    /// Stops serving the local tier until the bus reads again.
     fn disconnected(&self) {
         self.trusted.store(false, Ordering::Release);
-        self.applied.store(u64::MAX, Ordering::Release);
     }
 
-    /// Whether a response fetched after `since` may go into the local tier: no
-    /// purge applied here came after its fetch began. Without a mark (Redis did
-    /// not answer), only while the local tier is not served: it is dropped before
-    /// it is served again.
+    /// Whether a response fetched after `since` may go into the local tier: the
+    /// bus removed nothing from it since the fetch began.
     pub(crate) fn may_store_locally(&self, since: FetchMark) -> bool {
-        match since.position() {
-            Some(mark) => mark >= self.applied.load(Ordering::Acquire),
-            None => !self.trusted.load(Ordering::Acquire),
-        }
+        since.local() == Some(self.generation.load(Ordering::Acquire))
+    }
+
+    /// Drops the local tier.
+    fn drop_local(&self, local: &MemoryStore) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        local.clear();
+        self.drops.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -146,13 +151,13 @@ pub(crate) async fn wait_for_acknowledgements(
     loop {
         let mut invocation = script.prepare_invoke();
         invocation
-            .key(shared.key("", "acks"))
-            .key(shared.key("", "beats"))
+            .key(shared.bus_key("acks"))
+            .key(shared.bus_key("beats"))
             .arg(&state.instance)
             .arg(ms)
             .arg(seq)
             .arg(u64::try_from(state.lease.as_millis()).unwrap_or(u64::MAX));
-        let mut connection = shared.inner.connection.clone();
+        let mut connection = shared.connection();
         let pending: Option<u64> = shared
             .run("pending", invocation.invoke_async(&mut connection))
             .await;
@@ -180,7 +185,7 @@ pub(crate) async fn run(state: Arc<BusState>, shared: RedisStore, local: MemoryS
     // Only the store keeps the state alive: when it is gone, so is the bus.
     while Arc::strong_count(&state) > 1 {
         state.disconnected();
-        let connecting = shared.client().get_multiplexed_async_connection();
+        let connecting = shared.client().dedicated(state.lease);
         let mut connection = match tokio::time::timeout(state.lease, connecting).await {
             Ok(Ok(connection)) => connection,
             _ => {
@@ -197,12 +202,11 @@ pub(crate) async fn run(state: Arc<BusState>, shared: RedisStore, local: MemoryS
             continue;
         };
         // What happened while this instance could not read is unknown: the local
-        // tier starts again from here. Stores between the two steps are refused
-        // (see `BusState::disconnected`).
-        local.clear();
-        state.drops.fetch_add(1, Ordering::Relaxed);
+        // tier starts again from here, and stores of fetches that began before
+        // are refused (see `BusState::may_store_locally`).
+        state.drop_local(&local);
         state.applied.store(number, Ordering::Release);
-        let bus = shared.key("", "bus");
+        let bus = shared.bus_key("bus");
         let block = state.lease / 2;
         loop {
             let sent = Instant::now();
@@ -232,8 +236,8 @@ pub(crate) async fn run(state: Arc<BusState>, shared: RedisStore, local: MemoryS
             }
             let mut invocation = ack.prepare_invoke();
             invocation
-                .key(shared.key("", "acks"))
-                .key(shared.key("", "beats"))
+                .key(shared.bus_key("acks"))
+                .key(shared.bus_key("beats"))
                 .arg(&state.instance)
                 .arg(&last_id);
             let acked = tokio::time::timeout(
@@ -261,10 +265,10 @@ const BATCH: usize = 1000;
 /// The stream's last id and the purge count, read when (re)connecting.
 async fn read_position(
     shared: &RedisStore,
-    connection: &mut redis::aio::MultiplexedConnection,
+    connection: &mut super::connection::Connection,
 ) -> Option<(String, u64)> {
-    let bus = shared.key("", "bus");
-    let purges = shared.key("", "purges");
+    let bus = shared.bus_key("bus");
+    let purges = shared.bus_key("purges");
     let mut pipe = redis::pipe();
     pipe.cmd("XREVRANGE")
         .arg(&bus)
@@ -308,8 +312,7 @@ async fn apply(state: &BusState, local: &MemoryStore, number: Option<u64>, purge
     let purge = purge.and_then(|p| serde_json::from_str::<Purge>(p).ok());
     let (Some(number), Some(purge)) = (number, purge) else {
         tracing::warn!("unreadable message on the invalidation bus; dropping the local tier");
-        local.clear();
-        state.drops.fetch_add(1, Ordering::Relaxed);
+        state.drop_local(local);
         return;
     };
     let applied = state.applied.load(Ordering::Acquire);
@@ -319,9 +322,9 @@ async fn apply(state: &BusState, local: &MemoryStore, number: Option<u64>, purge
             got = number,
             "purges missed on the invalidation bus; dropping the local tier"
         );
-        local.clear();
-        state.drops.fetch_add(1, Ordering::Relaxed);
+        state.drop_local(local);
     } else {
+        state.generation.fetch_add(1, Ordering::AcqRel);
         local.purge(&purge).await;
     }
     state.applied.store(number, Ordering::Release);

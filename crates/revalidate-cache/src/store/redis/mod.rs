@@ -1,5 +1,6 @@
 //! Redis as a store shared by every instance of a service: one upstream fetch
-//! fills it for the fleet, and each entry expires on its own.
+//! fills it for the fleet, and each entry expires on its own. One server or a
+//! Redis Cluster.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), revalidate_cache::store::RedisError> {
@@ -12,28 +13,35 @@
 //! # Ok(()) }
 //! ```
 //!
-//! What it keeps, under the configured namespace (`revalidate:` by default):
+//! **Keys.** Entries are spread over *groups* (one on a single server, 16 on a
+//! cluster) by a hash of their primary key. Everything a store or a purge touches
+//! at once lives in one group, under one hash tag, so on a cluster it lies in one
+//! hash slot and a script never fails with `CROSSSLOT`:
 //!
 //! | key | what |
 //! |---|---|
-//! | `e:{primary key}` | the variants of one key ([`codec`]), expiring when no request may use them: the freshness left plus the longer stale window |
-//! | `p:{path}`, `t:{tag}` | the primary keys stored under a path or a tag (sets, expiring with their longest entry) |
-//! | `paths` | every path stored, for prefix purges (a sorted set read by range) |
-//! | `purges` | the number of purges so far: the mark a fetch takes ([`FetchMark`]) |
-//! | `bus` | a stream of every purge, in order, for the instances' local tiers |
+//! | `{ns g}e:{primary key}` | the variants of one key ([`codec`]), expiring when no request may use them: the freshness left plus the longer stale window |
+//! | `{ns g}p:{path}`, `{ns g}t:{tag}` | the group's primary keys stored under a path or a tag (sets, expiring with their longest entry) |
+//! | `{ns g}paths` | every path the group holds, for prefix purges (a sorted set read by range) |
+//! | `{ns g}purges` | how many purges reached the group: the mark a fetch takes ([`FetchMark`]) |
+//! | `{ns bus}purges`, `{ns bus}bus` | every purge numbered, and the stream that carries them to the instances' local tiers |
+//! | `{ns bus}acks`, `{ns bus}beats` | what each instance applied, and when it last read |
+//! | `{ns}v:{key}` | version counters ([`Versions`]) |
 //!
-//! Storing and purging are Lua scripts, so each is atomic: a store checks that
-//! no purge happened since its fetch began and writes the entry and its indexes
-//! in one step; a purge counts itself, removes what it names and appends itself
-//! to the stream in one step. Every command is bounded by the configured
-//! timeout; a command that fails or times out is a miss (or a store skipped),
-//! never an error to a client.
+//! Storing is one Lua script per entry: it checks that no purge reached the
+//! group since the fetch began and writes the entry and its indexes. A purge is
+//! one script per group (count it, remove or mark what it names), then one that
+//! numbers it and appends it to the stream. Every command is bounded by the
+//! configured timeout; a command that fails or times out is a miss (or a store
+//! skipped), never an error to a client.
 
 mod bus;
 mod codec;
+mod connection;
 mod tiered;
 mod versions;
 
+pub use connection::RedisTarget;
 pub use tiered::{BusStatus, Tiered};
 pub use versions::{Versions, version_tag};
 
@@ -42,17 +50,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
 use super::contract::{FetchMark, Purge, Store, StoreUsage};
 use crate::entry::Variants;
+use connection::{Client, Connection};
 
 /// How to reach Redis, and how long to wait for it.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://host:port[/db]`.
-    pub url: String,
+    /// One server or a cluster.
+    pub target: RedisTarget,
     /// Prefix of every key, so that several caches can share one Redis.
     pub namespace: String,
     /// The longest any command may take; then it counts as failed.
@@ -63,23 +71,40 @@ pub struct RedisConfig {
 }
 
 impl RedisConfig {
-    /// Defaults for `url`: namespace `revalidate:`, 50 ms per command, 10,000
-    /// purges kept.
+    /// Defaults for the server at `url`: namespace `revalidate:`, 50 ms per
+    /// command, 10,000 purges kept.
     pub fn new(url: impl Into<String>) -> Self {
+        Self::for_target(RedisTarget::Server(url.into()))
+    }
+
+    /// The same defaults for the cluster that any of `urls` belongs to.
+    pub fn cluster<I: IntoIterator<Item = S>, S: Into<String>>(urls: I) -> Self {
+        Self::for_target(RedisTarget::Cluster(
+            urls.into_iter().map(Into::into).collect(),
+        ))
+    }
+
+    fn for_target(target: RedisTarget) -> Self {
         Self {
-            url: url.into(),
+            target,
             namespace: "revalidate:".into(),
             timeout: Duration::from_millis(50),
             bus_length: 10_000,
         }
     }
-}
 
-impl RedisConfig {
-    /// Whether the URL is one this build can connect to (nothing is connected).
+    /// Whether the URLs are ones this build can connect to (nothing is connected).
     pub fn check(&self) -> Result<(), RedisError> {
-        redis::Client::open(self.url.as_str()).map(drop)?;
+        Client::open(&self.target).map(drop)?;
         Ok(())
+    }
+
+    /// Entry groups: one on a server, 16 on a cluster (spread over its nodes).
+    fn groups(&self) -> u64 {
+        match self.target {
+            RedisTarget::Server(_) => 1,
+            RedisTarget::Cluster(_) => 16,
+        }
     }
 }
 
@@ -96,11 +121,12 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    client: redis::Client,
-    connection: ConnectionManager,
+    client: Client,
+    connection: Connection,
     config: RedisConfig,
     put: Script,
     purge: Script,
+    announce: Script,
     up: AtomicBool,
     failures: AtomicU64,
 }
@@ -108,15 +134,16 @@ struct Inner {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
+            .field("target", &self.inner.config.target)
             .field("namespace", &self.inner.config.namespace)
             .field("up", &self.is_up())
             .finish_non_exhaustive()
     }
 }
 
-/// Stores `ARGV[2]` under `KEYS[2]` for `ARGV[3]` ms, unless the purge count
-/// `KEYS[1]` moved past the fetch's mark `ARGV[1]`; indexes it under its path
-/// (`KEYS[3]`, `KEYS[4]`) and tags (`KEYS[5..]`).
+/// Stores `ARGV[2]` under `KEYS[2]` for `ARGV[3]` ms, unless the group's purge
+/// count `KEYS[1]` moved past the fetch's mark `ARGV[1]`; indexes it under its
+/// path (`KEYS[3]`, `KEYS[4]`) and tags (`KEYS[5..]`).
 const PUT: &str = r"
 if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
 local ttl = tonumber(ARGV[3])
@@ -129,36 +156,36 @@ end
 return 1
 ";
 
-/// Counts a purge (`KEYS[1]`), removes (or, soft, marks) every entry it names
-/// and appends it to the stream `KEYS[3]`. `ARGV`: the namespace, `1` for soft,
-/// the purge as JSON, the stream's length, then the URLs, prefixes and tags,
-/// each list preceded by its length. Returns the purge's number, its stream id
-/// and how many entries it touched.
+/// Counts a purge in one group (`KEYS[1]`) and removes (or, soft, marks) every
+/// entry of the group it names. `ARGV`: the group's key prefix, `1` for soft,
+/// then the URLs, prefixes and tags, each list preceded by its length. The
+/// group's keys are named from its prefix, all under the group's hash tag (one
+/// slot). Returns how many entries it touched.
 const PURGE: &str = r"
-local ns = ARGV[1]
+local group = ARGV[1]
 local soft = ARGV[2] == '1'
-local number = redis.call('INCR', KEYS[1])
+redis.call('INCR', KEYS[1])
 local primaries, seen, paths, tags = {}, {}, {}, {}
 local function collect(set)
   for _, p in ipairs(redis.call('SMEMBERS', set)) do
     if not seen[p] then seen[p] = true; primaries[#primaries + 1] = p end
   end
 end
-local i = 5
+local i = 3
 local n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do paths[#paths + 1] = ARGV[i]; collect(ns .. 'p:' .. ARGV[i]); i = i + 1 end
+for _ = 1, n do paths[#paths + 1] = ARGV[i]; collect(group .. 'p:' .. ARGV[i]); i = i + 1 end
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
   for _, path in ipairs(redis.call('ZRANGEBYLEX', KEYS[2], '[' .. ARGV[i], '[' .. ARGV[i] .. '\255')) do
-    paths[#paths + 1] = path; collect(ns .. 'p:' .. path)
+    paths[#paths + 1] = path; collect(group .. 'p:' .. path)
   end
   i = i + 1
 end
 n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do tags[#tags + 1] = ARGV[i]; collect(ns .. 't:' .. ARGV[i]); i = i + 1 end
+for _ = 1, n do tags[#tags + 1] = ARGV[i]; collect(group .. 't:' .. ARGV[i]); i = i + 1 end
 local touched = 0
 for _, p in ipairs(primaries) do
-  local key = ns .. 'e:' .. p
+  local key = group .. 'e:' .. p
   if soft then
     if redis.call('EXISTS', key) == 1 then redis.call('SETRANGE', key, 1, '\1'); touched = touched + 1 end
   else
@@ -166,11 +193,18 @@ for _, p in ipairs(primaries) do
   end
 end
 if not soft then
-  for _, path in ipairs(paths) do redis.call('DEL', ns .. 'p:' .. path); redis.call('ZREM', KEYS[2], path) end
-  for _, tag in ipairs(tags) do redis.call('DEL', ns .. 't:' .. tag) end
+  for _, path in ipairs(paths) do redis.call('DEL', group .. 'p:' .. path); redis.call('ZREM', KEYS[2], path) end
+  for _, tag in ipairs(tags) do redis.call('DEL', group .. 't:' .. tag) end
 end
-local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'number', number, 'purge', ARGV[3])
-return {number, id, touched}
+return touched
+";
+
+/// Numbers a purge (`KEYS[1]`) and appends it to the stream `KEYS[2]` (kept
+/// to about `ARGV[2]` entries). Returns its number and stream id.
+const ANNOUNCE: &str = r"
+local number = redis.call('INCR', KEYS[1])
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'number', number, 'purge', ARGV[1])
+return {number, id}
 ";
 
 // The purge script marks a soft purge at offset 1 of the value.
@@ -188,16 +222,11 @@ pub(crate) struct Applied {
 }
 
 impl RedisStore {
-    /// A store on the Redis at `config.url`. Connects lazily: a Redis that is
+    /// A store on the Redis `config` names. Connects lazily: a Redis that is
     /// down now is tried again on every use, with backoff.
     pub fn open(config: RedisConfig) -> Result<Self, RedisError> {
-        let client = redis::Client::open(config.url.as_str())?;
-        let manager = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.timeout.max(Duration::from_millis(200))))
-            .set_response_timeout(Some(config.timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let connection = ConnectionManager::new_lazy_with_config(client.clone(), manager)?;
+        let client = Client::open(&config.target)?;
+        let connection = client.shared(config.timeout)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
@@ -205,6 +234,7 @@ impl RedisStore {
                 config,
                 put: Script::new(PUT),
                 purge: Script::new(PURGE),
+                announce: Script::new(ANNOUNCE),
                 up: AtomicBool::new(true),
                 failures: AtomicU64::new(0),
             }),
@@ -225,11 +255,31 @@ impl RedisStore {
         &self.inner.config
     }
 
-    pub(crate) fn client(&self) -> &redis::Client {
+    pub(crate) fn client(&self) -> &Client {
         &self.inner.client
     }
 
-    pub(crate) fn key(&self, kind: &str, name: &str) -> String {
+    pub(crate) fn connection(&self) -> Connection {
+        self.inner.connection.clone()
+    }
+
+    /// The hash tag, and so the key prefix, of entry group `group`.
+    fn group_prefix(&self, group: u64) -> String {
+        format!("{{{}g{group}}}", self.inner.config.namespace)
+    }
+
+    /// The group of `primary`.
+    fn group_of(&self, primary: &str) -> u64 {
+        twox_hash::XxHash3_64::oneshot(primary.as_bytes()) % self.inner.config.groups()
+    }
+
+    /// A key of the bus (all under one hash tag).
+    pub(crate) fn bus_key(&self, name: &str) -> String {
+        format!("{{{}bus}}{name}", self.inner.config.namespace)
+    }
+
+    /// A key outside the groups and the bus.
+    pub(crate) fn plain_key(&self, kind: &str, name: &str) -> String {
         format!("{}{kind}{name}", self.inner.config.namespace)
     }
 
@@ -258,33 +308,53 @@ impl RedisStore {
         result
     }
 
-    /// Applies `purge` in Redis and appends it to the bus.
+    /// Applies `purge` in every group, then numbers it and appends it to the bus.
     pub(crate) async fn apply_purge(&self, purge: &Purge) -> Option<Applied> {
         let message = serde_json::to_string(purge).ok()?;
-        let mut invocation = self.inner.purge.prepare_invoke();
+        let mut groups = tokio::task::JoinSet::new();
+        for group in 0..self.inner.config.groups() {
+            let store = self.clone();
+            let purge = purge.clone();
+            groups.spawn(async move { store.purge_group(group, &purge).await });
+        }
+        let mut touched = 0;
+        while let Some(done) = groups.join_next().await {
+            touched += done.ok().flatten()?;
+        }
+        let mut invocation = self.inner.announce.prepare_invoke();
         invocation
-            .key(self.key("", "purges"))
-            .key(self.key("", "paths"))
-            .key(self.key("", "bus"))
-            .arg(&self.inner.config.namespace)
-            .arg(if purge.soft { "1" } else { "0" })
+            .key(self.bus_key("purges"))
+            .key(self.bus_key("bus"))
             .arg(message)
             .arg(self.inner.config.bus_length);
-        for list in [&purge.urls, &purge.prefixes, &purge.tags] {
-            invocation.arg(list.len());
-            for item in list {
-                invocation.arg(item);
-            }
-        }
-        let mut connection = self.inner.connection.clone();
-        let (number, id, touched): (u64, String, usize) = self
-            .run("purge", invocation.invoke_async(&mut connection))
+        let mut connection = self.connection();
+        let (number, id): (u64, String) = self
+            .run("announce", invocation.invoke_async(&mut connection))
             .await?;
         Some(Applied {
             number,
             id,
             touched,
         })
+    }
+
+    async fn purge_group(&self, group: u64, purge: &Purge) -> Option<usize> {
+        let prefix = self.group_prefix(group);
+        let mut invocation = self.inner.purge.prepare_invoke();
+        invocation
+            .key(format!("{prefix}purges"))
+            .key(format!("{prefix}paths"))
+            .arg(&prefix)
+            .arg(if purge.soft { "1" } else { "0" });
+        for list in [&purge.urls, &purge.prefixes, &purge.tags] {
+            invocation.arg(list.len());
+            for item in list {
+                invocation.arg(item);
+            }
+        }
+        let mut connection = self.connection();
+        self.run("purge", invocation.invoke_async(&mut connection))
+            .await
     }
 }
 
@@ -305,15 +375,15 @@ fn lifetime_in_redis(variants: &Variants) -> Duration {
 
 impl Store for RedisStore {
     async fn get(&self, primary: &str) -> Option<Variants> {
-        let mut connection = self.inner.connection.clone();
-        let key = self.key("e:", primary);
+        let mut connection = self.connection();
+        let key = format!("{}e:{primary}", self.group_prefix(self.group_of(primary)));
         let value: Option<Vec<u8>> = self.run("get", connection.get(&key)).await?;
         codec::decode(Bytes::from(value?))
     }
 
-    async fn fetch_mark(&self) -> FetchMark {
-        let mut connection = self.inner.connection.clone();
-        let key = self.key("", "purges");
+    async fn fetch_mark(&self, primary: &str) -> FetchMark {
+        let mut connection = self.connection();
+        let key = format!("{}purges", self.group_prefix(self.group_of(primary)));
         match self
             .run("mark", connection.get::<_, Option<u64>>(&key))
             .await
@@ -328,17 +398,18 @@ impl Store for RedisStore {
         let (Some(mark), Some(path)) = (since.position(), variants.path()) else {
             return false;
         };
+        let prefix = self.group_prefix(self.group_of(&primary));
         let mut invocation = self.inner.put.prepare_invoke();
         invocation
-            .key(self.key("", "purges"))
-            .key(self.key("e:", &primary))
-            .key(self.key("", "paths"))
-            .key(self.key("p:", path));
+            .key(format!("{prefix}purges"))
+            .key(format!("{prefix}e:{primary}"))
+            .key(format!("{prefix}paths"))
+            .key(format!("{prefix}p:{path}"));
         let mut tags: Vec<&String> = variants.tags().collect();
         tags.sort();
         tags.dedup();
         for tag in tags {
-            invocation.key(self.key("t:", tag));
+            invocation.key(format!("{prefix}t:{tag}"));
         }
         invocation
             .arg(mark)
@@ -346,7 +417,7 @@ impl Store for RedisStore {
             .arg(u64::try_from(lifetime_in_redis(&variants).as_millis()).unwrap_or(u64::MAX))
             .arg(&primary)
             .arg(path.as_ref());
-        let mut connection = self.inner.connection.clone();
+        let mut connection = self.connection();
         let stored: Option<u8> = self
             .run("put", invocation.invoke_async(&mut connection))
             .await;

@@ -79,7 +79,7 @@ impl Tiered {
         BusStatus {
             trusted: self.trusted(),
             redis_up: self.shared.is_up(),
-            applied: if applied == u64::MAX { 0 } else { applied },
+            applied,
             drops: self.bus.drops.load(Ordering::Relaxed),
             fenced_waits: self.bus.fenced_waits.load(Ordering::Relaxed),
             redis_failures: self.shared.failures(),
@@ -106,11 +106,11 @@ impl Store for Tiered {
         {
             return Some(variants);
         }
-        let applied = self.bus.applied.load(Ordering::Acquire);
+        let generation = self.bus.generation.load(Ordering::Acquire);
         let variants = self.shared.get(primary).await?;
-        // Filled only if no purge was applied here meanwhile (it may have named
-        // what Redis returned just before it).
-        if applied != u64::MAX && self.bus.applied.load(Ordering::Acquire) == applied {
+        // Filled only if the bus removed nothing here meanwhile (a purge may
+        // have named what Redis returned just before it).
+        if self.bus.generation.load(Ordering::Acquire) == generation {
             self.local
                 .put(primary.to_string(), variants.clone(), FetchMark::NONE)
                 .await;
@@ -118,8 +118,9 @@ impl Store for Tiered {
         Some(variants)
     }
 
-    async fn fetch_mark(&self) -> FetchMark {
-        self.shared.fetch_mark().await
+    async fn fetch_mark(&self, primary: &str) -> FetchMark {
+        let generation = self.bus.generation.load(Ordering::Acquire);
+        self.shared.fetch_mark(primary).await.with_local(generation)
     }
 
     async fn put(&self, primary: String, variants: Variants, since: FetchMark) -> bool {

@@ -34,13 +34,13 @@ impl RedisStore {
 impl Versions {
     /// The Redis key of the counter `key`.
     pub fn redis_key(&self, key: &str) -> String {
-        self.redis.key("v:", key)
+        self.redis.plain_key("v:", key)
     }
 
     /// The current version of `key` (0 before its first bump); `None` when Redis
     /// does not answer in time.
     pub async fn current(&self, key: &str) -> Option<u64> {
-        let mut connection = self.redis.inner.connection.clone();
+        let mut connection = self.redis.connection();
         let redis_key = self.redis_key(key);
         let value: Option<u64> = self
             .redis
@@ -55,7 +55,7 @@ impl Versions {
     /// Counts a write to `key`; returns the new version, or `None` when Redis
     /// does not answer in time.
     pub async fn bump(&self, key: &str) -> Option<u64> {
-        let mut connection = self.redis.inner.connection.clone();
+        let mut connection = self.redis.connection();
         let redis_key = self.redis_key(key);
         self.redis
             .run(

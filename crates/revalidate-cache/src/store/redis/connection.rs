@@ -1,0 +1,122 @@
+//! One way to talk to Redis, whether it is one server or a cluster: the store,
+//! the bus and the counters send the same commands and scripts through
+//! [`Connection`], and only this module knows which it is.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
+use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+
+/// Where Redis is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One server: `redis://host:port[/db]`.
+    Server(String),
+    /// A Redis Cluster, by any of its nodes: `redis://host:port` each.
+    Cluster(Vec<String>),
+}
+
+/// A client for a [`RedisTarget`].
+#[derive(Clone)]
+pub(crate) enum Client {
+    Server(redis::Client),
+    // Boxed: made once per store, and the larger of the two by far.
+    Cluster(Box<ClusterClient>),
+}
+
+/// A connection through a [`Client`]; cheap to clone (clones share it).
+#[derive(Clone)]
+pub(crate) enum Connection {
+    /// Reconnects by itself, with backoff.
+    Managed(ConnectionManager),
+    /// A connection of its own, for blocking reads.
+    Single(MultiplexedConnection),
+    /// Routes each command to the node that owns its keys' slot.
+    Cluster(ClusterConnection),
+}
+
+impl Client {
+    /// A client for `target` (nothing is connected yet).
+    pub(crate) fn open(target: &RedisTarget) -> RedisResult<Self> {
+        Ok(match target {
+            RedisTarget::Server(url) => Self::Server(redis::Client::open(url.as_str())?),
+            RedisTarget::Cluster(urls) => {
+                Self::Cluster(Box::new(ClusterClient::new(urls.clone())?))
+            }
+        })
+    }
+
+    /// The connection commands share: connected on first use, so a Redis that is
+    /// down at start is only a failed command, tried again later.
+    pub(crate) fn shared(&self, timeout: Duration) -> RedisResult<Connection> {
+        let connect = timeout.max(Duration::from_millis(200));
+        Ok(match self {
+            Self::Server(client) => {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(connect))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_secs(2));
+                Connection::Managed(ConnectionManager::new_lazy_with_config(
+                    client.clone(),
+                    config,
+                )?)
+            }
+            Self::Cluster(client) => {
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(connect)
+                    .set_response_timeout(timeout);
+                Connection::Cluster(client.get_pending_async_connection_with_config(config))
+            }
+        })
+    }
+
+    /// A connection of its own, whose commands may block for up to `blocking`
+    /// (a blocking read would hold up every command sharing its connection).
+    pub(crate) async fn dedicated(&self, blocking: Duration) -> RedisResult<Connection> {
+        Ok(match self {
+            Self::Server(client) => {
+                Connection::Single(client.get_multiplexed_async_connection().await?)
+            }
+            Self::Cluster(client) => {
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(blocking)
+                    .set_response_timeout(blocking * 2);
+                Connection::Cluster(client.get_async_connection_with_config(config).await?)
+            }
+        })
+    }
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Managed(connection) => connection.req_packed_command(cmd),
+            Self::Single(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Managed(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Managed(connection) => connection.get_db(),
+            Self::Single(connection) => connection.get_db(),
+            Self::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
