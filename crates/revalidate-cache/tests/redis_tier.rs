@@ -444,3 +444,31 @@ async fn entries_spread_over_the_cluster_masters() {
         "every group purged"
     );
 }
+
+/// `rediss://`: TLS to Redis, trusting the authority given; without it the
+/// certificate is refused and nothing falls back to plain text.
+#[tokio::test]
+async fn tls_to_redis_with_the_authority_given() {
+    let server = support::redis::start_tls_server();
+    let ns = support::redis::namespace("tls");
+    let origin = versioned_origin();
+    let mut config = support::redis::config(&server.url, &ns);
+    config.timeout = Duration::from_secs(2);
+    config.ca_pem = Some(server.ca_pem.clone());
+    let store = RedisStore::open(config).unwrap();
+    let cache = Cache::builder(store.clone()).build();
+    let service = cache.layer().layer(Upstream::new(origin.service()));
+    support::send(&service, "GET", "/tls", &[]).await;
+    assert!(
+        support::send(&service, "GET", "/tls", &[]).await.hit(),
+        "stored over TLS"
+    );
+    assert!(store.is_up());
+
+    // The system's roots do not know the authority: every command fails.
+    let mut untrusting = support::redis::config(&server.url, &ns);
+    untrusting.timeout = Duration::from_secs(2);
+    let untrusting = RedisStore::open(untrusting).unwrap();
+    assert!(untrusting.get("origin.test/tls").await.is_none());
+    assert!(!untrusting.is_up());
+}

@@ -87,6 +87,10 @@ struct ServeArgs {
     /// (overrides `[redis]`).
     #[arg(long, env = "REVALIDATE_REDIS", conflicts_with = "redis_cluster")]
     redis: Option<String>,
+    /// For rediss:// URLs: a PEM file of the authorities to trust instead of the
+    /// system's roots (overrides `[redis] ca_file`).
+    #[arg(long, env = "REVALIDATE_REDIS_CA")]
+    redis_ca: Option<std::path::PathBuf>,
     /// A Redis Cluster as that tier, by any of its nodes:
     /// redis://10.0.0.1:6379,redis://10.0.0.2:6379 (overrides `[redis]`).
     #[arg(long, env = "REVALIDATE_REDIS_CLUSTER", value_delimiter = ',')]
@@ -171,6 +175,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         serve::config::check_redis_url(&url).map_err(|e| UsageError(format!("--redis: {e}")))?;
         config.redis.url = Some(url);
         config.redis.cluster.clear();
+    }
+    if let Some(ca) = args.redis_ca.clone() {
+        config.redis.ca_file = Some(ca);
     }
     let nodes: Vec<String> = args
         .redis_cluster

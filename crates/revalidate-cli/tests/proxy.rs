@@ -444,7 +444,7 @@ fn bad_flags_and_bad_config_exit_2_with_one_line() {
                 "--redis".into(),
                 "http://127.0.0.1:6379".into(),
             ],
-            "--redis: \"http://127.0.0.1:6379\" is not a redis:// URL",
+            "--redis: \"http://127.0.0.1:6379\" is not a redis:// or rediss:// URL",
         ),
         (
             vec![
@@ -452,9 +452,9 @@ fn bad_flags_and_bad_config_exit_2_with_one_line() {
                 "--upstream".into(),
                 "http://127.0.0.1:1".into(),
                 "--redis-cluster".into(),
-                "redis://127.0.0.1:7000,rediss://127.0.0.1:7001".into(),
+                "redis://127.0.0.1:7000,tcp://127.0.0.1:7001".into(),
             ],
-            "--redis-cluster: \"rediss://127.0.0.1:7001\": TLS to Redis",
+            "--redis-cluster: \"tcp://127.0.0.1:7001\" is not a redis:// or rediss:// URL",
         ),
     ];
     for (args, expected) in cases {

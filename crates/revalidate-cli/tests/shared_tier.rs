@@ -229,3 +229,37 @@ async fn a_versioned_route_answers_from_the_counter() {
     );
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+/// `rediss://` with `ca_file`: the proxy stores in Redis over TLS.
+#[tokio::test]
+async fn the_shared_tier_over_tls() {
+    let server = support::redis::start_tls_server();
+    let namespace = support::redis::namespace("tls");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &server.ca_pem).unwrap();
+    let (calls, version) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(1)));
+    let (origin_addr, _origin) = spawn(origin(calls.clone(), version)).await;
+    let config = parse(
+        &format!(
+            "[redis]\nurl = \"{}\"\nnamespace = \"{namespace}\"\nca_file = \"{}\"\ntimeout = \"1s\"\n",
+            server.url,
+            ca_file.display()
+        ),
+        "t.toml",
+    )
+    .unwrap();
+    let upstream = UpstreamClient::new(&format!("http://{origin_addr}"), &config).unwrap();
+    let (app, _cache) = proxy(&config, upstream).unwrap();
+    let addr = spawn_proxy(app, ClientLimits::default()).await;
+    assert_eq!(request(addr, "GET", "/items/1", &[]).await.status, 200);
+    let mut shared = support::redis::config(&server.url, &namespace);
+    shared.ca_pem = Some(server.ca_pem.clone());
+    shared.timeout = Duration::from_secs(1);
+    let shared = RedisStore::open(shared).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while shared.get(&format!("{addr}/items/1")).await.is_none() {
+        assert!(Instant::now() < deadline, "never stored in Redis over TLS");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

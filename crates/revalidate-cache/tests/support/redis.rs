@@ -212,3 +212,66 @@ pub fn nothing_listening() -> String {
 pub fn free_port_for_server() -> u16 {
     free_port()
 }
+
+/// A `redis-server` that speaks only TLS, with a certificate for 127.0.0.1 from
+/// an authority made for it.
+pub struct TlsServer {
+    /// `rediss://127.0.0.1:{port}`.
+    pub url: String,
+    /// The authority's certificate (PEM).
+    pub ca_pem: Vec<u8>,
+    _server: Server,
+    _dir: TempDir,
+}
+
+/// A directory removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Starts a TLS-only `redis-server` (Debian's is built with TLS).
+pub fn start_tls_server() -> TlsServer {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "revalidate-tls-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, pem: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path.display().to_string()
+    };
+    let cert_file = write("server.pem", cert.pem());
+    let key_file = write("server.key", key.serialize_pem());
+    let ca_file = write("ca.pem", ca.pem());
+    let port = free_port();
+    let extra = [
+        "--port 0".to_string(),
+        format!("--tls-port {port}"),
+        format!("--tls-cert-file {cert_file}"),
+        format!("--tls-key-file {key_file}"),
+        format!("--tls-ca-cert-file {ca_file}"),
+        "--tls-auth-clients no".to_string(),
+    ];
+    let server = start_server_with(port, &extra);
+    TlsServer {
+        url: format!("rediss://127.0.0.1:{port}"),
+        ca_pem: ca.pem().into_bytes(),
+        _server: server,
+        _dir: TempDir(dir),
+    }
+}

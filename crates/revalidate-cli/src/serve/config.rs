@@ -237,6 +237,9 @@ pub struct RedisSection {
     pub url: Option<String>,
     /// `["redis://host:port", …]`: nodes of a Redis Cluster (any of them).
     pub cluster: Vec<String>,
+    /// For `rediss://`: a PEM file of the authorities to trust instead of the
+    /// system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Prefix of every key, so that several services can share one Redis.
     pub namespace: String,
     /// The longest a Redis command may take before it counts as failed (the
@@ -255,6 +258,7 @@ impl Default for RedisSection {
         Self {
             url: None,
             cluster: Vec::new(),
+            ca_file: None,
             namespace: "revalidate:".into(),
             timeout: Duration::from_millis(50),
             lease: Duration::from_millis(500),
@@ -264,13 +268,8 @@ impl Default for RedisSection {
 
 /// Whether `url` names a Redis this build can reach.
 pub fn check_redis_url(url: &str) -> Result<(), String> {
-    if url.starts_with("rediss://") {
-        return Err(format!(
-            "{url:?}: TLS to Redis (rediss://) is not supported yet"
-        ));
-    }
-    if !url.starts_with("redis://") {
-        return Err(format!("{url:?} is not a redis:// URL"));
+    if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+        return Err(format!("{url:?} is not a redis:// or rediss:// URL"));
     }
     redis_url_parses(url)
 }

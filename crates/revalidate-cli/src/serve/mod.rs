@@ -39,7 +39,7 @@ pub use config::{ConfigError, ServeConfig, load, parse};
 pub use etag::EtagByRoute;
 pub use request_check::RequestCheck;
 use revalidate_cache::{Cache, CacheService, Routes};
-pub use store::ProxyStore;
+pub use store::{ProxyStore, StoreError};
 use tower::Layer;
 pub use upstream::{InvalidUpstream, UpstreamBody, UpstreamClient};
 use versioned::{VersionCheck, Versioning};
@@ -85,7 +85,7 @@ impl Proxy {
 pub fn proxy(
     config: &ServeConfig,
     upstream: UpstreamClient,
-) -> Result<(Proxy, Cache<ProxyStore>), revalidate_cache::store::RedisError> {
+) -> Result<(Proxy, Cache<ProxyStore>), StoreError> {
     let cache = Cache::builder(ProxyStore::of(config)?)
         .routes(config.routes.clone())
         .config(config.cache.clone())

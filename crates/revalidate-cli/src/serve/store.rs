@@ -10,6 +10,17 @@ use revalidate_cache::{MemoryStore, Purge, Store, StoreUsage};
 
 use super::config::ServeConfig;
 
+/// Why the configured store cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Redis as configured cannot be used.
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    /// The CA file for `rediss://` cannot be read.
+    #[error("cannot read the Redis CA file {0}")]
+    CaFile(String),
+}
+
 /// Where the proxy keeps responses. A decision made once at start, so an enum:
 /// a hit pays one match, not a virtual call.
 #[derive(Debug, Clone)]
@@ -23,7 +34,7 @@ pub enum ProxyStore {
 impl ProxyStore {
     /// The store `config` asks for; Redis is connected lazily, and the
     /// invalidation bus started on the current runtime.
-    pub fn of(config: &ServeConfig) -> Result<Self, RedisError> {
+    pub fn of(config: &ServeConfig) -> Result<Self, StoreError> {
         let local = MemoryStore::new(config.max_bytes);
         let mut redis = match &config.redis.url {
             Some(url) => RedisConfig::new(url.clone()),
@@ -33,6 +44,11 @@ impl ProxyStore {
             None => return Ok(Self::Memory(local)),
         };
         redis.namespace = config.redis.namespace.clone();
+        if let Some(path) = &config.redis.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| StoreError::CaFile(format!("{}: {e}", path.display())))?;
+            redis.ca_pem = Some(pem);
+        }
         redis.timeout = config.redis.timeout.max(Duration::from_millis(1));
         let shared = RedisStore::open(redis)?;
         Ok(Self::Tiered(Tiered::start(

@@ -21,8 +21,8 @@ pub enum RedisTarget {
 /// A client for a [`RedisTarget`].
 #[derive(Clone)]
 pub(crate) enum Client {
-    Server(redis::Client),
-    // Boxed: made once per store, and the larger of the two by far.
+    // Boxed: made once per store, and each of a few hundred bytes.
+    Server(Box<redis::Client>),
     Cluster(Box<ClusterClient>),
 }
 
@@ -38,12 +38,28 @@ pub(crate) enum Connection {
 }
 
 impl Client {
-    /// A client for `target` (nothing is connected yet).
-    pub(crate) fn open(target: &RedisTarget) -> RedisResult<Self> {
+    /// A client for `target` (nothing is connected yet). `rediss://` URLs speak
+    /// TLS (rustls, with ring), trusting `ca_pem` when given, else the system's
+    /// roots; a certificate that does not verify fails every command, with the
+    /// reason in the log, and is never bypassed.
+    pub(crate) fn open(target: &RedisTarget, ca_pem: Option<&[u8]>) -> RedisResult<Self> {
+        // Once per process; a provider installed by the application stays.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let certificates = || redis::TlsCertificates {
+            client_tls: None,
+            root_cert: ca_pem.map(<[u8]>::to_vec),
+        };
         Ok(match target {
-            RedisTarget::Server(url) => Self::Server(redis::Client::open(url.as_str())?),
+            RedisTarget::Server(url) if url.starts_with("rediss://") => Self::Server(Box::new(
+                redis::Client::build_with_tls(url.as_str(), certificates())?,
+            )),
+            RedisTarget::Server(url) => Self::Server(Box::new(redis::Client::open(url.as_str())?)),
             RedisTarget::Cluster(urls) => {
-                Self::Cluster(Box::new(ClusterClient::new(urls.clone())?))
+                let mut builder = ClusterClient::builder(urls.clone());
+                if urls.iter().any(|url| url.starts_with("rediss://")) {
+                    builder = builder.certs(certificates());
+                }
+                Self::Cluster(Box::new(builder.build()?))
             }
         })
     }
@@ -60,7 +76,7 @@ impl Client {
                     .set_number_of_retries(2)
                     .set_max_delay(Duration::from_secs(2));
                 Connection::Managed(ConnectionManager::new_lazy_with_config(
-                    client.clone(),
+                    (**client).clone(),
                     config,
                 )?)
             }

@@ -68,11 +68,15 @@ pub struct RedisConfig {
     /// Purges the stream keeps (older ones are trimmed; an instance that
     /// missed them drops its local tier).
     pub bus_length: u64,
+    /// For `rediss://`: the PEM certificates of the authorities to trust instead
+    /// of the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl RedisConfig {
-    /// Defaults for the server at `url`: namespace `revalidate:`, 50 ms per
-    /// command, 10,000 purges kept.
+    /// Defaults for the server at `url` (`redis://` or, with TLS, `rediss://`):
+    /// namespace `revalidate:`, 50 ms per command, 10,000 purges kept, the
+    /// system's roots for TLS.
     pub fn new(url: impl Into<String>) -> Self {
         Self::for_target(RedisTarget::Server(url.into()))
     }
@@ -90,12 +94,13 @@ impl RedisConfig {
             namespace: "revalidate:".into(),
             timeout: Duration::from_millis(50),
             bus_length: 10_000,
+            ca_pem: None,
         }
     }
 
     /// Whether the URLs are ones this build can connect to (nothing is connected).
     pub fn check(&self) -> Result<(), RedisError> {
-        Client::open(&self.target).map(drop)?;
+        Client::open(&self.target, self.ca_pem.as_deref()).map(drop)?;
         Ok(())
     }
 
@@ -225,7 +230,7 @@ impl RedisStore {
     /// A store on the Redis `config` names. Connects lazily: a Redis that is
     /// down now is tried again on every use, with backoff.
     pub fn open(config: RedisConfig) -> Result<Self, RedisError> {
-        let client = Client::open(&config.target)?;
+        let client = Client::open(&config.target, config.ca_pem.as_deref())?;
         let connection = client.shared(config.timeout)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -290,20 +295,23 @@ impl RedisStore {
         command: impl Future<Output = redis::RedisResult<T>>,
     ) -> Option<T> {
         let outcome = tokio::time::timeout(self.inner.config.timeout, command).await;
-        let result = match outcome {
-            Ok(Ok(value)) => Some(value),
-            Ok(Err(error)) => {
-                tracing::debug!(what, %error, "redis command failed");
-                None
-            }
-            Err(_) => {
-                tracing::debug!(what, "redis command timed out");
-                None
-            }
+        let (result, error) = match outcome {
+            Ok(Ok(value)) => (Some(value), None),
+            Ok(Err(error)) => (None, Some(error.to_string())),
+            Err(_) => (None, Some("timed out".to_string())),
         };
-        self.inner.up.store(result.is_some(), Ordering::Relaxed);
-        if result.is_none() {
+        let was_up = self.inner.up.swap(result.is_some(), Ordering::Relaxed);
+        if let Some(error) = error {
             self.inner.failures.fetch_add(1, Ordering::Relaxed);
+            // Once per outage at warn (a refused certificate is a configuration
+            // error an operator must see), every failure at debug.
+            if was_up {
+                tracing::warn!(what, %error, "redis unavailable; serving without it");
+            } else {
+                tracing::debug!(what, %error, "redis command failed");
+            }
+        } else if !was_up {
+            tracing::info!("redis available again");
         }
         result
     }
