@@ -148,6 +148,43 @@ async fn main() {
         at(0.99),
         waits[waits.len() - 1]
     );
+
+    // Simultaneous misses of one key, spread over the three instances: each
+    // instance coalesces its own, so the upstream sees about one per instance.
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let services: Vec<_> = instances
+        .iter()
+        .map(|instance| {
+            let calls = calls.clone();
+            let slow = service_fn(move |_: Request<Full<Bytes>>| {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let response = Response::builder()
+                        .header("cache-control", "public, max-age=60")
+                        .body(Full::new(Bytes::from_static(b"shared")))
+                        .expect("a valid response");
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            Cache::builder(instance.clone()).build().layer().layer(slow)
+        })
+        .collect();
+    let mut misses = tokio::task::JoinSet::new();
+    for i in 0..60 {
+        let service = services[i % services.len()].clone();
+        misses.spawn(async move {
+            let request = Request::get("http://127.0.0.1/simultaneous")
+                .body(Full::default())
+                .expect("a valid request");
+            drop(service.oneshot(request).await);
+        });
+    }
+    while misses.join_next().await.is_some() {}
+    println!(
+        "60 simultaneous misses on 3 instances: {} upstream fetches",
+        calls.load(std::sync::atomic::Ordering::SeqCst)
+    );
     if !cluster {
         delete_namespace(&url, &namespace).await;
     }

@@ -472,3 +472,36 @@ async fn tls_to_redis_with_the_authority_given() {
     assert!(untrusting.get("origin.test/tls").await.is_none());
     assert!(!untrusting.is_up());
 }
+
+/// A Redis that answers slowly (paused for less than the lease) does not slow
+/// hits from the local tier: they never wait for Redis.
+#[tokio::test]
+async fn a_slow_redis_never_slows_local_hits() {
+    let port = support::redis::free_port_for_server();
+    let url = format!("redis://127.0.0.1:{port}");
+    let _server = support::redis::start_server(port);
+    let origin = versioned_origin();
+    let a = Instance::start(&origin, &url, "slow:").await;
+    a.get("/h").await;
+    assert!(a.get("/h").await.hit());
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let pause = LEASE / 2;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(u64::try_from(pause.as_millis()).unwrap())
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    while started.elapsed() < pause {
+        let hit = Instant::now();
+        assert!(a.get("/h").await.hit(), "still served from the local tier");
+        slowest = slowest.max(hit.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_millis(20),
+        "a hit took {slowest:?}"
+    );
+}

@@ -181,6 +181,7 @@ async fn healthz(State(state): State<AdminState>) -> &'static str {
 }
 
 async fn stats(State(state): State<AdminState>) -> Response {
+    let bus_lag = state.cache.store().bus_lag().await;
     let counters = state.cache.stats();
     let usage = state.cache.usage();
     let answered = counters.hits
@@ -203,6 +204,7 @@ async fn stats(State(state): State<AdminState>) -> Response {
             "up": bus.redis_up,
             "local_tier_served": bus.trusted,
             "purges_applied": bus.applied,
+            "bus_lag": bus_lag,
             "local_tier_drops": bus.drops,
             "purge_waits_timed_out": bus.fenced_waits,
             "failed_commands": bus.redis_failures,
@@ -217,6 +219,9 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         metrics::gauge!("revalidate_redis_up").set(f64::from(u8::from(bus.redis_up)));
         metrics::gauge!("revalidate_local_tier_served").set(f64::from(u8::from(bus.trusted)));
         metrics::gauge!("revalidate_bus_purges_applied").set(bus.applied as f64);
+        if let Some(lag) = state.cache.store().bus_lag().await {
+            metrics::gauge!("revalidate_bus_lag_purges").set(lag as f64);
+        }
         metrics::counter!("revalidate_local_tier_drops_total").absolute(bus.drops);
         metrics::counter!("revalidate_purge_waits_timed_out_total").absolute(bus.fenced_waits);
         metrics::counter!("revalidate_redis_failed_commands_total").absolute(bus.redis_failures);

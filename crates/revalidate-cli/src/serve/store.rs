@@ -66,6 +66,15 @@ impl ProxyStore {
         }
     }
 
+    /// Purges numbered in Redis but not applied here yet, with Redis in use and
+    /// answering.
+    pub async fn bus_lag(&self) -> Option<u64> {
+        match self {
+            Self::Memory(_) => None,
+            Self::Tiered(tiered) => tiered.bus_lag().await,
+        }
+    }
+
     /// What the invalidation bus is doing, with Redis in use.
     pub fn bus(&self) -> Option<BusStatus> {
         match self {

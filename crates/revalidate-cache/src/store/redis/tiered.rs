@@ -86,6 +86,19 @@ impl Tiered {
         }
     }
 
+    /// How many purges Redis has numbered that this instance has not applied
+    /// yet; `None` when Redis does not answer.
+    pub async fn bus_lag(&self) -> Option<u64> {
+        let mut connection = self.shared.connection();
+        let key = self.shared.bus_key("purges");
+        let numbered: Option<u64> = self
+            .shared
+            .run("lag", redis::AsyncCommands::get(&mut connection, &key))
+            .await?;
+        let applied = self.bus.applied.load(Ordering::Acquire);
+        Some(numbered.unwrap_or(0).saturating_sub(applied))
+    }
+
     fn trusted(&self) -> bool {
         self.bus.trusted.load(Ordering::Acquire)
     }
