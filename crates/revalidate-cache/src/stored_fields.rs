@@ -88,6 +88,7 @@ impl StoredFields {
     }
 
     /// Each field's name and value, in order.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
         self.shape.names.iter().zip(self.values.iter())
     }

@@ -60,6 +60,13 @@ enum Command {
     },
     /// Put the cache and conditional layers in front of an HTTP API.
     Serve(ServeArgs),
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `revalidate manpage > revalidate.1`.
+    Manpage,
 }
 
 #[derive(Debug, clap::Args)]
@@ -95,6 +102,10 @@ struct ServeArgs {
     /// redis://10.0.0.1:6379,redis://10.0.0.2:6379 (overrides `[redis]`).
     #[arg(long, env = "REVALIDATE_REDIS_CLUSTER", value_delimiter = ',')]
     redis_cluster: Vec<String>,
+    /// Check the flags and the configuration, then exit: 0 when valid, 2 with
+    /// the reason when not (like `nginx -t`).
+    #[arg(long)]
+    check: bool,
     /// Threads serving clients (default: one per CPU).
     #[arg(long, env = "REVALIDATE_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
@@ -163,6 +174,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Demo { listen, database } => demo(listen, &database).await,
         Command::Serve(args) => serve(args).await,
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "revalidate", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Manpage => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command).render(&mut std::io::stdout())?;
+            Ok(())
+        }
     }
 }
 
@@ -203,6 +224,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
+    if !config.versions.is_empty() && !config.redis.is_set() {
+        return Err(UsageError(
+            "routes with `version` read their counters in Redis: set [redis] or --redis".into(),
+        )
+        .into());
+    }
+    if let Some(path) = &config.redis.ca_file
+        && let Err(error) = std::fs::read(path)
+    {
+        return Err(UsageError(format!(
+            "cannot read the Redis CA file {}: {error}",
+            path.display()
+        ))
+        .into());
+    }
+    if args.check {
+        println!("revalidate: the flags and the configuration are valid");
+        return Ok(());
+    }
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
@@ -216,12 +256,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
 
     let limits = client_limits(&config.client);
-    if !config.versions.is_empty() && !config.redis.is_set() {
-        return Err(UsageError(
-            "routes with `version` read their counters in Redis: set [redis] or --redis".into(),
-        )
-        .into());
-    }
     let (app, cache) = serve::proxy(&config, upstream).map_err(|e| UsageError(e.to_string()))?;
     if let Some(url) = &config.redis.url {
         tracing::info!(%url, lease = ?config.redis.lease, "shared tier: redis");

@@ -841,3 +841,62 @@ async fn sigterm_with_a_half_sent_head_exits_at_the_drain_deadline() {
         "no colour codes when not a terminal: {stderr}"
     );
 }
+
+#[test]
+fn serve_check_validates_without_starting() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../revalidate.example.toml");
+    let ok = binary()
+        .args([
+            "serve",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--check",
+            "--config",
+            example,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("valid"));
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[cache]\nmax_bytes = \"lots\"\n").unwrap();
+    let refused = binary()
+        .args([
+            "serve",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--check",
+            "--config",
+        ])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("bad.toml:2:"), "{stderr}");
+}
+
+#[test]
+fn completions_and_the_man_page() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = binary().args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            script.contains("revalidate") && script.contains("upstream"),
+            "{shell}"
+        );
+    }
+    let man = binary().arg("manpage").output().unwrap();
+    assert!(man.status.success());
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(page.contains(".TH revalidate 1"), "{page}");
+    assert!(page.contains("serve"), "subcommands are listed");
+}
