@@ -103,8 +103,10 @@ impl<St: Store> Cache<St> {
     ///
     /// The purge is recorded before it is applied, so a response whose fetch began
     /// before it is never stored after it.
+    ///
+    /// It runs to completion even if the future awaiting it is dropped.
     pub async fn purge(&self, purge: &Purge) -> usize {
-        self.shared.purge(purge).await
+        self.shared.purge_to_completion(purge.clone()).await
     }
 
     /// Counters.

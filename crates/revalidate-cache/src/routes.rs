@@ -280,6 +280,16 @@ impl Routes {
         route.map_or(&self.default, |r| &r.policy)
     }
 
+    /// The route for a request's path as it arrived (escapes of unreserved
+    /// characters decoded, dot segments resolved first, as the cache does), and its
+    /// parameters: what a layer in front of or behind the cache must use to agree
+    /// with it on the route.
+    pub fn resolve_request_path(&self, path: &str) -> (Option<&Route>, Params) {
+        let mut normalized = String::with_capacity(path.len());
+        crate::key::push_normalized_path(path, &mut normalized);
+        self.resolve(&normalized)
+    }
+
     /// [`Routes::resolve`], naming the route by its position, so that a request
     /// can carry it from one step to the next without borrowing the routes.
     pub(crate) fn resolve_id(&self, path: &str) -> (RouteId, Params) {

@@ -228,6 +228,11 @@ async fn a_versioned_route_answers_from_the_counter() {
         304
     );
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // Other spellings of the same path read the same counter.
+    for spelling in ["/items/%37", "/x/../items/7"] {
+        let reply = request(addr, "GET", spelling, &[("if-none-match", "\"v1\"")]).await;
+        assert_eq!(reply.status, 304, "{spelling}");
+    }
 }
 
 /// `rediss://` with `ca_file`: the proxy stores in Redis over TLS.

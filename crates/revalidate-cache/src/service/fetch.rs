@@ -535,16 +535,27 @@ impl<St: Store> Shared<St> {
         primary: &str,
         entry: Arc<StoredResponse>,
     ) -> bool {
+        // Read before the lock: with a shared tier it may be a round trip, and
+        // every store waits for the lock. A variant stored meanwhile by another
+        // fetch of the same key may be left out of the merge (it is fetched
+        // again); nothing purged gets in (checked below, under the lock).
+        let existing = self.store.get(primary).await;
         let guard = self.log.lock().await;
         if guard.invalidated_since(ticket, &entry.path, &entry.tags) {
             tracing::debug!(path = %entry.path, "not stored: invalidated while in flight");
             return false;
         }
-        let existing = self.store.get(primary).await;
+        // The other variants were read before the lock: a purge since the fetch
+        // began that names any of them (a tag only they carry) leaves them out.
+        let existing = existing
+            .filter(|v| {
+                !v.entries()
+                    .iter()
+                    .any(|e| guard.invalidated_since(ticket, &e.path, &e.tags))
+            })
+            .unwrap_or_default();
         let names = entry.secondary.names.clone();
-        let variants = existing
-            .unwrap_or_default()
-            .with(names, entry, self.config.max_variants);
+        let variants = existing.with(names, entry, self.config.max_variants);
         let kept = self.store.put(primary.to_string(), variants, since).await;
         drop(guard);
         if kept {

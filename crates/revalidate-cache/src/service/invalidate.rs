@@ -1,6 +1,8 @@
 //! Invalidation: writes forwarded upstream purge what they change (RFC 9111
 //! §4.4 and the route's rules), and purges of the admin API and the library.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::header::{CONTENT_LOCATION, HOST, LOCATION};
 use http::request::Parts;
@@ -44,7 +46,7 @@ impl<St: Store> Shared<St> {
     /// same-origin Location and Content-Location (RFC 9111 §4.4) and the route's
     /// write rules.
     pub(super) async fn forward_write<S, ReqBody, ResBody>(
-        &self,
+        self: &Arc<Self>,
         inner: S,
         parts: Parts,
         body: ReqBody,
@@ -95,7 +97,7 @@ impl<St: Store> Shared<St> {
                     .tags
                     .extend(rule.tags.iter().filter_map(|t| t.render(&params)));
             }
-            self.purge(&purge).await;
+            self.purge_to_completion(purge).await;
         }
         let response = response.map(|b| CacheBody::prefixed(Bytes::new(), b));
         Ok(with_header(
@@ -108,6 +110,16 @@ impl<St: Store> Shared<St> {
     pub(super) fn resolve_route(&self, path: &str) -> (Option<&Route>, Params) {
         self.routes
             .resolve(&normalize_target(path, &crate::key::QueryRules::default()))
+    }
+
+    /// [`Shared::purge`] in a task of its own, awaited: a caller that goes away
+    /// (a client that disconnects after its write was forwarded) cannot leave
+    /// the purge half done.
+    pub(crate) async fn purge_to_completion(self: &Arc<Self>, purge: Purge) -> usize {
+        let shared = self.clone();
+        tokio::spawn(async move { shared.purge(&purge).await })
+            .await
+            .unwrap_or(0)
     }
 
     /// Records, then applies, a purge (see [`crate::invalidation`]).
@@ -133,8 +145,9 @@ impl<St: Store> Shared<St> {
             &normalized
         };
         let guard = self.log.record(purge).await;
-        let touched = self.store.purge(purge).await;
+        let here = self.store.purge(purge).await;
         drop(guard);
+        let touched = here.max(self.store.spread(purge).await);
         self.stats.purge(touched);
         tracing::info!(urls = ?purge.urls, prefixes = ?purge.prefixes, tags = ?purge.tags, soft = purge.soft, touched, "purge");
         touched

@@ -115,6 +115,13 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Removes or (soft) marks stale every entry the purge names; returns how many
     /// primary keys it touched. Costs time in the number of entries named.
     fn purge(&self, purge: &Purge) -> impl Future<Output = usize> + Send;
+    /// Carries a purge that [`Store::purge`] applied here to wherever else it
+    /// must reach (other instances), once the cache no longer holds the lock it
+    /// purges under; returns how many entries it touched there. By default, 0.
+    fn spread(&self, purge: &Purge) -> impl Future<Output = usize> + Send {
+        let _ = purge;
+        std::future::ready(0)
+    }
     /// Current occupancy.
     fn usage(&self) -> StoreUsage;
 }

@@ -188,18 +188,79 @@ impl MemoryStore {
     }
 }
 
+/// A local tier's guard against stores that a concurrent purge should have
+/// removed: a counter that every removal by the invalidation bus advances, and
+/// that a store compares with the value it read before its fetch began. Both
+/// happen under the store's index lock, so a check cannot pass and then see its
+/// entry removed by a purge that ran in between.
+#[cfg(feature = "redis")]
 impl MemoryStore {
-    /// Drops everything: what a local tier does when it may have missed a purge.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn clear(&self) {
+    /// Drops everything and advances `generation`: what a local tier does when
+    /// it may have missed a purge.
+    pub(crate) fn clear_advancing(&self, generation: &AtomicU64) {
         let mut index = lock(&self.inner.index);
+        generation.fetch_add(1, Ordering::AcqRel);
         self.inner.entries.clear();
         *index = Index::default();
         lock(&self.inner.notices.evicted).clear();
     }
+
+    /// [`Store::purge`], advancing `generation` first.
+    pub(crate) fn purge_advancing(&self, purge: &Purge, generation: &AtomicU64) -> usize {
+        let mut index = lock(&self.inner.index);
+        generation.fetch_add(1, Ordering::AcqRel);
+        self.inner.purge_locked(&mut index, purge)
+    }
+
+    /// [`Store::put`], only while `generation` still reads `expected`.
+    pub(crate) fn put_if_unchanged(
+        &self,
+        primary: String,
+        variants: Variants,
+        generation: &AtomicU64,
+        expected: u64,
+    ) -> bool {
+        let mut index = lock(&self.inner.index);
+        if generation.load(Ordering::Acquire) != expected {
+            return false;
+        }
+        self.inner.put_locked(&mut index, primary, variants)
+    }
 }
 
 impl Inner {
+    /// Stores `variants` under `primary` (the index lock is held); returns
+    /// whether they are kept.
+    fn put_locked(&self, index: &mut Index, primary: String, variants: Variants) -> bool {
+        let key = StoreKey::from_slice(primary.as_bytes());
+        let primary: Arc<str> = Arc::from(primary);
+        if let Some(old) = self.entries.peek(primary.as_bytes()) {
+            index.remove(&primary, &old);
+        }
+        index.add(&primary, &variants);
+        self.entries.insert(key, variants.clone());
+        // The insert may have evicted others, or refused this one (too heavy).
+        self.unindex_evicted(index);
+        self.entries
+            .peek(primary.as_bytes())
+            .is_some_and(|kept| kept.same_as(&variants))
+    }
+
+    /// Applies `purge` (the index lock is held); returns how many keys it named.
+    fn purge_locked(&self, index: &mut Index, purge: &Purge) -> usize {
+        let selected = index.select(purge);
+        for primary in &selected {
+            if purge.soft {
+                if let Some(variants) = self.entries.peek(primary.as_bytes()) {
+                    variants.soft_purge();
+                }
+            } else if let Some((_, variants)) = self.entries.remove(primary.as_bytes()) {
+                index.remove(primary, &variants);
+            }
+        }
+        selected.len()
+    }
+
     /// Unindexes what the last cache insert evicted (the index lock is held).
     fn unindex_evicted(&self, index: &mut Index) {
         let evicted = std::mem::take(&mut *lock(&self.notices.evicted));
@@ -228,35 +289,13 @@ impl Store for MemoryStore {
     }
 
     async fn put(&self, primary: String, variants: Variants, _: FetchMark) -> bool {
-        let key = StoreKey::from_slice(primary.as_bytes());
-        let primary: Arc<str> = Arc::from(primary);
         let mut index = lock(&self.inner.index);
-        if let Some(old) = self.inner.entries.peek(primary.as_bytes()) {
-            index.remove(&primary, &old);
-        }
-        index.add(&primary, &variants);
-        self.inner.entries.insert(key, variants.clone());
-        // The insert may have evicted others, or refused this one (too heavy).
-        self.inner.unindex_evicted(&mut index);
-        self.inner
-            .entries
-            .peek(primary.as_bytes())
-            .is_some_and(|kept| kept.same_as(&variants))
+        self.inner.put_locked(&mut index, primary, variants)
     }
 
     async fn purge(&self, purge: &Purge) -> usize {
         let mut index = lock(&self.inner.index);
-        let selected = index.select(purge);
-        for primary in &selected {
-            if purge.soft {
-                if let Some(variants) = self.inner.entries.peek(primary.as_bytes()) {
-                    variants.soft_purge();
-                }
-            } else if let Some((_, variants)) = self.inner.entries.remove(primary.as_bytes()) {
-                index.remove(primary, &variants);
-            }
-        }
-        selected.len()
+        self.inner.purge_locked(&mut index, purge)
     }
 
     fn usage(&self) -> StoreUsage {

@@ -395,6 +395,13 @@ pub fn parse(text: &str, file: &str) -> Result<ServeConfig, ConfigError> {
     for url in &raw.redis.cluster {
         check_redis_url(url).map_err(|reason| error_at(0, format!("[redis] cluster: {reason}")))?;
     }
+    if raw.redis.namespace.contains(['{', '}']) {
+        return Err(error_at(
+            0,
+            "[redis] namespace may not contain { or } (they would make one hash tag of every key)"
+                .into(),
+        ));
+    }
     if raw.redis.url.is_some() && !raw.redis.cluster.is_empty() {
         return Err(error_at(
             0,

@@ -60,7 +60,7 @@ impl Service<Request<Body>> for EtagByRoute {
         // Both are always ready (`UpstreamClient::poll_ready`), so clones may be called.
         let inner = &*self.inner;
         let version = request.extensions().get::<VersionTag>().copied();
-        let (route, _) = inner.routes.resolve(request.uri().path());
+        let (route, _) = inner.routes.resolve_request_path(request.uri().path());
         if inner.routes.policy(route).add_etag {
             let future = inner.tagged.clone().call(request);
             Box::pin(async move {

@@ -120,6 +120,13 @@ impl Store for ProxyStore {
         }
     }
 
+    async fn spread(&self, purge: &Purge) -> usize {
+        match self {
+            Self::Memory(store) => store.spread(purge).await,
+            Self::Tiered(store) => store.spread(purge).await,
+        }
+    }
+
     fn usage(&self) -> StoreUsage {
         match self {
             Self::Memory(store) => store.usage(),

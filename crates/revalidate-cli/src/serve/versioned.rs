@@ -57,7 +57,7 @@ impl Versioning {
         if self.templates.is_empty() {
             return None;
         }
-        let (route, params) = self.routes.resolve(path);
+        let (route, params) = self.routes.resolve_request_path(path);
         let template = self.templates.get(route?.pattern.as_str())?;
         Some((template.render(&params)?, versions.clone()))
     }

@@ -22,7 +22,7 @@
 //! it, or until the lease of any that did not has surely expired: then no
 //! instance serves, from its local tier, anything the purge named.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,7 @@ use redis::streams::StreamReadReply;
 
 use super::RedisStore;
 use crate::store::Purge;
-use crate::store::contract::{FetchMark, Store};
+
 use crate::store::memory::MemoryStore;
 
 /// Records an instance's last applied stream id and its heartbeat (Redis time).
@@ -72,17 +72,23 @@ return pending
 pub(crate) struct BusState {
     /// This instance's name on the bus.
     pub(crate) instance: String,
-    /// Whether the local tier may be served.
-    pub(crate) trusted: AtomicBool,
+    /// Until when the local tier may be served, in nanoseconds after
+    /// [`BusState::epoch`]: the start of the last read that caught up, plus the
+    /// lease. Readers compare it with the clock themselves, so a bus task that
+    /// stalls cannot leave the tier trusted.
+    trusted_until: AtomicU64,
+    /// What `trusted_until` counts from.
+    epoch: Instant,
     /// The number of the last purge applied to the local tier.
     pub(crate) applied: AtomicU64,
-    /// Changes whenever the local tier loses entries to the bus (a purge applied,
-    /// the tier dropped): a store into it is refused if this changed since its
-    /// fetch began.
+    /// Advances whenever the bus removes anything from the local tier (a purge
+    /// applied, the tier dropped); a store into the tier is refused if it moved
+    /// since its fetch began (see `MemoryStore::put_if_unchanged`).
     pub(crate) generation: AtomicU64,
     /// How long a read may take before the local tier stops being served.
     pub(crate) lease: Duration,
-    /// Purges made while Redis could not take them, sent when it returns.
+    /// Purges Redis could not take when they were made; the local tier is not
+    /// served until they are sent.
     pub(crate) unsent: Mutex<Vec<Purge>>,
     /// Times the local tier was dropped (missed purges, reconnections).
     pub(crate) drops: AtomicU64,
@@ -100,7 +106,8 @@ impl BusState {
         );
         Self {
             instance,
-            trusted: AtomicBool::new(false),
+            trusted_until: AtomicU64::new(0),
+            epoch: Instant::now(),
             applied: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             lease,
@@ -110,21 +117,59 @@ impl BusState {
         }
     }
 
-    /// Stops serving the local tier until the bus reads again.
-    fn disconnected(&self) {
-        self.trusted.store(false, Ordering::Release);
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Whether a response fetched after `since` may go into the local tier: the
-    /// bus removed nothing from it since the fetch began.
-    pub(crate) fn may_store_locally(&self, since: FetchMark) -> bool {
-        since.local() == Some(self.generation.load(Ordering::Acquire))
+    /// Whether the local tier may be served now.
+    pub(crate) fn trusted(&self) -> bool {
+        self.nanos(Instant::now()) < self.trusted_until.load(Ordering::Acquire)
+    }
+
+    /// Stops serving the local tier until the bus reads again.
+    pub(crate) fn distrust(&self) {
+        self.trusted_until.store(0, Ordering::Release);
+    }
+
+    /// Trusts the local tier until `lease` after `sent`, when a read sent then
+    /// caught up and nothing is waiting to be sent.
+    fn trust_from(&self, sent: Instant) {
+        let unsent = !self
+            .unsent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
+        if unsent {
+            self.distrust();
+        } else {
+            self.trusted_until
+                .store(self.nanos(sent + self.lease), Ordering::Release);
+        }
+    }
+
+    /// The generation a fetch starting now compares its store with.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Waits (at most a lease) until this instance's bus applied purge `number`:
+    /// then whatever the local tier took from Redis before the purge is gone.
+    pub(crate) async fn applied_here(&self, number: u64) {
+        let deadline = Instant::now() + self.lease + self.lease / 4;
+        let mut pause = Duration::from_micros(100);
+        while self.applied.load(Ordering::Acquire) < number && self.trusted() {
+            if Instant::now() >= deadline {
+                self.distrust();
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(2));
+        }
     }
 
     /// Drops the local tier.
     fn drop_local(&self, local: &MemoryStore) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        local.clear();
+        local.clear_advancing(&self.generation);
         self.drops.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -156,7 +201,9 @@ pub(crate) async fn wait_for_acknowledgements(
             .arg(&state.instance)
             .arg(ms)
             .arg(seq)
-            .arg(u64::try_from(state.lease.as_millis()).unwrap_or(u64::MAX));
+            // An instance whose last read is older than its lease (and a quarter,
+            // for differences in clock rates) can no longer serve its local tier.
+            .arg(u64::try_from((state.lease + state.lease / 4).as_millis()).unwrap_or(u64::MAX));
         let mut connection = shared.connection();
         let pending: Option<u64> = shared
             .run("pending", invocation.invoke_async(&mut connection))
@@ -184,7 +231,7 @@ pub(crate) async fn run(state: Arc<BusState>, shared: RedisStore, local: MemoryS
     let mut backoff = Duration::from_millis(50);
     // Only the store keeps the state alive: when it is gone, so is the bus.
     while Arc::strong_count(&state) > 1 {
-        state.disconnected();
+        state.distrust();
         let connecting = shared.client().dedicated(state.lease);
         let mut connection = match tokio::time::timeout(state.lease, connecting).await {
             Ok(Ok(connection)) => connection,
@@ -194,21 +241,32 @@ pub(crate) async fn run(state: Arc<BusState>, shared: RedisStore, local: MemoryS
                 continue;
             }
         };
-        backoff = Duration::from_millis(50);
         if !send_unsent(&shared, &state).await {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
             continue;
         }
         let Some((mut last_id, number)) = read_position(&shared, &mut connection).await else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
             continue;
         };
+        backoff = Duration::from_millis(50);
         // What happened while this instance could not read is unknown: the local
         // tier starts again from here, and stores of fetches that began before
         // are refused (see `BusState::may_store_locally`).
         state.drop_local(&local);
         state.applied.store(number, Ordering::Release);
         let bus = shared.bus_key("bus");
-        let block = state.lease / 2;
-        loop {
+        // Reads return at least four times a lease, so that a Redis slow by less
+        // than half a lease never lets the lease lapse.
+        let block = state.lease / 4;
+        while Arc::strong_count(&state) > 1 {
+            // Purges made while Redis did not answer are sent before the local
+            // tier is trusted again.
+            if !send_unsent(&shared, &state).await {
+                break;
+            }
             let sent = Instant::now();
             let mut command = redis::cmd("XREAD");
             command
@@ -230,7 +288,7 @@ pub(crate) async fn run(state: Arc<BusState>, shared: RedisStore, local: MemoryS
                     count += 1;
                     let number: Option<u64> = message.get("number");
                     let purge: Option<String> = message.get("purge");
-                    apply(&state, &local, number, purge.as_deref()).await;
+                    apply(&state, &local, number, purge.as_deref());
                     last_id = message.id;
                 }
             }
@@ -250,9 +308,11 @@ pub(crate) async fn run(state: Arc<BusState>, shared: RedisStore, local: MemoryS
             }
             // Caught up as of `sent` (a full batch may have more behind it), and
             // the lease runs from there.
-            let caught_up = count < BATCH && sent.elapsed() < state.lease;
-            state.trusted.store(caught_up, Ordering::Release);
+            if count < BATCH {
+                state.trust_from(sent);
+            }
         }
+        state.distrust();
         tracing::warn!(
             "invalidation bus disconnected; the local tier is not served until it reconnects"
         );
@@ -296,6 +356,9 @@ async fn read_position(
 /// Sends purges that Redis could not take when they were made.
 async fn send_unsent(shared: &RedisStore, state: &BusState) -> bool {
     let unsent = std::mem::take(&mut *state.unsent.lock().unwrap_or_else(|e| e.into_inner()));
+    if unsent.is_empty() {
+        return true;
+    }
     for (i, purge) in unsent.iter().enumerate() {
         if shared.apply_purge(purge).await.is_none() {
             let mut kept = state.unsent.lock().unwrap_or_else(|e| e.into_inner());
@@ -308,7 +371,7 @@ async fn send_unsent(shared: &RedisStore, state: &BusState) -> bool {
 
 /// Applies one purge from the stream to the local tier; drops the tier when its
 /// number shows purges were missed.
-async fn apply(state: &BusState, local: &MemoryStore, number: Option<u64>, purge: Option<&str>) {
+fn apply(state: &BusState, local: &MemoryStore, number: Option<u64>, purge: Option<&str>) {
     let purge = purge.and_then(|p| serde_json::from_str::<Purge>(p).ok());
     let (Some(number), Some(purge)) = (number, purge) else {
         tracing::warn!("unreadable message on the invalidation bus; dropping the local tier");
@@ -324,8 +387,7 @@ async fn apply(state: &BusState, local: &MemoryStore, number: Option<u64>, purge
         );
         state.drop_local(local);
     } else {
-        state.generation.fetch_add(1, Ordering::AcqRel);
-        local.purge(&purge).await;
+        local.purge_advancing(&purge, &state.generation);
     }
     state.applied.store(number, Ordering::Release);
 }

@@ -29,6 +29,8 @@ pub(super) const SOFT_PURGED: u8 = 1;
 
 const ALWAYS_REVALIDATE: u8 = 1;
 const FORBIDS_STALE: u8 = 2;
+/// This entry (one variant) was soft-purged.
+const ENTRY_SOFT_PURGED: u8 = 4;
 
 /// The value for `variants`.
 pub(super) fn encode(variants: &Variants) -> Bytes {
@@ -39,8 +41,9 @@ pub(super) fn encode(variants: &Variants) -> Bytes {
         .sum();
     let mut out = BytesMut::with_capacity(size + 16);
     out.put_u8(FORMAT);
-    let soft = entries.iter().any(|e| e.is_soft_purged());
-    out.put_u8(if soft { SOFT_PURGED } else { 0 });
+    // The value's flag is the purge script's, for all variants at once; a
+    // variant soft-purged here carries its own.
+    out.put_u8(0);
     put_len(&mut out, variants.vary().len());
     for name in variants.vary() {
         put_bytes(&mut out, name.as_str().as_bytes());
@@ -70,6 +73,9 @@ fn put_entry(out: &mut BytesMut, entry: &StoredResponse) {
     }
     if entry.forbids_stale {
         flags |= FORBIDS_STALE;
+    }
+    if entry.is_soft_purged() {
+        flags |= ENTRY_SOFT_PURGED;
     }
     out.put_u8(flags);
     put_len(out, entry.fields().len());
@@ -108,8 +114,8 @@ pub(super) fn decode(mut value: Bytes) -> Option<Variants> {
     let count = get_len(&mut value)?;
     let mut entries = Vec::with_capacity(count.min(64));
     for _ in 0..count {
-        let entry = get_entry(&mut value)?;
-        if soft {
+        let (entry, entry_soft) = get_entry(&mut value)?;
+        if soft || entry_soft {
             entry.soft_purge();
         }
         entries.push(Arc::new(entry));
@@ -118,7 +124,8 @@ pub(super) fn decode(mut value: Bytes) -> Option<Variants> {
         .then(|| Variants::new(vary, entries))
 }
 
-fn get_entry(value: &mut Bytes) -> Option<StoredResponse> {
+/// An entry, and whether it was soft-purged on its own.
+fn get_entry(value: &mut Bytes) -> Option<(StoredResponse, bool)> {
     if value.remaining() < 2 + 8 * 6 + 1 {
         return None;
     }
@@ -171,7 +178,7 @@ fn get_entry(value: &mut Bytes) -> Option<StoredResponse> {
     // The stored fields hold no `Age`: the age computed when it was first stored
     // is carried over as it was.
     entry.initial_age = initial_age;
-    Some(entry)
+    Some((entry, flags & ENTRY_SOFT_PURGED != 0))
 }
 
 fn micros_since_epoch(time: SystemTime) -> u64 {
@@ -265,6 +272,20 @@ mod tests {
         value[FLAGS_OFFSET] |= SOFT_PURGED;
         let decoded = decode(value.freeze()).expect("decodes");
         assert!(decoded.entries()[0].is_soft_purged());
+    }
+
+    /// One soft-purged variant stays the only one marked.
+    #[test]
+    fn a_soft_purged_variant_marks_only_itself() {
+        let stale = entry(Some("de"), "hallo");
+        stale.soft_purge();
+        let variants = Variants::new(
+            vec![HeaderName::from_static("accept-language")],
+            vec![stale, entry(None, "hello")],
+        );
+        let decoded = decode(encode(&variants)).expect("decodes");
+        assert!(decoded.entries()[0].is_soft_purged());
+        assert!(!decoded.entries()[1].is_soft_purged());
     }
 
     #[test]

@@ -94,7 +94,14 @@ impl Client {
     pub(crate) async fn dedicated(&self, blocking: Duration) -> RedisResult<Connection> {
         Ok(match self {
             Self::Server(client) => {
-                Connection::Single(client.get_multiplexed_async_connection().await?)
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(blocking))
+                    .set_response_timeout(Some(blocking * 2));
+                Connection::Single(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                )
             }
             Self::Cluster(client) => {
                 let config = ClusterConfig::new()

@@ -22,7 +22,7 @@
 //! |---|---|
 //! | `{ns g}e:{primary key}` | the variants of one key ([`codec`]), expiring when no request may use them: the freshness left plus the longer stale window |
 //! | `{ns g}p:{path}`, `{ns g}t:{tag}` | the group's primary keys stored under a path or a tag (sets, expiring with their longest entry) |
-//! | `{ns g}paths` | every path the group holds, for prefix purges (a sorted set read by range) |
+//! | `{ns g}paths` | the paths the group holds, for prefix purges (a sorted set read by range; paths whose entries all expired leave it at the next prefix purge, and it expires with the group's longest entry) |
 //! | `{ns g}purges` | how many purges reached the group: the mark a fetch takes ([`FetchMark`]) |
 //! | `{ns bus}purges`, `{ns bus}bus` | every purge numbered, and the stream that carries them to the instances' local tiers |
 //! | `{ns bus}acks`, `{ns bus}beats` | what each instance applied, and when it last read |
@@ -98,8 +98,16 @@ impl RedisConfig {
         }
     }
 
-    /// Whether the URLs are ones this build can connect to (nothing is connected).
+    /// Whether the URLs are ones this build can connect to (nothing is
+    /// connected), and the namespace one that keeps the groups apart (no `{` or
+    /// `}`, which would make one hash tag of them all).
     pub fn check(&self) -> Result<(), RedisError> {
+        if self.namespace.contains(['{', '}']) {
+            return Err(RedisError(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "the namespace may not contain { or }",
+            ))));
+        }
         Client::open(&self.target, self.ca_pem.as_deref()).map(drop)?;
         Ok(())
     }
@@ -148,14 +156,15 @@ impl std::fmt::Debug for RedisStore {
 
 /// Stores `ARGV[2]` under `KEYS[2]` for `ARGV[3]` ms, unless the group's purge
 /// count `KEYS[1]` moved past the fetch's mark `ARGV[1]`; indexes it under its
-/// path (`KEYS[3]`, `KEYS[4]`) and tags (`KEYS[5..]`).
+/// path (`KEYS[3]`, `KEYS[4]`) and tags (`KEYS[5..]`). Every index lives at least
+/// as long as its longest entry, and goes when none is left.
 const PUT: &str = r"
 if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
 local ttl = tonumber(ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
 redis.call('ZADD', KEYS[3], 0, ARGV[5])
-for i = 4, #KEYS do
-  redis.call('SADD', KEYS[i], ARGV[4])
+for i = 3, #KEYS do
+  if i > 3 then redis.call('SADD', KEYS[i], ARGV[4]) end
   if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
 end
 return 1
@@ -182,7 +191,12 @@ for _ = 1, n do paths[#paths + 1] = ARGV[i]; collect(group .. 'p:' .. ARGV[i]); 
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
   for _, path in ipairs(redis.call('ZRANGEBYLEX', KEYS[2], '[' .. ARGV[i], '[' .. ARGV[i] .. '\255')) do
-    paths[#paths + 1] = path; collect(group .. 'p:' .. path)
+    if redis.call('EXISTS', group .. 'p:' .. path) == 1 then
+      paths[#paths + 1] = path; collect(group .. 'p:' .. path)
+    else
+      -- Its entries all expired: the path leaves the index.
+      redis.call('ZREM', KEYS[2], path)
+    end
   end
   i = i + 1
 end
@@ -230,6 +244,7 @@ impl RedisStore {
     /// A store on the Redis `config` names. Connects lazily: a Redis that is
     /// down now is tried again on every use, with backoff.
     pub fn open(config: RedisConfig) -> Result<Self, RedisError> {
+        config.check()?;
         let client = Client::open(&config.target, config.ca_pem.as_deref())?;
         let connection = client.shared(config.timeout)?;
         Ok(Self {
@@ -294,7 +309,24 @@ impl RedisStore {
         what: &'static str,
         command: impl Future<Output = redis::RedisResult<T>>,
     ) -> Option<T> {
-        let outcome = tokio::time::timeout(self.inner.config.timeout, command).await;
+        self.run_within(what, self.inner.config.timeout, command)
+            .await
+    }
+
+    /// The time a purge script may take: a purge may name many entries, and
+    /// one that times out is sent again later.
+    fn purge_timeout(&self) -> Duration {
+        self.inner.config.timeout.max(Duration::from_millis(250))
+    }
+
+    /// [`RedisStore::run`] within `timeout`.
+    pub(crate) async fn run_within<T>(
+        &self,
+        what: &'static str,
+        timeout: Duration,
+        command: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Option<T> {
+        let outcome = tokio::time::timeout(timeout, command).await;
         let (result, error) = match outcome {
             Ok(Ok(value)) => (Some(value), None),
             Ok(Err(error)) => (None, Some(error.to_string())),
@@ -337,7 +369,11 @@ impl RedisStore {
             .arg(self.inner.config.bus_length);
         let mut connection = self.connection();
         let (number, id): (u64, String) = self
-            .run("announce", invocation.invoke_async(&mut connection))
+            .run_within(
+                "announce",
+                self.purge_timeout(),
+                invocation.invoke_async(&mut connection),
+            )
             .await?;
         Some(Applied {
             number,
@@ -361,8 +397,12 @@ impl RedisStore {
             }
         }
         let mut connection = self.connection();
-        self.run("purge", invocation.invoke_async(&mut connection))
-            .await
+        self.run_within(
+            "purge",
+            self.purge_timeout(),
+            invocation.invoke_async(&mut connection),
+        )
+        .await
     }
 }
 

@@ -77,7 +77,7 @@ impl Tiered {
     pub fn status(&self) -> BusStatus {
         let applied = self.bus.applied.load(Ordering::Relaxed);
         BusStatus {
-            trusted: self.trusted(),
+            trusted: self.bus.trusted(),
             redis_up: self.shared.is_up(),
             applied,
             drops: self.bus.drops.load(Ordering::Relaxed),
@@ -98,15 +98,11 @@ impl Tiered {
         let applied = self.bus.applied.load(Ordering::Acquire);
         Some(numbered.unwrap_or(0).saturating_sub(applied))
     }
-
-    fn trusted(&self) -> bool {
-        self.bus.trusted.load(Ordering::Acquire)
-    }
 }
 
 impl Store for Tiered {
     fn get_now(&self, primary: &str) -> LookupNow {
-        match self.trusted().then(|| self.local.get_now(primary)) {
+        match self.bus.trusted().then(|| self.local.get_now(primary)) {
             Some(LookupNow::Found(variants)) => LookupNow::Found(variants),
             // Not here: Redis may have it.
             _ => LookupNow::Unknown,
@@ -114,25 +110,26 @@ impl Store for Tiered {
     }
 
     async fn get(&self, primary: &str) -> Option<Variants> {
-        if self.trusted()
+        if self.bus.trusted()
             && let LookupNow::Found(variants) = self.local.get_now(primary)
         {
             return Some(variants);
         }
-        let generation = self.bus.generation.load(Ordering::Acquire);
+        let generation = self.bus.generation();
         let variants = self.shared.get(primary).await?;
         // Filled only if the bus removed nothing here meanwhile (a purge may
         // have named what Redis returned just before it).
-        if self.bus.generation.load(Ordering::Acquire) == generation {
-            self.local
-                .put(primary.to_string(), variants.clone(), FetchMark::NONE)
-                .await;
-        }
+        self.local.put_if_unchanged(
+            primary.to_string(),
+            variants.clone(),
+            &self.bus.generation,
+            generation,
+        );
         Some(variants)
     }
 
     async fn fetch_mark(&self, primary: &str) -> FetchMark {
-        let generation = self.bus.generation.load(Ordering::Acquire);
+        let generation = self.bus.generation();
         self.shared.fetch_mark(primary).await.with_local(generation)
     }
 
@@ -142,23 +139,40 @@ impl Store for Tiered {
         let shared = self.shared.clone();
         let (key, copy) = (primary.clone(), variants.clone());
         tokio::spawn(async move { shared.put(key, copy, since).await });
-        self.bus.may_store_locally(since) && self.local.put(primary, variants, since).await
+        since.local().is_some_and(|generation| {
+            self.local
+                .put_if_unchanged(primary, variants, &self.bus.generation, generation)
+        })
     }
 
+    /// The local tier only: the cache calls it under its lock. Redis and the
+    /// other instances get the purge from [`Store::spread`].
     async fn purge(&self, purge: &Purge) -> usize {
-        let local = self.local.purge(purge).await;
-        let Some(applied) = self.shared.apply_purge(purge).await else {
-            // Every instance that cannot reach Redis stops serving its local tier;
-            // this purge is sent when Redis returns.
-            self.bus
-                .unsent
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(purge.clone());
-            return local;
-        };
-        bus::wait_for_acknowledgements(&self.shared, &self.bus, &applied.id).await;
-        local.max(applied.touched)
+        self.local.purge_advancing(purge, &self.bus.generation)
+    }
+
+    /// Applies the purge in Redis and on the bus, then waits until this
+    /// instance's bus applied it (whatever the local tier took from Redis before
+    /// it is then gone) and every live instance acknowledged it. It runs in a
+    /// task of its own: a client that goes away cannot leave it half done.
+    async fn spread(&self, purge: &Purge) -> usize {
+        let (shared, bus, purge) = (self.shared.clone(), self.bus.clone(), purge.clone());
+        let task = tokio::spawn(async move {
+            let Some(applied) = shared.apply_purge(&purge).await else {
+                // Sent by the bus when Redis answers again; meanwhile the local
+                // tier is not served.
+                bus.unsent
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(purge);
+                bus.distrust();
+                return 0;
+            };
+            bus.applied_here(applied.number).await;
+            bus::wait_for_acknowledgements(&shared, &bus, &applied.id).await;
+            applied.touched
+        });
+        task.await.unwrap_or(0)
     }
 
     fn usage(&self) -> StoreUsage {
