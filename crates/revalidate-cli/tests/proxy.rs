@@ -900,3 +900,71 @@ fn completions_and_the_man_page() {
     assert!(page.contains(".TH revalidate 1"), "{page}");
     assert!(page.contains("serve"), "subcommands are listed");
 }
+
+/// An HTTP/1.0 upstream: the client still gets HTTP/1.1 and keeps its
+/// connection, and both directions carry `Via` (RFC 9110 §7.6.3).
+#[tokio::test]
+async fn clients_get_the_proxys_http_version_and_via() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin_addr = listener.local_addr().unwrap();
+    let seen_via = Arc::new(Mutex::new(Vec::new()));
+    let seen = seen_via.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let via = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("via: "))
+                    .unwrap_or("")
+                    .to_string();
+                seen.lock().unwrap().push(via);
+                let _ = stream
+                    .write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nCache-Control: no-store\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let config = parse("", "t.toml").unwrap();
+    let upstream = UpstreamClient::new(&format!("http://{origin_addr}"), &config).unwrap();
+    let (app, _) = proxy(&config, upstream).unwrap();
+    let addr = spawn_proxy(app, ClientLimits::default()).await;
+
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for _ in 0..2 {
+        client
+            .write_all(b"GET /old HTTP/1.1\r\nHost: example.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = Vec::new();
+        let mut buffer = [0u8; 1024];
+        while !String::from_utf8_lossy(&response).ends_with("ok") {
+            let n = client.read(&mut buffer).await.unwrap();
+            assert!(
+                n > 0,
+                "the connection was closed: {}",
+                String::from_utf8_lossy(&response)
+            );
+            response.extend_from_slice(&buffer[..n]);
+        }
+        let text = String::from_utf8_lossy(&response).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 200"), "{text}");
+        assert!(text.contains("via: 1.0 revalidate"), "{text}");
+    }
+    assert_eq!(
+        seen_via.lock().unwrap().as_slice(),
+        ["1.1 revalidate", "1.1 revalidate"]
+    );
+}

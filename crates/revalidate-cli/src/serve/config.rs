@@ -136,6 +136,9 @@ pub struct UpstreamSection {
     /// Request bodies of idempotent requests up to this size are held, so that
     /// the request can be sent again when a pooled connection turns out closed.
     pub retry_body_bytes: ByteSize,
+    /// The name this proxy gives itself in `Via` (RFC 9110 §7.6.3), on the
+    /// requests it forwards and the responses it returns; empty: no `Via`.
+    pub via: String,
 }
 
 impl Default for UpstreamSection {
@@ -145,6 +148,7 @@ impl Default for UpstreamSection {
             connect_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(60),
             retry_body_bytes: ByteSize::kib(64),
+            via: "revalidate".into(),
         }
     }
 }
@@ -394,6 +398,21 @@ pub fn parse(text: &str, file: &str) -> Result<ServeConfig, ConfigError> {
     }
     for url in &raw.redis.cluster {
         check_redis_url(url).map_err(|reason| error_at(0, format!("[redis] cluster: {reason}")))?;
+    }
+    if !raw.upstream.via.is_empty()
+        && !raw
+            .upstream
+            .via
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:".contains(&b))
+    {
+        return Err(error_at(
+            0,
+            format!(
+                "[upstream] via {:?} must be a token or host[:port] (RFC 9110 §7.6.3)",
+                raw.upstream.via
+            ),
+        ));
     }
     if raw.redis.namespace.contains(['{', '}']) {
         return Err(error_at(

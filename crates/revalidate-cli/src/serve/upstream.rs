@@ -231,9 +231,33 @@ impl Service<Request<Body>> for UpstreamClient {
             parts.headers.insert(HOST, host);
         }
         parts.uri = self.target(&parts.uri);
+        append_via(&mut parts.headers, parts.version, &self.inner.settings.via);
         parts.version = http::Version::HTTP_11;
         let inner = self.inner.clone();
         Box::pin(async move { Ok(inner.forward(parts, body).await) })
+    }
+}
+
+/// Appends this proxy to `Via` (RFC 9110 §7.6.3): the protocol version the
+/// message was received with, then `pseudonym`.
+fn append_via(headers: &mut http::HeaderMap, received: http::Version, pseudonym: &str) {
+    if pseudonym.is_empty() {
+        return;
+    }
+    let protocol = match received {
+        http::Version::HTTP_09 => "0.9",
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "1.1",
+    };
+    let hop = format!("{protocol} {pseudonym}");
+    let value = match headers.get(http::header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {hop}"),
+        None => hop,
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(http::header::VIA, value);
     }
 }
 
@@ -305,6 +329,10 @@ impl UpstreamInner {
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                append_via(&mut parts.headers, parts.version, &self.settings.via);
+                // The client gets this proxy's HTTP version, whatever the upstream
+                // spoke: an HTTP/1.0 upstream must not close a client's keep-alive.
+                parts.version = http::Version::HTTP_11;
                 let (body, _) = TimedBody::new(body, self.settings.body_timeout, Sender::Upstream);
                 Response::from_parts(parts, body.boxed())
             }
