@@ -102,6 +102,12 @@ struct ServeArgs {
     /// redis://10.0.0.1:6379,redis://10.0.0.2:6379 (overrides `[redis]`).
     #[arg(long, env = "REVALIDATE_REDIS_CLUSTER", value_delimiter = ',')]
     redis_cluster: Vec<String>,
+    /// Where access lines go: `off`, `stderr`, or a file (appended to).
+    #[arg(long, env = "REVALIDATE_ACCESS_LOG", default_value = "stderr")]
+    access_log: String,
+    /// How access lines and diagnostic logs are written.
+    #[arg(long, env = "REVALIDATE_LOG_FORMAT", value_enum, default_value_t = serve::LogFormat::Text)]
+    log_format: serve::LogFormat,
     /// Check the flags and the configuration, then exit: 0 when valid, 2 with
     /// the reason when not (like `nginx -t`).
     #[arg(long)]
@@ -132,14 +138,25 @@ struct UsageError(String);
 fn main() -> ExitCode {
     // clap prints its own one-line error and exits with code 2 on bad flags.
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let json = matches!(
+        &cli.command,
+        Command::Serve(ServeArgs {
+            log_format: serve::LogFormat::Json,
+            ..
+        })
+    );
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         // Colour codes only where a person reads them, not in a log file.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     // Under work-stealing, this runtime serves the clients: it gets the workers.
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Command::Serve(ServeArgs {
@@ -239,6 +256,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
+    let (access_logger, _access_log_flushed_on_drop) = match args.access_log.as_str() {
+        "off" | "" => (None, None),
+        "stderr" => {
+            let (logger, guard) = serve::AccessLogger::new(std::io::stderr(), args.log_format);
+            (Some(logger), Some(guard))
+        }
+        path => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| UsageError(format!("--access-log {path}: {e}")))?;
+            let (logger, guard) = serve::AccessLogger::new(file, args.log_format);
+            (Some(logger), Some(guard))
+        }
+    };
     if args.check {
         println!("revalidate: the flags and the configuration are valid");
         return Ok(());
@@ -257,6 +290,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let limits = client_limits(&config.client);
     let (app, cache) = serve::proxy(&config, upstream).map_err(|e| UsageError(e.to_string()))?;
+    let app = app.with_access_log(access_logger);
     if let Some(url) = &config.redis.url {
         tracing::info!(%url, lease = ?config.redis.lease, "shared tier: redis");
     } else if !config.redis.cluster.is_empty() {

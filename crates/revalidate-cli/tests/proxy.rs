@@ -968,3 +968,68 @@ async fn clients_get_the_proxys_http_version_and_via() {
         ["1.1 revalidate", "1.1 revalidate"]
     );
 }
+
+/// One access line per request, written off the request path: the client's
+/// request id is kept (and returned), others get one, and JSON lines parse.
+#[tokio::test]
+async fn access_lines_carry_the_request_and_its_outcome() {
+    let origin = Origin::default();
+    let (origin_addr, _task) = spawn(origin.router()).await;
+    let config = parse("", "t.toml").unwrap();
+    let upstream = UpstreamClient::new(&format!("http://{origin_addr}"), &config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let file = std::fs::File::create(&path).unwrap();
+    let (logger, flushed_on_drop) =
+        revalidate_cli::serve::AccessLogger::new(file, revalidate_cli::serve::LogFormat::Json);
+    let (app, _) = proxy(&config, upstream).unwrap();
+    let addr = spawn_proxy(app.with_access_log(Some(logger)), ClientLimits::default()).await;
+
+    let first = request(
+        addr,
+        "GET",
+        "/t?x=1",
+        &[("x-request-id", "client-id-1"), ("user-agent", "tester/1")],
+    )
+    .await;
+    assert_eq!(first.headers["x-request-id"], "client-id-1");
+    let (_, forwarded) = origin.requests().pop().unwrap();
+    assert_eq!(
+        forwarded["x-request-id"], "client-id-1",
+        "the upstream sees it too"
+    );
+    let second = request(addr, "GET", "/t?x=1", &[]).await;
+    let made = second.headers["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(made.len(), 16, "{made}");
+    drop(flushed_on_drop);
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0]["request_id"], "client-id-1");
+    assert_eq!(lines[0]["user_agent"], "tester/1");
+    assert_eq!(lines[0]["method"], "GET");
+    assert_eq!(lines[0]["target"], "/t?x=1");
+    assert_eq!(lines[0]["status"], 200);
+    assert_eq!(lines[0]["client"], "127.0.0.1");
+    assert!(
+        lines[0]["cache_status"]
+            .as_str()
+            .unwrap()
+            .contains("fwd=uri-miss")
+    );
+    assert!(lines[0]["total_seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(lines[1]["request_id"], made.as_str());
+    assert!(
+        lines[1]["cache_status"].as_str().unwrap().contains("hit"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[1]["upstream_seconds"].is_null(),
+        "a hit asks no upstream"
+    );
+}

@@ -34,7 +34,7 @@ pub mod versioned;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use access_log::{AccessLog, AccessLogLayer};
+pub use access_log::{AccessLog, AccessLogLayer, AccessLogger, LogFormat};
 pub use config::{ConfigError, ServeConfig, load, parse};
 pub use etag::EtagByRoute;
 pub use request_check::RequestCheck;
@@ -52,6 +52,7 @@ pub struct Proxy {
     routes: Arc<Routes>,
     versioning: Versioning,
     upstream: UpstreamClient,
+    access_log: AccessLogLayer,
 }
 
 /// The proxy as one tower service: access log, request check, cache, per-route
@@ -65,19 +66,33 @@ impl Proxy {
     /// once here rather than carried in every request's extensions.
     pub fn for_peer(&self, peer: SocketAddr) -> ProxyService {
         let upstream = EtagByRoute::new(self.routes.clone(), self.upstream.for_peer(peer));
-        self.wrap(self.cache.layer().layer(upstream))
+        self.wrap(self.cache.layer().layer(upstream), Some(peer))
     }
 
     /// The service for requests that carry their peer, if any, as axum's
     /// `ConnectInfo` extension.
     pub fn service(&self) -> ProxyService {
         let upstream = EtagByRoute::new(self.routes.clone(), self.upstream.clone());
-        self.wrap(self.cache.layer().layer(upstream))
+        self.wrap(self.cache.layer().layer(upstream), None)
     }
 
-    fn wrap(&self, cache: CacheService<EtagByRoute, ProxyStore>) -> ProxyService {
+    /// The same proxy, writing an access line per request to `logger`.
+    pub fn with_access_log(mut self, logger: Option<AccessLogger>) -> Self {
+        self.access_log = AccessLogLayer::new(logger);
+        self
+    }
+
+    fn wrap(
+        &self,
+        cache: CacheService<EtagByRoute, ProxyStore>,
+        peer: Option<SocketAddr>,
+    ) -> ProxyService {
         let versioned = VersionCheck::new(cache, self.versioning.clone());
-        AccessLogLayer.layer(RequestCheck::new(versioned))
+        let access_log = match peer {
+            Some(peer) => self.access_log.for_peer(peer),
+            None => self.access_log.clone(),
+        };
+        access_log.layer(RequestCheck::new(versioned))
     }
 }
 
@@ -101,6 +116,7 @@ pub fn proxy(
         routes,
         versioning,
         upstream,
+        access_log: AccessLogLayer::default(),
     };
     Ok((proxy, cache))
 }

@@ -232,6 +232,11 @@ impl Service<Request<Body>> for UpstreamClient {
         }
         parts.uri = self.target(&parts.uri);
         append_via(&mut parts.headers, parts.version, &self.inner.settings.via);
+        if let Some(super::access_log::RequestId(id)) = parts.extensions.get() {
+            parts
+                .headers
+                .insert(super::access_log::X_REQUEST_ID.clone(), id.clone());
+        }
         parts.version = http::Version::HTTP_11;
         let inner = self.inner.clone();
         Box::pin(async move { Ok(inner.forward(parts, body).await) })
@@ -325,9 +330,13 @@ impl UpstreamInner {
             }
         };
         let timeout = self.settings.timeout;
+        let asked = std::time::Instant::now();
         match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(response)) => {
                 let (mut parts, body) = response.into_parts();
+                parts
+                    .extensions
+                    .insert(super::access_log::UpstreamTime(asked.elapsed()));
                 strip_hop_by_hop(&mut parts.headers);
                 append_via(&mut parts.headers, parts.version, &self.settings.via);
                 // The client gets this proxy's HTTP version, whatever the upstream
