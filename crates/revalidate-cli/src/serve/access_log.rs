@@ -416,7 +416,7 @@ impl Line<'_> {
     /// times more, on every request.
     fn text(&self, out: &mut String) {
         let mut numbers = itoa::Buffer::new();
-        out.push_str(self.client.as_deref().unwrap_or("-"));
+        out.push_str(self.client.unwrap_or("-"));
         out.push_str(" \"");
         out.push_str(self.method);
         out.push(' ');
@@ -448,7 +448,7 @@ impl Line<'_> {
 
     fn json(&self, out: &mut String) {
         let value = serde_json::json!({
-            "client": self.client.as_deref(),
+            "client": self.client,
             "method": self.method,
             "target": self.target,
             "version": version_str(self.version),
