@@ -985,22 +985,19 @@ async fn access_lines_carry_the_request_and_its_outcome() {
     let (app, _) = proxy(&config, upstream).unwrap();
     let addr = spawn_proxy(app.with_access_log(Some(logger)), ClientLimits::default()).await;
 
-    let first = request(
+    request(
         addr,
         "GET",
         "/t?x=1",
         &[("x-request-id", "client-id-1"), ("user-agent", "tester/1")],
     )
     .await;
-    assert_eq!(first.headers["x-request-id"], "client-id-1");
     let (_, forwarded) = origin.requests().pop().unwrap();
     assert_eq!(
         forwarded["x-request-id"], "client-id-1",
         "the upstream sees it too"
     );
-    let second = request(addr, "GET", "/t?x=1", &[]).await;
-    let made = second.headers["x-request-id"].to_str().unwrap().to_string();
-    assert_eq!(made.len(), 16, "{made}");
+    request(addr, "GET", "/t?x=1", &[]).await;
     drop(flushed_on_drop);
 
     let text = std::fs::read_to_string(&path).unwrap();
@@ -1022,7 +1019,11 @@ async fn access_lines_carry_the_request_and_its_outcome() {
             .contains("fwd=uri-miss")
     );
     assert!(lines[0]["total_seconds"].as_f64().unwrap() > 0.0);
-    assert_eq!(lines[1]["request_id"], made.as_str());
+    assert_eq!(
+        lines[1]["request_id"].as_str().unwrap().len(),
+        16,
+        "one made for it"
+    );
     assert!(
         lines[1]["cache_status"].as_str().unwrap().contains("hit"),
         "{}",

@@ -5,7 +5,7 @@
 //! the body bytes, `Cache-Status`, the upstream's time (when the upstream was
 //! asked), the total time, the request id and the user agent. The request id is
 //! the client's `X-Request-Id` when it sent a usable one, otherwise one made here;
-//! either way the upstream receives it and the response carries it.
+//! the upstream receives it on every request forwarded to it.
 //!
 //! Lines are batched per worker thread and written by a thread of their own
 //! every 50 ms: a slow disk or terminal never blocks a worker, and lines that do
@@ -42,7 +42,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// A request's id, for the upstream client to forward as `X-Request-Id`.
+/// The id the upstream client gave a request it forwarded without one.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub HeaderValue);
 
@@ -252,12 +252,15 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let started = self.logger.as_ref().map(|logger| {
-            let id = request_id(request.headers().get(&X_REQUEST_ID));
-            // The upstream client adds it to what it forwards (most requests, the
-            // hits, are never forwarded: no field to insert for them).
-            request.extensions_mut().insert(RequestId(id.clone()));
+            // The client's id, if usable; otherwise the one the upstream client
+            // gives a request it forwards, or (a hit) one made for the line.
+            let id = request
+                .headers()
+                .get(&X_REQUEST_ID)
+                .filter(|v| usable_id(v))
+                .cloned();
             Started {
                 logger: logger.clone(),
                 peer: self.peer.clone(),
@@ -277,14 +280,15 @@ where
     }
 }
 
-/// The client's request id when it is a usable one (visible ASCII, at most 128
-/// bytes), else a new one: this thread's random prefix and its count.
-fn request_id(sent: Option<&HeaderValue>) -> HeaderValue {
-    if let Some(value) = sent
-        && !value.is_empty()
-        && value.len() <= 128
-        && value.as_bytes().iter().all(|b| b.is_ascii_graphic())
-    {
+/// Whether a client's request id may be kept: visible ASCII, at most 128 bytes.
+pub fn usable_id(value: &HeaderValue) -> bool {
+    !value.is_empty() && value.len() <= 128 && value.as_bytes().iter().all(u8::is_ascii_graphic)
+}
+
+/// The client's request id when it is a usable one, else a new one: this
+/// thread's random prefix and its count.
+pub fn request_id(sent: Option<&HeaderValue>) -> HeaderValue {
+    if let Some(value) = sent.filter(|v| usable_id(v)) {
         return value.clone();
     }
     thread_local! {
@@ -321,7 +325,8 @@ struct Started {
     target: http::Uri,
     version: http::Version,
     user_agent: Option<HeaderValue>,
-    id: HeaderValue,
+    /// The client's id, when it sent a usable one.
+    id: Option<HeaderValue>,
     at: Instant,
 }
 
@@ -344,11 +349,8 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut result = std::task::ready!(this.inner.poll(cx));
-        if let (Some(started), Ok(response)) = (this.started.take(), &mut result) {
-            response
-                .headers_mut()
-                .insert(X_REQUEST_ID.clone(), started.id.clone());
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let (Some(started), Ok(response)) = (this.started.take(), &result) {
             started.write(response);
         }
         Poll::Ready(result)
@@ -369,7 +371,14 @@ impl Started {
             .get("cache-status")
             .and_then(|v| v.to_str().ok());
         let user_agent = self.user_agent.as_ref().and_then(|v| v.to_str().ok());
-        let id = self.id.to_str().unwrap_or("-");
+        let id = match &self.id {
+            Some(id) => id.clone(),
+            None => match response.extensions().get::<RequestId>() {
+                Some(RequestId(forwarded)) => forwarded.clone(),
+                None => request_id(None),
+            },
+        };
+        let id = id.to_str().unwrap_or("-");
         let line = Line {
             client: self.peer.as_deref(),
             method: self.method.as_str(),

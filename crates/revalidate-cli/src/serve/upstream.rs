@@ -232,14 +232,27 @@ impl Service<Request<Body>> for UpstreamClient {
         }
         parts.uri = self.target(&parts.uri);
         append_via(&mut parts.headers, parts.version, &self.inner.settings.via);
-        if let Some(super::access_log::RequestId(id)) = parts.extensions.get() {
+        // Every forwarded request has an id: the client's when usable, else a
+        // new one, which the response carries back for the access log.
+        let sent = parts.headers.get(&super::access_log::X_REQUEST_ID);
+        let made = (!sent.is_some_and(super::access_log::usable_id))
+            .then(|| super::access_log::request_id(None));
+        if let Some(id) = &made {
             parts
                 .headers
                 .insert(super::access_log::X_REQUEST_ID.clone(), id.clone());
         }
         parts.version = http::Version::HTTP_11;
         let inner = self.inner.clone();
-        Box::pin(async move { Ok(inner.forward(parts, body).await) })
+        Box::pin(async move {
+            let mut response = inner.forward(parts, body).await;
+            if let Some(id) = made {
+                response
+                    .extensions_mut()
+                    .insert(super::access_log::RequestId(id));
+            }
+            Ok(response)
+        })
     }
 }
 
