@@ -62,13 +62,12 @@ pub struct UpstreamTime(pub Duration);
 #[derive(Clone)]
 pub struct AccessLogger {
     shared: Arc<Batches>,
-    format: LogFormat,
 }
 
 impl std::fmt::Debug for AccessLogger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AccessLogger")
-            .field("format", &self.format)
+            .field("format", &self.shared.format)
             .finish_non_exhaustive()
     }
 }
@@ -84,23 +83,28 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 type Batch = Arc<Mutex<Vec<u8>>>;
 
 /// The batches of every thread that wrote a line, and what was dropped.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Batches {
     all: Mutex<Vec<Batch>>,
     dropped: AtomicU64,
     stop: AtomicBool,
+    format: LogFormat,
 }
 
 impl Batches {
-    /// Moves every batch's lines to `sink`.
-    fn drain(&self, sink: &mut impl std::io::Write, spare: &mut Vec<u8>) {
+    /// Moves every batch's records to `sink`, formatted.
+    fn drain(&self, sink: &mut impl std::io::Write, spare: &mut Vec<u8>, line: &mut String) {
         let all: Vec<Batch> = lock(&self.all).clone();
         for batch in all {
             std::mem::swap(&mut *lock(&batch), spare);
-            if !spare.is_empty() {
-                let _ = sink.write_all(spare);
-                spare.clear();
+            let mut records = &spare[..];
+            while let Some(record) = Record::read(&mut records) {
+                line.clear();
+                record.line().write(self.format, line);
+                line.push('\n');
+                let _ = sink.write_all(line.as_bytes());
             }
+            spare.clear();
         }
         let _ = sink.flush();
     }
@@ -138,25 +142,30 @@ impl AccessLogger {
         sink: W,
         format: LogFormat,
     ) -> (Self, FlushOnDrop) {
-        let shared = Arc::new(Batches::default());
+        let shared = Arc::new(Batches {
+            all: Mutex::default(),
+            dropped: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            format,
+        });
         let writer = shared.clone();
         let thread = std::thread::Builder::new()
             .name("revalidate-access-log".into())
             .spawn(move || {
                 let mut sink = std::io::BufWriter::with_capacity(64 * 1024, sink);
-                let mut spare = Vec::new();
+                let (mut spare, mut line) = (Vec::new(), String::with_capacity(256));
                 while !writer.stop.load(Ordering::Acquire) {
                     std::thread::park_timeout(FLUSH_EVERY);
-                    writer.drain(&mut sink, &mut spare);
+                    writer.drain(&mut sink, &mut spare, &mut line);
                 }
-                writer.drain(&mut sink, &mut spare);
+                writer.drain(&mut sink, &mut spare, &mut line);
             })
             .ok();
         let guard = FlushOnDrop {
             shared: Some(shared.clone()),
             thread,
         };
-        (Self { shared, format }, guard)
+        (Self { shared }, guard)
     }
 
     /// Lines dropped because the sink could not keep up.
@@ -164,8 +173,8 @@ impl AccessLogger {
         self.shared.dropped.load(Ordering::Relaxed)
     }
 
-    /// Appends `line` to this thread's batch.
-    fn append(&self, line: &str) {
+    /// Appends a record, which `write` puts in this thread's batch.
+    fn append(&self, record: &Record<'_>) {
         thread_local! {
             static MINE: RefCell<Option<(usize, Batch)>> = const { RefCell::new(None) };
         }
@@ -174,20 +183,17 @@ impl AccessLogger {
         let owner = Arc::as_ptr(&self.shared) as usize;
         MINE.with(|mine| {
             let mut mine = mine.borrow_mut();
-            let batch = match &*mine {
-                Some((who, batch)) if *who == owner => batch.clone(),
-                _ => {
-                    let batch = Arc::new(Mutex::new(Vec::with_capacity(64 * 1024)));
-                    lock(&self.shared.all).push(batch.clone());
-                    *mine = Some((owner, batch.clone()));
-                    batch
-                }
-            };
-            let mut batch = lock(&batch);
-            if batch.len() + line.len() > MAX_BATCH_BYTES {
+            if mine.as_ref().is_none_or(|(who, _)| *who != owner) {
+                let batch = Arc::new(Mutex::new(Vec::with_capacity(64 * 1024)));
+                lock(&self.shared.all).push(batch.clone());
+                *mine = Some((owner, batch));
+            }
+            let Some((_, batch)) = &*mine else { return };
+            let mut batch = lock(batch);
+            if batch.len() + record.len() > MAX_BATCH_BYTES {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             } else {
-                batch.extend_from_slice(line.as_bytes());
+                record.write(&mut batch);
             }
         });
     }
@@ -285,12 +291,16 @@ pub fn usable_id(value: &HeaderValue) -> bool {
     !value.is_empty() && value.len() <= 128 && value.as_bytes().iter().all(u8::is_ascii_graphic)
 }
 
-/// The client's request id when it is a usable one, else a new one: this
-/// thread's random prefix and its count.
+/// The client's request id when it is a usable one, else a new one.
 pub fn request_id(sent: Option<&HeaderValue>) -> HeaderValue {
     if let Some(value) = sent.filter(|v| usable_id(v)) {
         return value.clone();
     }
+    HeaderValue::from_bytes(&new_id()).unwrap_or(HeaderValue::from_static("-"))
+}
+
+/// A new request id: this thread's random prefix and its count, in hex.
+fn new_id() -> [u8; 16] {
     thread_local! {
         static NEXT: Cell<(u32, u32)> = Cell::new((rand_prefix(), 0));
     }
@@ -305,7 +315,7 @@ pub fn request_id(sent: Option<&HeaderValue>) -> HeaderValue {
     for (i, byte) in id.iter_mut().enumerate() {
         *byte = digits[((value >> (60 - 4 * i)) & 0xf) as usize];
     }
-    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("-"))
+    id
 }
 
 /// A prefix that tells this thread's ids from other threads' and processes'.
@@ -358,50 +368,206 @@ where
 }
 
 impl Started {
-    /// Formats the line into this thread's buffer and queues it.
+    /// Queues this request's record. The line is formatted by the writer
+    /// thread: a worker only copies the fields' bytes.
     fn write<B: Body>(self, response: &Response<B>) {
-        thread_local! {
-            static LINE: RefCell<String> = RefCell::new(String::with_capacity(256));
-        }
-        let total = self.at.elapsed();
-        let upstream = response.extensions().get::<UpstreamTime>().map(|t| t.0);
-        let bytes = response.body().size_hint().exact();
-        let cache_status = response
-            .headers()
-            .get("cache-status")
-            .and_then(|v| v.to_str().ok());
-        let user_agent = self.user_agent.as_ref().and_then(|v| v.to_str().ok());
-        let id = match &self.id {
-            Some(id) => id.clone(),
+        let id_made;
+        let id: &[u8] = match &self.id {
+            Some(id) => id.as_bytes(),
             None => match response.extensions().get::<RequestId>() {
-                Some(RequestId(forwarded)) => forwarded.clone(),
-                None => request_id(None),
+                Some(RequestId(forwarded)) => forwarded.as_bytes(),
+                None => {
+                    id_made = new_id();
+                    &id_made
+                }
             },
         };
-        let id = id.to_str().unwrap_or("-");
-        let line = Line {
-            client: self.peer.as_deref(),
-            method: self.method.as_str(),
-            target: self.target.path_and_query().map_or("/", |pq| pq.as_str()),
-            version: self.version,
+        let record = Record {
             status: response.status().as_u16(),
+            version: self.version,
+            bytes: response.body().size_hint().exact(),
+            upstream: response.extensions().get::<UpstreamTime>().map(|t| t.0),
+            total: self.at.elapsed(),
+            client: self.peer.as_deref().map(str::as_bytes),
+            method: self.method.as_str().as_bytes(),
+            target: self
+                .target
+                .path_and_query()
+                .map_or(&b"/"[..], |pq| pq.as_str().as_bytes()),
+            cache_status: response
+                .headers()
+                .get("cache-status")
+                .map(HeaderValue::as_bytes),
+            id,
+            user_agent: self.user_agent.as_ref().map(HeaderValue::as_bytes),
+        };
+        self.logger.append(&record);
+    }
+}
+
+/// A request's fields as a worker queues them: numbers, then byte strings, each
+/// with its length (`u16::MAX`: absent).
+struct Record<'a> {
+    status: u16,
+    version: http::Version,
+    bytes: Option<u64>,
+    upstream: Option<Duration>,
+    total: Duration,
+    client: Option<&'a [u8]>,
+    method: &'a [u8],
+    target: &'a [u8],
+    cache_status: Option<&'a [u8]>,
+    id: &'a [u8],
+    user_agent: Option<&'a [u8]>,
+}
+
+const ABSENT: u16 = u16::MAX;
+const NUMBERS: usize = 2 + 1 + 8 * 3;
+
+impl<'a> Record<'a> {
+    fn strings(&self) -> [Option<&'a [u8]>; 6] {
+        [
+            self.client,
+            Some(self.method),
+            Some(self.target),
+            self.cache_status,
+            Some(self.id),
+            self.user_agent,
+        ]
+    }
+
+    fn len(&self) -> usize {
+        NUMBERS
+            + self
+                .strings()
+                .iter()
+                .map(|s| 2 + s.map_or(0, <[u8]>::len))
+                .sum::<usize>()
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX - 1);
+        out.extend_from_slice(&self.status.to_le_bytes());
+        out.push(match self.version {
+            http::Version::HTTP_09 => 9,
+            http::Version::HTTP_10 => 10,
+            http::Version::HTTP_2 => 20,
+            http::Version::HTTP_3 => 30,
+            _ => 11,
+        });
+        out.extend_from_slice(&self.bytes.unwrap_or(u64::MAX).to_le_bytes());
+        out.extend_from_slice(&self.upstream.map_or(u64::MAX, micros).to_le_bytes());
+        out.extend_from_slice(&micros(self.total).to_le_bytes());
+        for string in self.strings() {
+            match string {
+                // Longer fields are cut: a line stays a line.
+                Some(bytes) => {
+                    let bytes = &bytes[..bytes.len().min(usize::from(ABSENT) - 1)];
+                    out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+                    out.extend_from_slice(bytes);
+                }
+                None => out.extend_from_slice(&ABSENT.to_le_bytes()),
+            }
+        }
+    }
+
+    /// The next record of `input`, which it advances past it.
+    fn read(input: &mut &'a [u8]) -> Option<Self> {
+        fn take<'b>(input: &mut &'b [u8], n: usize) -> Option<&'b [u8]> {
+            let (head, rest) = (input.get(..n)?, input.get(n..)?);
+            *input = rest;
+            Some(head)
+        }
+        fn number(input: &mut &[u8]) -> Option<u64> {
+            Some(u64::from_le_bytes(take(input, 8)?.try_into().ok()?))
+        }
+        fn string<'b>(input: &mut &'b [u8]) -> Option<Option<&'b [u8]>> {
+            let len = u16::from_le_bytes(take(input, 2)?.try_into().ok()?);
+            if len == ABSENT {
+                return Some(None);
+            }
+            take(input, usize::from(len)).map(Some)
+        }
+        let status = u16::from_le_bytes(take(input, 2)?.try_into().ok()?);
+        let version = match take(input, 1)?[0] {
+            9 => http::Version::HTTP_09,
+            10 => http::Version::HTTP_10,
+            20 => http::Version::HTTP_2,
+            30 => http::Version::HTTP_3,
+            _ => http::Version::HTTP_11,
+        };
+        let present = |n: u64| (n != u64::MAX).then_some(n);
+        let bytes = present(number(input)?);
+        let upstream = present(number(input)?).map(Duration::from_micros);
+        let total = Duration::from_micros(number(input)?);
+        Some(Self {
+            status,
+            version,
             bytes,
-            cache_status,
             upstream,
             total,
-            id,
-            user_agent,
+            client: string(input)?,
+            method: string(input)?.unwrap_or_default(),
+            target: string(input)?.unwrap_or_default(),
+            cache_status: string(input)?,
+            id: string(input)?.unwrap_or_default(),
+            user_agent: string(input)?,
+        })
+    }
+
+    /// The record as a line's fields (bytes that are not UTF-8 replaced).
+    fn line(&self) -> OwnedLine {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        OwnedLine {
+            client: self.client.map(text),
+            method: text(self.method),
+            target: text(self.target),
+            version: self.version,
+            status: self.status,
+            bytes: self.bytes,
+            cache_status: self.cache_status.map(text),
+            upstream: self.upstream,
+            total: self.total,
+            id: text(self.id),
+            user_agent: self.user_agent.map(text),
+        }
+    }
+}
+
+/// A line's fields, owned: what the writer thread formats.
+struct OwnedLine {
+    client: Option<String>,
+    method: String,
+    target: String,
+    version: http::Version,
+    status: u16,
+    bytes: Option<u64>,
+    cache_status: Option<String>,
+    upstream: Option<Duration>,
+    total: Duration,
+    id: String,
+    user_agent: Option<String>,
+}
+
+impl OwnedLine {
+    fn write(&self, format: LogFormat, out: &mut String) {
+        let line = Line {
+            client: self.client.as_deref(),
+            method: &self.method,
+            target: &self.target,
+            version: self.version,
+            status: self.status,
+            bytes: self.bytes,
+            cache_status: self.cache_status.as_deref(),
+            upstream: self.upstream,
+            total: self.total,
+            id: &self.id,
+            user_agent: self.user_agent.as_deref(),
         };
-        LINE.with(|buffer| {
-            let mut buffer = buffer.borrow_mut();
-            buffer.clear();
-            match self.logger.format {
-                LogFormat::Text => line.text(&mut buffer),
-                LogFormat::Json => line.json(&mut buffer),
-            }
-            buffer.push('\n');
-            self.logger.append(&buffer);
-        });
+        match format {
+            LogFormat::Text => line.text(out),
+            LogFormat::Json => line.json(out),
+        }
     }
 }
 
@@ -544,6 +710,47 @@ mod tests {
             assert_eq!(made.len(), 16);
             assert_ne!(request_id(unusable), made, "each request its own");
         }
+    }
+
+    #[test]
+    fn a_record_reads_back_as_written() {
+        let record = Record {
+            status: 304,
+            version: http::Version::HTTP_2,
+            bytes: None,
+            upstream: Some(Duration::from_micros(1_234)),
+            total: Duration::from_micros(5_678),
+            client: Some(b"10.0.0.1"),
+            method: b"GET",
+            target: b"/a?b=c",
+            cache_status: None,
+            id: b"abc",
+            user_agent: Some(b"\xffua"),
+        };
+        let mut batch = Vec::new();
+        record.write(&mut batch);
+        record.write(&mut batch);
+        assert_eq!(batch.len(), 2 * record.len());
+        let mut input = &batch[..];
+        for _ in 0..2 {
+            let read = Record::read(&mut input).expect("a record");
+            assert_eq!(
+                (read.status, read.version, read.bytes),
+                (304, http::Version::HTTP_2, None)
+            );
+            assert_eq!((read.upstream, read.total), (record.upstream, record.total));
+            assert_eq!(
+                (read.client, read.target, read.cache_status),
+                (record.client, record.target, None)
+            );
+            let mut line = String::new();
+            read.line().write(LogFormat::Text, &mut line);
+            assert_eq!(
+                line,
+                "10.0.0.1 \"GET /a?b=c HTTP/2.0\" 304 - \"-\" upstream=0.001234 total=0.005678 id=abc ua=\"\u{fffd}ua\""
+            );
+        }
+        assert!(Record::read(&mut input).is_none(), "nothing left");
     }
 
     #[test]
