@@ -176,7 +176,7 @@ EOF
         --listen "127.0.0.1:${PORT[revalidate]}" \
         --upstream "http://127.0.0.1:$origin_port" \
         --config "$TMP/revalidate.toml" \
-        --admin-listen "127.0.0.1:$admin_port" >"$TMP/revalidate.log" 2>&1 &
+        --admin-listen "127.0.0.1:$admin_port" --access-log off >"$TMP/revalidate.log" 2>&1 &
     PID[revalidate]=$!
     STARTED_PIDS+=("$!")
 
@@ -186,7 +186,7 @@ EOF
         --upstream "http://127.0.0.1:$origin_port" \
         --config "$TMP/revalidate.toml" \
         --admin-listen "127.0.0.1:$(free_port)" \
-        --scheduler work-stealing >"$TMP/revalidate_ws.log" 2>&1 &
+        --scheduler work-stealing --access-log off >"$TMP/revalidate_ws.log" 2>&1 &
     PID[revalidate_ws]=$!
     STARTED_PIDS+=("$!")
 

@@ -11,8 +11,7 @@ use tokio::net::TcpListener;
 
 // jemalloc, as Varnish uses: a cache lives with constant churn of 5 KiB-ish blocks,
 // which fragments glibc's arenas over time, and a hit's few small allocations (the
-// answer's header map, the request's parts) come from thread caches. The
-// benchmark's memory figures (bench/README.md) compare it with glibc's and mimalloc's.
+// answer's header map, the request's parts) come from thread caches.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

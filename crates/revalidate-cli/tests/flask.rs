@@ -2,10 +2,10 @@
 //! (`tests/flask_app/app.py`), over real sockets, driven by a real HTTP client.
 //!
 //! The first test to need it makes a virtualenv under the target directory
-//! (`target/tmp/flask-venv-<version>`, with `python3 -m venv` and `pip install`)
+//! (`target/tmp/flask-venv-<flask>-redis-<redis-py>`, with `python3 -m venv` and `pip install`)
 //! and later runs reuse it. Python 3 with its `venv` module is required: without it
 //! these tests fail with the reason, they never skip. `PYTHON3=/path/to/python3`
-//! picks the interpreter. docs/flask-fastapi.md does the same by hand.
+//! picks the interpreter. docs/proxy-guide.md does the same by hand.
 
 mod support;
 

@@ -251,8 +251,8 @@ pub struct RedisSection {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// How long an instance cut off from the invalidation bus keeps serving its
-    /// local tier, and so the longest a purge waits for an instance that does not
-    /// acknowledge it.
+    /// local tier, and so (with a quarter more) the longest a purge waits for an
+    /// instance that does not acknowledge it.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
 }

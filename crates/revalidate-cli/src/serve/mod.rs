@@ -2,7 +2,8 @@
 //!
 //! The proxy is the library's layers over an upstream client, behind a check of
 //! each request's framing and target:
-//! [`RequestCheck`] → `CacheLayer` → (per route) `ConditionalLayer` → [`UpstreamClient`].
+//! [`AccessLog`] → [`RequestCheck`] → `VersionCheck` (versioned routes) → `CacheLayer`
+//! → [`EtagByRoute`] (per route, `ConditionalLayer`) → [`UpstreamClient`].
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
@@ -55,8 +56,8 @@ pub struct Proxy {
     access_log: AccessLogLayer,
 }
 
-/// The proxy as one tower service: access log, request check, cache, per-route
-/// content ETags, upstream.
+/// The proxy as one tower service: access log, request check, version check,
+/// cache, per-route content ETags, upstream.
 pub type ProxyService =
     AccessLog<RequestCheck<VersionCheck<CacheService<EtagByRoute, ProxyStore>>>>;
 

@@ -1,4 +1,5 @@
-//! The proxy's store: the in-memory tier alone, or over Redis (`--redis`).
+//! The proxy's store: the in-memory tier alone, or over Redis (`--redis`,
+//! `--redis-cluster`).
 
 use std::time::Duration;
 

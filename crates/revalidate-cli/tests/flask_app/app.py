@@ -1,7 +1,7 @@
 """A small Flask users service to put `revalidate serve` in front of.
 
 It is the upstream of the end-to-end test `cargo test -p revalidate-cli --test flask`
-and the example of docs/flask-fastapi.md. Run it by hand with
+and the example of docs/proxy-guide.md. Run it by hand with
 
     pip install flask==3.1.3
     python crates/revalidate-cli/tests/flask_app/app.py 5000      # or PORT=5000

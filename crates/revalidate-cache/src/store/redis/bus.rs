@@ -1,9 +1,9 @@
 //! The invalidation bus: every purge, numbered and in order, from Redis to each
 //! instance's local tier, with a lease that says when a local tier may be served.
 //!
-//! Purges are appended to a Redis stream by the same script that applies them
-//! in Redis, with their number from one counter, so the stream holds them in
-//! order with no gaps. Each instance reads the stream with a blocking `XREAD`
+//! Purges are applied in Redis, then numbered from one counter and appended to
+//! a Redis stream by one more script, so the stream holds them in order with no
+//! gaps. Each instance reads the stream with a blocking `XREAD`
 //! and applies each purge to its local tier. A number that is not the next one
 //! (the stream was trimmed past what this instance read, or Redis lost its
 //! data) means purges were missed: the local tier is dropped. So is it after
