@@ -998,6 +998,10 @@ async fn access_lines_carry_the_request_and_its_outcome() {
         "the upstream sees it too"
     );
     request(addr, "GET", "/t?x=1", &[]).await;
+    // A miss without an id: the one the upstream received is the one logged.
+    request(addr, "GET", "/u", &[]).await;
+    let (_, forwarded) = origin.requests().pop().unwrap();
+    let forwarded_id = forwarded["x-request-id"].to_str().unwrap().to_string();
     drop(flushed_on_drop);
 
     let text = std::fs::read_to_string(&path).unwrap();
@@ -1005,7 +1009,17 @@ async fn access_lines_carry_the_request_and_its_outcome() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
-    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[2]["request_id"], forwarded_id.as_str());
+    assert!(
+        lines[2]["upstream_seconds"].as_f64().is_some(),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        lines[0]["upstream_seconds"].as_f64().is_some(),
+        "a stored miss too"
+    );
     assert_eq!(lines[0]["request_id"], "client-id-1");
     assert_eq!(lines[0]["user_agent"], "tester/1");
     assert_eq!(lines[0]["method"], "GET");

@@ -39,6 +39,10 @@ pub(super) enum Fetched<B, E> {
         /// The fields only the client that caused the fetch may see (Set-Cookie,
         /// qualified private and no-cache, the upstream's Age).
         requester_only: Vec<(HeaderName, HeaderValue)>,
+        /// The upstream response's extensions (what the upstream service noted
+        /// about the exchange), handed on to the answer of the request that
+        /// caused the fetch.
+        extensions: http::Extensions,
         /// Whether requests waiting on the fetch may reuse it.
         shareable: bool,
     },
@@ -253,9 +257,11 @@ impl<St: Store> Shared<St> {
                 entry,
                 status,
                 requester_only,
+                extensions,
                 ..
             } => {
                 let mut response = self.respond_stored(head, &entry, status, outcome);
+                *response.extensions_mut() = extensions;
                 // Straight from the upstream: its own Age stands, as it sent it (it
                 // is among the requester's fields when there was one).
                 response.headers_mut().remove(AGE);
@@ -461,6 +467,7 @@ impl<St: Store> Shared<St> {
                 entry,
                 status,
                 requester_only,
+                extensions: parts.extensions,
                 shareable,
             };
         }
@@ -501,6 +508,7 @@ impl<St: Store> Shared<St> {
             return Fetched::Live(response, status);
         }
 
+        let extensions = parts.extensions;
         let (entry, requester_only) = self.entry_of(
             lookup,
             code,
@@ -523,6 +531,7 @@ impl<St: Store> Shared<St> {
             entry,
             status,
             requester_only,
+            extensions,
             shareable,
         }
     }
