@@ -246,7 +246,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )
         .into());
     }
-    if let Some(path) = &config.redis.ca_file
+    // At start, the store reads the CA file itself (and a failure is the same
+    // usage error); `--check` makes no store, so it reads the file here.
+    if args.check
+        && let Some(path) = &config.redis.ca_file
         && let Err(error) = std::fs::read(path)
     {
         return Err(UsageError(format!(

@@ -301,7 +301,7 @@ impl<St: Store> Shared<St> {
             let Role::Leader(leader) = shared.coalescer.join(&primary) else {
                 return;
             };
-            let (route, params) = shared.resolve_route(head.uri.path());
+            let (route, params) = shared.routes.resolve_request_path(head.uri.path());
             let request_cc = head.cache_control();
             let fetched = shared
                 .fetch(

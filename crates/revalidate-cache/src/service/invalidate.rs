@@ -106,12 +106,6 @@ impl<St: Store> Shared<St> {
         ))
     }
 
-    /// The route of a path, matched on the normalized path.
-    pub(super) fn resolve_route(&self, path: &str) -> (Option<&Route>, Params) {
-        self.routes
-            .resolve(&normalize_target(path, &crate::key::QueryRules::default()))
-    }
-
     /// [`Shared::purge`] in a task of its own, awaited: a caller that goes away
     /// (a client that disconnects after its write was forwarded) cannot leave
     /// the purge half done.
@@ -135,7 +129,7 @@ impl<St: Store> Shared<St> {
             let mut copy = purge.clone();
             for url in &mut copy.urls {
                 let path = url.split('?').next().unwrap_or("/");
-                let (route, _) = self.resolve_route(path);
+                let (route, _) = self.routes.resolve_request_path(path);
                 *url = normalize_target(url, &self.routes.policy(route).query);
             }
             for prefix in &mut copy.prefixes {

@@ -15,6 +15,7 @@
 //! 127.0.0.1 "GET /users/1?fields=name HTTP/1.1" 200 48 "revalidate; hit; ttl=29" upstream=- total=0.000041 id=5f3a9c0e00000001 ua="curl/8.5.0"
 //! ```
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
 use std::future::Future;
@@ -516,9 +517,9 @@ impl<'a> Record<'a> {
     }
 
     /// The record as a line's fields (bytes that are not UTF-8 replaced).
-    fn line(&self) -> OwnedLine {
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        OwnedLine {
+    fn line(&self) -> Line<'a> {
+        let text = |b: &'a [u8]| String::from_utf8_lossy(b);
+        Line {
             client: self.client.map(text),
             method: text(self.method),
             target: text(self.target),
@@ -534,68 +535,38 @@ impl<'a> Record<'a> {
     }
 }
 
-/// A line's fields, owned: what the writer thread formats.
-struct OwnedLine {
-    client: Option<String>,
-    method: String,
-    target: String,
-    version: http::Version,
-    status: u16,
-    bytes: Option<u64>,
-    cache_status: Option<String>,
-    upstream: Option<Duration>,
-    total: Duration,
-    id: String,
-    user_agent: Option<String>,
-}
-
-impl OwnedLine {
-    fn write(&self, format: LogFormat, out: &mut String) {
-        let line = Line {
-            client: self.client.as_deref(),
-            method: &self.method,
-            target: &self.target,
-            version: self.version,
-            status: self.status,
-            bytes: self.bytes,
-            cache_status: self.cache_status.as_deref(),
-            upstream: self.upstream,
-            total: self.total,
-            id: &self.id,
-            user_agent: self.user_agent.as_deref(),
-        };
-        match format {
-            LogFormat::Text => line.text(out),
-            LogFormat::Json => line.json(out),
-        }
-    }
-}
-
 /// One access line's fields.
 struct Line<'a> {
-    client: Option<&'a str>,
-    method: &'a str,
-    target: &'a str,
+    client: Option<Cow<'a, str>>,
+    method: Cow<'a, str>,
+    target: Cow<'a, str>,
     version: http::Version,
     status: u16,
     bytes: Option<u64>,
-    cache_status: Option<&'a str>,
+    cache_status: Option<Cow<'a, str>>,
     upstream: Option<Duration>,
     total: Duration,
-    id: &'a str,
-    user_agent: Option<&'a str>,
+    id: Cow<'a, str>,
+    user_agent: Option<Cow<'a, str>>,
 }
 
 impl Line<'_> {
+    fn write(&self, format: LogFormat, out: &mut String) {
+        match format {
+            LogFormat::Text => self.text(out),
+            LogFormat::Json => self.json(out),
+        }
+    }
+
     /// Written piece by piece, numbers with `itoa`: `write!` costs several
     /// times more, on every request.
     fn text(&self, out: &mut String) {
         let mut numbers = itoa::Buffer::new();
-        out.push_str(self.client.unwrap_or("-"));
+        out.push_str(self.client.as_deref().unwrap_or("-"));
         out.push_str(" \"");
-        out.push_str(self.method);
+        out.push_str(&self.method);
         out.push(' ');
-        escape_into(out, self.target);
+        escape_into(out, &self.target);
         out.push(' ');
         out.push_str(version_str(self.version));
         out.push_str("\" ");
@@ -606,7 +577,7 @@ impl Line<'_> {
             None => out.push('-'),
         }
         out.push_str(" \"");
-        escape_into(out, self.cache_status.unwrap_or("-"));
+        escape_into(out, self.cache_status.as_deref().unwrap_or("-"));
         out.push_str("\" upstream=");
         match self.upstream {
             Some(upstream) => seconds(out, upstream),
@@ -615,9 +586,9 @@ impl Line<'_> {
         out.push_str(" total=");
         seconds(out, self.total);
         out.push_str(" id=");
-        escape_into(out, self.id);
+        escape_into(out, &self.id);
         out.push_str(" ua=\"");
-        escape_into(out, self.user_agent.unwrap_or("-"));
+        escape_into(out, self.user_agent.as_deref().unwrap_or("-"));
         out.push('"');
     }
 
@@ -664,35 +635,23 @@ fn version_str(version: http::Version) -> &'static str {
     }
 }
 
-/// `value` with `"`, `\\` and control characters escaped (see [`Escaped`]).
+/// `value` with `"`, `\\` and control characters escaped, so that a line is
+/// always one line and its quoted fields always end where they should.
 fn escape_into(out: &mut String, value: &str) {
     let plain = |b: u8| b != b'"' && b != b'\\' && !b.is_ascii_control() && b < 0x80;
     if value.bytes().all(plain) {
         out.push_str(value);
-    } else {
-        let _ = write!(out, "{}", Escaped(value));
+        return;
     }
-}
-
-/// A field value with `"`, `\` and control characters escaped, so that a line
-/// is always one line and its quoted fields always end where they should.
-struct Escaped<'a>(&'a str);
-
-impl std::fmt::Display for Escaped<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let plain = |b: u8| b != b'"' && b != b'\\' && !b.is_ascii_control() && b < 0x80;
-        if self.0.bytes().all(plain) {
-            return f.write_str(self.0);
-        }
-        for c in self.0.chars() {
-            match c {
-                '"' => f.write_str("\\\"")?,
-                '\\' => f.write_str("\\\\")?,
-                c if c.is_control() => write!(f, "\\x{:02x}", c as u32)?,
-                c => f.write_char(c)?,
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
             }
+            c => out.push(c),
         }
-        Ok(())
     }
 }
 
@@ -758,16 +717,16 @@ mod tests {
         let mut out = String::new();
         let line = Line {
             client: None,
-            method: "GET",
-            target: "/a\"b\nc",
+            method: "GET".into(),
+            target: "/a\"b\nc".into(),
             version: http::Version::HTTP_11,
             status: 200,
             bytes: Some(5),
-            cache_status: Some("revalidate; hit"),
+            cache_status: Some("revalidate; hit".into()),
             upstream: None,
             total: Duration::from_micros(41),
-            id: "i",
-            user_agent: Some("ua\"x"),
+            id: "i".into(),
+            user_agent: Some("ua\"x".into()),
         };
         line.text(&mut out);
         assert_eq!(

@@ -61,22 +61,19 @@ impl Service<Request<Body>> for EtagByRoute {
         let inner = &*self.inner;
         let version = request.extensions().get::<VersionTag>().copied();
         let (route, _) = inner.routes.resolve_request_path(request.uri().path());
-        if inner.routes.policy(route).add_etag {
+        let future: Self::Future = if inner.routes.policy(route).add_etag {
             let future = inner.tagged.clone().call(request);
-            Box::pin(async move {
-                let mut response = future.await?.map(|body| body.boxed());
-                tag_response(version, &mut response);
-                Ok(response)
-            })
-        } else if version.is_some() {
-            let future = inner.plain.clone().call(request);
-            Box::pin(async move {
+            Box::pin(async move { Ok(future.await?.map(|body| body.boxed())) })
+        } else {
+            Box::pin(inner.plain.clone().call(request))
+        };
+        match version {
+            None => future,
+            Some(_) => Box::pin(async move {
                 let mut response = future.await?;
                 tag_response(version, &mut response);
                 Ok(response)
-            })
-        } else {
-            Box::pin(inner.plain.clone().call(request))
+            }),
         }
     }
 }
