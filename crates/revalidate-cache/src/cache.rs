@@ -5,12 +5,11 @@ use std::sync::Arc;
 use tower_layer::Layer;
 
 use crate::clock::{Clock, SystemClock};
-use crate::coalesce::Coalescer;
 use crate::invalidation::InvalidationLog;
 use crate::routes::Routes;
 use crate::service::CacheService;
 use crate::shared::{CacheConfig, Shared};
-use crate::stats::{Snapshot, Stats};
+use crate::stats::Snapshot;
 use crate::store::{MemoryStore, Purge, Store, StoreUsage};
 
 /// A shared HTTP cache (RFC 9111). Cloning gives another handle to the same cache.
@@ -72,9 +71,9 @@ impl<St: Store> CacheBuilder<St> {
                 store: self.store,
                 routes: self.routes,
                 clock: self.clock,
-                log: InvalidationLog::new(self.config.invalidation_horizon),
-                coalescer: Coalescer::default(),
-                stats: Stats::default(),
+                log: Arc::new(InvalidationLog::new(self.config.invalidation_horizon)),
+                coalescer: Arc::default(),
+                stats: Arc::default(),
                 config: self.config,
             }),
         }
@@ -133,6 +132,55 @@ impl<St: Store> Cache<St> {
     /// The store.
     pub fn store(&self) -> &St {
         &self.shared.store
+    }
+
+    /// The routes.
+    pub fn routes(&self) -> &Routes {
+        &self.shared.routes
+    }
+
+    /// A cache over the same store with new routes and limits, for a configuration
+    /// reload: its purge log, coalescing and counters are this cache's, so requests
+    /// still running on this one and those starting on the new one see each
+    /// other's purges and misses.
+    ///
+    /// Entries stored under a route whose key recipe or tags differ in `routes`
+    /// would be found under the wrong key, or missed by the new invalidations: the
+    /// new cache purges them (through the shared log, so a response still being
+    /// fetched under the old recipe is not stored after it) before it is returned.
+    /// Returns the new cache and the number of keys that purge touched.
+    ///
+    /// ```
+    /// use revalidate_cache::{Cache, CacheConfig, MemoryStore, Routes};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let cache = Cache::builder(MemoryStore::new(1 << 20)).build();
+    /// let (next, dropped) = cache.reconfigured(Routes::default(), CacheConfig::default()).await;
+    /// assert_eq!(dropped, 0);
+    /// # let _ = next;
+    /// # });
+    /// ```
+    pub async fn reconfigured(&self, routes: Routes, config: CacheConfig) -> (Cache<St>, usize)
+    where
+        St: Store + Clone,
+    {
+        let changed = self.shared.routes.changed_keys(&routes);
+        let next = Cache {
+            shared: Arc::new(Shared {
+                store: self.shared.store.clone(),
+                routes,
+                clock: self.shared.clock.clone(),
+                log: self.shared.log.clone(),
+                coalescer: self.shared.coalescer.clone(),
+                stats: self.shared.stats.clone(),
+                config,
+            }),
+        };
+        let dropped = match changed {
+            Some(purge) => next.purge(&purge).await,
+            None => 0,
+        };
+        (next, dropped)
     }
 }
 

@@ -93,6 +93,28 @@ impl Pattern {
         &self.source
     }
 
+    /// The text every path it matches starts with: its literal segments up to
+    /// the first parameter (`/users/` for `/users/{id}`, `/` for `/{tenant}/x`).
+    pub fn literal_prefix(&self) -> String {
+        let mut prefix = String::from("/");
+        for segment in &self.segments {
+            match segment {
+                Segment::Literal(literal) => {
+                    if !prefix.ends_with('/') {
+                        prefix.push('/');
+                    }
+                    prefix.push_str(literal);
+                }
+                Segment::Param(_) => break,
+            }
+        }
+        let open = self.rest || self.segments.iter().any(|s| matches!(s, Segment::Param(_)));
+        if open && !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        prefix
+    }
+
     /// Names of the parameters it captures.
     pub fn param_names(&self) -> impl Iterator<Item = &str> {
         self.segments.iter().filter_map(|s| match s {
@@ -310,6 +332,58 @@ impl Routes {
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter()
     }
+
+    /// What a cache must drop when its routes become `next`: the paths of every
+    /// route whose key recipe or tags differ (or that appears or goes), since
+    /// their stored responses would be found under keys the new recipe does not
+    /// make, or be missed by the new routes' invalidations. `None` when nothing
+    /// changed that way. Paths are named by their pattern's literal prefix, so the
+    /// purge may take more than it must, never less; a changed default policy or
+    /// a new order of the routes takes everything.
+    pub(crate) fn changed_keys(&self, next: &Routes) -> Option<crate::store::Purge> {
+        let everything = || Some(crate::store::Purge::prefixes(["/"]));
+        if !same_keys(&self.default, &next.default) {
+            return everything();
+        }
+        let find = |routes: &'_ [Route], pattern: &Pattern| {
+            routes.iter().position(|r| r.pattern == *pattern)
+        };
+        let kept_order = |from: &[Route], to: &[Route]| -> Vec<String> {
+            from.iter()
+                .filter(|r| find(to, &r.pattern).is_some())
+                .map(|r| r.pattern.as_str().to_string())
+                .collect()
+        };
+        if kept_order(&self.routes, &next.routes) != kept_order(&next.routes, &self.routes) {
+            return everything();
+        }
+        let mut prefixes: Vec<String> = Vec::new();
+        for route in &self.routes {
+            let same = find(&next.routes, &route.pattern)
+                .is_some_and(|at| same_keys(&route.policy, &next.routes[at].policy));
+            if !same {
+                prefixes.push(route.pattern.literal_prefix());
+            }
+        }
+        for route in &next.routes {
+            if find(&self.routes, &route.pattern).is_none() {
+                prefixes.push(route.pattern.literal_prefix());
+            }
+        }
+        prefixes.sort();
+        prefixes.dedup();
+        (!prefixes.is_empty()).then(|| crate::store::Purge::prefixes(prefixes))
+    }
+}
+
+/// Whether two policies key and tag what they store alike (and both store).
+fn same_keys(a: &RoutePolicy, b: &RoutePolicy) -> bool {
+    a.bypass == b.bypass
+        && a.key_headers == b.key_headers
+        && a.key_cookies == b.key_cookies
+        && a.query == b.query
+        && a.user_scope == b.user_scope
+        && a.tags == b.tags
 }
 
 #[cfg(test)]
@@ -332,6 +406,94 @@ mod tests {
         for bad in ["users", "/a/*/b", "/a/{}", "/a/x{id}", "/a/{i-d}"] {
             assert!(Pattern::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn literal_prefixes() {
+        for (pattern, prefix) in [
+            ("/users/{id}", "/users/"),
+            ("/users", "/users"),
+            ("/static/*", "/static/"),
+            ("/{tenant}/x", "/"),
+            ("/", "/"),
+            ("/a/b/{c}/d", "/a/b/"),
+        ] {
+            assert_eq!(Pattern::parse(pattern).unwrap().literal_prefix(), prefix);
+        }
+    }
+
+    fn route(pattern: &str, policy: RoutePolicy) -> Route {
+        Route {
+            pattern: Pattern::parse(pattern).unwrap(),
+            policy,
+            on_write: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn changed_keys_name_the_routes_whose_recipe_changed() {
+        let plain = RoutePolicy::default();
+        let by_lang = RoutePolicy {
+            key_headers: vec![HeaderName::from_static("accept-language")],
+            ..RoutePolicy::default()
+        };
+        let tagged = RoutePolicy {
+            tags: vec![Template::parse("user:{id}").unwrap()],
+            ..RoutePolicy::default()
+        };
+        let old = Routes::new(
+            vec![
+                route("/users/{id}", plain.clone()),
+                route("/posts", plain.clone()),
+            ],
+            plain.clone(),
+        );
+        let prefixes = |next: &Routes| old.changed_keys(next).map(|p| p.prefixes);
+
+        // The same recipe with another TTL: nothing to drop.
+        let ttl = RoutePolicy {
+            default_ttl: Some(Duration::from_secs(9)),
+            ..RoutePolicy::default()
+        };
+        let same = Routes::new(
+            vec![route("/users/{id}", ttl), route("/posts", plain.clone())],
+            plain.clone(),
+        );
+        assert_eq!(prefixes(&same), None);
+        // A key header, or tags, on one route: that route's paths.
+        for changed in [by_lang.clone(), tagged] {
+            let next = Routes::new(
+                vec![
+                    route("/users/{id}", changed),
+                    route("/posts", plain.clone()),
+                ],
+                plain.clone(),
+            );
+            assert_eq!(prefixes(&next), Some(vec!["/users/".to_string()]));
+        }
+        // A route gone and one new: both their paths.
+        let swapped = Routes::new(
+            vec![
+                route("/users/{id}", plain.clone()),
+                route("/tags/*", plain.clone()),
+            ],
+            plain.clone(),
+        );
+        assert_eq!(
+            prefixes(&swapped),
+            Some(vec!["/posts".to_string(), "/tags/".to_string()])
+        );
+        // Another order, or another default recipe: everything.
+        let reordered = Routes::new(
+            vec![
+                route("/posts", plain.clone()),
+                route("/users/{id}", plain.clone()),
+            ],
+            plain.clone(),
+        );
+        assert_eq!(prefixes(&reordered), Some(vec!["/".to_string()]));
+        let default_changed = Routes::new(old.routes.clone(), by_lang);
+        assert_eq!(prefixes(&default_changed), Some(vec!["/".to_string()]));
     }
 
     #[test]

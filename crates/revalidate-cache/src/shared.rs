@@ -41,8 +41,12 @@ pub(crate) struct Shared<St> {
     pub(crate) store: St,
     pub(crate) routes: Routes,
     pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) log: InvalidationLog,
-    pub(crate) coalescer: Coalescer,
-    pub(crate) stats: Stats,
+    /// Shared with the caches that [`Cache::reconfigured`](crate::Cache::reconfigured)
+    /// makes: a purge recorded by one refuses the fetches of every generation.
+    pub(crate) log: Arc<InvalidationLog>,
+    /// Shared likewise: a miss in flight under one generation is joined by the next.
+    pub(crate) coalescer: Arc<Coalescer>,
+    /// Shared likewise: the counters go on across reloads.
+    pub(crate) stats: Arc<Stats>,
     pub(crate) config: CacheConfig,
 }

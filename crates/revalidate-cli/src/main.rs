@@ -68,7 +68,7 @@ enum Command {
     Manpage,
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "REVALIDATE_LISTEN", default_value = "127.0.0.1:8080")]
@@ -203,7 +203,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// The configuration the file and the flags give (the flags override the file).
+fn serve_config(args: &ServeArgs) -> Result<serve::ServeConfig, UsageError> {
     let mut config = match &args.config {
         Some(path) => serve::load(path).map_err(|e: ConfigError| UsageError(e.to_string()))?,
         None => serve::ServeConfig::default(),
@@ -230,20 +231,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.redis.cluster = nodes;
         config.redis.url = None;
     }
+    if !config.versions.is_empty() && !config.redis.is_set() {
+        return Err(UsageError(
+            "routes with `version` read their counters in Redis: set [redis] or --redis".into(),
+        ));
+    }
+    Ok(config)
+}
+
+/// The configuration and the upstream client it asks for.
+fn load_serve(args: &ServeArgs) -> Result<serve::Loaded, UsageError> {
+    let config = serve_config(args)?;
     let upstream = UpstreamClient::new(&args.upstream, &config)
         .map_err(|e: InvalidUpstream| UsageError(e.to_string()))?;
-    let token = args.admin_token.filter(|t| !t.is_empty());
+    Ok(serve::Loaded { config, upstream })
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let serve::Loaded { config, upstream } = load_serve(&args)?;
+    let token = args.admin_token.clone().filter(|t| !t.is_empty());
     if token.is_none() && !args.admin_listen.ip().is_loopback() {
         return Err(UsageError(format!(
             "refusing to serve the admin API on {} without --admin-token (or REVALIDATE_ADMIN_TOKEN)",
             args.admin_listen
         ))
-        .into());
-    }
-    if !config.versions.is_empty() && !config.redis.is_set() {
-        return Err(UsageError(
-            "routes with `version` read their counters in Redis: set [redis] or --redis".into(),
-        )
         .into());
     }
     // At start, the store reads the CA file itself (and a failure is the same
@@ -290,9 +301,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     });
 
-    let limits = client_limits(&config.client);
+    let limits =
+        serve::server::ClientLimits::new(&serve::server::fit_to_file_limit(&config.client));
     let (app, cache) = serve::proxy(&config, upstream).map_err(|e| UsageError(e.to_string()))?;
     let app = app.with_access_log(access_logger);
+    let reload_args = args.clone();
+    let live = serve::Live::new(app, config.clone(), limits.clone(), move || {
+        load_serve(&reload_args).map_err(|e| e.0)
+    });
+    #[cfg(unix)]
+    reload_on_hangup(&live)?;
     if let Some(url) = &config.redis.url {
         tracing::info!(%url, lease = ?config.redis.lease, "shared tier: redis");
     } else if !config.redis.cluster.is_empty() {
@@ -302,6 +320,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cache,
         token,
         metrics: Some(metrics),
+        live: Some(live.clone()),
     });
     let workers = args.workers.map_or_else(
         || std::thread::available_parallelism().map_or(1, usize::from),
@@ -346,7 +365,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )
         .await
     });
-    let make_service = move |peer| app.for_peer(peer);
+    let make_service = move |peer| live.for_peer(peer);
     let result = match scheduler {
         Scheduler::PerCore => {
             serve::server::run_per_core(listeners, make_service, shutdown_signal(), limits).await
@@ -365,41 +384,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     result.context("server error")
 }
 
-/// The client limits of `section`, with the connection limit what the file limit
-/// allows once raised to its hard limit: a client connection can take two
-/// descriptors (its socket and an upstream connection), and a few are kept for
-/// listeners and logs. A limit set in the configuration that the file limit does
-/// not allow is lowered, with a warning.
-fn client_limits(section: &serve::config::ClientSection) -> serve::server::ClientLimits {
-    const RESERVED: u64 = 64;
-    let files = match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(files) => files,
-        Err(error) => {
-            tracing::warn!(%error, "cannot read or raise the file limit");
-            return serve::server::ClientLimits::new(section);
+/// Reloads the configuration on each SIGHUP, as nginx does. The handler is
+/// installed before the proxy listens, so an early SIGHUP cannot end the process.
+#[cfg(unix)]
+fn reload_on_hangup(live: &serve::Live) -> anyhow::Result<()> {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot handle SIGHUP")?;
+    let live = live.clone();
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let _ = live.reload_logged().await;
         }
-    };
-    let capacity = usize::try_from(files.saturating_sub(RESERVED) / 2)
-        .unwrap_or(usize::MAX)
-        .max(1);
-    let max_connections = match section.max_connections {
-        Some(configured) if configured > capacity => {
-            tracing::warn!(
-                files,
-                configured,
-                max_connections = capacity,
-                "the file limit allows fewer client connections than [client] max_connections"
-            );
-            capacity
-        }
-        Some(configured) => configured,
-        None => capacity.min(serve::config::DEFAULT_MAX_CONNECTIONS),
-    };
-    tracing::info!(files, max_connections, "file limit");
-    serve::server::ClientLimits::new(&serve::config::ClientSection {
-        max_connections: Some(max_connections),
-        ..section.clone()
-    })
+    });
+    Ok(())
 }
 
 async fn demo(listen: SocketAddr, database: &str) -> anyhow::Result<()> {
@@ -455,7 +452,9 @@ async fn demo(listen: SocketAddr, database: &str) -> anyhow::Result<()> {
         "  curl -i http://{addr}/me -H 'Authorization: Bearer 2'              # private, user-scoped"
     );
     let app = router(store);
-    let limits = client_limits(&serve::config::ClientSection::default());
+    let limits = serve::server::ClientLimits::new(&serve::server::fit_to_file_limit(
+        &serve::config::ClientSection::default(),
+    ));
     serve::server::run(listener, move |_| app.clone(), shutdown_signal(), limits)
         .await
         .context("server error")?;

@@ -416,6 +416,7 @@ impl Setup {
             cache: cache.clone(),
             token: None,
             metrics: None,
+            live: None,
         }))
         .await;
         Self {

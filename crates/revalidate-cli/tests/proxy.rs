@@ -239,6 +239,7 @@ async fn admin_api_requires_its_token() {
         cache,
         token: Some("s3cret".into()),
         metrics: None,
+        live: None,
     });
     let (admin_addr, _) = spawn(admin).await;
     let client: Client<_, Body> = Client::builder(TokioExecutor::new()).build_http();

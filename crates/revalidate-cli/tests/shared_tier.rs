@@ -107,6 +107,7 @@ async fn two_instances_share_one_fetch_and_see_each_others_writes(url: &str, red
         cache: b_cache.clone(),
         token: None,
         metrics: None,
+        live: None,
     });
     let stats = admin
         .clone()
@@ -152,6 +153,7 @@ async fn with_redis_out_of_reach_the_proxy_serves_and_says_so() {
         cache,
         token: None,
         metrics: None,
+        live: None,
     });
     let health = admin
         .oneshot(

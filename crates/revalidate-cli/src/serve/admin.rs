@@ -1,4 +1,5 @@
-//! The admin listener: `POST /purge`, `GET /stats`, `GET /metrics`, `GET /healthz`.
+//! The admin listener: `POST /purge`, `POST /reload`, `GET /stats`, `GET /metrics`,
+//! `GET /healthz`.
 //!
 //! With a token, every route but `/healthz` needs `Authorization: Bearer <token>`
 //! (the scheme in any case, RFC 9110 §11.1); `/healthz` stays open because
@@ -19,7 +20,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use revalidate::Problem;
 use revalidate_cache::{Cache, Purge};
 
-use super::ProxyStore;
+use super::{Live, ProxyStore};
 use serde_json::json;
 
 /// What the admin routes share.
@@ -31,6 +32,19 @@ pub struct AdminState {
     pub token: Option<String>,
     /// The Prometheus recorder's handle.
     pub metrics: Option<PrometheusHandle>,
+    /// The reloadable proxy, for `POST /reload`; when set, its cache (the one
+    /// the configuration in force made) is used rather than `cache`.
+    pub live: Option<Live>,
+}
+
+impl AdminState {
+    /// The cache in force.
+    fn cache(&self) -> Cache<ProxyStore> {
+        match &self.live {
+            Some(live) => live.cache(),
+            None => self.cache.clone(),
+        }
+    }
 }
 
 fn problem(status: StatusCode, detail: &str) -> Response {
@@ -90,12 +104,13 @@ pub fn router(state: AdminState) -> Router {
         .route("/purge", post(purge))
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
+        .route("/reload", post(reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route("/healthz", get(healthz))
         .fallback(|| async {
             problem(
                 StatusCode::NOT_FOUND,
-                "admin routes: POST /purge, GET /stats, /metrics, /healthz",
+                "admin routes: POST /purge, POST /reload, GET /stats, /metrics, /healthz",
             )
         })
         .method_not_allowed_fallback(|| async {
@@ -165,14 +180,14 @@ async fn purge(State(state): State<AdminState>, request: Request) -> Response {
             "urls and prefixes are paths starting with '/'",
         );
     }
-    let purged = state.cache.purge(&purge).await;
+    let purged = state.cache().purge(&purge).await;
     axum::Json(json!({ "purged": purged, "soft": purge.soft })).into_response()
 }
 
 /// Liveness: always 200 while the process serves; says when Redis is out of
 /// reach (requests are then served from the upstream and the local tier is not).
 async fn healthz(State(state): State<AdminState>) -> &'static str {
-    match state.cache.store().bus() {
+    match state.cache().store().bus() {
         Some(bus) if !bus.redis_up || !bus.trusted => {
             "ok (degraded: the shared tier is out of reach; serving from the upstream)\n"
         }
@@ -181,9 +196,10 @@ async fn healthz(State(state): State<AdminState>) -> &'static str {
 }
 
 async fn stats(State(state): State<AdminState>) -> Response {
-    let bus_lag = state.cache.store().bus_lag().await;
-    let counters = state.cache.stats();
-    let usage = state.cache.usage();
+    let cache = state.cache();
+    let bus_lag = cache.store().bus_lag().await;
+    let counters = cache.stats();
+    let usage = cache.usage();
     let answered = counters.hits
         + counters.stale_served
         + counters.coalesced
@@ -200,7 +216,8 @@ async fn stats(State(state): State<AdminState>) -> Response {
         "hit_ratio": hit_ratio,
         "bytes_saved": counters.bytes_without_cache.saturating_sub(counters.bytes_sent),
         "store": { "entries": usage.entries, "bytes": usage.bytes, "evictions": usage.evictions },
-        "redis": state.cache.store().bus().map(|bus| json!({
+        "config_generation": state.live.as_ref().map_or(0, Live::generation),
+        "redis": cache.store().bus().map(|bus| json!({
             "up": bus.redis_up,
             "local_tier_served": bus.trusted,
             "purges_applied": bus.applied,
@@ -213,13 +230,29 @@ async fn stats(State(state): State<AdminState>) -> Response {
     .into_response()
 }
 
+/// Reloads the configuration, as SIGHUP does: 200 with what the reload did, or
+/// 422 with why the new configuration was refused (the old one keeps serving).
+async fn reload(State(state): State<AdminState>) -> Response {
+    let Some(live) = &state.live else {
+        return problem(
+            StatusCode::NOT_IMPLEMENTED,
+            "this admin API serves no reloadable proxy",
+        );
+    };
+    match live.reload_logged().await {
+        Ok(done) => axum::Json(done).into_response(),
+        Err(error) => problem(StatusCode::UNPROCESSABLE_ENTITY, &error.to_string()),
+    }
+}
+
 async fn metrics(State(state): State<AdminState>) -> Response {
-    state.cache.publish_metrics();
-    if let Some(bus) = state.cache.store().bus() {
+    let cache = state.cache();
+    cache.publish_metrics();
+    if let Some(bus) = cache.store().bus() {
         metrics::gauge!("revalidate_redis_up").set(f64::from(u8::from(bus.redis_up)));
         metrics::gauge!("revalidate_local_tier_served").set(f64::from(u8::from(bus.trusted)));
         metrics::gauge!("revalidate_bus_purges_applied").set(bus.applied as f64);
-        if let Some(lag) = state.cache.store().bus_lag().await {
+        if let Some(lag) = cache.store().bus_lag().await {
             metrics::gauge!("revalidate_bus_lag_purges").set(lag as f64);
         }
         metrics::counter!("revalidate_local_tier_drops_total").absolute(bus.drops);

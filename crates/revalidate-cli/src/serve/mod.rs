@@ -25,6 +25,7 @@ pub mod config;
 pub mod cpu_share;
 mod drain;
 mod etag;
+pub mod reload;
 pub mod request_check;
 pub mod server;
 mod store;
@@ -38,6 +39,7 @@ use std::sync::Arc;
 pub use access_log::{AccessLog, AccessLogLayer, AccessLogger, LogFormat};
 pub use config::{ConfigError, ServeConfig, load, parse};
 pub use etag::EtagByRoute;
+pub use reload::{Live, Loaded, ReloadError, Reloaded};
 pub use request_check::RequestCheck;
 use revalidate_cache::{Cache, CacheService, Routes};
 pub use store::{ProxyStore, StoreError};
@@ -83,6 +85,49 @@ impl Proxy {
         self
     }
 
+    /// The cache inside.
+    pub fn cache(&self) -> &Cache<ProxyStore> {
+        &self.cache
+    }
+
+    /// This proxy under a new configuration and upstream, over the same store
+    /// (see [`Cache::reconfigured`]: entries whose route's key recipe changed are
+    /// dropped); returns it and the number of keys dropped.
+    pub async fn reconfigured(
+        &self,
+        config: &ServeConfig,
+        upstream: UpstreamClient,
+    ) -> (Self, usize) {
+        let (cache, dropped) = self
+            .cache
+            .reconfigured(config.routes.clone(), config.cache.clone())
+            .await;
+        let proxy = Self::over(cache, config, upstream, self.access_log.clone());
+        (proxy, dropped)
+    }
+
+    /// The proxy made of `cache` (built for `config`) and `upstream`.
+    fn over(
+        cache: Cache<ProxyStore>,
+        config: &ServeConfig,
+        upstream: UpstreamClient,
+        access_log: AccessLogLayer,
+    ) -> Self {
+        let routes = Arc::new(config.routes.clone());
+        let versioning = Versioning::new(
+            routes.clone(),
+            config.versions.clone(),
+            cache.store().versions(),
+        );
+        Self {
+            cache,
+            routes,
+            versioning,
+            upstream,
+            access_log,
+        }
+    }
+
     fn wrap(
         &self,
         cache: CacheService<EtagByRoute, ProxyStore>,
@@ -106,18 +151,6 @@ pub fn proxy(
         .routes(config.routes.clone())
         .config(config.cache.clone())
         .build();
-    let routes = Arc::new(config.routes.clone());
-    let versioning = Versioning::new(
-        routes.clone(),
-        config.versions.clone(),
-        cache.store().versions(),
-    );
-    let proxy = Proxy {
-        cache: cache.clone(),
-        routes,
-        versioning,
-        upstream,
-        access_log: AccessLogLayer::default(),
-    };
+    let proxy = Proxy::over(cache.clone(), config, upstream, AccessLogLayer::default());
     Ok((proxy, cache))
 }

@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -35,22 +35,23 @@ use super::drain::Drain;
 
 /// The bounds a listener keeps on its clients (`[client]` in the configuration).
 /// Clones share one count of connections, so that the workers of
-/// [`run_per_core`] keep one limit between them.
+/// [`run_per_core`] keep one limit between them, and one set of bounds, which
+/// [`ClientLimits::update`] replaces for the connections accepted after it.
 #[derive(Debug, Clone)]
 pub struct ClientLimits {
-    bounds: Bounds,
-    drain_timeout: Duration,
-    max_connections: usize,
+    now: Arc<RwLock<Settings>>,
     connections: Arc<Semaphore>,
 }
 
-impl ClientLimits {
-    /// The limits of `section`.
-    pub fn new(section: &ClientSection) -> Self {
-        let max_connections = section
-            .max_connections
-            .unwrap_or(DEFAULT_MAX_CONNECTIONS)
-            .clamp(1, Semaphore::MAX_PERMITS);
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    bounds: Bounds,
+    drain_timeout: Duration,
+    max_connections: usize,
+}
+
+impl Settings {
+    fn of(section: &ClientSection) -> Self {
         Self {
             bounds: Bounds {
                 header: section.header_timeout,
@@ -58,20 +59,105 @@ impl ClientLimits {
                 send: section.send_timeout,
             },
             drain_timeout: section.drain_timeout,
-            max_connections,
-            connections: Arc::new(Semaphore::new(max_connections)),
+            max_connections: section
+                .max_connections
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS)
+                .clamp(1, Semaphore::MAX_PERMITS),
+        }
+    }
+}
+
+impl ClientLimits {
+    /// The limits of `section`.
+    pub fn new(section: &ClientSection) -> Self {
+        let settings = Settings::of(section);
+        Self {
+            connections: Arc::new(Semaphore::new(settings.max_connections)),
+            now: Arc::new(RwLock::new(settings)),
         }
     }
 
     /// Client connections served at once.
     pub fn max_connections(&self) -> usize {
-        self.max_connections
+        self.settings().max_connections
+    }
+
+    fn settings(&self) -> Settings {
+        *self
+            .now
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Applies `section` (a configuration reload): connections accepted from now
+    /// on get its bounds, and the drain its timeout. A higher connection limit
+    /// takes effect at once; a lower one as connections close, since open ones
+    /// are not cut.
+    pub fn update(&self, section: &ClientSection) {
+        let next = Settings::of(section);
+        let mut now = self
+            .now
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if next.max_connections > now.max_connections {
+            self.connections
+                .add_permits(next.max_connections - now.max_connections);
+        } else if let Ok(fewer) = u32::try_from(now.max_connections - next.max_connections)
+            && fewer > 0
+        {
+            // The permits are taken as they come free, then never given back.
+            let connections = self.connections.clone();
+            tokio::spawn(async move {
+                if let Ok(permits) = connections.acquire_many_owned(fewer).await {
+                    permits.forget();
+                }
+            });
+        }
+        *now = next;
     }
 }
 
 impl Default for ClientLimits {
     fn default() -> Self {
         Self::new(&ClientSection::default())
+    }
+}
+
+/// `section` with the connection limit that the process's file limit allows,
+/// once raised to its hard limit: a client connection can take two descriptors
+/// (its socket and an upstream connection), and a few are kept for listeners and
+/// logs. A limit set in the configuration that the file limit does not allow is
+/// lowered, with a warning; an unset one becomes the smaller of
+/// [`DEFAULT_MAX_CONNECTIONS`] and what the file limit allows.
+pub fn fit_to_file_limit(section: &ClientSection) -> ClientSection {
+    const RESERVED: u64 = 64;
+    let files = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(files) => files,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read or raise the file limit");
+            return section.clone();
+        }
+    };
+    let capacity = usize::try_from(files.saturating_sub(RESERVED) / 2)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    let max_connections = match section.max_connections {
+        Some(configured) if configured > capacity => {
+            tracing::warn!(
+                files,
+                configured,
+                max_connections = capacity,
+                "the file limit allows fewer client connections than [client] max_connections"
+            );
+            capacity
+        }
+        Some(configured) => configured,
+        None => capacity.min(DEFAULT_MAX_CONNECTIONS),
+    };
+    tracing::info!(files, max_connections, "file limit");
+    ClientSection {
+        max_connections: Some(max_connections),
+        ..section.clone()
     }
 }
 
@@ -107,7 +193,7 @@ where
                 if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
                     last_warning = Some(std::time::Instant::now());
                     tracing::warn!(
-                        max_connections = limits.max_connections,
+                        max_connections = limits.max_connections(),
                         "connection limit reached: new connections wait until one closes"
                     );
                 }
@@ -137,7 +223,7 @@ where
         let _ = stream.set_nodelay(true);
         let activity = Activity::new();
         let service = CalledInPlace::new(make_service(peer), activity.clone());
-        let io = BoundedIo::new(stream, activity, limits.bounds);
+        let io = BoundedIo::new(stream, activity, limits.settings().bounds);
         let watcher = drain.watcher();
         tokio::spawn(async move {
             let _permit = permit;
@@ -154,11 +240,12 @@ where
         });
     }
     drop(listener);
-    let closed = drain.finish(limits.drain_timeout).await;
+    let drain_timeout = limits.settings().drain_timeout;
+    let closed = drain.finish(drain_timeout).await;
     if closed > 0 {
         tracing::warn!(
             closed,
-            drain_timeout = ?limits.drain_timeout,
+            ?drain_timeout,
             "closed connections still open at the drain deadline"
         );
     }
