@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use revalidate_cli::demo::{UserStore, router};
-use revalidate_cli::serve::{self, ConfigError, InvalidUpstream, UpstreamClient};
+use revalidate_cli::serve::{self, ConfigError, UpstreamClient};
 use tokio::net::TcpListener;
 
 // jemalloc, as Varnish uses: a cache lives with constant churn of 5 KiB-ish blocks,
@@ -73,9 +73,22 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "REVALIDATE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// The API behind the proxy, e.g. http://127.0.0.1:5000.
-    #[arg(long, env = "REVALIDATE_UPSTREAM")]
-    upstream: String,
+    /// The API behind the proxy, e.g. http://127.0.0.1:5000 or https://api.internal;
+    /// repeat it (or separate with commas) for several servers (overrides
+    /// `[upstream] servers`).
+    #[arg(long, env = "REVALIDATE_UPSTREAM", value_delimiter = ',')]
+    upstream: Vec<String>,
+    /// For https:// upstreams: a PEM file of authorities trusted besides the
+    /// system's roots (overrides `[upstream] ca_file`).
+    #[arg(long, env = "REVALIDATE_UPSTREAM_CA")]
+    upstream_ca: Option<std::path::PathBuf>,
+    /// Serve clients over TLS with this PEM certificate chain (needs --tls-key);
+    /// read again on each reload.
+    #[arg(long, env = "REVALIDATE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "REVALIDATE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// Route configuration (TOML); see revalidate.example.toml.
     #[arg(long, env = "REVALIDATE_CONFIG")]
     config: Option<std::path::PathBuf>,
@@ -217,6 +230,18 @@ fn serve_config(args: &ServeArgs) -> Result<serve::ServeConfig, UsageError> {
     if let Some(ca) = args.redis_ca.clone() {
         config.redis.ca_file = Some(ca);
     }
+    if let Some(ca) = args.upstream_ca.clone() {
+        config.upstream.ca_file = Some(ca);
+    }
+    let servers: Vec<String> = args
+        .upstream
+        .iter()
+        .filter(|u| !u.is_empty())
+        .cloned()
+        .collect();
+    if !servers.is_empty() {
+        config.upstream.servers = servers;
+    }
     let nodes: Vec<String> = args
         .redis_cluster
         .iter()
@@ -242,8 +267,8 @@ fn serve_config(args: &ServeArgs) -> Result<serve::ServeConfig, UsageError> {
 /// The configuration and the upstream client it asks for.
 fn load_serve(args: &ServeArgs) -> Result<serve::Loaded, UsageError> {
     let config = serve_config(args)?;
-    let upstream = UpstreamClient::new(&args.upstream, &config)
-        .map_err(|e: InvalidUpstream| UsageError(e.to_string()))?;
+    let upstream = UpstreamClient::balanced(&config.upstream.servers, &config)
+        .map_err(|e| UsageError(e.to_string()))?;
     Ok(serve::Loaded { config, upstream })
 }
 
@@ -285,6 +310,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             (Some(logger), Some(guard))
         }
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            serve::tls::ListenerTls::load(cert, key).map_err(|e| UsageError(e.to_string()))?,
+        ),
+        _ => None,
+    };
     if args.check {
         println!("revalidate: the flags and the configuration are valid");
         return Ok(());
@@ -306,8 +337,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (app, cache) = serve::proxy(&config, upstream).map_err(|e| UsageError(e.to_string()))?;
     let app = app.with_access_log(access_logger);
     let reload_args = args.clone();
+    let reload_tls = tls.clone();
     let live = serve::Live::new(app, config.clone(), limits.clone(), move || {
-        load_serve(&reload_args).map_err(|e| e.0)
+        let loaded = load_serve(&reload_args).map_err(|e| e.0)?;
+        // The certificate is read again with the configuration, and either both
+        // are taken or neither.
+        if let Some(tls) = &reload_tls {
+            tls.reload().map_err(|e| e.to_string())?;
+        }
+        Ok(loaded)
     });
     #[cfg(unix)]
     reload_on_hangup(&live)?;
@@ -339,11 +377,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let admin_addr = admin_listener.local_addr()?;
     let scheduler = args.scheduler;
     let max_connections = limits.max_connections();
-    tracing::info!(%addr, %admin_addr, upstream = %args.upstream, workers, ?scheduler, max_connections, "proxy listening");
-    println!(
-        "revalidate serve: http://{addr} -> {} (admin: http://{admin_addr})",
-        args.upstream
-    );
+    let upstreams = config.upstream.servers.join(", ");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, %admin_addr, %upstreams, tls = tls.is_some(), workers, ?scheduler, max_connections, "proxy listening");
+    println!("revalidate serve: {scheme}://{addr} -> {upstreams} (admin: http://{admin_addr})");
 
     let (stop, _) = tokio::sync::watch::channel(false);
     let admin_stop = stop.subscribe();
@@ -368,12 +405,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let make_service = move |peer| live.for_peer(peer);
     let result = match scheduler {
         Scheduler::PerCore => {
-            serve::server::run_per_core(listeners, make_service, shutdown_signal(), limits).await
+            serve::server::run_per_core(listeners, make_service, shutdown_signal(), limits, tls)
+                .await
         }
         // `bind_per_core`'s sockets are already non-blocking (tokio made them).
         Scheduler::WorkStealing => match listeners.into_iter().next().map(TcpListener::from_std) {
             Some(Ok(listener)) => {
-                serve::server::run(listener, make_service, shutdown_signal(), limits).await
+                serve::server::run_with_tls(listener, make_service, shutdown_signal(), limits, tls)
+                    .await
             }
             Some(Err(error)) => Err(error),
             None => Ok(()),

@@ -1,5 +1,6 @@
-//! What an operator does to a running `revalidate serve`, end to end on the
-//! binary: reloading its configuration (SIGHUP, `POST /reload`).
+//! What an operator runs `revalidate serve` with, end to end: reloading its
+//! configuration (SIGHUP, `POST /reload`), several upstream servers with health
+//! checks, and TLS on both sides.
 
 mod support;
 
@@ -13,6 +14,11 @@ use axum::Router;
 use axum::extract::{Path as UrlPath, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use revalidate_cli::serve::admin::{AdminState, router as admin_router};
+use revalidate_cli::serve::server::ClientLimits;
+use revalidate_cli::serve::{Live, Loaded, UpstreamClient, parse, proxy};
 use support::proxy::{Reply, cache_status, request, send, spawn};
 
 /// Counts the requests each path received.
@@ -246,4 +252,224 @@ async fn sighup_reloads_the_configuration_and_keeps_what_it_may() {
         refused.body
     );
     assert_eq!(proxy.generation().await, 2);
+}
+
+/// An origin on a runtime of its own, so that it can crash: dropping the
+/// runtime ends every task, its connections' included, as a killed process's
+/// sockets end.
+struct Crashable {
+    addr: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+    served: Arc<AtomicUsize>,
+    healthy: Arc<AtomicBool>,
+}
+
+impl Crashable {
+    /// `/items/{id}` (not stored), `/fresh` (stale for an hour if the upstream
+    /// fails) and `/health` (503 while `healthy` is false).
+    fn start() -> Self {
+        let served = Arc::new(AtomicUsize::new(0));
+        let healthy = Arc::new(AtomicBool::new(true));
+        let counter = served.clone();
+        let item = get(move |UrlPath(id): UrlPath<String>| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                ([("cache-control", "no-store")], format!("item {id}"))
+            }
+        });
+        let fresh = get(|| async {
+            (
+                [("cache-control", "max-age=0, stale-if-error=3600")],
+                "fresh",
+            )
+        });
+        let health_flag = healthy.clone();
+        let health = get(move || {
+            let up = health_flag.load(Ordering::Relaxed);
+            async move {
+                if up {
+                    axum::http::StatusCode::OK
+                } else {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                }
+            }
+        });
+        let router = Router::new()
+            .route("/items/{id}", item)
+            .route("/fresh", fresh)
+            .route("/health", health);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, router).await.unwrap();
+        });
+        Self {
+            addr,
+            runtime: Some(runtime),
+            served,
+            healthy,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn crash(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+
+    fn served(&self) -> usize {
+        self.served.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Crashable {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}
+
+/// The proxy over `origins` with `config`, and its admin API, in process.
+async fn balanced_proxy(origins: &[&Crashable], config: &str) -> (SocketAddr, SocketAddr) {
+    let config = parse(config, "test.toml").unwrap();
+    let urls: Vec<String> = origins.iter().map(|o| o.url()).collect();
+    let upstream = UpstreamClient::balanced(&urls, &config).unwrap();
+    let (app, cache) = proxy(&config, upstream).unwrap();
+    let limits = ClientLimits::new(&config.client);
+    let reload_config = config.clone();
+    let live = Live::new(app, config, limits.clone(), move || {
+        let upstream =
+            UpstreamClient::balanced(&urls, &reload_config).map_err(|e| e.to_string())?;
+        Ok(Loaded {
+            config: reload_config.clone(),
+            upstream,
+        })
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = live.clone();
+    tokio::spawn(revalidate_cli::serve::server::run(
+        listener,
+        move |peer| serving.for_peer(peer),
+        std::future::pending(),
+        limits,
+    ));
+    let (admin, _) = spawn(admin_router(AdminState {
+        cache,
+        token: None,
+        metrics: None,
+        live: Some(live),
+    }))
+    .await;
+    (addr, admin)
+}
+
+const BALANCED: &str = r#"
+[upstream]
+max_fails = 2
+fail_timeout = "30s"
+"#;
+
+/// One of three upstream servers crashes under load: no client sees an error
+/// (requests caught on it are idempotent and go to another server), the crashed
+/// one leaves the rotation, and the proxy stays ready. With every server down,
+/// what may be served stale is, the rest is a 502 problem, and `/readyz` says
+/// 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_upstream_server_costs_no_client_request() {
+    let mut origins = [Crashable::start(), Crashable::start(), Crashable::start()];
+    let (addr, admin) = balanced_proxy(&origins.iter().collect::<Vec<_>>(), BALANCED).await;
+    assert_eq!(request(addr, "GET", "/fresh", &[]).await.status, 200);
+
+    let failures = Arc::new(AtomicUsize::new(0));
+    let load: Vec<_> = (0..8)
+        .map(|worker| {
+            let failures = failures.clone();
+            tokio::spawn(async move {
+                for i in 0..60 {
+                    let reply = request(addr, "GET", &format!("/items/{worker}-{i}"), &[]).await;
+                    if reply.status != 200 {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    while origins.iter().map(Crashable::served).sum::<usize>() < 120 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before_crash = origins[1].served();
+    assert!(before_crash > 0, "the servers share the load");
+    origins[1].crash();
+    for task in load {
+        task.await.unwrap();
+    }
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "no client error");
+    assert!(origins.iter().map(Crashable::served).sum::<usize>() >= 480);
+    assert!(origins[0].served() > 100 && origins[2].served() > 100);
+    let stats = request(admin, "GET", "/stats", &[]).await;
+    let stats: serde_json::Value = serde_json::from_str(&stats.body).unwrap();
+    let available: Vec<bool> = stats["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["available"].as_bool().unwrap())
+        .collect();
+    assert_eq!(available, [true, false, true], "{stats}");
+    assert_eq!(request(admin, "GET", "/readyz", &[]).await.status, 200);
+
+    origins[0].crash();
+    origins[2].crash();
+    for _ in 0..3 {
+        let down = request(addr, "GET", "/items/x", &[]).await;
+        assert_eq!(down.status, 502, "{}", down.body);
+        assert_eq!(down.headers["content-type"], "application/problem+json");
+    }
+    let stale = request(addr, "GET", "/fresh", &[]).await;
+    assert_eq!(stale.status, 200, "stale-if-error: {}", cache_status(&stale));
+    assert_eq!(stale.body, "fresh");
+    let readyz = request(admin, "GET", "/readyz", &[]).await;
+    assert_eq!(readyz.status, 503, "{}", readyz.body);
+    assert_eq!(readyz.headers["content-type"], "application/problem+json");
+}
+
+/// An active check that fails takes a server out before any client request
+/// meets it; one that passes again brings it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_health_checks_steer_requests() {
+    let origins = [Crashable::start(), Crashable::start()];
+    let config = r#"
+[upstream.health]
+path = "/health"
+interval = "50ms"
+timeout = "200ms"
+"#;
+    let (addr, admin) = balanced_proxy(&origins.iter().collect::<Vec<_>>(), config).await;
+    origins[1].healthy.store(false, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = origins[1].served();
+    for i in 0..20 {
+        assert_eq!(request(addr, "GET", &format!("/items/{i}"), &[]).await.status, 200);
+    }
+    assert_eq!(origins[1].served(), before, "no request for the unhealthy server");
+    assert_eq!(request(admin, "GET", "/readyz", &[]).await.status, 200);
+
+    origins[1].healthy.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..20 {
+        request(addr, "GET", &format!("/items/back-{i}"), &[]).await;
+    }
+    assert!(origins[1].served() > before, "back in the rotation");
 }

@@ -1,9 +1,10 @@
 //! The admin listener: `POST /purge`, `POST /reload`, `GET /stats`, `GET /metrics`,
-//! `GET /healthz`.
+//! `GET /healthz` (liveness), `GET /readyz` (readiness: an upstream server is up).
 //!
-//! With a token, every route but `/healthz` needs `Authorization: Bearer <token>`
-//! (the scheme in any case, RFC 9110 §11.1); `/healthz` stays open because
-//! liveness probes carry no credentials and it reveals nothing but "ok". `/purge`
+//! With a token, every route but `/healthz` and `/readyz` needs
+//! `Authorization: Bearer <token>` (the scheme in any case, RFC 9110 §11.1); the
+//! probes stay open because orchestrators' probes carry no credentials, and they
+//! reveal nothing but "ok" or "not ready". `/purge`
 //! takes only `application/json`: a form or `text/plain` body is what a web page
 //! can send to a loopback admin without a preflight (CSRF), and is refused with
 //! 415. Every error is a problem (RFC 9457).
@@ -107,10 +108,11 @@ pub fn router(state: AdminState) -> Router {
         .route("/reload", post(reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .fallback(|| async {
             problem(
                 StatusCode::NOT_FOUND,
-                "admin routes: POST /purge, POST /reload, GET /stats, /metrics, /healthz",
+                "admin routes: POST /purge, POST /reload, GET /stats, /metrics, /healthz, /readyz",
             )
         })
         .method_not_allowed_fallback(|| async {
@@ -195,6 +197,24 @@ async fn healthz(State(state): State<AdminState>) -> &'static str {
     }
 }
 
+/// Readiness: 200 while at least one upstream server is in the rotation, else
+/// 503, so that a load balancer sends clients elsewhere. Without a reloadable
+/// proxy (tests), always ready.
+async fn readyz(State(state): State<AdminState>) -> Response {
+    let ready = state
+        .live
+        .as_ref()
+        .is_none_or(|live| live.upstream().pool().any_available());
+    if ready {
+        "ready\n".into_response()
+    } else {
+        problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no upstream server is in the rotation",
+        )
+    }
+}
+
 async fn stats(State(state): State<AdminState>) -> Response {
     let cache = state.cache();
     let bus_lag = cache.store().bus_lag().await;
@@ -217,6 +237,17 @@ async fn stats(State(state): State<AdminState>) -> Response {
         "bytes_saved": counters.bytes_without_cache.saturating_sub(counters.bytes_sent),
         "store": { "entries": usage.entries, "bytes": usage.bytes, "evictions": usage.evictions },
         "config_generation": state.live.as_ref().map_or(0, Live::generation),
+        "upstreams": state.live.as_ref().map(|live| {
+            let upstream = live.upstream();
+            let pool = upstream.pool();
+            pool.servers()
+                .iter()
+                .map(|server| json!({
+                    "server": server.authority().as_str(),
+                    "available": pool.is_available(server),
+                }))
+                .collect::<Vec<_>>()
+        }),
         "redis": cache.store().bus().map(|bus| json!({
             "up": bus.redis_up,
             "local_tier_served": bus.trusted,
@@ -248,6 +279,15 @@ async fn reload(State(state): State<AdminState>) -> Response {
 async fn metrics(State(state): State<AdminState>) -> Response {
     let cache = state.cache();
     cache.publish_metrics();
+    if let Some(live) = &state.live {
+        let upstream = live.upstream();
+        let pool = upstream.pool();
+        for server in pool.servers() {
+            metrics::gauge!("revalidate_upstream_available", "server" => server.authority().to_string())
+                .set(f64::from(u8::from(pool.is_available(server))));
+        }
+        metrics::gauge!("revalidate_ready").set(f64::from(u8::from(pool.any_available())));
+    }
     if let Some(bus) = cache.store().bus() {
         metrics::gauge!("revalidate_redis_up").set(f64::from(u8::from(bus.redis_up)));
         metrics::gauge!("revalidate_local_tier_served").set(f64::from(u8::from(bus.trusted)));

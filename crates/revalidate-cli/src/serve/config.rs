@@ -139,6 +139,63 @@ pub struct UpstreamSection {
     /// The name this proxy gives itself in `Via` (RFC 9110 §7.6.3), on the
     /// requests it forwards and the responses it returns; empty: no `Via`.
     pub via: String,
+    /// The upstream servers (`http://` or `https://`, each with an optional base
+    /// path), when `--upstream` does not name them.
+    pub servers: Vec<String>,
+    /// How requests are spread over the servers.
+    pub balance: Balance,
+    /// Consecutive failures (no connection, no response head in time, a reset)
+    /// after which a server is taken out of the rotation (nginx `max_fails`).
+    pub max_fails: u32,
+    /// How long a server that failed `max_fails` times stays out (nginx
+    /// `fail_timeout`); it is then tried again.
+    #[serde(with = "humantime_serde")]
+    pub fail_timeout: Duration,
+    /// For `https://` servers: a PEM file of authorities trusted besides the
+    /// system's roots (`--upstream-ca`).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Active health checks; none unless set.
+    pub health: Option<HealthSection>,
+}
+
+/// How requests are spread over several upstream servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    /// To the server with the fewest requests in flight, taking turns among
+    /// equals (Envoy's and nginx's `least_conn`): an API's slow requests (a
+    /// report, a cold cache) pile up on one server under round robin, while this
+    /// sends new work where it finishes.
+    #[default]
+    LeastOutstanding,
+    /// Each server in turn.
+    RoundRobin,
+}
+
+/// `[upstream.health]`: each server is asked `GET path` every `interval`; a
+/// server whose answer is not 2xx or 3xx within `timeout` is out of the
+/// rotation until one is.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSection {
+    /// The path asked, e.g. `/health`.
+    pub path: String,
+    /// Time between two checks of a server.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Time allowed for an answer.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        Self {
+            path: "/".into(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 impl Default for UpstreamSection {
@@ -149,6 +206,12 @@ impl Default for UpstreamSection {
             body_timeout: Duration::from_secs(60),
             retry_body_bytes: ByteSize::kib(64),
             via: "revalidate".into(),
+            servers: Vec::new(),
+            balance: Balance::default(),
+            max_fails: 3,
+            fail_timeout: Duration::from_secs(10),
+            ca_file: None,
+            health: None,
         }
     }
 }
@@ -382,10 +445,34 @@ pub fn parse(text: &str, file: &str) -> Result<ServeConfig, ConfigError> {
         ("[upstream] timeout", raw.upstream.timeout),
         ("[upstream] connect_timeout", raw.upstream.connect_timeout),
         ("[upstream] body_timeout", raw.upstream.body_timeout),
+        ("[upstream] fail_timeout", raw.upstream.fail_timeout),
+        (
+            "[upstream.health] interval",
+            raw.upstream.health.as_ref().map_or(Duration::MAX, |h| h.interval),
+        ),
+        (
+            "[upstream.health] timeout",
+            raw.upstream.health.as_ref().map_or(Duration::MAX, |h| h.timeout),
+        ),
     ] {
         if value.is_zero() {
             return Err(error_at(0, format!("{name} must be longer than 0s")));
         }
+    }
+    if raw.upstream.max_fails == 0 {
+        return Err(error_at(0, "[upstream] max_fails must be at least 1".into()));
+    }
+    if let Some(health) = &raw.upstream.health
+        && !health.path.starts_with('/')
+    {
+        return Err(error_at(
+            0,
+            format!("[upstream.health] path {:?} must start with '/'", health.path),
+        ));
+    }
+    for server in &raw.upstream.servers {
+        super::balance::Server::parse(server)
+            .map_err(|e| error_at(0, format!("[upstream] servers: {e}")))?;
     }
     if raw.client.max_connections == Some(0) {
         return Err(error_at(

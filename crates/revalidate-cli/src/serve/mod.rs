@@ -20,6 +20,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod balance;
 mod client_io;
 pub mod config;
 pub mod cpu_share;
@@ -30,6 +31,7 @@ pub mod request_check;
 pub mod server;
 mod store;
 pub mod timed_body;
+pub mod tls;
 mod upstream;
 pub mod versioned;
 
@@ -44,7 +46,7 @@ pub use request_check::RequestCheck;
 use revalidate_cache::{Cache, CacheService, Routes};
 pub use store::{ProxyStore, StoreError};
 use tower::Layer;
-pub use upstream::{InvalidUpstream, UpstreamBody, UpstreamClient};
+pub use upstream::{InvalidUpstream, UpstreamBody, UpstreamClient, UpstreamError};
 use versioned::{VersionCheck, Versioning};
 
 /// The proxy's parts, from which each client connection gets its own service
@@ -88,6 +90,11 @@ impl Proxy {
     /// The cache inside.
     pub fn cache(&self) -> &Cache<ProxyStore> {
         &self.cache
+    }
+
+    /// The upstream client.
+    pub fn upstream(&self) -> &UpstreamClient {
+        &self.upstream
     }
 
     /// This proxy under a new configuration and upstream, over the same store

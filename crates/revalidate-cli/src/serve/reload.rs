@@ -133,6 +133,11 @@ impl Live {
         self.current().proxy.cache().clone()
     }
 
+    /// The upstream client in force (for readiness and its servers' health).
+    pub fn upstream(&self) -> UpstreamClient {
+        self.current().proxy.upstream().clone()
+    }
+
     /// The service for one client connection (see [`Proxy::for_peer`]); it
     /// takes up a new configuration at its next request after a reload.
     pub fn for_peer(&self, peer: SocketAddr) -> LiveService {

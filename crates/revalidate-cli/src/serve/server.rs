@@ -31,7 +31,8 @@ use tower::{Service, ServiceExt};
 use super::client_io::{Activity, BoundedIo, Bounds, InFlight};
 use super::config::{ClientSection, DEFAULT_MAX_CONNECTIONS};
 use super::cpu_share;
-use super::drain::Drain;
+use super::drain::{Drain, Watcher};
+use super::tls::ListenerTls;
 
 /// The bounds a listener keeps on its clients (`[client]` in the configuration).
 /// Clones share one count of connections, so that the workers of
@@ -181,6 +182,27 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    run_with_tls(listener, make_service, shutdown, limits, None).await
+}
+
+/// [`run`], speaking TLS with the certificate `tls` has when each connection
+/// arrives (when given). The handshake counts as the first request's head, so
+/// it is bounded by the header timeout.
+pub async fn run_with_tls<M, S, B>(
+    listener: TcpListener,
+    make_service: M,
+    shutdown: impl Future<Output = ()>,
+    limits: ClientLimits,
+    tls: Option<ListenerTls>,
+) -> std::io::Result<()>
+where
+    M: Fn(SocketAddr) -> S,
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     let drain = Drain::new();
     tokio::pin!(shutdown);
     let mut last_warning: Option<std::time::Instant> = None;
@@ -225,16 +247,20 @@ where
         let service = CalledInPlace::new(make_service(peer), activity.clone());
         let io = BoundedIo::new(stream, activity, limits.settings().bounds);
         let watcher = drain.watcher();
+        let acceptor = tls.as_ref().map(ListenerTls::acceptor);
         tokio::spawn(async move {
             let _permit = permit;
             let open = metrics::gauge!("revalidate_client_connections");
             open.increment(1.0);
-            let builder = Builder::new(TokioExecutor::new());
-            let connection = builder.serve_connection(TokioIo::new(io), service);
-            match watcher.watch(connection).await {
-                Some(Err(error)) => tracing::debug!(%peer, error, "connection ended with an error"),
-                Some(Ok(())) => {}
-                None => tracing::debug!(%peer, "connection closed at the drain deadline"),
+            match acceptor {
+                None => serve_connection(io, service, watcher, peer).await,
+                Some(acceptor) => match acceptor.accept(io).await {
+                    Ok(stream) => serve_connection(stream, service, watcher, peer).await,
+                    Err(error) => {
+                        metrics::counter!("revalidate_tls_handshake_failures_total").increment(1);
+                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                    }
+                },
             }
             open.decrement(1.0);
         });
@@ -250,6 +276,26 @@ where
         );
     }
     Ok(())
+}
+
+/// Serves one client connection (HTTP/1.1, or HTTP/2 by its preface) until it
+/// ends or the drain closes it.
+async fn serve_connection<I, S, B>(io: I, service: CalledInPlace<S>, watcher: Watcher, peer: SocketAddr)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: HttpBody + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let builder = Builder::new(TokioExecutor::new());
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    match watcher.watch(connection).await {
+        Some(Err(error)) => tracing::debug!(%peer, error, "connection ended with an error"),
+        Some(Ok(())) => {}
+        None => tracing::debug!(%peer, "connection closed at the drain deadline"),
+    }
 }
 
 /// A connection's tower service, as hyper calls it: in place when it is ready.
@@ -436,6 +482,7 @@ pub async fn run_per_core<M, S, B>(
     make_service: M,
     shutdown: impl Future<Output = ()>,
     limits: ClientLimits,
+    tls: Option<ListenerTls>,
 ) -> std::io::Result<()>
 where
     M: Fn(SocketAddr) -> S + Clone + Send + 'static,
@@ -453,6 +500,7 @@ where
     for (index, listener) in listeners.into_iter().enumerate() {
         let make_service = make_service.clone();
         let limits = limits.clone();
+        let tls = tls.clone();
         let (mut stopped, mut drained) = (stopped.clone(), drained.clone());
         let worker_exited = exited.clone();
         let spawned = std::thread::Builder::new()
@@ -471,7 +519,7 @@ where
                             let shutdown = async move {
                                 let _ = stopped.wait_for(|stop| *stop).await;
                             };
-                            run(listener, make_service, shutdown, limits).await
+                            run_with_tls(listener, make_service, shutdown, limits, tls).await
                         }
                         Err(error) => Err(error),
                     };
@@ -638,6 +686,7 @@ mod tests {
                 let _ = stopped.await;
             },
             ClientLimits::default(),
+            None,
         ));
         for _ in 0..8 {
             let reply = exchange(

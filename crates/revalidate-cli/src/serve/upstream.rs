@@ -14,10 +14,11 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use bytes::Bytes;
 use http::header::{HOST, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -27,7 +28,10 @@ use revalidate_cache::BoxError;
 use revalidate_cache::strip_hop_by_hop;
 use tower::Service;
 
+pub use super::balance::InvalidUpstream;
+use super::balance::{Pool, Server};
 use super::config::{ServeConfig, UpstreamSection};
+use super::tls::{TlsError, upstream_config};
 use super::timed_body::{BodyFault, Sender, TimedBody};
 
 /// A response body from the upstream (or a problem the proxy wrote).
@@ -74,40 +78,62 @@ pub struct UpstreamClient {
     peer: Option<SocketAddr>,
 }
 
+/// The connector: plain TCP for `http://` servers, rustls for `https://`.
+type Connector = HttpsConnector<HttpConnector>;
+
 #[derive(Debug)]
 struct UpstreamInner {
-    client: Client<HttpConnector, Body>,
-    /// Opens a new connection for every request: the one retry must not be sent
-    /// on another pooled connection the upstream may have closed too.
-    fresh: Client<HttpConnector, Body>,
-    scheme: Scheme,
-    authority: Authority,
-    base_path: String,
+    client: Client<Connector, Body>,
+    /// Opens a new connection for every request: a retry must not be sent on
+    /// another pooled connection the upstream may have closed too.
+    fresh: Client<Connector, Body>,
+    pool: Arc<Pool>,
     settings: UpstreamSection,
     client_body_timeout: Duration,
     forward_underscored_headers: bool,
 }
 
-/// Why an upstream URL was refused.
+/// Why the upstream client cannot be made.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid --upstream {0:?}: expected http://HOST[:PORT][/PATH]")]
-pub struct InvalidUpstream(pub String);
+pub enum UpstreamError {
+    /// A server's URL is not one.
+    #[error(transparent)]
+    Url(#[from] InvalidUpstream),
+    /// The authorities for `https://` servers cannot be read.
+    #[error("--upstream-ca: {0}")]
+    Tls(#[from] TlsError),
+    /// No server was named.
+    #[error("no upstream: give --upstream URL (or [upstream] servers)")]
+    None,
+}
 
 impl UpstreamClient {
-    /// An upstream at `url` (`http://host:port`, optionally with a base path), with
-    /// the timeouts of `config`.
-    pub fn new(url: &str, config: &ServeConfig) -> Result<Self, InvalidUpstream> {
-        let uri: Uri = url.parse().map_err(|_| InvalidUpstream(url.to_string()))?;
-        let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
-        else {
-            return Err(InvalidUpstream(url.to_string()));
-        };
-        if scheme != Scheme::HTTP {
-            return Err(InvalidUpstream(url.to_string()));
+    /// An upstream at `url` (`http://host:port` or `https://…`, optionally with a
+    /// base path), with the settings of `config`.
+    pub fn new(url: &str, config: &ServeConfig) -> Result<Self, UpstreamError> {
+        Self::balanced(&[url.to_string()], config)
+    }
+
+    /// Requests spread over the servers at `urls` (see [`Pool`]), with the
+    /// settings of `config`, active health checks included.
+    pub fn balanced(urls: &[String], config: &ServeConfig) -> Result<Self, UpstreamError> {
+        if urls.is_empty() {
+            return Err(UpstreamError::None);
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.upstream.connect_timeout));
+        let servers = urls
+            .iter()
+            .map(|url| Server::parse(url))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tls = upstream_config(config.upstream.ca_file.as_deref())?;
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.upstream.connect_timeout));
+        http.enforce_http(false);
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         // Idle connections are dropped before the common upstream keep-alive
         // timeouts (Node and uvicorn: 5 s) can close them under a request.
         let client = Client::builder(TokioExecutor::new())
@@ -116,13 +142,36 @@ impl UpstreamClient {
         let fresh = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
             .build(connector);
+        let pool = Arc::new(Pool::new(servers, &config.upstream));
+        if let Some(health) = config.upstream.health.clone() {
+            let probe_client = fresh.clone();
+            let probe_pool = Arc::downgrade(&pool);
+            pool.check_actively(health.interval, move |index| {
+                let client = probe_client.clone();
+                let pool = probe_pool.clone();
+                let health = health.clone();
+                async move {
+                    let Some(pool) = pool.upgrade() else {
+                        return false;
+                    };
+                    let server = &pool.servers()[index];
+                    let request = Request::get(server.target(&health.path))
+                        .header(HOST, server.host().clone())
+                        .body(Body::empty());
+                    let Ok(request) = request else { return false };
+                    drop(pool);
+                    matches!(
+                        tokio::time::timeout(health.timeout, client.request(request)).await,
+                        Ok(Ok(response)) if response.status().is_success() || response.status().is_redirection()
+                    )
+                }
+            });
+        }
         Ok(Self {
             inner: Arc::new(UpstreamInner {
                 client,
                 fresh,
-                scheme,
-                authority,
-                base_path: uri.path().trim_end_matches('/').to_string(),
+                pool,
                 settings: config.upstream.clone(),
                 client_body_timeout: config.client.body_timeout,
                 forward_underscored_headers: config.client.forward_underscored_headers,
@@ -141,15 +190,9 @@ impl UpstreamClient {
         }
     }
 
-    fn target(&self, uri: &Uri) -> Uri {
-        let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
-        let path = format!("{}{pq}", self.inner.base_path);
-        Uri::builder()
-            .scheme(self.inner.scheme.clone())
-            .authority(self.inner.authority.clone())
-            .path_and_query(path)
-            .build()
-            .unwrap_or_else(|_| Uri::from_static("/"))
+    /// The servers and their health.
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
     }
 }
 
@@ -227,10 +270,6 @@ impl Service<Request<Body>> for UpstreamClient {
                 parts.headers.insert(X_FORWARDED_FOR.clone(), value);
             }
         }
-        if let Ok(host) = HeaderValue::from_str(self.inner.authority.as_str()) {
-            parts.headers.insert(HOST, host);
-        }
-        parts.uri = self.target(&parts.uri);
         append_via(&mut parts.headers, parts.version, &self.inner.settings.via);
         // Every forwarded request has an id: the client's when usable, else a
         // new one, which the response carries back for the access log.
@@ -302,80 +341,146 @@ enum Outgoing {
     Streamed(Body),
 }
 
+/// Most tries of one request: one more server after a failure, two when there
+/// are three or more (so that one server down and one going down do not fail a
+/// request), and with a single server one more try on a new connection.
+fn tries(servers: usize) -> usize {
+    servers.clamp(2, 3)
+}
+
 impl UpstreamInner {
-    /// Sends the prepared request; an idempotent request that failed before a
-    /// response head arrived (typically on a pooled connection the upstream had
-    /// closed) gets one more try, on a new connection (RFC 9110 §9.2.2), as with
-    /// nginx's `proxy_next_upstream error`.
-    /// Non-idempotent requests are sent again only when they provably were not sent
-    /// (hyper-util's own retry of requests cancelled before being written).
+    /// Sends the prepared request (`parts.uri` is its path and query) to a
+    /// server of the pool. A request that failed before a response head arrived
+    /// (a refused connection, a pooled connection the upstream had closed) goes
+    /// to another server (or, with one server, again on a new connection), as
+    /// with nginx's `proxy_next_upstream error`: an idempotent one after any such
+    /// failure (RFC 9110 §9.2.2), another only when no connection was made, so it
+    /// was provably not sent. Bodies up to `retry_body_bytes` are held for this;
+    /// a longer one is streamed and sent once.
     async fn forward(&self, parts: http::request::Parts, body: Body) -> Response<UpstreamBody> {
-        let authority = &self.authority;
         let (body, fault) = TimedBody::new(body, self.client_body_timeout, Sender::Client);
-        let outgoing = if parts.method.is_idempotent() {
-            let limit =
-                usize::try_from(self.settings.retry_body_bytes.as_u64()).unwrap_or(usize::MAX);
-            match collect_up_to(body, limit).await {
-                Ok(bytes) => Outgoing::Held(bytes),
-                // Too long to hold: streamed on from where the reading stopped.
-                Err(Uncollected::TooLarge(read, rest)) => {
-                    Outgoing::Streamed(Body::new(revalidate::ResponseBody::prefixed(read, rest)))
-                }
-                Err(Uncollected::Failed(_)) => return client_fault(fault.get().copied()),
+        let limit = usize::try_from(self.settings.retry_body_bytes.as_u64()).unwrap_or(usize::MAX);
+        let mut outgoing = match collect_up_to(body, limit).await {
+            Ok(bytes) => Outgoing::Held(bytes),
+            // Too long to hold: streamed on from where the reading stopped.
+            Err(Uncollected::TooLarge(read, rest)) => {
+                Outgoing::Streamed(Body::new(revalidate::ResponseBody::prefixed(read, rest)))
             }
-        } else {
-            Outgoing::Streamed(Body::new(body))
+            Err(Uncollected::Failed(_)) => return client_fault(fault.get().copied()),
         };
-        let (first, again) = match outgoing {
-            Outgoing::Held(bytes) => (
-                Request::from_parts(parts.clone(), Body::from(bytes.clone())),
-                Some(Request::from_parts(parts, Body::from(bytes))),
-            ),
-            Outgoing::Streamed(body) => (Request::from_parts(parts, body), None),
-        };
-        let exchange = async {
-            match (self.client.request(first).await, again) {
-                (Err(error), Some(again)) if !error.is_connect() => {
-                    tracing::debug!(%error, "upstream connection lost; sending again");
-                    self.fresh.request(again).await
-                }
-                (result, _) => result,
-            }
-        };
+        let idempotent = parts.method.is_idempotent();
         let timeout = self.settings.timeout;
-        let asked = std::time::Instant::now();
-        match tokio::time::timeout(timeout, exchange).await {
-            Ok(Ok(response)) => {
-                let (mut parts, body) = response.into_parts();
+        let asked = tokio::time::Instant::now();
+        let deadline = asked + timeout;
+        let mut last_tried = None;
+        for attempt in 0..tries(self.pool.servers().len()) {
+            let Some(picked) = self.pool.pick(last_tried) else {
+                break;
+            };
+            let server = picked.server();
+            let mut request_parts = parts.clone();
+            request_parts.uri = server.target(
                 parts
-                    .extensions
-                    .insert(super::access_log::UpstreamTime(asked.elapsed()));
-                strip_hop_by_hop(&mut parts.headers);
-                append_via(&mut parts.headers, parts.version, &self.settings.via);
-                // The client gets this proxy's HTTP version, whatever the upstream
-                // spoke: an HTTP/1.0 upstream must not close a client's keep-alive.
-                parts.version = http::Version::HTTP_11;
-                let (body, _) = TimedBody::new(body, self.settings.body_timeout, Sender::Upstream);
-                Response::from_parts(parts, body.boxed())
-            }
-            // The client's body failed under the request: its fault, not the upstream's.
-            Ok(Err(_)) | Err(_) if fault.get().is_some() => client_fault(fault.get().copied()),
-            Ok(Err(error)) => {
-                tracing::warn!(%error, upstream = %authority, "upstream unreachable");
-                unavailable(
+                    .uri
+                    .path_and_query()
+                    .map_or("/", PathAndQuery::as_str),
+            );
+            request_parts.headers.insert(HOST, server.host().clone());
+            let (body, again) = match std::mem::replace(&mut outgoing, Outgoing::Held(Bytes::new())) {
+                Outgoing::Held(bytes) => (Body::from(bytes.clone()), Some(bytes)),
+                Outgoing::Streamed(body) => (body, None),
+            };
+            let client = if attempt == 0 { &self.client } else { &self.fresh };
+            let sent = client.request(Request::from_parts(request_parts, body));
+            let error = match tokio::time::timeout_at(deadline, sent).await {
+                Ok(Ok(response)) => {
+                    picked.succeeded();
+                    return self.relay(response, asked.elapsed());
+                }
+                // The client's body failed under the request: its fault, not the
+                // upstream's.
+                _ if fault.get().is_some() => return client_fault(fault.get().copied()),
+                Ok(Err(error)) => error,
+                Err(_) => {
+                    picked.failed();
+                    let authority = server.authority();
+                    tracing::warn!(upstream = %authority, ?timeout, "upstream timed out");
+                    return unavailable(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("the upstream {authority} did not answer within {timeout:?}"),
+                    );
+                }
+            };
+            picked.failed();
+            let authority = server.authority().clone();
+            if let Some(refused) = certificate_error(&error) {
+                tracing::warn!(upstream = %authority, error = %refused, "upstream TLS handshake failed");
+                return unavailable(
                     StatusCode::BAD_GATEWAY,
-                    format!("the upstream {authority} could not be reached"),
-                )
+                    format!("the upstream {authority}'s TLS certificate was refused: {refused}"),
+                );
             }
-            Err(_) => {
-                tracing::warn!(upstream = %authority, ?timeout, "upstream timed out");
-                unavailable(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!("the upstream {authority} did not answer within {timeout:?}"),
-                )
+            let may_retry = match &again {
+                Some(_) if idempotent => true,
+                Some(_) => error.is_connect(),
+                None => false,
+            };
+            if let (true, Some(bytes)) = (may_retry, again) {
+                tracing::debug!(%error, upstream = %authority, "upstream failed before answering; trying again");
+                outgoing = Outgoing::Held(bytes);
+                last_tried = Some(picked.index());
+                continue;
             }
+            tracing::warn!(%error, upstream = %authority, "upstream unreachable");
+            return unavailable(
+                StatusCode::BAD_GATEWAY,
+                format!("the upstream {authority} could not be reached"),
+            );
         }
+        tracing::warn!("no upstream server could be reached");
+        unavailable(
+            StatusCode::BAD_GATEWAY,
+            "no upstream server could be reached".to_string(),
+        )
     }
+
+    /// The upstream's response as the client gets it.
+    fn relay(
+        &self,
+        response: Response<hyper::body::Incoming>,
+        upstream_time: Duration,
+    ) -> Response<UpstreamBody> {
+        let (mut parts, body) = response.into_parts();
+        parts
+            .extensions
+            .insert(super::access_log::UpstreamTime(upstream_time));
+        strip_hop_by_hop(&mut parts.headers);
+        append_via(&mut parts.headers, parts.version, &self.settings.via);
+        // The client gets this proxy's HTTP version, whatever the upstream
+        // spoke: an HTTP/1.0 upstream must not close a client's keep-alive.
+        parts.version = http::Version::HTTP_11;
+        let (body, _) = TimedBody::new(body, self.settings.body_timeout, Sender::Upstream);
+        Response::from_parts(parts, body.boxed())
+    }
+}
+
+/// The TLS error under `error`, when the upstream's certificate (or the
+/// handshake) was refused: a problem of configuration, named as such rather
+/// than as an unreachable server.
+fn certificate_error(error: &(dyn std::error::Error + 'static)) -> Option<rustls::Error> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = cause {
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return Some(tls.clone());
+        }
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && let Some(tls) = io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls.clone());
+        }
+        cause = current.source();
+    }
+    None
 }
 
 /// The answer to a request whose body could not be read: 408 when the client
