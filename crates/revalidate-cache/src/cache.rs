@@ -113,6 +113,11 @@ impl<St: Store> Cache<St> {
         self.shared.stats.snapshot()
     }
 
+    /// Responses not stored, by reason (every reason, zeros included).
+    pub fn not_stored(&self) -> Vec<(crate::stats::NotStored, u64)> {
+        self.shared.stats.not_stored_by_reason()
+    }
+
     /// Sets the `metrics` facade's counters and store gauges to their current
     /// values. Counters are summed on demand rather than sent on every request
     /// (see [`Stats`]), so call this before an exporter renders, as

@@ -60,5 +60,5 @@ pub use routes::{
 };
 pub use service::{CacheService, CacheableBody, ResponseFuture, Upstream, UpstreamUnavailable};
 pub use shared::CacheConfig;
-pub use stats::{Outcome, Snapshot};
+pub use stats::{NotStored, Outcome, Snapshot};
 pub use store::{LookupNow, MemoryStore, Purge, Store, StoreUsage};

@@ -20,6 +20,82 @@ pub enum Outcome {
     Bypassed,
 }
 
+/// Why a response was not stored (RFC 9111 §3), as `Cache-Status` names it in
+/// `detail` and the counters count it (`revalidate_cache_not_stored_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStored {
+    /// The request said `no-store`.
+    RequestNoStore,
+    /// A status never stored (400, 413, 416, 431, 1xx).
+    Status,
+    /// `must-understand` on a status this cache does not know.
+    MustUnderstand,
+    /// The response said `no-store`.
+    NoStore,
+    /// `private`, and the route does not key on the user.
+    Private,
+    /// The request carried `Authorization` and the response is not explicitly
+    /// shared (§3.5).
+    Authorization,
+    /// The request carried `Cookie`, and the response is not public nor keyed on
+    /// the cookies.
+    Cookie,
+    /// The response sets a cookie and the route does not allow storing it.
+    SetCookie,
+    /// `Vary: *`: no request could ever match it.
+    VaryStar,
+    /// No explicit or heuristic freshness, and no route default.
+    NoFreshness,
+    /// The upstream client made the response up (the upstream was unreachable).
+    MadeUp,
+    /// A 206 to a request that asked for no range.
+    UnaskedPartial,
+    /// The body is larger than `max_object_bytes`.
+    TooLarge,
+    /// The route is `bypass`: never looked up nor stored.
+    RouteBypass,
+}
+
+impl NotStored {
+    /// Every reason, in the order of [`NotStored::token`]'s counters.
+    pub const ALL: [Self; 14] = [
+        Self::RequestNoStore,
+        Self::Status,
+        Self::MustUnderstand,
+        Self::NoStore,
+        Self::Private,
+        Self::Authorization,
+        Self::Cookie,
+        Self::SetCookie,
+        Self::VaryStar,
+        Self::NoFreshness,
+        Self::MadeUp,
+        Self::UnaskedPartial,
+        Self::TooLarge,
+        Self::RouteBypass,
+    ];
+
+    /// The token in `Cache-Status` (`detail=…`), `/stats` and the metrics' label.
+    pub const fn token(self) -> &'static str {
+        match self {
+            Self::RequestNoStore => "request-no-store",
+            Self::Status => "status",
+            Self::MustUnderstand => "must-understand",
+            Self::NoStore => "no-store",
+            Self::Private => "private",
+            Self::Authorization => "authorization",
+            Self::Cookie => "cookie",
+            Self::SetCookie => "set-cookie",
+            Self::VaryStar => "vary-star",
+            Self::NoFreshness => "no-freshness",
+            Self::MadeUp => "upstream-unavailable",
+            Self::UnaskedPartial => "unasked-partial",
+            Self::TooLarge => "too-large",
+            Self::RouteBypass => "route-bypass",
+        }
+    }
+}
+
 /// What is counted.
 #[derive(Debug, Clone, Copy)]
 enum Counter {
@@ -71,6 +147,9 @@ fn stripe_index() -> usize {
 #[derive(Debug)]
 pub struct Stats {
     stripes: Box<[Stripe; STRIPES]>,
+    /// By [`NotStored`], in [`NotStored::ALL`]'s order; on the miss path, where
+    /// one shared atomic costs nothing worth striping.
+    not_stored: [AtomicU64; NotStored::ALL.len()],
     /// Recorded per upstream fetch, where a lookup's cost does not matter.
     upstream_seconds: metrics::Histogram,
 }
@@ -79,6 +158,7 @@ impl Default for Stats {
     fn default() -> Self {
         Self {
             stripes: Box::new(std::array::from_fn(|_| Stripe::default())),
+            not_stored: std::array::from_fn(|_| AtomicU64::new(0)),
             upstream_seconds: metrics::histogram!("revalidate_upstream_duration_seconds"),
         }
     }
@@ -106,6 +186,18 @@ impl Stats {
             Outcome::Bypassed => Counter::Bypassed,
         };
         self.add(counter, 1);
+    }
+
+    pub(crate) fn not_stored(&self, why: NotStored) {
+        self.not_stored[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Responses not stored, by reason (every reason, zeros included).
+    pub fn not_stored_by_reason(&self) -> Vec<(NotStored, u64)> {
+        NotStored::ALL
+            .iter()
+            .map(|&why| (why, self.not_stored[why as usize].load(Ordering::Relaxed)))
+            .collect()
     }
 
     pub(crate) fn client_status(&self, status: u16) {
@@ -183,6 +275,10 @@ impl Stats {
         metrics::counter!("revalidate_cache_purges_total").absolute(totals.purges);
         metrics::counter!("revalidate_cache_purged_entries_total")
             .absolute(self.total(Counter::PurgedEntries));
+        for (why, total) in self.not_stored_by_reason() {
+            metrics::counter!("revalidate_cache_not_stored_total", "reason" => why.token())
+                .absolute(total);
+        }
     }
 }
 

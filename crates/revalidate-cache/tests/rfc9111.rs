@@ -1009,3 +1009,81 @@ async fn a_key_part_keys_requests_apart() {
     assert_eq!(get("v2").await, "v2", "another part misses");
     assert_eq!(h.origin.calls(), 2);
 }
+
+/// Every response that is not stored says why in `Cache-Status` (RFC 9211
+/// `detail`), and the reasons are counted.
+#[tokio::test]
+async fn why_a_response_is_not_stored_is_named_and_counted() {
+    let bypass = revalidate_cache::Route {
+        pattern: revalidate_cache::routes::Pattern::parse("/bypass/*").unwrap(),
+        policy: RoutePolicy {
+            bypass: true,
+            ..RoutePolicy::default()
+        },
+        on_write: Vec::new(),
+    };
+    let h = Harness::with_routes(
+        Origin::fixed(200, MAX_AGE_60, "x"),
+        Routes::new(vec![bypass], RoutePolicy::default()),
+    );
+    type Fields = &'static [(&'static str, &'static str)];
+    let cases: [(Fields, Fields, &str); 5] = [
+        (&[("cache-control", "no-store")], &[], "no-store"),
+        (&[("cache-control", "private, max-age=60")], &[], "private"),
+        (
+            &[("cache-control", "max-age=60"), ("set-cookie", "sid=1")],
+            &[],
+            "set-cookie",
+        ),
+        (
+            &[("cache-control", "max-age=60"), ("vary", "*")],
+            &[],
+            "vary-star",
+        ),
+        (
+            &[("cache-control", "max-age=60")],
+            &[("authorization", "Bearer 1")],
+            "authorization",
+        ),
+    ];
+    for (i, (response_headers, request_headers, reason)) in cases.into_iter().enumerate() {
+        let headers: Vec<(String, String)> = response_headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        h.origin.set(move |_, _| {
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            response(200, &headers, "x")
+        });
+        let reply = h.get(&format!("/{i}"), request_headers).await;
+        assert_eq!(
+            reply.cache_status(),
+            format!("revalidate; fwd=uri-miss; fwd-status=200; detail={reason}")
+        );
+    }
+    let bypassed = h.get("/bypass/a", &[]).await;
+    assert_eq!(
+        bypassed.cache_status(),
+        "revalidate; fwd=bypass; detail=route-bypass"
+    );
+    let counted: std::collections::HashMap<&str, u64> = h
+        .cache
+        .not_stored()
+        .into_iter()
+        .map(|(why, n)| (why.token(), n))
+        .collect();
+    for reason in [
+        "no-store",
+        "private",
+        "set-cookie",
+        "vary-star",
+        "authorization",
+        "route-bypass",
+    ] {
+        assert_eq!(counted[reason], 1, "{reason}: {counted:?}");
+    }
+    assert_eq!(counted["too-large"], 0);
+}

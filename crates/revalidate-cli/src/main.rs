@@ -58,7 +58,7 @@ enum Command {
         database: String,
     },
     /// Put the cache and conditional layers in front of an HTTP API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -150,13 +150,8 @@ struct UsageError(String);
 fn main() -> ExitCode {
     // clap prints its own one-line error and exits with code 2 on bad flags.
     let cli = Cli::parse();
-    let json = matches!(
-        &cli.command,
-        Command::Serve(ServeArgs {
-            log_format: serve::LogFormat::Json,
-            ..
-        })
-    );
+    let json =
+        matches!(&cli.command, Command::Serve(args) if args.log_format == serve::LogFormat::Json);
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -171,13 +166,10 @@ fn main() -> ExitCode {
     }
     // Under work-stealing, this runtime serves the clients: it gets the workers.
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Command::Serve(ServeArgs {
-        scheduler: Scheduler::WorkStealing,
-        workers: Some(workers),
-        ..
-    }) = &cli.command
+    if let Command::Serve(args) = &cli.command
+        && let (Scheduler::WorkStealing, Some(workers)) = (args.scheduler, args.workers)
     {
-        builder.worker_threads(usize::from(*workers));
+        builder.worker_threads(usize::from(workers));
     }
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
@@ -202,7 +194,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Demo { listen, database } => demo(listen, &database).await,
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "revalidate", &mut std::io::stdout());
@@ -311,9 +303,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(
-            serve::tls::ListenerTls::load(cert, key).map_err(|e| UsageError(e.to_string()))?,
-        ),
+        (Some(cert), Some(key)) => {
+            Some(serve::tls::ListenerTls::load(cert, key).map_err(|e| UsageError(e.to_string()))?)
+        }
         _ => None,
     };
     if args.check {

@@ -438,7 +438,12 @@ async fn a_crashed_upstream_server_costs_no_client_request() {
         assert_eq!(down.headers["content-type"], "application/problem+json");
     }
     let stale = request(addr, "GET", "/fresh", &[]).await;
-    assert_eq!(stale.status, 200, "stale-if-error: {}", cache_status(&stale));
+    assert_eq!(
+        stale.status,
+        200,
+        "stale-if-error: {}",
+        cache_status(&stale)
+    );
     assert_eq!(stale.body, "fresh");
     let readyz = request(admin, "GET", "/readyz", &[]).await;
     assert_eq!(readyz.status, 503, "{}", readyz.body);
@@ -461,9 +466,18 @@ timeout = "200ms"
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = origins[1].served();
     for i in 0..20 {
-        assert_eq!(request(addr, "GET", &format!("/items/{i}"), &[]).await.status, 200);
+        assert_eq!(
+            request(addr, "GET", &format!("/items/{i}"), &[])
+                .await
+                .status,
+            200
+        );
     }
-    assert_eq!(origins[1].served(), before, "no request for the unhealthy server");
+    assert_eq!(
+        origins[1].served(),
+        before,
+        "no request for the unhealthy server"
+    );
     assert_eq!(request(admin, "GET", "/readyz", &[]).await.status, 200);
 
     origins[1].healthy.store(true, Ordering::Relaxed);
@@ -472,4 +486,152 @@ timeout = "200ms"
         request(addr, "GET", &format!("/items/back-{i}"), &[]).await;
     }
     assert!(origins[1].served() > before, "back in the rotation");
+}
+
+/// A certificate authority and a certificate it signed for `localhost` and
+/// 127.0.0.1, as PEM files in `dir`: (ca, cert, key).
+fn certificates(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let write = |name: &str, pem: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    (
+        write("ca.pem", ca.pem()),
+        write("cert.pem", cert.pem()),
+        write("key.pem", key.serialize_pem()),
+    )
+}
+
+/// A GET over TLS trusting `ca`, and the protocol ALPN chose.
+async fn https_get(addr: SocketAddr, path: &str, ca: &Path) -> (Reply, String) {
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = revalidate_cli::serve::tls::upstream_config(Some(ca)).unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config.clone()));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut probe = connector.connect(name, tcp).await.unwrap();
+    let alpn = String::from_utf8(probe.get_ref().1.alpn_protocol().unwrap().to_vec()).unwrap();
+    probe.shutdown().await.ok();
+    let _ = probe.read(&mut [0; 1]).await;
+    config.alpn_protocols.clear();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only()
+        .enable_http1()
+        .build();
+    let client: hyper_util::client::legacy::Client<_, axum::body::Body> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https);
+    let uri = format!("https://localhost:{}{path}", addr.port());
+    let response = client
+        .request(
+            http::Request::get(uri)
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    let reply = Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: String::from_utf8(body.to_vec()).unwrap(),
+    };
+    (reply, alpn)
+}
+
+/// TLS both ways: clients reach the proxy over TLS (HTTP/2 offered by ALPN),
+/// the proxy reaches an `https://` upstream that a private authority signed,
+/// named by `--upstream-ca`. Without that authority the upstream's certificate
+/// is refused: a 502 problem that says so, never a plain-text fallback. A
+/// missing certificate file is one line and exit 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_clients_and_to_the_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(dir.path());
+    // The upstream, over TLS with the same certificate.
+    let seen = Seen::default();
+    let origin_tls = revalidate_cli::serve::tls::ListenerTls::load(&cert, &key).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    let router = counting_origin(seen.clone());
+    tokio::spawn(revalidate_cli::serve::server::run_with_tls(
+        listener,
+        move |_| router.clone(),
+        std::future::pending(),
+        ClientLimits::default(),
+        Some(origin_tls),
+    ));
+    let upstream = format!("https://localhost:{}", origin.port());
+    let start = |trust: bool, log: &str| {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_revalidate"));
+        command
+            .args(["serve", "--listen", &addr.to_string()])
+            .args(["--admin-listen", "127.0.0.1:0", "--access-log", "off"])
+            .args(["--upstream", &upstream])
+            .arg("--tls-cert")
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join(log)).unwrap())
+            .kill_on_drop(true);
+        if trust {
+            command.arg("--upstream-ca").arg(&ca);
+        }
+        (command.spawn().unwrap(), addr)
+    };
+    let wait = |addr: SocketAddr| async move {
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    };
+
+    let (_trusting, addr) = start(true, "trusting.log");
+    wait(addr).await;
+    let (first, alpn) = https_get(addr, "/items/7", &ca).await;
+    assert_eq!(alpn, "h2", "HTTP/2 is offered");
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.body, "item 7, call 1");
+    let (again, _) = https_get(addr, "/items/7", &ca).await;
+    assert!(hit(&again), "{}", cache_status(&again));
+    assert_eq!(seen.lock().unwrap()["/items/7"], 1);
+
+    let (_refusing, addr) = start(false, "refusing.log");
+    wait(addr).await;
+    let (refused, _) = https_get(addr, "/items/8", &ca).await;
+    assert_eq!(refused.status, 502, "{}", refused.body);
+    assert_eq!(refused.headers["content-type"], "application/problem+json");
+    assert!(refused.body.contains("certificate"), "{}", refused.body);
+    assert!(!seen.lock().unwrap().contains_key("/items/8"));
+    let log = std::fs::read_to_string(dir.path().join("refusing.log")).unwrap();
+    assert!(log.contains("upstream TLS handshake failed"), "{log}");
+
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_revalidate"))
+        .args(["serve", "--check", "--upstream", "http://127.0.0.1:1"])
+        .args(["--tls-cert", "/nonexistent/cert.pem", "--tls-key"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    let stderr = String::from_utf8(missing.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("/nonexistent/cert.pem"), "{stderr}");
 }

@@ -395,7 +395,18 @@ fn bad_flags_and_bad_config_exit_2_with_one_line() {
         ),
         (
             vec!["serve".into(), "--upstream".into(), "ftp://x".into()],
-            "invalid --upstream",
+            "invalid upstream \"ftp://x\"",
+        ),
+        (vec!["serve".into()], "no upstream: give --upstream URL"),
+        (
+            vec![
+                "serve".into(),
+                "--upstream".into(),
+                "http://127.0.0.1:1".into(),
+                "--tls-cert".into(),
+                "cert.pem".into(),
+            ],
+            "--tls-key",
         ),
         (
             vec![

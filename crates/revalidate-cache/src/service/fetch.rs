@@ -27,8 +27,9 @@ use revalidate::{BoxError, ResponseBody as CacheBody};
 use super::answer::{delta, gateway_timeout, secs};
 use super::head::{Lookup, RequestHead};
 use super::range::{ByteRange, holds_requested_range};
-use super::storable::{NotStorable, worth_storing};
+use super::storable::worth_storing;
 use super::upstream::{CacheableBody, Upstream, UpstreamUnavailable};
+use crate::stats::NotStored;
 
 /// What a fetch produced.
 pub(super) enum Fetched<B, E> {
@@ -475,14 +476,16 @@ impl<St: Store> Shared<St> {
         let status = CacheStatus::forward(reason).fwd_status(code.as_u16());
         let directives = Directives::of_response(&parts.headers);
         let verdict = if disconnected {
-            Err(NotStorable::MadeUp)
+            Err(NotStored::MadeUp)
         } else if code == StatusCode::PARTIAL_CONTENT && range.is_none() {
-            Err(NotStorable::UnaskedPartial)
+            Err(NotStored::UnaskedPartial)
         } else {
             self.storable(policy, head, request_cc, code, &parts.headers, &directives)
         };
         if let Err(why) = verdict {
-            tracing::debug!(uri = %head.uri, why = why.as_str(), "not storable");
+            tracing::debug!(uri = %head.uri, why = why.token(), "not storable");
+            self.stats.not_stored(why);
+            let status = status.detail(why.token());
             let mut response = Response::from_parts(parts, CacheBody::prefixed(Bytes::new(), body));
             strip_hop_by_hop(response.headers_mut());
             strip_tags(response.headers_mut());
@@ -502,6 +505,8 @@ impl<St: Store> Shared<St> {
             }
         };
         if let Some(rest) = rest {
+            self.stats.not_stored(NotStored::TooLarge);
+            let status = status.detail(NotStored::TooLarge.token());
             let mut response = Response::from_parts(parts, CacheBody::prefixed(bytes, rest));
             strip_hop_by_hop(response.headers_mut());
             strip_tags(response.headers_mut());

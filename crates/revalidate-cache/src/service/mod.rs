@@ -48,7 +48,7 @@ use tower_service::Service;
 
 use crate::routes::{Params, RouteId};
 use crate::shared::Shared;
-use crate::stats::Outcome;
+use crate::stats::{NotStored, Outcome};
 use crate::status::{CacheStatus, ForwardReason};
 use crate::store::{LookupNow, Store};
 use revalidate::ResponseBody as CacheBody;
@@ -193,9 +193,10 @@ impl<St: Store> Shared<St> {
         }
         let policy = self.routes.policy(self.routes.get(route));
         if policy.bypass {
+            self.stats.not_stored(NotStored::RouteBypass);
             return Prepared::Bypass {
                 request: Request::from_parts(parts, body),
-                detail: None,
+                detail: Some(NotStored::RouteBypass.token()),
             };
         }
         let head = RequestHead::of(parts);

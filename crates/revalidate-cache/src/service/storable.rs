@@ -1,5 +1,6 @@
 //! Whether a response may be stored (RFC 9111 §3), and the entry it is stored as.
 
+use crate::stats::NotStored;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -18,58 +19,6 @@ use crate::store::Store;
 
 use super::answer::delta;
 use super::head::{Lookup, RequestHead};
-
-/// Why a response is not stored (RFC 9111 §3); logged at debug level with the
-/// request's target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum NotStorable {
-    /// The request said `no-store`.
-    RequestNoStore,
-    /// A status never stored (see [`never_stored`]).
-    Status,
-    /// `must-understand` on a status this cache does not know.
-    MustUnderstand,
-    /// The response said `no-store`.
-    NoStore,
-    /// `private`, and the route does not key on the user.
-    Private,
-    /// The request carried `Authorization` and the response is not explicitly
-    /// shared (§3.5).
-    Authorization,
-    /// The request carried `Cookie`, and the response is not public nor keyed on
-    /// the cookies.
-    Cookie,
-    /// The response sets a cookie and the route does not allow storing it.
-    SetCookie,
-    /// `Vary: *`: no request could ever match it.
-    VaryStar,
-    /// No explicit or heuristic freshness, and no route default.
-    NoFreshness,
-    /// The upstream client made the response up (the upstream was unreachable).
-    MadeUp,
-    /// A 206 to a request that asked for no range.
-    UnaskedPartial,
-}
-
-impl NotStorable {
-    /// A short phrase for logs.
-    pub(super) const fn as_str(self) -> &'static str {
-        match self {
-            Self::RequestNoStore => "request no-store",
-            Self::Status => "status",
-            Self::MustUnderstand => "must-understand",
-            Self::NoStore => "no-store",
-            Self::Private => "private",
-            Self::Authorization => "authorization",
-            Self::Cookie => "cookie",
-            Self::SetCookie => "set-cookie",
-            Self::VaryStar => "vary *",
-            Self::NoFreshness => "no freshness information",
-            Self::MadeUp => "made up by the upstream client",
-            Self::UnaskedPartial => "a 206 to a request without Range",
-        }
-    }
-}
 
 /// Statuses never stored, whatever the response says: the answers to a malformed or
 /// overlong request (400, 413, 431), which stored for everyone would be a
@@ -106,21 +55,21 @@ impl<St: Store> Shared<St> {
         status: StatusCode,
         headers: &HeaderMap,
         directives: &Directives,
-    ) -> Result<(), NotStorable> {
+    ) -> Result<(), NotStored> {
         let cc = &directives.cc;
         if request_cc.no_store {
-            return Err(NotStorable::RequestNoStore);
+            return Err(NotStored::RequestNoStore);
         }
         if never_stored(status) {
-            return Err(NotStorable::Status);
+            return Err(NotStored::Status);
         }
         // must-understand: only a cache that knows the status may store, and it may
         // then ignore no-store (§5.2.2.3).
         if cc.must_understand && !understood(status) {
-            return Err(NotStorable::MustUnderstand);
+            return Err(NotStored::MustUnderstand);
         }
         if cc.no_store && !cc.must_understand {
-            return Err(NotStorable::NoStore);
+            return Err(NotStored::NoStore);
         }
         // Keyed per user only when the request carries the credential the route
         // scopes on; without it the key is shared, so no exemption applies.
@@ -130,14 +79,14 @@ impl<St: Store> Shared<St> {
             .filter(|name| head.headers.contains_key(*name));
         let scoped = scope.is_some();
         if cc.private && cc.private_fields.is_empty() && !scoped {
-            return Err(NotStorable::Private);
+            return Err(NotStored::Private);
         }
         let explicitly_shared = cc.public || cc.s_maxage.is_some() || cc.must_revalidate;
         if head.headers.contains_key(AUTHORIZATION)
             && scope != Some(&AUTHORIZATION)
             && !explicitly_shared
         {
-            return Err(NotStorable::Authorization);
+            return Err(NotStored::Authorization);
         }
         // Varnish's default: a request with cookies is personal unless the origin says
         // otherwise or the route keys on the cookies.
@@ -146,13 +95,13 @@ impl<St: Store> Shared<St> {
             && policy.key_cookies.is_empty()
             && !(cc.public || cc.s_maxage.is_some())
         {
-            return Err(NotStorable::Cookie);
+            return Err(NotStored::Cookie);
         }
         if headers.contains_key(SET_COOKIE) && !policy.allow_set_cookie {
-            return Err(NotStorable::SetCookie);
+            return Err(NotStored::SetCookie);
         }
         if vary_names(headers).is_none() {
-            return Err(NotStorable::VaryStar);
+            return Err(NotStored::VaryStar);
         }
         let has_freshness = freshness::has_explicit_lifetime(directives, headers)
             || cc.public
@@ -160,7 +109,7 @@ impl<St: Store> Shared<St> {
             || (policy.default_ttl.is_some() && !status.is_server_error())
             || freshness::heuristically_cacheable(status);
         if !has_freshness {
-            return Err(NotStorable::NoFreshness);
+            return Err(NotStored::NoFreshness);
         }
         Ok(())
     }

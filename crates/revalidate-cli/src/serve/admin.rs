@@ -236,6 +236,11 @@ async fn stats(State(state): State<AdminState>) -> Response {
         "hit_ratio": hit_ratio,
         "bytes_saved": counters.bytes_without_cache.saturating_sub(counters.bytes_sent),
         "store": { "entries": usage.entries, "bytes": usage.bytes, "evictions": usage.evictions },
+        "not_stored": cache
+            .not_stored()
+            .into_iter()
+            .map(|(why, count)| (why.token(), count))
+            .collect::<std::collections::BTreeMap<_, _>>(),
         "config_generation": state.live.as_ref().map_or(0, Live::generation),
         "upstreams": state.live.as_ref().map(|live| {
             let upstream = live.upstream();

@@ -448,11 +448,17 @@ pub fn parse(text: &str, file: &str) -> Result<ServeConfig, ConfigError> {
         ("[upstream] fail_timeout", raw.upstream.fail_timeout),
         (
             "[upstream.health] interval",
-            raw.upstream.health.as_ref().map_or(Duration::MAX, |h| h.interval),
+            raw.upstream
+                .health
+                .as_ref()
+                .map_or(Duration::MAX, |h| h.interval),
         ),
         (
             "[upstream.health] timeout",
-            raw.upstream.health.as_ref().map_or(Duration::MAX, |h| h.timeout),
+            raw.upstream
+                .health
+                .as_ref()
+                .map_or(Duration::MAX, |h| h.timeout),
         ),
     ] {
         if value.is_zero() {
@@ -460,14 +466,20 @@ pub fn parse(text: &str, file: &str) -> Result<ServeConfig, ConfigError> {
         }
     }
     if raw.upstream.max_fails == 0 {
-        return Err(error_at(0, "[upstream] max_fails must be at least 1".into()));
+        return Err(error_at(
+            0,
+            "[upstream] max_fails must be at least 1".into(),
+        ));
     }
     if let Some(health) = &raw.upstream.health
         && !health.path.starts_with('/')
     {
         return Err(error_at(
             0,
-            format!("[upstream.health] path {:?} must start with '/'", health.path),
+            format!(
+                "[upstream.health] path {:?} must start with '/'",
+                health.path
+            ),
         ));
     }
     for server in &raw.upstream.servers {

@@ -68,7 +68,9 @@ struct LiveInner {
 #[derive(Clone)]
 struct Current {
     proxy: Proxy,
-    config: ServeConfig,
+    /// Kept to tell which changes need a restart; shared, as each connection's
+    /// first request copies the current state.
+    config: Arc<ServeConfig>,
 }
 
 impl std::fmt::Debug for Live {
@@ -107,7 +109,10 @@ impl Live {
         Self {
             inner: Arc::new(LiveInner {
                 generation: AtomicU64::new(0),
-                current: RwLock::new(Current { proxy, config }),
+                current: RwLock::new(Current {
+                    proxy,
+                    config: Arc::new(config),
+                }),
                 limits,
                 load: Box::new(load),
                 reloading: tokio::sync::Mutex::new(()),
@@ -165,7 +170,10 @@ impl Live {
             .inner
             .current
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = Current { proxy, config };
+            .unwrap_or_else(PoisonError::into_inner) = Current {
+            proxy,
+            config: Arc::new(config),
+        };
         let generation = self.inner.generation.fetch_add(1, Ordering::AcqRel) + 1;
         metrics::counter!("revalidate_config_reloads_total").increment(1);
         Ok(Reloaded {

@@ -280,8 +280,12 @@ where
 
 /// Serves one client connection (HTTP/1.1, or HTTP/2 by its preface) until it
 /// ends or the drain closes it.
-async fn serve_connection<I, S, B>(io: I, service: CalledInPlace<S>, watcher: Watcher, peer: SocketAddr)
-where
+async fn serve_connection<I, S, B>(
+    io: I,
+    service: CalledInPlace<S>,
+    watcher: Watcher,
+    peer: SocketAddr,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,

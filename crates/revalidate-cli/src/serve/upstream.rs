@@ -31,8 +31,8 @@ use tower::Service;
 pub use super::balance::InvalidUpstream;
 use super::balance::{Pool, Server};
 use super::config::{ServeConfig, UpstreamSection};
-use super::tls::{TlsError, upstream_config};
 use super::timed_body::{BodyFault, Sender, TimedBody};
+use super::tls::{TlsError, upstream_config};
 
 /// A response body from the upstream (or a problem the proxy wrote).
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
@@ -379,18 +379,19 @@ impl UpstreamInner {
             };
             let server = picked.server();
             let mut request_parts = parts.clone();
-            request_parts.uri = server.target(
-                parts
-                    .uri
-                    .path_and_query()
-                    .map_or("/", PathAndQuery::as_str),
-            );
+            request_parts.uri =
+                server.target(parts.uri.path_and_query().map_or("/", PathAndQuery::as_str));
             request_parts.headers.insert(HOST, server.host().clone());
-            let (body, again) = match std::mem::replace(&mut outgoing, Outgoing::Held(Bytes::new())) {
+            let (body, again) = match std::mem::replace(&mut outgoing, Outgoing::Held(Bytes::new()))
+            {
                 Outgoing::Held(bytes) => (Body::from(bytes.clone()), Some(bytes)),
                 Outgoing::Streamed(body) => (body, None),
             };
-            let client = if attempt == 0 { &self.client } else { &self.fresh };
+            let client = if attempt == 0 {
+                &self.client
+            } else {
+                &self.fresh
+            };
             let sent = client.request(Request::from_parts(request_parts, body));
             let error = match tokio::time::timeout_at(deadline, sent).await {
                 Ok(Ok(response)) => {
@@ -473,10 +474,13 @@ fn certificate_error(error: &(dyn std::error::Error + 'static)) -> Option<rustls
         if let Some(tls) = current.downcast_ref::<rustls::Error>() {
             return Some(tls.clone());
         }
-        if let Some(io) = current.downcast_ref::<std::io::Error>()
-            && let Some(tls) = io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>())
+        // An I/O error's `source` skips the error it wraps: step into it instead.
+        if let Some(inner) = current
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
         {
-            return Some(tls.clone());
+            cause = Some(inner);
+            continue;
         }
         cause = current.source();
     }
