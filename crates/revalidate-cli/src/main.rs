@@ -61,8 +61,11 @@ enum Command {
     },
     /// Put the cache and conditional layers in front of an HTTP API.
     Serve(ServeArgs),
-    /// Measure what conditional requests and a cache save on an HTTP API, and
-    /// diagnose its ETag, Vary and Cache-Control mistakes.
+    /// Measure what 304s and a cache save on an HTTP API, and diagnose its headers.
+    ///
+    /// Sends full, conditional and (with --via) cached GETs to each URL; prints bytes,
+    /// latency and req/s per mode, and warnings about ETag, Vary and Cache-Control
+    /// mistakes (docs/bench.md).
     Bench(BenchArgs),
     /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
     Completions {

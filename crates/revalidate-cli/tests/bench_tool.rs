@@ -145,20 +145,32 @@ fn bad_origin() -> Router {
             let matches = |tag: &str| inm.as_deref() == Some(tag);
             let body = format!("tenant {tenant}");
             let not_modified = |etag: &str, cc: &str| -> Response {
-                (StatusCode::NOT_MODIFIED, [("etag", etag), ("cache-control", cc)]).into_response()
+                (
+                    StatusCode::NOT_MODIFIED,
+                    [("etag", etag), ("cache-control", cc)],
+                )
+                    .into_response()
             };
             match uri.path() {
                 // A timestamp-like tag, no Cache-Control, no Vary, If-None-Match ignored.
                 "/bad" => ([("etag", format!("\"t{n}\""))], body).into_response(),
                 "/ignores" => (
-                    [("etag", "\"same\""), ("cache-control", "no-cache"), ("vary", "x-tenant")],
+                    [
+                        ("etag", "\"same\""),
+                        ("cache-control", "no-cache"),
+                        ("vary", "x-tenant"),
+                    ],
                     body,
                 )
                     .into_response(),
                 // Matches only the tag without W/, as behind a proxy that weakens tags.
                 "/weak" if matches("\"w\"") => not_modified("W/\"w\"", "no-cache"),
                 "/weak" => (
-                    [("etag", "W/\"w\""), ("cache-control", "no-cache"), ("vary", "x-tenant")],
+                    [
+                        ("etag", "W/\"w\""),
+                        ("cache-control", "no-cache"),
+                        ("vary", "x-tenant"),
+                    ],
                     body,
                 )
                     .into_response(),
@@ -170,21 +182,34 @@ fn bad_origin() -> Router {
                     .into_response(),
                 "/no-store" if matches("\"n\"") => not_modified("\"n\"", "no-store"),
                 "/no-store" => (
-                    [("etag", "\"n\""), ("cache-control", "no-store"), ("vary", "x-tenant")],
+                    [
+                        ("etag", "\"n\""),
+                        ("cache-control", "no-store"),
+                        ("vary", "x-tenant"),
+                    ],
                     body,
                 )
                     .into_response(),
-                "/none" => ([("cache-control", "no-cache"), ("vary", "x-tenant")], body)
-                    .into_response(),
+                "/none" => {
+                    ([("cache-control", "no-cache"), ("vary", "x-tenant")], body).into_response()
+                }
                 "/good" if matches("\"g\"") => not_modified("\"g\"", "max-age=60"),
                 "/good" => (
-                    [("etag", "\"g\""), ("cache-control", "max-age=60"), ("vary", "Accept, X-Tenant")],
+                    [
+                        ("etag", "\"g\""),
+                        ("cache-control", "max-age=60"),
+                        ("vary", "Accept, X-Tenant"),
+                    ],
                     body,
                 )
                     .into_response(),
                 "/slow" => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
-                    ([("etag", "\"slow\""), ("cache-control", "no-cache")], "slow").into_response()
+                    (
+                        [("etag", "\"slow\""), ("cache-control", "no-cache")],
+                        "slow",
+                    )
+                        .into_response()
                 }
                 _ => StatusCode::NOT_FOUND.into_response(),
             }
@@ -212,7 +237,14 @@ async fn each_mistake_of_a_bad_origin_gets_its_warning_and_no_other() {
     let found: BTreeSet<(String, WarningKind)> = report
         .warnings
         .iter()
-        .map(|w| (w.url.trim_start_matches(&format!("http://{addr}")).to_owned(), w.kind))
+        .map(|w| {
+            (
+                w.url
+                    .trim_start_matches(&format!("http://{addr}"))
+                    .to_owned(),
+                w.kind,
+            )
+        })
         .collect();
     let expected: BTreeSet<(String, WarningKind)> = [
         ("/bad", WarningKind::UnstableEtag),
@@ -236,10 +268,17 @@ async fn each_mistake_of_a_bad_origin_gets_its_warning_and_no_other() {
     // The conditional mode shows the cost of each mistake, and is skipped without a validator.
     let by_path = |path: &str| &report.urls[paths.iter().position(|p| *p == path).unwrap()];
     let ignores = &by_path("/ignores").modes[1];
-    assert_eq!((ignores.mode, ignores.status.get(&200)), (Mode::Conditional, Some(&5)));
+    assert_eq!(
+        (ignores.mode, ignores.status.get(&200)),
+        (Mode::Conditional, Some(&5))
+    );
     assert_eq!(by_path("/good").modes[1].status.get(&304), Some(&5));
     assert_eq!(
-        by_path("/none").modes.iter().map(|m| m.mode).collect::<Vec<_>>(),
+        by_path("/none")
+            .modes
+            .iter()
+            .map(|m| m.mode)
+            .collect::<Vec<_>>(),
         [Mode::Full]
     );
     assert!(by_path("/none").savings.is_none());
@@ -253,7 +292,15 @@ async fn a_stop_keeps_what_was_measured() {
     let url = format!("http://{addr}/slow");
     let stop = tokio::time::sleep(Duration::from_millis(400));
     let (report, table) = bench_until(
-        &["--requests", "10000", "--concurrency", "2", "--json", json.to_str().unwrap(), &url],
+        &[
+            "--requests",
+            "10000",
+            "--concurrency",
+            "2",
+            "--json",
+            json.to_str().unwrap(),
+            &url,
+        ],
         stop,
     )
     .await;
@@ -285,7 +332,12 @@ async fn via_measures_the_same_path_through_revalidate_serve() {
 
     assert_eq!(
         modes(&report, 0),
-        [Mode::Full, Mode::Conditional, Mode::ViaHit, Mode::ViaConditional],
+        [
+            Mode::Full,
+            Mode::Conditional,
+            Mode::ViaHit,
+            Mode::ViaConditional
+        ],
         "{table}"
     );
     let via_hit = &report.urls[0].modes[2];
@@ -305,7 +357,10 @@ fn revalidate(arguments: &[&str]) -> (Option<i32>, String) {
         .args(arguments)
         .output()
         .unwrap();
-    (output.status.code(), String::from_utf8(output.stderr).unwrap())
+    (
+        output.status.code(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
 }
 
 #[test]

@@ -122,7 +122,11 @@ impl BenchClient {
     }
 
     /// A GET of `uri` with exactly `headers` (and `Host`), read whole.
-    pub(crate) async fn get(&self, uri: &Uri, headers: &HeaderMap) -> Result<Exchange, ExchangeError> {
+    pub(crate) async fn get(
+        &self,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Result<Exchange, ExchangeError> {
         let mut request = Request::get(uri.clone())
             .body(Empty::new())
             .expect("a GET of a parsed URI");
@@ -188,9 +192,6 @@ mod tests {
         headers.insert("etag", "\"v1\"".parse().unwrap());
         headers.insert("content-length", "2".parse().unwrap());
         let sent = "HTTP/1.1 200 OK\r\netag: \"v1\"\r\ncontent-length: 2\r\n\r\n";
-        assert_eq!(
-            head_bytes(Version::HTTP_11, 2, &headers),
-            sent.len() as u64
-        );
+        assert_eq!(head_bytes(Version::HTTP_11, 2, &headers), sent.len() as u64);
     }
 }

@@ -251,7 +251,10 @@ async fn check_validator(
     headers: &HeaderMap,
     validator: &Validator,
 ) -> Option<(WarningKind, String)> {
-    let answer = client.get(uri, &validator.conditional(headers)).await.ok()?;
+    let answer = client
+        .get(uri, &validator.conditional(headers))
+        .await
+        .ok()?;
     if answer.status == StatusCode::NOT_MODIFIED {
         return None;
     }

@@ -156,19 +156,26 @@ fn figures(mode: Mode, uri: &Uri, samples: &[Sample], errors: u64, wall: Duratio
         requests: answered,
         errors,
         status,
-        body_bytes_per_request: mean(samples.iter().map(|s| s.body).sum()),
-        wire_bytes_per_request: mean(samples.iter().map(|s| s.wire).sum()),
+        body_bytes_per_request: round(mean(samples.iter().map(|s| s.body).sum()), 1),
+        wire_bytes_per_request: round(mean(samples.iter().map(|s| s.wire).sum()), 1),
         latency_ms: Latency {
-            p50: percentile_ms(&latencies, 50.0),
-            p95: percentile_ms(&latencies, 95.0),
-            p99: percentile_ms(&latencies, 99.0),
+            p50: round(percentile_ms(&latencies, 50.0), 3),
+            p95: round(percentile_ms(&latencies, 95.0), 3),
+            p99: round(percentile_ms(&latencies, 99.0), 3),
         },
         requests_per_second: if wall.is_zero() {
             0.0
         } else {
-            answered as f64 / wall.as_secs_f64()
+            round(answered as f64 / wall.as_secs_f64(), 1)
         },
     }
+}
+
+/// `value` with `places` decimals: the JSON then shows what was measured (bytes to
+/// a tenth, latencies to the microsecond), not the float's noise.
+pub(crate) fn round(value: f64, places: i32) -> f64 {
+    let scale = 10f64.powi(places);
+    (value * scale).round() / scale
 }
 
 /// The nearest-rank percentile of sorted latencies: a latency that was measured,
@@ -204,8 +211,11 @@ pub(crate) fn best_savings(modes: &[ModeFigures]) -> Option<(Mode, f64, f64)> {
     };
     Some((
         best.mode,
-        saved(full.wire_bytes_per_request, best.wire_bytes_per_request),
-        saved(full.latency_ms.p50, best.latency_ms.p50),
+        round(
+            saved(full.wire_bytes_per_request, best.wire_bytes_per_request),
+            1,
+        ),
+        round(saved(full.latency_ms.p50, best.latency_ms.p50), 1),
     ))
 }
 

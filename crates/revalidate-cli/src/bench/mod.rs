@@ -48,8 +48,11 @@ pub use diagnose::{Validator, Warning, WarningKind};
 pub use measure::{Latency, Mode, ModeFigures};
 pub use report::{Report, Savings, UrlReport};
 
-/// Measure what conditional requests and a cache save on an HTTP API, and
-/// diagnose its ETag, Vary and Cache-Control mistakes.
+/// Measure what 304s and a cache save on an HTTP API, and diagnose its headers.
+///
+/// Sends full, conditional and (with --via) cached GETs to each URL; prints bytes,
+/// latency and req/s per mode, and warnings about ETag, Vary and Cache-Control
+/// mistakes (docs/bench.md).
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "bench")]
 pub struct BenchArgs {
@@ -215,7 +218,11 @@ pub async fn run_until(
     let plan = Plan::new(args)?;
     // Created before the load: a path that cannot be written fails in a second,
     // not after minutes of measuring.
-    let json = args.json.as_ref().map(|p| create(p, "--json")).transpose()?;
+    let json = args
+        .json
+        .as_ref()
+        .map(|p| create(p, "--json"))
+        .transpose()?;
     let html = args
         .report
         .as_ref()
@@ -283,7 +290,8 @@ async fn measure_all(
     for ((url, uri), diagnosis) in plan.targets.iter().zip(diagnoses) {
         report.warnings.extend(diagnosis.warnings);
         let mut modes = Vec::new();
-        let mut planned: Vec<(Mode, Uri, HeaderMap)> = vec![(Mode::Full, uri.clone(), plan.headers.clone())];
+        let mut planned: Vec<(Mode, Uri, HeaderMap)> =
+            vec![(Mode::Full, uri.clone(), plan.headers.clone())];
         match &diagnosis.validator {
             Some(validator) => planned.push((
                 Mode::Conditional,
@@ -301,7 +309,11 @@ async fn measure_all(
             planned.push((Mode::ViaHit, via.clone(), plan.headers.clone()));
             match (diagnose::Validator::of(&fill), &diagnosis.validator) {
                 (Some(validator), _) => {
-                    planned.push((Mode::ViaConditional, via, validator.conditional(&plan.headers)));
+                    planned.push((
+                        Mode::ViaConditional,
+                        via,
+                        validator.conditional(&plan.headers),
+                    ));
                 }
                 (None, Some(_)) => {
                     report.warnings.push(Warning {
@@ -398,7 +410,10 @@ mod tests {
         assert!(parse_url("http://127.0.0.1:8080/users/1", "URL").is_ok());
         assert!(parse_url("https://example.com", "URL").is_ok());
         let ftp = parse_url("ftp://x", "URL").unwrap_err();
-        assert_eq!(ftp.to_string(), "URL ftp://x: scheme ftp is not http or https");
+        assert_eq!(
+            ftp.to_string(),
+            "URL ftp://x: scheme ftp is not http or https"
+        );
         assert!(parse_url("example.com/x", "URL").is_err());
         assert!(parse_url("/users/1", "URL").is_err());
     }

@@ -74,14 +74,21 @@ impl Report {
             let _ = writeln!(out, "{}", url.url);
             let _ = writeln!(
                 out,
-                "  {:<16}{:>8} {:<14}{:>10}{:>10}{:>8}{:>8}{:>8}{:>9}",
-                "mode", "requests", "statuses", "body B/req", "wire B/req", "p50 ms", "p95 ms",
-                "p99 ms", "req/s"
+                "  {:<16}{:>8} {:<14}{:>11}{:>11}{:>8}{:>8}{:>8}{:>9}",
+                "mode",
+                "requests",
+                "statuses",
+                "body B/req",
+                "wire B/req",
+                "p50 ms",
+                "p95 ms",
+                "p99 ms",
+                "req/s"
             );
             for m in &url.modes {
                 let _ = writeln!(
                     out,
-                    "  {:<16}{:>8} {:<14}{:>10.1}{:>10.1}{:>8.2}{:>8.2}{:>8.2}{:>9.0}",
+                    "  {:<16}{:>8} {:<14}{:>11.1}{:>11.1}{:>8.2}{:>8.2}{:>8.2}{:>9.0}",
                     m.mode.as_str(),
                     m.requests,
                     statuses(m),
