@@ -1,10 +1,12 @@
-//! `revalidate`: the sample users API (`demo`) and the caching proxy (`serve`).
+//! `revalidate`: the sample users API (`demo`), the caching proxy (`serve`) and the
+//! savings measurement (`bench`).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use revalidate_cli::bench::{self, BenchArgs};
 use revalidate_cli::demo::{UserStore, router};
 use revalidate_cli::serve::{self, ConfigError, UpstreamClient};
 use tokio::net::TcpListener;
@@ -59,6 +61,12 @@ enum Command {
     },
     /// Put the cache and conditional layers in front of an HTTP API.
     Serve(Box<ServeArgs>),
+    /// Measure what 304s and a cache save on an HTTP API, and diagnose its headers.
+    ///
+    /// Sends full, conditional and (with --via) cached GETs to each URL; prints bytes,
+    /// latency and req/s per mode, and warnings about ETag, Vary and Cache-Control
+    /// mistakes (docs/bench.md).
+    Bench(BenchArgs),
     /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -195,6 +203,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Demo { listen, database } => demo(listen, &database).await,
         Command::Serve(args) => serve(*args).await,
+        Command::Bench(args) => match bench::run(&args).await {
+            Ok(_) => Ok(()),
+            // An unreachable URL is the network's fault, not the invocation's: exit 1.
+            Err(error) if error.is_usage() => Err(UsageError(error.to_string()).into()),
+            Err(error) => Err(anyhow::Error::msg(error.to_string())),
+        },
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "revalidate", &mut std::io::stdout());

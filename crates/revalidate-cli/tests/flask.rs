@@ -856,3 +856,50 @@ async fn flask_bumps_a_counter_and_the_proxy_answers_304s_from_it() {
     assert_eq!(current.status, StatusCode::NOT_MODIFIED);
     assert_eq!(s.flask.gets(&s.http, "/users/2/summary").await, [200, 200]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_via_the_proxy_measures_hits_that_never_reach_flask() {
+    use clap::Parser;
+    use revalidate_cli::bench::{BenchArgs, Mode, run_until};
+
+    let s = Setup::start().await;
+    let url = format!("{}/users/1", s.flask.url);
+    let args = BenchArgs::try_parse_from([
+        "bench",
+        "--requests",
+        "30",
+        "--concurrency",
+        "4",
+        "--via",
+        &s.proxy,
+        &url,
+    ])
+    .unwrap();
+    let mut out = Vec::new();
+    let report = run_until(&args, std::future::pending(), &mut out)
+        .await
+        .unwrap();
+    let table = String::from_utf8(out).unwrap();
+
+    let modes = &report.urls[0].modes;
+    let by_mode = |mode| modes.iter().find(|m| m.mode == mode).expect("measured");
+    assert_eq!(by_mode(Mode::Full).status.get(&200), Some(&30), "{table}");
+    assert_eq!(
+        by_mode(Mode::Conditional).status.get(&304),
+        Some(&30),
+        "{table}"
+    );
+    assert_eq!(by_mode(Mode::ViaHit).status.get(&200), Some(&30), "{table}");
+    assert_eq!(
+        by_mode(Mode::ViaConditional).status.get(&304),
+        Some(&30),
+        "{table}"
+    );
+    assert!(report.warnings.is_empty(), "{table}");
+    // Flask saw the checks (5 GETs and a conditional one), both direct modes and
+    // the one GET that filled the cache: the via modes were answered by the proxy.
+    assert_eq!(
+        s.flask.gets(&s.http, "/users/1").await.len(),
+        5 + 1 + 30 + 30 + 1
+    );
+}

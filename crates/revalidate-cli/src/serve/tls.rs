@@ -63,6 +63,15 @@ pub fn upstream_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, T
         .with_no_client_auth())
 }
 
+/// A client configuration that trusts no authority: for a client that must be
+/// able to speak TLS in type but is not meant to reach any https:// server.
+pub fn no_roots_config() -> rustls::ClientConfig {
+    install_provider();
+    rustls::ClientConfig::builder()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+}
+
 /// The listener's certificate chain and key files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
