@@ -6,6 +6,13 @@
 #   bench/run.sh                      # defaults: wrk -t2 -c64 -d10s --latency
 #   DURATION=20s CONNECTIONS=128 bench/run.sh
 #   ROUNDS=5 bench/run.sh             # each scenario measured 5 times (default 3)
+#   PINNED=1 bench/run.sh             # servers on CPU 0, wrk on CPU 1 (taskset):
+#                                     # the servers' own cost, to bench/RESULTS-pinned.md
+#
+# Shared cores (the default) show what a small box sees: wrk and the server
+# compete, and req/s are bound by the load generator. Pinned, each server has a
+# core of its own (one worker) and wrk the other, so req/s show the server's own
+# cost per request, which a load-bound run hides.
 #
 # Needs root (or sudo) only to apt-get install nginx, varnish and wrk when missing.
 # Every server runs on its own free 127.0.0.1 port; nothing system-wide is touched
@@ -13,8 +20,20 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-RESULTS="$ROOT/bench/RESULTS.md"
-THREADS="${THREADS:-2}"
+PINNED="${PINNED:-0}"
+SERVER_CPU="${SERVER_CPU:-0}"
+LOAD_CPU="${LOAD_CPU:-1}"
+if ((PINNED)); then
+    RESULTS="$ROOT/bench/RESULTS-pinned.md"
+    THREADS="${THREADS:-1}"
+    SERVER_PIN=(taskset -c "$SERVER_CPU")
+    LOAD_PIN=(taskset -c "$LOAD_CPU")
+else
+    RESULTS="$ROOT/bench/RESULTS.md"
+    THREADS="${THREADS:-2}"
+    SERVER_PIN=()
+    LOAD_PIN=()
+fi
 CONNECTIONS="${CONNECTIONS:-64}"
 DURATION="${DURATION:-10s}"
 # Each scenario is measured ROUNDS times, the servers taking turns, and the median
@@ -27,12 +46,13 @@ HOT_PATH=/obj/1
 DISTINCT=10000      # scenario 2: /obj/0 .. /obj/9999
 PRIME="${PRIME:-100000}" # scenario 4: /obj/0 .. /obj/99999, 5120-byte bodies
 WRK_ARGS=(-t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency)
-COMMAND="bench/run.sh  (THREADS=$THREADS CONNECTIONS=$CONNECTIONS DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS QUIET_PCT=$QUIET_PCT QUIET_BUDGET=$QUIET_BUDGET)"
+COMMAND="bench/run.sh  (PINNED=$PINNED THREADS=$THREADS CONNECTIONS=$CONNECTIONS DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS QUIET_PCT=$QUIET_PCT QUIET_BUDGET=$QUIET_BUDGET)"
 
-# revalidate runs twice: with its default scheduler (a runtime per CPU) and with
+# revalidate runs three times: without an access log (as nginx runs here), with
+# the defaults a user gets (the access log on, to a file), and with
 # `--scheduler work-stealing`, the trade-off between requests per CPU and latency tail.
-SERVERS=(bare revalidate revalidate_ws nginx varnish)
-declare -A LABEL=([bare]="bare hyper" [revalidate]="revalidate" [revalidate_ws]="revalidate (work-stealing)" [nginx]="nginx proxy_cache" [varnish]="varnish")
+SERVERS=(bare revalidate revalidate_log revalidate_ws nginx varnish)
+declare -A LABEL=([bare]="bare hyper" [revalidate]="revalidate" [revalidate_log]="revalidate (default: access log on)" [revalidate_ws]="revalidate (work-stealing)" [nginx]="nginx proxy_cache" [varnish]="varnish")
 declare -A PORT=() PID=() AVAILABLE=() WHY=() RES=()
 NOTES=()
 STARTED_PIDS=()
@@ -86,6 +106,7 @@ ensure_packages() {
     AVAILABLE[bare]=1
     AVAILABLE[revalidate]=1
     AVAILABLE[revalidate_ws]=1
+    AVAILABLE[revalidate_log]=1
     if command -v nginx >/dev/null; then AVAILABLE[nginx]=1; else
         AVAILABLE[nginx]=0
         WHY[nginx]="nginx package unavailable"
@@ -161,7 +182,7 @@ start_servers() {
     }
 
     PORT[bare]=$(free_port)
-    "$ROOT/target/release/bench-bare" --listen "127.0.0.1:${PORT[bare]}" --objects "$PRIME" >"$TMP/bare.log" 2>&1 &
+    "${SERVER_PIN[@]}" "$ROOT/target/release/bench-bare" --listen "127.0.0.1:${PORT[bare]}" --objects "$PRIME" >"$TMP/bare.log" 2>&1 &
     PID[bare]=$!
     STARTED_PIDS+=("$!")
 
@@ -172,7 +193,7 @@ start_servers() {
 [cache]
 max_bytes = "2 GiB"
 EOF
-    RUST_LOG=warn "$ROOT/target/release/revalidate" serve \
+    RUST_LOG=warn "${SERVER_PIN[@]}" "$ROOT/target/release/revalidate" serve \
         --listen "127.0.0.1:${PORT[revalidate]}" \
         --upstream "http://127.0.0.1:$origin_port" \
         --config "$TMP/revalidate.toml" \
@@ -180,8 +201,18 @@ EOF
     PID[revalidate]=$!
     STARTED_PIDS+=("$!")
 
+    PORT[revalidate_log]=$(free_port)
+    "${SERVER_PIN[@]}" "$ROOT/target/release/revalidate" serve \
+        --listen "127.0.0.1:${PORT[revalidate_log]}" \
+        --upstream "http://127.0.0.1:$origin_port" \
+        --config "$TMP/revalidate.toml" \
+        --admin-listen "127.0.0.1:$(free_port)" \
+        --access-log "$TMP/access.log" >"$TMP/revalidate_log.log" 2>&1 &
+    PID[revalidate_log]=$!
+    STARTED_PIDS+=("$!")
+
     PORT[revalidate_ws]=$(free_port)
-    RUST_LOG=warn "$ROOT/target/release/revalidate" serve \
+    RUST_LOG=warn "${SERVER_PIN[@]}" "$ROOT/target/release/revalidate" serve \
         --listen "127.0.0.1:${PORT[revalidate_ws]}" \
         --upstream "http://127.0.0.1:$origin_port" \
         --config "$TMP/revalidate.toml" \
@@ -199,7 +230,7 @@ EOF
         cat >"$TMP/nginx/nginx.conf" <<EOF
 daemon off;
 master_process on;
-worker_processes auto;
+worker_processes $( ((PINNED)) && echo 1 || echo auto);
 pid $TMP/nginx/nginx.pid;
 error_log $TMP/nginx/logs/error.log warn;
 events { worker_connections 4096; }
@@ -236,7 +267,7 @@ http {
 }
 EOF
         if nginx -t -p "$TMP/nginx" -e "$TMP/nginx/logs/error.log" -c "$TMP/nginx/nginx.conf" >"$TMP/nginx-t.log" 2>&1; then
-            nginx -p "$TMP/nginx" -e "$TMP/nginx/logs/error.log" -c "$TMP/nginx/nginx.conf" >"$TMP/nginx.log" 2>&1 &
+            "${SERVER_PIN[@]}" nginx -p "$TMP/nginx" -e "$TMP/nginx/logs/error.log" -c "$TMP/nginx/nginx.conf" >"$TMP/nginx.log" 2>&1 &
             PID[nginx]=$!
             STARTED_PIDS+=("$!")
         else
@@ -258,7 +289,7 @@ backend origin {
 }
 EOF
         chmod 644 "$TMP/bench.vcl"
-        varnishd -F -a "127.0.0.1:${PORT[varnish]}" -f "$TMP/bench.vcl" -s malloc,2G \
+        "${SERVER_PIN[@]}" varnishd -F -a "127.0.0.1:${PORT[varnish]}" -f "$TMP/bench.vcl" -s malloc,2G \
             -n "$TMP/varnish" -T none >"$TMP/varnish.log" 2>&1 &
         PID[varnish]=$!
         STARTED_PIDS+=("$!")
@@ -368,19 +399,22 @@ run_wrk() {
     local -a cpu_us=()
     for attempt in 1 2; do
         wait_quiet
-        wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$@" >/dev/null 2>&1 || true
+        "${LOAD_PIN[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$@" >/dev/null 2>&1 || true
         read -r b0 a0 < <(cpu_sample)
         s0=$(tree_cpu "${PID[$s]}")
         p0=$((s0 + $(tree_cpu "${PID[origin]}")))
         times >"$TMP/times"
         c0=$(children_cpu)
-        if ! wrk "${WRK_ARGS[@]}" "$@" >"$out.$attempt" 2>&1; then
+        if ! "${LOAD_PIN[@]}" wrk "${WRK_ARGS[@]}" "$@" >"$out.$attempt" 2>&1; then
             RES[$s,$scenario,rps]="failed"
             note "$s/$scenario: wrk failed: $(tail -1 "$out.$attempt")"
             return
         fi
         read -r b1 a1 < <(cpu_sample)
         s1=$(tree_cpu "${PID[$s]}")
+        # The access log gets a line per request: emptied after each run, so the
+        # disk does not fill up (the server appends, so it writes on at the start).
+        : >"$TMP/access.log"
         p1=$((s1 + $(tree_cpu "${PID[origin]}")))
         # The server's own CPU time (user + system) per request answered.
         cpu_us[$attempt]=$(awk -v hz="$HZ" -v t=$((s1 - s0)) '/ requests in / { if ($1 > 0) printf "%.2f", t / hz / $1 * 1e6 }' "$out.$attempt")
@@ -577,9 +611,15 @@ report() {
         echo "- Machine: $(nproc) CPUs ($cpu), $(awk '/^MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -sr)"
         echo "- Versions: $nginx_v; $varnish_v; $wrk_v; $(rustc -V 2>/dev/null || echo rustc unknown); revalidate $rev"
         echo
-        echo "**Only $(nproc) cores:** wrk, the server under test (and, on misses, the origin) all share them, so"
-        echo "absolute figures are load-generator-bound and mostly useful side by side. The servers"
-        echo "not under test sit idle during each run."
+        if ((PINNED)); then
+            echo "**Pinned:** every server runs on CPU $SERVER_CPU (\`taskset -c $SERVER_CPU\`, one worker), wrk on CPU"
+            echo "$LOAD_CPU (\`taskset -c $LOAD_CPU\`), so req/s show each server's own cost per request. The"
+            echo "servers not under test sit idle during each run."
+        else
+            echo "**Only $(nproc) cores:** wrk, the server under test (and, on misses, the origin) all share them, so"
+            echo "absolute figures are load-generator-bound and mostly useful side by side. The servers"
+            echo "not under test sit idle during each run."
+        fi
         echo
         echo "Each figure is the median of $ROUNDS rounds: in each round every server runs every scenario"
         echo "once, taking turns, each round starting with the next server (every round is under \"Rounds\")."

@@ -15,16 +15,14 @@
 //! 127.0.0.1 "GET /users/1?fields=name HTTP/1.1" 200 48 "revalidate; hit; ttl=29" upstream=- total=0.000041 id=5f3a9c0e00000001 ua="curl/8.5.0"
 //! ```
 
-use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
-use std::fmt::Write as _;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::header::USER_AGENT;
 use http::{HeaderName, HeaderValue, Request, Response};
@@ -33,6 +31,8 @@ use tower::{Layer, Service};
 
 /// The request id's field.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// How lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -52,17 +52,20 @@ pub struct RequestId(pub HeaderValue);
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamTime(pub Duration);
 
-/// Where access lines go, and how they are written. Cheap to clone.
+/// Where access lines go, and how they are written. Copied freely: it is a
+/// reference to state that lives as long as the process.
 ///
-/// Each worker thread appends its lines to a batch of its own (a lock no other
-/// thread takes but the writer, every [`FLUSH_EVERY`]); a writer thread moves
-/// the batches to the sink. Written here rather than with
-/// `tracing_appender::non_blocking`, whose channel hands each line to the writer
-/// thread and wakes it: measured, a fifth of a hit's cost at 150,000 lines a
-/// second, where batches cost a few percent.
-#[derive(Clone)]
+/// Each worker thread appends its records to a batch of its own (a lock no other
+/// thread takes but the writer, every [`FLUSH_EVERY`]); a writer thread formats
+/// the batches' records and moves the lines to the sink. Written here rather than
+/// with `tracing_appender::non_blocking`, whose channel hands each line to the
+/// writer thread and wakes it: measured, a fifth of a hit's cost at 150,000 lines
+/// a second, where batches of compact records cost a few percent.
+#[derive(Clone, Copy)]
 pub struct AccessLogger {
-    shared: Arc<Batches>,
+    /// Leaked once per logger (one per process, a few in tests), so that a
+    /// request holds it without touching a reference count that every core shares.
+    shared: &'static Batches,
 }
 
 impl std::fmt::Debug for AccessLogger {
@@ -80,7 +83,7 @@ const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// a sink slower than the traffic loses lines, it never stalls a worker.
 const MAX_BATCH_BYTES: usize = 1 << 20;
 
-/// One thread's lines, waiting for the writer thread.
+/// One thread's records, waiting for the writer thread.
 type Batch = Arc<Mutex<Vec<u8>>>;
 
 /// The batches of every thread that wrote a line, and what was dropped.
@@ -94,18 +97,18 @@ struct Batches {
 
 impl Batches {
     /// Moves every batch's records to `sink`, formatted.
-    fn drain(&self, sink: &mut impl std::io::Write, spare: &mut Vec<u8>, line: &mut String) {
+    fn drain(&self, sink: &mut impl std::io::Write, spare: &mut Vec<u8>, lines: &mut Vec<u8>) {
         let all: Vec<Batch> = lock(&self.all).clone();
         for batch in all {
             std::mem::swap(&mut *lock(&batch), spare);
             let mut records = &spare[..];
             while let Some(record) = Record::read(&mut records) {
-                line.clear();
-                record.line().write(self.format, line);
-                line.push('\n');
-                let _ = sink.write_all(line.as_bytes());
+                record.format(self.format, lines);
+                lines.push(b'\n');
             }
             spare.clear();
+            let _ = sink.write_all(lines);
+            lines.clear();
         }
         let _ = sink.flush();
     }
@@ -120,7 +123,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Writes what is left when dropped, and stops the writer thread.
 #[derive(Debug)]
 pub struct FlushOnDrop {
-    shared: Option<Arc<Batches>>,
+    shared: Option<&'static Batches>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -143,27 +146,26 @@ impl AccessLogger {
         sink: W,
         format: LogFormat,
     ) -> (Self, FlushOnDrop) {
-        let shared = Arc::new(Batches {
+        let shared: &'static Batches = Box::leak(Box::new(Batches {
             all: Mutex::default(),
             dropped: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             format,
-        });
-        let writer = shared.clone();
+        }));
         let thread = std::thread::Builder::new()
             .name("revalidate-access-log".into())
             .spawn(move || {
                 let mut sink = std::io::BufWriter::with_capacity(64 * 1024, sink);
-                let (mut spare, mut line) = (Vec::new(), String::with_capacity(256));
-                while !writer.stop.load(Ordering::Acquire) {
+                let (mut spare, mut lines) = (Vec::new(), Vec::with_capacity(64 * 1024));
+                while !shared.stop.load(Ordering::Acquire) {
                     std::thread::park_timeout(FLUSH_EVERY);
-                    writer.drain(&mut sink, &mut spare, &mut line);
+                    shared.drain(&mut sink, &mut spare, &mut lines);
                 }
-                writer.drain(&mut sink, &mut spare, &mut line);
+                shared.drain(&mut sink, &mut spare, &mut lines);
             })
             .ok();
         let guard = FlushOnDrop {
-            shared: Some(shared.clone()),
+            shared: Some(shared),
             thread,
         };
         (Self { shared }, guard)
@@ -174,14 +176,14 @@ impl AccessLogger {
         self.shared.dropped.load(Ordering::Relaxed)
     }
 
-    /// Appends a record, which `write` puts in this thread's batch.
-    fn append(&self, record: &Record<'_>) {
+    /// Appends a record to this thread's batch.
+    fn append(self, record: &Record<'_>) {
         thread_local! {
             static MINE: RefCell<Option<(usize, Batch)>> = const { RefCell::new(None) };
         }
         // Several loggers may live in one process (tests): a thread's batch
         // belongs to the logger that made it.
-        let owner = Arc::as_ptr(&self.shared) as usize;
+        let owner = std::ptr::from_ref(self.shared) as usize;
         MINE.with(|mine| {
             let mut mine = mine.borrow_mut();
             if mine.as_ref().is_none_or(|(who, _)| *who != owner) {
@@ -201,11 +203,11 @@ impl AccessLogger {
 }
 
 /// Applies [`AccessLog`]; without a logger, the layer passes requests through.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct AccessLogLayer {
     logger: Option<AccessLogger>,
-    /// The connection's client address, written once.
-    peer: Option<Arc<str>>,
+    /// The connection's client address.
+    peer: Option<IpAddr>,
 }
 
 impl AccessLogLayer {
@@ -217,11 +219,8 @@ impl AccessLogLayer {
     /// The same, for the connection from `peer`.
     pub fn for_peer(&self, peer: SocketAddr) -> Self {
         Self {
-            logger: self.logger.clone(),
-            peer: self
-                .logger
-                .as_ref()
-                .map(|_| Arc::from(peer.ip().to_string())),
+            logger: self.logger,
+            peer: Some(peer.ip()),
         }
     }
 }
@@ -232,8 +231,8 @@ impl<S> Layer<S> for AccessLogLayer {
     fn layer(&self, inner: S) -> AccessLog<S> {
         AccessLog {
             inner,
-            logger: self.logger.clone(),
-            peer: self.peer.clone(),
+            logger: self.logger,
+            peer: self.peer,
         }
     }
 }
@@ -243,7 +242,7 @@ impl<S> Layer<S> for AccessLogLayer {
 pub struct AccessLog<S> {
     inner: S,
     logger: Option<AccessLogger>,
-    peer: Option<Arc<str>>,
+    peer: Option<IpAddr>,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for AccessLog<S>
@@ -260,24 +259,26 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let started = self.logger.as_ref().map(|logger| {
+        let started = self.logger.map(|logger| {
+            let target = request
+                .uri()
+                .path_and_query()
+                .map_or(&b"/"[..], |pq| pq.as_str().as_bytes());
+            let user_agent = request.headers().get(USER_AGENT).map(HeaderValue::as_bytes);
             // The client's id, if usable; otherwise the one the upstream client
             // gives a request it forwards, or (a hit) one made for the line.
             let id = request
                 .headers()
                 .get(&X_REQUEST_ID)
                 .filter(|v| usable_id(v))
-                .cloned();
+                .map(HeaderValue::as_bytes);
             Started {
-                logger: logger.clone(),
-                peer: self.peer.clone(),
+                logger,
+                peer: self.peer,
                 method: request.method().clone(),
-                // A clone shares the request's bytes.
-                target: request.uri().clone(),
+                fields: Fields::copy(target, user_agent, id),
                 version: request.version(),
-                user_agent: request.headers().get(USER_AGENT).cloned(),
-                id,
-                at: Instant::now(),
+                at: quanta::Instant::now(),
             }
         });
         AccessLogFuture {
@@ -297,11 +298,11 @@ pub fn request_id(sent: Option<&HeaderValue>) -> HeaderValue {
     if let Some(value) = sent.filter(|v| usable_id(v)) {
         return value.clone();
     }
-    HeaderValue::from_bytes(&new_id()).unwrap_or(HeaderValue::from_static("-"))
+    HeaderValue::from_bytes(&hex_id(new_id())).unwrap_or(HeaderValue::from_static("-"))
 }
 
-/// A new request id: this thread's random prefix and its count, in hex.
-fn new_id() -> [u8; 16] {
+/// A new request id: this thread's random prefix and its count.
+fn new_id() -> u64 {
     thread_local! {
         static NEXT: Cell<(u32, u32)> = Cell::new((rand_prefix(), 0));
     }
@@ -310,9 +311,13 @@ fn new_id() -> [u8; 16] {
         next.set((prefix, count.wrapping_add(1)));
         (prefix, count)
     });
+    (u64::from(prefix) << 32) | u64::from(count)
+}
+
+/// An id in hex, as the field carries it.
+fn hex_id(value: u64) -> [u8; 16] {
     let mut id = [0u8; 16];
     let digits = b"0123456789abcdef";
-    let value = (u64::from(prefix) << 32) | u64::from(count);
     for (i, byte) in id.iter_mut().enumerate() {
         *byte = digits[((value >> (60 - 4 * i)) & 0xf) as usize];
     }
@@ -331,14 +336,13 @@ fn rand_prefix() -> u32 {
 #[derive(Debug)]
 struct Started {
     logger: AccessLogger,
-    peer: Option<Arc<str>>,
+    peer: Option<IpAddr>,
     method: http::Method,
-    target: http::Uri,
+    fields: Fields,
     version: http::Version,
-    user_agent: Option<HeaderValue>,
-    /// The client's id, when it sent a usable one.
-    id: Option<HeaderValue>,
-    at: Instant,
+    /// The TSC clock (quanta): a few instructions where the system's monotonic
+    /// clock costs some fifty, twice on every request.
+    at: quanta::Instant,
 }
 
 pin_project_lite::pin_project! {
@@ -368,19 +372,57 @@ where
     }
 }
 
+/// A request's target, user agent and id (when the client sent a usable one),
+/// copied. Copied rather than cloned: a clone of a request's bytes shares
+/// hyper's read buffer, which hyper must then replace rather than reuse for the
+/// connection's next request, and the last clone's drop frees it.
+#[derive(Debug)]
+struct Fields {
+    bytes: Vec<u8>,
+    target: usize,
+    user_agent: Option<usize>,
+    id: Option<usize>,
+}
+
+impl Fields {
+    fn copy(target: &[u8], user_agent: Option<&[u8]>, id: Option<&[u8]>) -> Self {
+        let len = |s: Option<&[u8]>| s.map_or(0, <[u8]>::len);
+        let mut bytes = Vec::with_capacity(target.len() + len(user_agent) + len(id));
+        bytes.extend_from_slice(target);
+        bytes.extend_from_slice(user_agent.unwrap_or_default());
+        bytes.extend_from_slice(id.unwrap_or_default());
+        Self {
+            bytes,
+            target: target.len(),
+            user_agent: user_agent.map(<[u8]>::len),
+            id: id.map(<[u8]>::len),
+        }
+    }
+
+    fn target(&self) -> &[u8] {
+        &self.bytes[..self.target]
+    }
+
+    fn user_agent(&self) -> Option<&[u8]> {
+        let start = self.target;
+        self.user_agent.map(|len| &self.bytes[start..start + len])
+    }
+
+    fn id(&self) -> Option<&[u8]> {
+        let start = self.target + self.user_agent.unwrap_or(0);
+        self.id.map(|len| &self.bytes[start..start + len])
+    }
+}
+
 impl Started {
     /// Queues this request's record. The line is formatted by the writer
     /// thread: a worker only copies the fields' bytes.
     fn write<B: Body>(self, response: &Response<B>) {
-        let id_made;
-        let id: &[u8] = match &self.id {
-            Some(id) => id.as_bytes(),
+        let id = match self.fields.id() {
+            Some(id) => Id::Text(id),
             None => match response.extensions().get::<RequestId>() {
-                Some(RequestId(forwarded)) => forwarded.as_bytes(),
-                None => {
-                    id_made = new_id();
-                    &id_made
-                }
+                Some(RequestId(forwarded)) => Id::Text(forwarded.as_bytes()),
+                None => Id::Made(new_id()),
             },
         };
         let record = Record {
@@ -389,56 +431,67 @@ impl Started {
             bytes: response.body().size_hint().exact(),
             upstream: response.extensions().get::<UpstreamTime>().map(|t| t.0),
             total: self.at.elapsed(),
-            client: self.peer.as_deref().map(str::as_bytes),
+            client: self.peer,
             method: self.method.as_str().as_bytes(),
-            target: self
-                .target
-                .path_and_query()
-                .map_or(&b"/"[..], |pq| pq.as_str().as_bytes()),
+            target: self.fields.target(),
             cache_status: response
                 .headers()
-                .get("cache-status")
+                .get(&CACHE_STATUS)
                 .map(HeaderValue::as_bytes),
             id,
-            user_agent: self.user_agent.as_ref().map(HeaderValue::as_bytes),
+            user_agent: self.fields.user_agent(),
         };
         self.logger.append(&record);
     }
 }
 
-/// A request's fields as a worker queues them: numbers, then byte strings, each
-/// with its length (`u16::MAX`: absent).
+/// A request id as a record carries it: the client's or the upstream client's
+/// text, or a number made here (formatted by the writer thread).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Id<'a> {
+    Text(&'a [u8]),
+    Made(u64),
+}
+
+/// A request's fields as a worker queues them: numbers, the client's address,
+/// then byte strings, each with its length (`u16::MAX`: absent).
+#[derive(Debug)]
 struct Record<'a> {
     status: u16,
     version: http::Version,
     bytes: Option<u64>,
     upstream: Option<Duration>,
     total: Duration,
-    client: Option<&'a [u8]>,
+    client: Option<IpAddr>,
     method: &'a [u8],
     target: &'a [u8],
     cache_status: Option<&'a [u8]>,
-    id: &'a [u8],
+    id: Id<'a>,
     user_agent: Option<&'a [u8]>,
 }
 
 const ABSENT: u16 = u16::MAX;
-const NUMBERS: usize = 2 + 1 + 8 * 3;
+/// Status, version, three numbers, the client's tag and address, the id's tag
+/// and number.
+const FIXED: usize = 2 + 1 + 8 * 3 + 1 + 16 + 1 + 8;
 
 impl<'a> Record<'a> {
-    fn strings(&self) -> [Option<&'a [u8]>; 6] {
+    fn strings(&self) -> [Option<&'a [u8]>; 5] {
+        let id = match self.id {
+            Id::Text(text) => Some(text),
+            Id::Made(_) => None,
+        };
         [
-            self.client,
             Some(self.method),
             Some(self.target),
             self.cache_status,
-            Some(self.id),
+            id,
             self.user_agent,
         ]
     }
 
     fn len(&self) -> usize {
-        NUMBERS
+        FIXED
             + self
                 .strings()
                 .iter()
@@ -459,6 +512,19 @@ impl<'a> Record<'a> {
         out.extend_from_slice(&self.bytes.unwrap_or(u64::MAX).to_le_bytes());
         out.extend_from_slice(&self.upstream.map_or(u64::MAX, micros).to_le_bytes());
         out.extend_from_slice(&micros(self.total).to_le_bytes());
+        let (tag, address) = match self.client {
+            None => (0, [0; 16]),
+            Some(IpAddr::V4(v4)) => (4, v4.to_ipv6_mapped().octets()),
+            Some(IpAddr::V6(v6)) => (6, v6.octets()),
+        };
+        out.push(tag);
+        out.extend_from_slice(&address);
+        let (tag, made) = match self.id {
+            Id::Text(_) => (0, 0),
+            Id::Made(made) => (1, made),
+        };
+        out.push(tag);
+        out.extend_from_slice(&made.to_le_bytes());
         for string in self.strings() {
             match string {
                 // Longer fields are cut: a line stays a line.
@@ -501,127 +567,142 @@ impl<'a> Record<'a> {
         let bytes = present(number(input)?);
         let upstream = present(number(input)?).map(Duration::from_micros);
         let total = Duration::from_micros(number(input)?);
+        let tag = take(input, 1)?[0];
+        let octets: [u8; 16] = take(input, 16)?.try_into().ok()?;
+        let v6 = std::net::Ipv6Addr::from(octets);
+        let client = match tag {
+            4 => v6.to_ipv4_mapped().map(IpAddr::V4),
+            6 => Some(IpAddr::V6(v6)),
+            _ => None,
+        };
+        let made_tag = take(input, 1)?[0];
+        let made = number(input)?;
+        let method = string(input)?.unwrap_or_default();
+        let target = string(input)?.unwrap_or_default();
+        let cache_status = string(input)?;
+        let text_id = string(input)?;
+        let id = match (made_tag, text_id) {
+            (1, _) => Id::Made(made),
+            (_, text) => Id::Text(text.unwrap_or_default()),
+        };
         Some(Self {
             status,
             version,
             bytes,
             upstream,
             total,
-            client: string(input)?,
-            method: string(input)?.unwrap_or_default(),
-            target: string(input)?.unwrap_or_default(),
-            cache_status: string(input)?,
-            id: string(input)?.unwrap_or_default(),
+            client,
+            method,
+            target,
+            cache_status,
+            id,
             user_agent: string(input)?,
         })
     }
 
-    /// The record as a line's fields (bytes that are not UTF-8 replaced).
-    fn line(&self) -> Line<'a> {
-        let text = |b: &'a [u8]| String::from_utf8_lossy(b);
-        Line {
-            client: self.client.map(text),
-            method: text(self.method),
-            target: text(self.target),
-            version: self.version,
-            status: self.status,
-            bytes: self.bytes,
-            cache_status: self.cache_status.map(text),
-            upstream: self.upstream,
-            total: self.total,
-            id: text(self.id),
-            user_agent: self.user_agent.map(text),
-        }
-    }
-}
-
-/// One access line's fields.
-struct Line<'a> {
-    client: Option<Cow<'a, str>>,
-    method: Cow<'a, str>,
-    target: Cow<'a, str>,
-    version: http::Version,
-    status: u16,
-    bytes: Option<u64>,
-    cache_status: Option<Cow<'a, str>>,
-    upstream: Option<Duration>,
-    total: Duration,
-    id: Cow<'a, str>,
-    user_agent: Option<Cow<'a, str>>,
-}
-
-impl Line<'_> {
-    fn write(&self, format: LogFormat, out: &mut String) {
+    /// Appends the line (without its end) in `format`.
+    fn format(&self, format: LogFormat, out: &mut Vec<u8>) {
         match format {
             LogFormat::Text => self.text(out),
             LogFormat::Json => self.json(out),
         }
     }
 
-    /// Written piece by piece, numbers with `itoa`: `write!` costs several
-    /// times more, on every request.
-    fn text(&self, out: &mut String) {
+    /// Written byte by byte, numbers with `itoa`: `write!` costs several times
+    /// more, and the writer thread formats every request's line.
+    fn text(&self, out: &mut Vec<u8>) {
         let mut numbers = itoa::Buffer::new();
-        out.push_str(self.client.as_deref().unwrap_or("-"));
-        out.push_str(" \"");
-        out.push_str(&self.method);
-        out.push(' ');
-        escape_into(out, &self.target);
-        out.push(' ');
-        out.push_str(version_str(self.version));
-        out.push_str("\" ");
-        out.push_str(numbers.format(self.status));
-        out.push(' ');
-        match self.bytes {
-            Some(bytes) => out.push_str(numbers.format(bytes)),
-            None => out.push('-'),
+        match self.client {
+            Some(client) => push_ip(out, client),
+            None => out.push(b'-'),
         }
-        out.push_str(" \"");
-        escape_into(out, self.cache_status.as_deref().unwrap_or("-"));
-        out.push_str("\" upstream=");
+        out.extend_from_slice(b" \"");
+        escape_into(out, self.method);
+        out.push(b' ');
+        escape_into(out, self.target);
+        out.push(b' ');
+        out.extend_from_slice(version_str(self.version).as_bytes());
+        out.extend_from_slice(b"\" ");
+        out.extend_from_slice(numbers.format(self.status).as_bytes());
+        out.push(b' ');
+        match self.bytes {
+            Some(bytes) => out.extend_from_slice(numbers.format(bytes).as_bytes()),
+            None => out.push(b'-'),
+        }
+        out.extend_from_slice(b" \"");
+        escape_into(out, self.cache_status.unwrap_or(b"-"));
+        out.extend_from_slice(b"\" upstream=");
         match self.upstream {
             Some(upstream) => seconds(out, upstream),
-            None => out.push('-'),
+            None => out.push(b'-'),
         }
-        out.push_str(" total=");
+        out.extend_from_slice(b" total=");
         seconds(out, self.total);
-        out.push_str(" id=");
-        escape_into(out, &self.id);
-        out.push_str(" ua=\"");
-        escape_into(out, self.user_agent.as_deref().unwrap_or("-"));
-        out.push('"');
+        out.extend_from_slice(b" id=");
+        match self.id {
+            Id::Text(text) => escape_into(out, text),
+            Id::Made(made) => out.extend_from_slice(&hex_id(made)),
+        }
+        out.extend_from_slice(b" ua=\"");
+        escape_into(out, self.user_agent.unwrap_or(b"-"));
+        out.push(b'"');
     }
 
-    fn json(&self, out: &mut String) {
+    fn json(&self, out: &mut Vec<u8>) {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let id = match self.id {
+            Id::Text(id) => text(id),
+            Id::Made(made) => text(&hex_id(made)),
+        };
         let value = serde_json::json!({
-            "client": self.client,
-            "method": self.method,
-            "target": self.target,
+            "client": self.client.map(|c| c.to_string()),
+            "method": text(self.method),
+            "target": text(self.target),
             "version": version_str(self.version),
             "status": self.status,
             "bytes": self.bytes,
-            "cache_status": self.cache_status,
+            "cache_status": self.cache_status.map(text),
             "upstream_seconds": self.upstream.map(|d| d.as_secs_f64()),
             "total_seconds": self.total.as_secs_f64(),
-            "request_id": self.id,
-            "user_agent": self.user_agent,
+            "request_id": id,
+            "user_agent": self.user_agent.map(text),
         });
-        let _ = write!(out, "{value}");
+        let _ = serde_json::to_writer(&mut *out, &value);
+    }
+}
+
+/// An address as text: IPv4 octets written with `itoa`, IPv6 by the standard
+/// library.
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut numbers = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(numbers.format(octet).as_bytes());
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write as _;
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
 /// `duration` in seconds with six decimals, formatted as integers (a float's
 /// formatting costs several times more, on every request).
-fn seconds(out: &mut String, duration: Duration) {
+fn seconds(out: &mut Vec<u8>, duration: Duration) {
     let micros = duration.as_micros();
     let mut numbers = itoa::Buffer::new();
-    out.push_str(numbers.format(micros / 1_000_000));
-    out.push('.');
+    out.extend_from_slice(numbers.format(micros / 1_000_000).as_bytes());
+    out.push(b'.');
     let fraction = numbers.format(micros % 1_000_000);
     for _ in fraction.len()..6 {
-        out.push('0');
+        out.push(b'0');
     }
-    out.push_str(fraction);
+    out.extend_from_slice(fraction.as_bytes());
 }
 
 /// The protocol as a request line names it.
@@ -635,24 +716,41 @@ fn version_str(version: http::Version) -> &'static str {
     }
 }
 
-/// `value` with `"`, `\\` and control characters escaped, so that a line is
-/// always one line and its quoted fields always end where they should.
-fn escape_into(out: &mut String, value: &str) {
-    let plain = |b: u8| b != b'"' && b != b'\\' && !b.is_ascii_control() && b < 0x80;
-    if value.bytes().all(plain) {
-        out.push_str(value);
-        return;
+/// Whether a byte is written as `\xNN` (or `\"`, `\\`): controls, `"`, `\`, and
+/// bytes beyond ASCII, as nginx escapes them, so that a line is always one line
+/// of ASCII and its quoted fields always end where they should.
+const ESCAPED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = b < 0x20 || b >= 0x7f || b == b'"' as usize || b == b'\\' as usize;
+        b += 1;
     }
-    for c in value.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\x{:02x}", c as u32);
+    table
+};
+
+/// Appends `value`, escaped (see [`ESCAPED`]); runs of plain bytes are copied
+/// whole.
+fn escape_into(out: &mut Vec<u8>, value: &[u8]) {
+    let mut rest = value;
+    while let Some(at) = rest.iter().position(|&b| ESCAPED[usize::from(b)]) {
+        out.extend_from_slice(&rest[..at]);
+        match rest[at] {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b => {
+                let digits = b"0123456789abcdef";
+                out.extend_from_slice(&[
+                    b'\\',
+                    b'x',
+                    digits[usize::from(b >> 4)],
+                    digits[usize::from(b & 0xf)],
+                ]);
             }
-            c => out.push(c),
         }
+        rest = &rest[at + 1..];
     }
+    out.extend_from_slice(rest);
 }
 
 #[cfg(test)]
@@ -673,70 +771,89 @@ mod tests {
 
     #[test]
     fn a_record_reads_back_as_written() {
-        let record = Record {
-            status: 304,
-            version: http::Version::HTTP_2,
-            bytes: None,
-            upstream: Some(Duration::from_micros(1_234)),
-            total: Duration::from_micros(5_678),
-            client: Some(b"10.0.0.1"),
-            method: b"GET",
-            target: b"/a?b=c",
-            cache_status: None,
-            id: b"abc",
-            user_agent: Some(b"\xffua"),
-        };
+        let records = [
+            Record {
+                status: 304,
+                version: http::Version::HTTP_2,
+                bytes: None,
+                upstream: Some(Duration::from_micros(1_234)),
+                total: Duration::from_micros(5_678),
+                client: Some("10.0.0.1".parse().unwrap()),
+                method: b"GET",
+                target: b"/a?b=c",
+                cache_status: None,
+                id: Id::Text(b"abc"),
+                user_agent: Some(b"\xffua"),
+            },
+            Record {
+                status: 200,
+                version: http::Version::HTTP_11,
+                bytes: Some(5),
+                upstream: None,
+                total: Duration::from_micros(41),
+                client: Some("::1".parse().unwrap()),
+                method: b"HEAD",
+                target: b"/",
+                cache_status: Some(b"revalidate; hit"),
+                id: Id::Made(0x0123_4567_89ab_cdef),
+                user_agent: None,
+            },
+        ];
         let mut batch = Vec::new();
-        record.write(&mut batch);
-        record.write(&mut batch);
-        assert_eq!(batch.len(), 2 * record.len());
+        for record in &records {
+            record.write(&mut batch);
+        }
+        assert_eq!(batch.len(), records.iter().map(Record::len).sum::<usize>());
         let mut input = &batch[..];
-        for _ in 0..2 {
+        let mut lines = Vec::new();
+        for record in &records {
             let read = Record::read(&mut input).expect("a record");
             assert_eq!(
                 (read.status, read.version, read.bytes),
-                (304, http::Version::HTTP_2, None)
+                (record.status, record.version, record.bytes)
             );
             assert_eq!((read.upstream, read.total), (record.upstream, record.total));
             assert_eq!(
-                (read.client, read.target, read.cache_status),
-                (record.client, record.target, None)
+                (read.client, read.target, read.cache_status, read.id),
+                (record.client, record.target, record.cache_status, record.id)
             );
-            let mut line = String::new();
-            read.line().write(LogFormat::Text, &mut line);
-            assert_eq!(
-                line,
-                "10.0.0.1 \"GET /a?b=c HTTP/2.0\" 304 - \"-\" upstream=0.001234 total=0.005678 id=abc ua=\"\u{fffd}ua\""
-            );
+            read.format(LogFormat::Text, &mut lines);
+            lines.push(b'\n');
         }
         assert!(Record::read(&mut input).is_none(), "nothing left");
+        assert_eq!(
+            String::from_utf8(lines).unwrap(),
+            "10.0.0.1 \"GET /a?b=c HTTP/2.0\" 304 - \"-\" upstream=0.001234 total=0.005678 id=abc ua=\"\\xffua\"\n\
+             ::1 \"HEAD / HTTP/1.1\" 200 5 \"revalidate; hit\" upstream=- total=0.000041 id=0123456789abcdef ua=\"-\"\n"
+        );
     }
 
     #[test]
     fn quoted_fields_cannot_break_a_line() {
-        let mut out = String::new();
-        let line = Line {
-            client: None,
-            method: "GET".into(),
-            target: "/a\"b\nc".into(),
-            version: http::Version::HTTP_11,
+        let record = Record {
             status: 200,
+            version: http::Version::HTTP_11,
             bytes: Some(5),
-            cache_status: Some("revalidate; hit".into()),
             upstream: None,
             total: Duration::from_micros(41),
-            id: "i".into(),
-            user_agent: Some("ua\"x".into()),
+            client: None,
+            method: b"GET",
+            target: b"/a\"b\nc\\d",
+            cache_status: Some(b"revalidate; hit"),
+            id: Id::Text(b"i"),
+            user_agent: Some("ua\"x\u{e9}".as_bytes()),
         };
-        line.text(&mut out);
+        let mut out = Vec::new();
+        record.format(LogFormat::Text, &mut out);
         assert_eq!(
-            out,
-            "- \"GET /a\\\"b\\x0ac HTTP/1.1\" 200 5 \"revalidate; hit\" upstream=- total=0.000041 id=i ua=\"ua\\\"x\""
+            String::from_utf8(out).unwrap(),
+            "- \"GET /a\\\"b\\x0ac\\\\d HTTP/1.1\" 200 5 \"revalidate; hit\" upstream=- total=0.000041 id=i ua=\"ua\\\"x\\xc3\\xa9\""
         );
-        out.clear();
-        line.json(&mut out);
-        let parsed: serde_json::Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(parsed["target"], "/a\"b\nc");
+        let mut out = Vec::new();
+        record.format(LogFormat::Json, &mut out);
+        let parsed: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(parsed["target"], "/a\"b\nc\\d");
         assert_eq!(parsed["status"], 200);
+        assert_eq!(parsed["user_agent"], "ua\"x\u{e9}");
     }
 }
