@@ -109,7 +109,7 @@ impl Proxy {
             .cache
             .reconfigured(config.routes.clone(), config.cache.clone())
             .await;
-        let proxy = Self::over(cache, config, upstream, self.access_log.clone());
+        let proxy = Self::over(cache, config, upstream, self.access_log);
         (proxy, dropped)
     }
 
@@ -143,7 +143,7 @@ impl Proxy {
         let versioned = VersionCheck::new(cache, self.versioning.clone());
         let access_log = match peer {
             Some(peer) => self.access_log.for_peer(peer),
-            None => self.access_log.clone(),
+            None => self.access_log,
         };
         access_log.layer(RequestCheck::new(versioned))
     }
