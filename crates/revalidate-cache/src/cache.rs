@@ -10,7 +10,7 @@ use crate::routes::Routes;
 use crate::service::CacheService;
 use crate::shared::{CacheConfig, Shared};
 use crate::stats::Snapshot;
-use crate::store::{MemoryStore, Purge, Store, StoreUsage};
+use crate::store::{EntryFilter, EntryListing, MemoryStore, Purge, Store, StoreUsage};
 
 /// A shared HTTP cache (RFC 9111). Cloning gives another handle to the same cache.
 ///
@@ -132,6 +132,19 @@ impl<St: Store> Cache<St> {
     /// Store occupancy.
     pub fn usage(&self) -> StoreUsage {
         self.shared.store.usage()
+    }
+
+    /// Up to `limit` of the stored responses `filter` selects, with their age and
+    /// freshness by this cache's clock; `None` when the store cannot list them.
+    /// The prefix is normalized as a purge's is.
+    pub fn entries(&self, filter: &EntryFilter, limit: usize) -> Option<EntryListing> {
+        let mut filter = filter.clone();
+        if let Some(prefix) = &mut filter.prefix {
+            *prefix = crate::key::normalize_target(prefix, &crate::key::QueryRules::default());
+        }
+        self.shared
+            .store
+            .entries(&filter, limit, self.shared.clock.now())
     }
 
     /// The store.

@@ -18,7 +18,9 @@ mod memory;
 mod redis;
 
 pub use crate::entry::Variants;
-pub use contract::{FetchMark, LookupNow, Purge, Store, StoreUsage};
+pub use contract::{
+    EntryFilter, EntryListing, EntrySummary, FetchMark, LookupNow, Purge, Store, StoreUsage,
+};
 pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use redis::{
