@@ -136,15 +136,28 @@ impl<St: Store> Cache<St> {
 
     /// Up to `limit` of the stored responses `filter` selects, with their age and
     /// freshness by this cache's clock; `None` when the store cannot list them.
-    /// The prefix is normalized as a purge's is.
+    /// The prefix is normalized as a purge's is. The values of credentials a
+    /// response varies on (`Authorization`, `Cookie`, a route's user scope) are
+    /// shown as `(redacted)`.
     pub fn entries(&self, filter: &EntryFilter, limit: usize) -> Option<EntryListing> {
         let mut filter = filter.clone();
         if let Some(prefix) = &mut filter.prefix {
             *prefix = crate::key::normalize_target(prefix, &crate::key::QueryRules::default());
         }
-        self.shared
+        let mut listing = self
+            .shared
             .store
-            .entries(&filter, limit, self.shared.clock.now())
+            .entries(&filter, limit, self.shared.clock.now())?;
+        for entry in &mut listing.entries {
+            let path = entry.path.split('?').next().unwrap_or("/");
+            let (route, _) = self.shared.routes.resolve(path);
+            if let Some(scope) = &self.shared.routes.policy(route).user_scope
+                && let Some(Some(value)) = entry.vary.get_mut(scope.as_str())
+            {
+                *value = crate::store::REDACTED.to_string();
+            }
+        }
+        Some(listing)
     }
 
     /// The store.

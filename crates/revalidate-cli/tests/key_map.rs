@@ -49,6 +49,10 @@ cache_control = "private, max-age=5"
 [[routes]]
 path = "/items/*"
 tags = ["items"]
+
+[[routes]]
+path = "/keyed"
+user_scope = "x-api-key"
 "#;
 
 fn revalidate(args: &[&str]) -> Output {
@@ -315,7 +319,8 @@ fn bad_input_is_one_line_on_stderr_and_exit_2() {
 }
 
 /// An origin whose every response is cacheable, tagged by `Surrogate-Key` when
-/// the request asks for it, and varies on Accept-Encoding.
+/// the request asks for it (`X-Tag`), and varies on Accept-Encoding or on what
+/// the request names (`X-Vary`).
 fn origin() -> Router {
     async fn any(headers: HeaderMap, uri: axum::http::Uri) -> impl IntoResponse {
         let tag = headers
@@ -323,12 +328,17 @@ fn origin() -> Router {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
+        let vary = headers
+            .get("x-vary")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("accept-encoding")
+            .to_string();
         (
             [
-                ("cache-control", "max-age=60".to_string()),
+                ("cache-control", "public, max-age=60".to_string()),
                 ("etag", "\"e1\"".to_string()),
                 ("surrogate-key", tag),
-                ("vary", "accept-encoding".to_string()),
+                ("vary", vary),
             ],
             format!("body of {uri}"),
         )
@@ -457,6 +467,42 @@ async fn entries_are_listed_by_prefix_and_tag_with_a_bounded_limit() {
         assert_eq!(reply.status, 400, "{bad}: {}", reply.body);
         assert_eq!(reply.headers["content-type"], "application/problem+json");
     }
+}
+
+#[tokio::test]
+async fn entries_never_show_credentials() {
+    let (proxy, admin) = start(
+        SMALL.replace("version = \"user:{id}\"\n", "").as_str(),
+        None,
+    )
+    .await;
+    let vary = ("x-vary", "authorization, cookie, x-api-key, accept");
+    for (path, api_key) in [("/keyed", "secret-3"), ("/other", "shown")] {
+        let headers = [
+            ("authorization", "Bearer secret-1"),
+            ("cookie", "session=secret-2"),
+            ("x-api-key", api_key),
+            ("accept", "text/plain"),
+            vary,
+        ];
+        assert_eq!(request(proxy, "GET", path, &headers).await.status, 200);
+    }
+    let reply = send(admin, "GET", "/entries", &[], "").await;
+    assert!(!reply.body.contains("secret"), "{}", reply.body);
+    let listing: Value = serde_json::from_str(&reply.body).unwrap();
+    let keyed = &listing["entries"][0];
+    assert_eq!(keyed["path"], "/keyed");
+    assert_eq!(
+        keyed["vary"],
+        serde_json::json!({
+            "authorization": "(redacted)",
+            "cookie": "(redacted)",
+            "x-api-key": "(redacted)",
+            "accept": "text/plain",
+        })
+    );
+    // Only the route that scopes on it hides x-api-key.
+    assert_eq!(listing["entries"][1]["vary"]["x-api-key"], "shown");
 }
 
 #[tokio::test]

@@ -169,7 +169,7 @@ pub struct EntrySummary {
     /// Whether a soft purge marked it stale.
     pub soft_purged: bool,
     /// For a variant of a response with `Vary`: the request's value of each
-    /// field it varies on (`null`: absent).
+    /// field it varies on (`null`: absent; `(redacted)` for a credential).
     pub vary: std::collections::BTreeMap<String, Option<String>>,
 }
 

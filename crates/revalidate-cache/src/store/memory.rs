@@ -210,10 +210,27 @@ fn summary(key: &str, entry: &StoredResponse, now: SystemTime) -> EntrySummary {
             .names
             .iter()
             .zip(&entry.secondary.values)
-            .map(|(name, value)| (name.to_string(), value.clone()))
+            .map(|(name, value)| {
+                let value = if CREDENTIALS.contains(name) {
+                    value.as_ref().map(|_| REDACTED.to_string())
+                } else {
+                    value.clone()
+                };
+                (name.to_string(), value)
+            })
             .collect(),
     }
 }
+
+/// Fields whose values a listing never shows (a response may vary on them).
+const CREDENTIALS: [http::HeaderName; 3] = [
+    http::header::AUTHORIZATION,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::COOKIE,
+];
+
+/// What a listing shows for a credential.
+pub(crate) const REDACTED: &str = "(redacted)";
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every update keeps the structures consistent before it can panic, so a
