@@ -10,7 +10,7 @@ use crate::routes::Routes;
 use crate::service::CacheService;
 use crate::shared::{CacheConfig, Shared};
 use crate::stats::Snapshot;
-use crate::store::{MemoryStore, Purge, Store, StoreUsage};
+use crate::store::{EntryFilter, EntryListing, MemoryStore, Purge, Store, StoreUsage};
 
 /// A shared HTTP cache (RFC 9111). Cloning gives another handle to the same cache.
 ///
@@ -132,6 +132,32 @@ impl<St: Store> Cache<St> {
     /// Store occupancy.
     pub fn usage(&self) -> StoreUsage {
         self.shared.store.usage()
+    }
+
+    /// Up to `limit` of the stored responses `filter` selects, with their age and
+    /// freshness by this cache's clock; `None` when the store cannot list them.
+    /// The prefix is normalized as a purge's is. The values of credentials a
+    /// response varies on (`Authorization`, `Cookie`, a route's user scope) are
+    /// shown as `(redacted)`.
+    pub fn entries(&self, filter: &EntryFilter, limit: usize) -> Option<EntryListing> {
+        let mut filter = filter.clone();
+        if let Some(prefix) = &mut filter.prefix {
+            *prefix = crate::key::normalize_target(prefix, &crate::key::QueryRules::default());
+        }
+        let mut listing = self
+            .shared
+            .store
+            .entries(&filter, limit, self.shared.clock.now())?;
+        for entry in &mut listing.entries {
+            let path = entry.path.split('?').next().unwrap_or("/");
+            let (route, _) = self.shared.routes.resolve(path);
+            if let Some(scope) = &self.shared.routes.policy(route).user_scope
+                && let Some(Some(value)) = entry.vary.get_mut(scope.as_str())
+            {
+                *value = crate::store::REDACTED.to_string();
+            }
+        }
+        Some(listing)
     }
 
     /// The store.

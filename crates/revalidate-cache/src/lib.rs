@@ -58,7 +58,12 @@ pub use revalidate::{BoxError, ResponseBody as CacheBody};
 pub use routes::{
     InvalidationRule, KeyPart, Pattern, QueryRules, Route, RoutePolicy, Routes, Template,
 };
-pub use service::{CacheService, CacheableBody, ResponseFuture, Upstream, UpstreamUnavailable};
+pub use service::{
+    CacheService, CacheableBody, Decision, Explanation, ResponseFuture, Upstream,
+    UpstreamUnavailable,
+};
 pub use shared::CacheConfig;
 pub use stats::{NotStored, Outcome, Snapshot};
-pub use store::{LookupNow, MemoryStore, Purge, Store, StoreUsage};
+pub use store::{
+    EntryFilter, EntryListing, EntrySummary, LookupNow, MemoryStore, Purge, Store, StoreUsage,
+};

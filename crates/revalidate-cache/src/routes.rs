@@ -248,6 +248,14 @@ pub struct RoutePolicy {
     pub add_etag: bool,
 }
 
+impl RoutePolicy {
+    /// The tags it gives a response stored under a route matched with `params`
+    /// (the response's own `Surrogate-Key` and `Cache-Tag` are added to them).
+    pub fn tags_for<'a>(&'a self, params: &'a Params) -> impl Iterator<Item = String> + 'a {
+        self.tags.iter().filter_map(|t| t.render(params))
+    }
+}
+
 /// A pattern with its policy and write invalidations.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -276,7 +284,7 @@ pub struct KeyPart(pub String);
 /// Which route a target resolved to, by position among the routes (`None`: none,
 /// the default policy applies). See [`Routes::resolve_id`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct RouteId(Option<usize>);
+pub(crate) struct RouteId(pub(crate) Option<usize>);
 
 /// Routes in order; the first match wins, else the default policy applies.
 #[derive(Debug, Clone, Default)]

@@ -1,5 +1,5 @@
-//! `revalidate`: the sample users API (`demo`), the caching proxy (`serve`) and the
-//! savings measurement (`bench`).
+//! `revalidate`: the sample users API (`demo`), the caching proxy (`serve`), the
+//! savings measurement (`bench`) and the key map (`routes`, `explain`).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use revalidate_cli::bench::{self, BenchArgs};
 use revalidate_cli::demo::{UserStore, router};
+use revalidate_cli::keymap;
 use revalidate_cli::serve::{self, ConfigError, UpstreamClient};
 use tokio::net::TcpListener;
 
@@ -67,6 +68,19 @@ enum Command {
     /// latency and req/s per mode, and warnings about ETag, Vary and Cache-Control
     /// mistakes (docs/bench.md).
     Bench(BenchArgs),
+    /// Print how each route of a configuration builds its cache key, keeps, tags
+    /// and purges, in match order, then the defaults (docs/key-map.md).
+    Routes {
+        /// The configuration (TOML).
+        #[arg(long, env = "REVALIDATE_CONFIG")]
+        config: std::path::PathBuf,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tell what the cache does with one request: its route, its exact key, its
+    /// tags, and what a write to it purges (docs/key-map.md).
+    Explain(ExplainArgs),
     /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -143,6 +157,27 @@ struct ServeArgs {
     scheduler: Scheduler,
 }
 
+#[derive(Debug, Clone, clap::Args)]
+struct ExplainArgs {
+    /// The configuration (TOML).
+    #[arg(long, env = "REVALIDATE_CONFIG")]
+    config: std::path::PathBuf,
+    /// The method (a write shows what it purges).
+    #[arg(short = 'X', long, default_value = "GET")]
+    method: String,
+    /// A request header, `Name: value` (repeat it for more).
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    /// A response's Vary (comma-separated names): shows this request's secondary key.
+    #[arg(long)]
+    vary: Option<String>,
+    /// JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// The URL, e.g. http://api.test/users/1?b=2&a=1.
+    url: String,
+}
+
 /// See `ServeArgs::scheduler`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Scheduler {
@@ -209,6 +244,27 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Err(error) if error.is_usage() => Err(UsageError(error.to_string()).into()),
             Err(error) => Err(anyhow::Error::msg(error.to_string())),
         },
+        Command::Routes { config, json } => {
+            let config = serve::load(&config).map_err(|e| UsageError(e.to_string()))?;
+            if json {
+                println!("{:#}", keymap::routes_json(&config));
+            } else {
+                print!("{}", keymap::routes_text(&config));
+            }
+            Ok(())
+        }
+        Command::Explain(args) => {
+            let config = serve::load(&args.config).map_err(|e| UsageError(e.to_string()))?;
+            let asked =
+                keymap::Asked::parse(&args.method, &args.url, &args.headers, args.vary.as_deref())
+                    .map_err(UsageError)?;
+            if args.json {
+                println!("{:#}", keymap::explain_json(&config, &asked));
+            } else {
+                print!("{}", keymap::explain_text(&config, &asked));
+            }
+            Ok(())
+        }
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "revalidate", &mut std::io::stdout());

@@ -13,9 +13,7 @@ use revalidate::{CacheControl, Validators};
 
 use crate::headers::{Carried, remove_hop_by_hop};
 use crate::key::{push_normalized_path, push_normalized_query};
-use crate::routes::{Params, Route, RouteId};
-use crate::shared::Shared;
-use crate::store::Store;
+use crate::routes::{Params, Route, RouteId, Routes};
 
 /// The parts of a client request that fetches are built from.
 #[derive(Debug, Clone)]
@@ -175,23 +173,21 @@ pub(super) fn forward_as_keyed(uri: &mut Uri, target: &str) {
     }
 }
 
-impl<St: Store> Shared<St> {
-    /// The route of a target, matched on its normalized path, and the normalized
-    /// target (with the route's query rules) that keys, tags and purges are built
-    /// from, so `/users/%31` is `/users/1` everywhere.
-    pub(super) fn locate(&self, uri: &Uri) -> Located {
-        // Room for the host, which the primary key puts in front of the target.
-        let mut target = String::with_capacity(
-            HOST_ROOM + uri.path().len() + uri.query().map_or(0, |q| q.len() + 1),
-        );
-        push_normalized_path(uri.path(), &mut target);
-        let (route, params) = self.routes.resolve_id(&target);
-        let policy = self.routes.policy(self.routes.get(route));
-        push_normalized_query(uri.query(), &policy.query, &mut target);
-        Located {
-            route,
-            params,
-            target,
-        }
+/// The route of a target, matched on its normalized path, and the normalized
+/// target (with the route's query rules) that keys, tags and purges are built
+/// from, so `/users/%31` is `/users/1` everywhere.
+pub(super) fn locate(routes: &Routes, uri: &Uri) -> Located {
+    // Room for the host, which the primary key puts in front of the target.
+    let mut target = String::with_capacity(
+        HOST_ROOM + uri.path().len() + uri.query().map_or(0, |q| q.len() + 1),
+    );
+    push_normalized_path(uri.path(), &mut target);
+    let (route, params) = routes.resolve_id(&target);
+    let policy = routes.policy(routes.get(route));
+    push_normalized_query(uri.query(), &policy.query, &mut target);
+    Located {
+        route,
+        params,
+        target,
     }
 }

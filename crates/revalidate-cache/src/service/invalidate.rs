@@ -1,6 +1,7 @@
 //! Invalidation: writes forwarded upstream purge what they change (RFC 9111
 //! §4.4 and the route's rules), and purges of the admin API and the library.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,7 +12,7 @@ use http_body::Body;
 use tower::ServiceExt;
 
 use crate::key::normalize_target;
-use crate::routes::{Params, Route};
+use crate::routes::{Params, Route, Routes};
 use crate::shared::Shared;
 use crate::stats::Outcome;
 use crate::status::{CacheStatus, ForwardReason};
@@ -41,6 +42,65 @@ pub(super) fn same_origin_path(
     pq.starts_with('/').then(|| pq.to_string())
 }
 
+/// Whether a successful request with `method` (neither GET nor HEAD) purges:
+/// every method but OPTIONS and TRACE, which change nothing (RFC 9110 §9.2.1).
+pub(crate) fn invalidates(method: &Method) -> bool {
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// What a successful `method` on `uri` (of `route`, with `params`) purges before
+/// its response is read: the target URI (RFC 9111 §4.4) and the route's write
+/// rules for the method (a rule without methods applies to every write). The
+/// response's same-origin Location and Content-Location are added to it.
+pub(crate) fn write_purge(
+    routes: &Routes,
+    route: Option<&Route>,
+    params: &Params,
+    method: &Method,
+    uri: &Uri,
+) -> Purge {
+    let policy = routes.policy(route);
+    let mut purge = Purge::default();
+    let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    purge.urls.push(normalize_target(target, &policy.query));
+    for rule in route.map(|r| r.on_write.as_slice()).unwrap_or_default() {
+        if !rule.methods.is_empty() && !rule.methods.contains(method) {
+            continue;
+        }
+        purge
+            .urls
+            .extend(rule.urls.iter().filter_map(|t| t.render(params)));
+        purge
+            .prefixes
+            .extend(rule.prefixes.iter().filter_map(|t| t.render(params)));
+        purge
+            .tags
+            .extend(rule.tags.iter().filter_map(|t| t.render(params)));
+    }
+    purge
+}
+
+/// `purge` naming paths as keys hold them: normalized, each URL with the query
+/// rules of its route.
+pub(crate) fn normalized_purge<'a>(routes: &Routes, purge: &'a Purge) -> Cow<'a, Purge> {
+    if purge.urls.is_empty() && purge.prefixes.is_empty() {
+        return Cow::Borrowed(purge);
+    }
+    let mut copy = purge.clone();
+    for url in &mut copy.urls {
+        let path = url.split('?').next().unwrap_or("/");
+        let (route, _) = routes.resolve_request_path(path);
+        *url = normalize_target(url, &routes.policy(route).query);
+    }
+    for prefix in &mut copy.prefixes {
+        *prefix = normalize_target(prefix, &crate::key::QueryRules::default());
+    }
+    Cow::Owned(copy)
+}
+
 impl<St: Store> Shared<St> {
     /// Forwards an unsafe request; a non-error response invalidates the target URI,
     /// same-origin Location and Content-Location (RFC 9111 §4.4) and the route's
@@ -61,14 +121,11 @@ impl<St: Store> Shared<St> {
         let method = parts.method.clone();
         let uri = parts.uri.clone();
         let host = parts.headers.get(HOST).cloned();
-        let unsafe_method = !matches!(method, Method::OPTIONS | Method::TRACE);
+        let unsafe_method = invalidates(&method);
         let response = inner.oneshot(Request::from_parts(parts, body)).await?;
         let code = response.status();
         if unsafe_method && (code.is_success() || code.is_redirection()) {
-            let policy = self.routes.policy(route);
-            let mut purge = Purge::default();
-            let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
-            purge.urls.push(normalize_target(target, &policy.query));
+            let mut purge = write_purge(&self.routes, route, &params, &method, &uri);
             for name in [LOCATION, CONTENT_LOCATION] {
                 if let Some(path) = response
                     .headers()
@@ -82,20 +139,6 @@ impl<St: Store> Shared<St> {
                         &self.routes.policy(target_route).query,
                     ));
                 }
-            }
-            for rule in route.map(|r| r.on_write.as_slice()).unwrap_or_default() {
-                if !rule.methods.is_empty() && !rule.methods.contains(&method) {
-                    continue;
-                }
-                purge
-                    .urls
-                    .extend(rule.urls.iter().filter_map(|t| t.render(&params)));
-                purge
-                    .prefixes
-                    .extend(rule.prefixes.iter().filter_map(|t| t.render(&params)));
-                purge
-                    .tags
-                    .extend(rule.tags.iter().filter_map(|t| t.render(&params)));
             }
             self.purge_to_completion(purge).await;
         }
@@ -121,23 +164,8 @@ impl<St: Store> Shared<St> {
         if purge.is_empty() {
             return 0;
         }
-        // Purges name paths as keys hold them: normalized, with the route's query rules.
-        let normalized;
-        let purge = if purge.urls.is_empty() && purge.prefixes.is_empty() {
-            purge
-        } else {
-            let mut copy = purge.clone();
-            for url in &mut copy.urls {
-                let path = url.split('?').next().unwrap_or("/");
-                let (route, _) = self.routes.resolve_request_path(path);
-                *url = normalize_target(url, &self.routes.policy(route).query);
-            }
-            for prefix in &mut copy.prefixes {
-                *prefix = normalize_target(prefix, &crate::key::QueryRules::default());
-            }
-            normalized = copy;
-            &normalized
-        };
+        let normalized = normalized_purge(&self.routes, purge);
+        let purge = normalized.as_ref();
         let guard = self.log.record(purge).await;
         let here = self.store.purge(purge).await;
         drop(guard);

@@ -22,9 +22,11 @@
 //! | `storable` | whether a response may be stored, and as what |
 //! | `fetch` | validation, stale serving, coalesced fetches, storing |
 //! | `invalidate` | write invalidation and purges |
+//! | `explain` | what the cache does with a request, from the steps above |
 //! | `upstream` | what the cache needs of its upstream |
 
 mod answer;
+mod explain;
 mod fetch;
 mod head;
 mod invalidate;
@@ -33,6 +35,7 @@ mod range;
 mod storable;
 mod upstream;
 
+pub use explain::{Decision, Explanation};
 pub use upstream::{CacheableBody, Upstream, UpstreamUnavailable};
 
 use std::future::Future;
@@ -46,7 +49,7 @@ use http::{Method, Request, Response};
 use tower::ServiceExt;
 use tower_service::Service;
 
-use crate::routes::{Params, RouteId};
+use crate::routes::{Params, RouteId, Routes};
 use crate::shared::Shared;
 use crate::stats::{NotStored, Outcome};
 use crate::status::{CacheStatus, ForwardReason};
@@ -54,7 +57,7 @@ use crate::store::{LookupNow, Store};
 use revalidate::ResponseBody as CacheBody;
 
 use answer::{gateway_timeout, with_header};
-use head::{Located, Lookup, RequestHead, forward_as_keyed};
+use head::{Located, Lookup, RequestHead, forward_as_keyed, locate};
 use primary_key::{PrimaryKey, primary_key};
 
 /// Middleware that answers from, and fills, a shared cache. Built by
@@ -146,6 +149,8 @@ pub(super) enum Prepared<B> {
     Bypass {
         request: Request<B>,
         detail: Option<&'static str>,
+        route: RouteId,
+        params: Params,
     },
     /// A read the cache may answer from the store.
     Read(Read),
@@ -168,50 +173,70 @@ pub(super) enum AtOnce<ReqBody, ResBody> {
     Later(Prepared<ReqBody>, LookupNow),
 }
 
-impl<St: Store> Shared<St> {
-    /// Locates and keys `request`: the one step both the answer at once and the
-    /// full path start from.
-    fn prepare<B: Default>(&self, request: Request<B>) -> Prepared<B> {
-        let (mut parts, body) = request.into_parts();
-        let Located {
+/// Locates and keys `request` under `routes`: the one step both the answer at
+/// once and the full path start from, and what [`crate::explain`] reports.
+fn prepare<B: Default>(routes: &Routes, request: Request<B>) -> Prepared<B> {
+    let (mut parts, body) = request.into_parts();
+    let Located {
+        route,
+        params,
+        target,
+    } = locate(routes, &parts.uri);
+    // What is forwarded is what is keyed: an origin that does not decode `%75`
+    // as `u`, or splits a query on `;` where the key splits it on `&` only,
+    // would otherwise answer for another resource than the key names, and that
+    // answer would be served to every client of the key (cache poisoning).
+    forward_as_keyed(&mut parts.uri, &target);
+    if parts.method != Method::GET && parts.method != Method::HEAD {
+        return Prepared::Write {
+            parts,
+            body,
             route,
             params,
-            target,
-        } = self.locate(&parts.uri);
-        // What is forwarded is what is keyed: an origin that does not decode `%75`
-        // as `u`, or splits a query on `;` where the key splits it on `&` only,
-        // would otherwise answer for another resource than the key names, and that
-        // answer would be served to every client of the key (cache poisoning).
-        forward_as_keyed(&mut parts.uri, &target);
-        if parts.method != Method::GET && parts.method != Method::HEAD {
-            return Prepared::Write {
-                parts,
-                body,
-                route,
-                params,
-            };
-        }
-        let policy = self.routes.policy(self.routes.get(route));
-        if policy.bypass {
+        };
+    }
+    let policy = routes.policy(routes.get(route));
+    if policy.bypass {
+        return Prepared::Bypass {
+            request: Request::from_parts(parts, body),
+            detail: Some(NotStored::RouteBypass.token()),
+            route,
+            params,
+        };
+    }
+    let head = RequestHead::of(parts);
+    match primary_key(policy, &head, target) {
+        Some(primary) => Prepared::Read(Read {
+            head,
+            route,
+            params,
+            primary,
+        }),
+        None => Prepared::Bypass {
+            request: head.into_request(B::default()),
+            detail: Some(INVALID_HOST),
+            route,
+            params,
+        },
+    }
+}
+
+/// The `Cache-Status` detail of a read whose host makes no key.
+const INVALID_HOST: &str = "invalid-host";
+
+impl<St: Store> Shared<St> {
+    /// [`prepare`] under this cache's routes, counted.
+    fn prepare<B: Default>(&self, request: Request<B>) -> Prepared<B> {
+        let prepared = prepare(&self.routes, request);
+        if let Prepared::Bypass {
+            detail: Some(detail),
+            ..
+        } = &prepared
+            && *detail == NotStored::RouteBypass.token()
+        {
             self.stats.not_stored(NotStored::RouteBypass);
-            return Prepared::Bypass {
-                request: Request::from_parts(parts, body),
-                detail: Some(NotStored::RouteBypass.token()),
-            };
         }
-        let head = RequestHead::of(parts);
-        match primary_key(policy, &head, target) {
-            Some(primary) => Prepared::Read(Read {
-                head,
-                route,
-                params,
-                primary,
-            }),
-            None => Prepared::Bypass {
-                request: head.into_request(B::default()),
-                detail: Some("invalid-host"),
-            },
-        }
+        prepared
     }
 
     /// The answer to `request` from a fresh stored response, when the store can
@@ -273,7 +298,9 @@ impl<St: Store> Shared<St> {
                 let route = self.routes.get(route);
                 return Box::pin(self.forward_write(inner, parts, body, route, params)).await;
             }
-            Prepared::Bypass { request, detail } => {
+            Prepared::Bypass {
+                request, detail, ..
+            } => {
                 self.stats.outcome(Outcome::Bypassed);
                 let response = inner.oneshot(request).await?;
                 let response = response.map(|b| CacheBody::prefixed(Bytes::new(), b));

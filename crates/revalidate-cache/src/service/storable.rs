@@ -185,7 +185,7 @@ impl<St: Store> Shared<St> {
         headers: &HeaderMap,
     ) -> Vec<String> {
         let mut tags = response_tags(headers);
-        tags.extend(policy.tags.iter().filter_map(|t| t.render(params)));
+        tags.extend(policy.tags_for(params));
         tags
     }
 }

@@ -1,6 +1,7 @@
 //! What a store is: the [`Store`] trait and the types its methods take and give.
 
 use std::future::Future;
+use std::time::SystemTime;
 
 use crate::entry::Variants;
 
@@ -124,6 +125,62 @@ pub trait Store: Clone + Send + Sync + 'static {
     }
     /// Current occupancy.
     fn usage(&self) -> StoreUsage;
+    /// Up to `limit` of the stored responses `filter` selects, as they are at
+    /// `now`, copied out in one short snapshot; `None` when the store cannot
+    /// list what it holds (by default).
+    fn entries(&self, filter: &EntryFilter, limit: usize, now: SystemTime) -> Option<EntryListing> {
+        let _ = (filter, limit, now);
+        None
+    }
+}
+
+/// Which stored responses [`Store::entries`] lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntryFilter {
+    /// Those whose normalized target (path and query) starts with it.
+    pub prefix: Option<String>,
+    /// Those with this tag.
+    pub tag: Option<String>,
+}
+
+/// One stored response, as [`Store::entries`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct EntrySummary {
+    /// The primary key (see [`Decision::Keyed`](crate::Decision::Keyed)).
+    pub key: String,
+    /// The normalized target: what URL and prefix purges name.
+    pub path: String,
+    /// The stored status code.
+    pub status: u16,
+    /// Body bytes.
+    pub size: u64,
+    /// Current age, in seconds (RFC 9111 §4.2.3).
+    pub age: u64,
+    /// Seconds of freshness left; zero or negative (how long past it) when it
+    /// must be revalidated (stale, soft-purged or `no-cache`).
+    pub ttl: i64,
+    /// Invalidation tags.
+    pub tags: Vec<String>,
+    /// Its `ETag`.
+    pub etag: Option<String>,
+    /// Its `Last-Modified`.
+    pub last_modified: Option<String>,
+    /// Whether a soft purge marked it stale.
+    pub soft_purged: bool,
+    /// For a variant of a response with `Vary`: the request's value of each
+    /// field it varies on (`null`: absent; `(redacted)` for a credential).
+    pub vary: std::collections::BTreeMap<String, Option<String>>,
+}
+
+/// What [`Store::entries`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct EntryListing {
+    /// The responses, ordered by target then key (with a tag alone, when
+    /// truncated, some of those that carry it).
+    pub entries: Vec<EntrySummary>,
+    /// Whether more responses matched than were listed.
+    pub truncated: bool,
 }
 
 /// What to invalidate: the body of the admin API's `POST /purge` too.

@@ -2,13 +2,16 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 use smallvec::SmallVec;
 
-use super::contract::{FetchMark, LookupNow, Purge, Store, StoreUsage};
-use crate::entry::Variants;
+use super::contract::{
+    EntryFilter, EntryListing, EntrySummary, FetchMark, LookupNow, Purge, Store, StoreUsage,
+};
+use crate::entry::{StoredResponse, Variants};
 
 /// The in-memory tier: quick_cache (S3-FIFO-style admission and eviction, lock-sharded
 /// reads that only flip a bit) bounded by a byte budget charged on real body and
@@ -144,7 +147,90 @@ impl Index {
         }
         out
     }
+
+    /// Up to `max` primary keys `filter` selects, with their targets: a range of
+    /// the path index (a prefix), or the members of a tag (its primary keys'
+    /// targets checked against the prefix).
+    fn list(&self, filter: &EntryFilter, max: usize) -> Vec<(Arc<str>, Arc<str>)> {
+        let prefix = filter.prefix.as_deref().unwrap_or("");
+        if let Some(tag) = &filter.tag {
+            return self
+                .by_tag
+                .get(tag.as_str())
+                .into_iter()
+                .flatten()
+                .filter(|primary| target_of(primary).starts_with(prefix))
+                .take(max)
+                .map(|primary| (Arc::from(target_of(primary)), primary.clone()))
+                .collect();
+        }
+        let start: (Arc<str>, Arc<str>) = (Arc::from(prefix), Arc::from(""));
+        self.by_path
+            .range((Bound::Included(start), Bound::Unbounded))
+            .take_while(|(path, _)| path.starts_with(prefix))
+            .take(max)
+            .cloned()
+            .collect()
+    }
 }
+
+/// The normalized target within a primary key: after the host (which holds no
+/// `/`), up to the first key addition (after a `\n`, which no target holds).
+fn target_of(primary: &str) -> &str {
+    let target = primary.find('/').map_or("", |at| &primary[at..]);
+    target.split('\n').next().unwrap_or(target)
+}
+
+/// `entry`, stored under `key`, as it is at `now`.
+fn summary(key: &str, entry: &StoredResponse, now: SystemTime) -> EntrySummary {
+    let text = |value: http::HeaderValue| String::from_utf8_lossy(value.as_bytes()).into_owned();
+    let ttl = match entry.ttl(now) {
+        Some(left) => i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+        None => -i64::try_from(entry.staleness(now).as_secs()).unwrap_or(i64::MAX),
+    };
+    let validators = entry.validators();
+    EntrySummary {
+        key: key.to_string(),
+        path: entry.path.to_string(),
+        status: entry.status.as_u16(),
+        size: entry.body.len() as u64,
+        age: entry.age(now).as_secs(),
+        ttl,
+        tags: entry.tags.clone(),
+        etag: validators
+            .etag
+            .as_ref()
+            .map(|tag| text(tag.to_header_value())),
+        last_modified: validators
+            .last_modified
+            .map(|date| text(date.to_header_value())),
+        soft_purged: entry.is_soft_purged(),
+        vary: entry
+            .secondary
+            .names
+            .iter()
+            .zip(&entry.secondary.values)
+            .map(|(name, value)| {
+                let value = if CREDENTIALS.contains(name) {
+                    value.as_ref().map(|_| REDACTED.to_string())
+                } else {
+                    value.clone()
+                };
+                (name.to_string(), value)
+            })
+            .collect(),
+    }
+}
+
+/// Fields whose values a listing never shows (a response may vary on them).
+const CREDENTIALS: [http::HeaderName; 3] = [
+    http::header::AUTHORIZATION,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::COOKIE,
+];
+
+/// What a listing shows for a credential.
+pub(crate) const REDACTED: &str = "(redacted)";
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every update keeps the structures consistent before it can panic, so a
@@ -305,6 +391,32 @@ impl Store for MemoryStore {
             evictions: self.inner.notices.count.load(Ordering::Relaxed),
         }
     }
+
+    fn entries(&self, filter: &EntryFilter, limit: usize, now: SystemTime) -> Option<EntryListing> {
+        // Only the keys are copied under the index lock (which writes take, never
+        // a hit), one more than asked to tell whether there are more; the
+        // responses are read after it, each under its shard's lock alone.
+        let mut keys = lock(&self.inner.index).list(filter, limit.saturating_add(1));
+        keys.sort();
+        let mut listing = EntryListing {
+            truncated: keys.len() > limit,
+            entries: Vec::with_capacity(keys.len().min(limit)),
+        };
+        'keys: for (_, primary) in &keys {
+            // Gone since the snapshot: evicted or purged.
+            let Some(variants) = self.inner.entries.peek(primary.as_bytes()) else {
+                continue;
+            };
+            for entry in variants.entries() {
+                if listing.entries.len() == limit {
+                    listing.truncated = true;
+                    break 'keys;
+                }
+                listing.entries.push(summary(primary, entry, now));
+            }
+        }
+        Some(listing)
+    }
 }
 
 #[cfg(test)]
@@ -365,6 +477,85 @@ mod tests {
         assert_eq!(store.purge(&Purge::tags(["t1"])).await, 1);
         assert!(store.get("h/c").await.is_none());
         assert_eq!(indexed(&store), (1, 0), "only /ab is left in the indexes");
+    }
+
+    #[tokio::test]
+    async fn listings_filter_by_prefix_and_tag_and_stop_at_the_limit() {
+        let store = MemoryStore::new(64 << 20);
+        for (key, path, tags) in [
+            ("h/a\nh:accept=x", "/a", &["t1"][..]),
+            ("h/a/b", "/a/b", &["t2"]),
+            ("h/ab", "/ab", &[]),
+            ("g/c", "/c", &["t1"]),
+        ] {
+            store
+                .put(key.into(), variants(path, tags, 10), FetchMark::NONE)
+                .await;
+        }
+        let now = SystemTime::now();
+        let list = |prefix: Option<&str>, tag: Option<&str>, limit| {
+            let filter = EntryFilter {
+                prefix: prefix.map(str::to_string),
+                tag: tag.map(str::to_string),
+            };
+            let listing = store.entries(&filter, limit, now).unwrap();
+            let keys: Vec<String> = listing.entries.iter().map(|e| e.key.clone()).collect();
+            (keys, listing.truncated)
+        };
+        assert_eq!(
+            list(None, None, 10),
+            (
+                vec![
+                    "h/a\nh:accept=x".into(),
+                    "h/a/b".into(),
+                    "h/ab".into(),
+                    "g/c".into()
+                ],
+                false
+            ),
+            "ordered by target"
+        );
+        assert_eq!(list(Some("/a/"), None, 10), (vec!["h/a/b".into()], false));
+        assert!(list(Some("/a"), None, 2).1, "three match, two listed");
+        assert_eq!(list(Some("/a"), None, 2).0.len(), 2);
+        assert!(!list(Some("/a"), None, 3).1);
+        assert_eq!(
+            list(None, Some("t1"), 10),
+            (vec!["h/a\nh:accept=x".into(), "g/c".into()], false)
+        );
+        assert_eq!(
+            list(Some("/c"), Some("t1"), 10),
+            (vec!["g/c".into()], false)
+        );
+        assert!(list(None, Some("t1"), 1).1);
+        assert_eq!(list(None, Some("none"), 10), (vec![], false));
+        let entry = &store
+            .entries(&EntryFilter::default(), 1, now)
+            .unwrap()
+            .entries[0];
+        assert_eq!(
+            (
+                entry.path.as_str(),
+                entry.status,
+                entry.size,
+                entry.soft_purged
+            ),
+            ("/a", 200, 10, false)
+        );
+        // Stored a moment before `now`, fresh for 60 s.
+        assert!((59..=60).contains(&entry.ttl), "{entry:?}");
+        store.purge(&Purge::urls(["/a"]).soft()).await;
+        let later = now + Duration::from_secs(5);
+        let entry = &store
+            .entries(&EntryFilter::default(), 1, later)
+            .unwrap()
+            .entries[0];
+        assert!(
+            entry.soft_purged && entry.ttl < 0 && entry.age == 5,
+            "{entry:?}"
+        );
+        assert_eq!(target_of("h:80/x?y\nu:1"), "/x?y");
+        assert_eq!(target_of("/x"), "/x", "no host");
     }
 
     #[tokio::test]

@@ -18,8 +18,11 @@ mod memory;
 mod redis;
 
 pub use crate::entry::Variants;
-pub use contract::{FetchMark, LookupNow, Purge, Store, StoreUsage};
+pub use contract::{
+    EntryFilter, EntryListing, EntrySummary, FetchMark, LookupNow, Purge, Store, StoreUsage,
+};
 pub use memory::MemoryStore;
+pub(crate) use memory::REDACTED;
 #[cfg(feature = "redis")]
 pub use redis::{
     BusStatus, RedisConfig, RedisError, RedisStore, RedisTarget, Tiered, Versions, version_tag,

@@ -1,5 +1,6 @@
-//! The admin listener: `POST /purge`, `POST /reload`, `GET /stats`, `GET /metrics`,
-//! `GET /healthz` (liveness), `GET /readyz` (readiness: an upstream server is up).
+//! The admin listener: `POST /purge`, `POST /reload`, `GET /stats`, `GET /entries`
+//! (stored responses, see `entries`), `GET /metrics`, `GET /healthz` (liveness),
+//! `GET /readyz` (readiness: an upstream server is up).
 //!
 //! With a token, every route but `/healthz` and `/readyz` needs
 //! `Authorization: Bearer <token>` (the scheme in any case, RFC 9110 §11.1); the
@@ -22,6 +23,8 @@ use revalidate::Problem;
 use revalidate_cache::{Cache, Purge};
 
 use super::{Live, ProxyStore};
+
+mod entries;
 use serde_json::json;
 
 /// What the admin routes share.
@@ -106,13 +109,14 @@ pub fn router(state: AdminState) -> Router {
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
         .route("/reload", post(reload))
+        .route("/entries", get(entries::list))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async {
             problem(
                 StatusCode::NOT_FOUND,
-                "admin routes: POST /purge, POST /reload, GET /stats, /metrics, /healthz, /readyz",
+                "admin routes: POST /purge, POST /reload, GET /stats, /entries, /metrics, /healthz, /readyz",
             )
         })
         .method_not_allowed_fallback(|| async {

@@ -1,13 +1,13 @@
 //! The proxy's store: the in-memory tier alone, or over Redis (`--redis`,
 //! `--redis-cluster`).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use revalidate_cache::store::{
     BusStatus, FetchMark, LookupNow, RedisConfig, RedisError, RedisStore, Tiered, Variants,
     Versions,
 };
-use revalidate_cache::{MemoryStore, Purge, Store, StoreUsage};
+use revalidate_cache::{EntryFilter, EntryListing, MemoryStore, Purge, Store, StoreUsage};
 
 use super::config::ServeConfig;
 
@@ -132,6 +132,13 @@ impl Store for ProxyStore {
         match self {
             Self::Memory(store) => store.usage(),
             Self::Tiered(store) => store.usage(),
+        }
+    }
+
+    fn entries(&self, filter: &EntryFilter, limit: usize, now: SystemTime) -> Option<EntryListing> {
+        match self {
+            Self::Memory(store) => store.entries(filter, limit, now),
+            Self::Tiered(store) => store.entries(filter, limit, now),
         }
     }
 }

@@ -3,12 +3,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::RedisStore;
 use super::bus::{self, BusState};
 use crate::entry::Variants;
-use crate::store::contract::{FetchMark, LookupNow, Purge, Store, StoreUsage};
+use crate::store::contract::{
+    EntryFilter, EntryListing, FetchMark, LookupNow, Purge, Store, StoreUsage,
+};
 use crate::store::memory::MemoryStore;
 
 /// A local tier over a shared one.
@@ -25,7 +27,7 @@ use crate::store::memory::MemoryStore;
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), revalidate_cache::store::RedisError> {
-/// use std::time::Duration;
+/// use std::time::{Duration, SystemTime};
 /// use revalidate_cache::store::{RedisConfig, RedisStore, Tiered};
 /// use revalidate_cache::{Cache, MemoryStore};
 ///
@@ -177,5 +179,10 @@ impl Store for Tiered {
 
     fn usage(&self) -> StoreUsage {
         self.local.usage()
+    }
+
+    /// The local tier's: what this instance holds.
+    fn entries(&self, filter: &EntryFilter, limit: usize, now: SystemTime) -> Option<EntryListing> {
+        self.local.entries(filter, limit, now)
     }
 }
