@@ -580,6 +580,35 @@ mod tests {
 
     use super::*;
 
+    /// A reload's limits apply to what comes next: a higher connection limit at
+    /// once, a lower one as connections close, new bounds for new connections.
+    #[tokio::test]
+    async fn limits_follow_a_reload() {
+        let section = |max: usize, header: u64| ClientSection {
+            max_connections: Some(max),
+            header_timeout: Duration::from_secs(header),
+            ..ClientSection::default()
+        };
+        let limits = ClientLimits::new(&section(2, 30));
+        let held: Vec<_> = (0..2)
+            .map(|_| limits.connections.clone().try_acquire_owned().unwrap())
+            .collect();
+        assert!(limits.connections.clone().try_acquire_owned().is_err());
+        limits.update(&section(3, 5));
+        assert_eq!(limits.max_connections(), 3);
+        assert_eq!(limits.settings().bounds.header, Duration::from_secs(5));
+        let third = limits.connections.clone().try_acquire_owned().unwrap();
+        limits.update(&section(1, 5));
+        assert_eq!(limits.max_connections(), 1);
+        // Three are open: none may start until two have closed.
+        drop(third);
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let only = limits.connections.clone().try_acquire_owned().unwrap();
+        assert!(limits.connections.clone().try_acquire_owned().is_err());
+        drop(only);
+    }
+
     /// Sends `request` on a new connection and reads until the server closes it.
     async fn exchange(addr: SocketAddr, request: &'static str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -134,10 +134,10 @@ impl UpstreamClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        // Idle connections are dropped before the common upstream keep-alive
-        // timeouts (Node and uvicorn: 5 s) can close them under a request.
+        // Idle connections are dropped before the upstream's keep-alive timeout
+        // can close them under a request.
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(4))
+            .pool_idle_timeout(config.upstream.idle_timeout)
             .build(connector.clone());
         let fresh = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
