@@ -512,6 +512,21 @@ fn certificates(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::pat
     )
 }
 
+/// A TLS handshake with the proxy, trusting only `ca`.
+async fn handshake(addr: SocketAddr, ca: &Path) -> Result<(), String> {
+    let config = revalidate_cli::serve::tls::upstream_config(Some(ca)).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    connector
+        .connect(name, tcp)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 /// A GET over TLS trusting `ca`, and the protocol ALPN chose.
 async fn https_get(addr: SocketAddr, path: &str, ca: &Path) -> (Reply, String) {
     use http_body_util::BodyExt;
@@ -604,7 +619,7 @@ async fn tls_to_clients_and_to_the_upstream() {
         }
     };
 
-    let (_trusting, addr) = start(true, "trusting.log");
+    let (trusting, addr) = start(true, "trusting.log");
     wait(addr).await;
     let (first, alpn) = https_get(addr, "/items/7", &ca).await;
     assert_eq!(alpn, "h2", "HTTP/2 is offered");
@@ -614,9 +629,36 @@ async fn tls_to_clients_and_to_the_upstream() {
     assert!(hit(&again), "{}", cache_status(&again));
     assert_eq!(seen.lock().unwrap()["/items/7"], 1);
 
+    // A renewed certificate, from another authority, put in force by SIGHUP;
+    // the stored entries stay.
+    let renewed = tempfile::tempdir().unwrap();
+    let (new_ca, new_cert, new_key) = certificates(renewed.path());
+    assert!(handshake(addr, &new_ca).await.is_err(), "not yet");
+    std::fs::copy(&new_cert, &cert).unwrap();
+    std::fs::copy(&new_key, &key).unwrap();
+    let pid = trusting.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut renewed_served = Err(String::new());
+    for _ in 0..200 {
+        renewed_served = handshake(addr, &new_ca).await;
+        if renewed_served.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(renewed_served.is_ok(), "{renewed_served:?}");
+    let (kept, _) = https_get(addr, "/items/7", &new_ca).await;
+    assert!(hit(&kept), "{}", cache_status(&kept));
+
     let (_refusing, addr) = start(false, "refusing.log");
     wait(addr).await;
-    let (refused, _) = https_get(addr, "/items/8", &ca).await;
+    let (refused, _) = https_get(addr, "/items/8", &new_ca).await;
     assert_eq!(refused.status, 502, "{}", refused.body);
     assert_eq!(refused.headers["content-type"], "application/problem+json");
     assert!(refused.body.contains("certificate"), "{}", refused.body);
