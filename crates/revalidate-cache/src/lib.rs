@@ -40,6 +40,7 @@ mod coalesce;
 mod entry;
 mod freshness;
 mod headers;
+pub mod histogram;
 mod invalidation;
 mod key;
 mod local_fields;
@@ -60,5 +61,5 @@ pub use routes::{
 };
 pub use service::{CacheService, CacheableBody, ResponseFuture, Upstream, UpstreamUnavailable};
 pub use shared::CacheConfig;
-pub use stats::{NotStored, Outcome, Snapshot};
+pub use stats::{NotStored, Outcome, PurgeRecord, RouteCount, Snapshot, describe_metrics};
 pub use store::{LookupNow, MemoryStore, Purge, Store, StoreUsage};

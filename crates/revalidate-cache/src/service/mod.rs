@@ -178,6 +178,7 @@ impl<St: Store> Shared<St> {
             params,
             target,
         } = self.locate(&parts.uri);
+        self.traffic.request(route.index());
         // What is forwarded is what is keyed: an origin that does not decode `%75`
         // as `u`, or splits a query on `;` where the key splits it on `&` only,
         // would otherwise answer for another resource than the key names, and that
@@ -199,7 +200,7 @@ impl<St: Store> Shared<St> {
                 detail: Some(NotStored::RouteBypass.token()),
             };
         }
-        let head = RequestHead::of(parts);
+        let head = RequestHead::of(parts, route);
         match primary_key(policy, &head, target) {
             Some(primary) => Prepared::Read(Read {
                 head,

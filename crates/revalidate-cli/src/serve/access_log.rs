@@ -260,6 +260,8 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // Taken with or without a log: every request's time is counted.
+        let at = Instant::now();
         let started = self.logger.as_ref().map(|logger| {
             // The client's id, if usable; otherwise the one the upstream client
             // gives a request it forwards, or (a hit) one made for the line.
@@ -277,11 +279,11 @@ where
                 version: request.version(),
                 user_agent: request.headers().get(USER_AGENT).cloned(),
                 id,
-                at: Instant::now(),
             }
         });
         AccessLogFuture {
             inner: self.inner.call(request),
+            at,
             started,
         }
     }
@@ -338,7 +340,6 @@ struct Started {
     user_agent: Option<HeaderValue>,
     /// The client's id, when it sent a usable one.
     id: Option<HeaderValue>,
-    at: Instant,
 }
 
 pin_project_lite::pin_project! {
@@ -347,6 +348,7 @@ pin_project_lite::pin_project! {
     pub struct AccessLogFuture<F> {
         #[pin]
         inner: F,
+        at: Instant,
         started: Option<Started>,
     }
 }
@@ -361,8 +363,13 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
-        if let (Some(started), Ok(response)) = (this.started.take(), &result) {
-            started.write(response);
+        if let Ok(response) = &result {
+            let total = this.at.elapsed();
+            let upstream = response.extensions().get::<UpstreamTime>().map(|t| t.0);
+            super::observe::record_request(total, upstream.is_some());
+            if let Some(started) = this.started.take() {
+                started.write(response, total, upstream);
+            }
         }
         Poll::Ready(result)
     }
@@ -371,7 +378,7 @@ where
 impl Started {
     /// Queues this request's record. The line is formatted by the writer
     /// thread: a worker only copies the fields' bytes.
-    fn write<B: Body>(self, response: &Response<B>) {
+    fn write<B: Body>(self, response: &Response<B>, total: Duration, upstream: Option<Duration>) {
         let id_made;
         let id: &[u8] = match &self.id {
             Some(id) => id.as_bytes(),
@@ -387,8 +394,8 @@ impl Started {
             status: response.status().as_u16(),
             version: self.version,
             bytes: response.body().size_hint().exact(),
-            upstream: response.extensions().get::<UpstreamTime>().map(|t| t.0),
-            total: self.at.elapsed(),
+            upstream,
+            total,
             client: self.peer.as_deref().map(str::as_bytes),
             method: self.method.as_str().as_bytes(),
             target: self

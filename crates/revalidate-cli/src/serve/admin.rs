@@ -19,9 +19,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use revalidate::Problem;
+use revalidate_cache::histogram::{BOUNDS_MICROS, HistogramSnapshot};
 use revalidate_cache::{Cache, Purge};
 
-use super::{Live, ProxyStore};
+use super::{Live, ProxyStore, observe};
 use serde_json::json;
 
 /// What the admin routes share.
@@ -231,10 +232,45 @@ async fn stats(State(state): State<AdminState>) -> Response {
     } else {
         served_from_cache as f64 / answered as f64
     };
+    let client_saved = counters
+        .bytes_without_cache
+        .saturating_sub(counters.bytes_sent);
+    let (from_cache, from_upstream) = observe::request_latency();
+    let mut client = from_cache;
+    client.add(&from_upstream);
+    let mut routes = cache.route_traffic();
+    routes.sort_by_key(|r| std::cmp::Reverse(r.requests));
     axum::Json(json!({
         "requests": counters,
         "hit_ratio": hit_ratio,
-        "bytes_saved": counters.bytes_without_cache.saturating_sub(counters.bytes_sent),
+        "bytes_saved": client_saved,
+        "client_bandwidth_saved_bytes": client_saved,
+        "origin_offload": {
+            "requests": served_from_cache,
+            "revalidated_not_modified": counters.upstream_not_modified,
+            "body_bytes": counters.origin_bytes_spared,
+        },
+        "upstream_failures": observe::upstream_failures()
+            .into_iter()
+            .collect::<std::collections::BTreeMap<_, _>>(),
+        "latency": {
+            "bounds_seconds": BOUNDS_MICROS.iter().map(|&b| b as f64 / 1e6).collect::<Vec<_>>(),
+            "upstream": latency(&cache.upstream_latency()),
+            "client": latency(&client),
+            "client_from_cache": latency(&from_cache),
+            "client_from_upstream": latency(&from_upstream),
+        },
+        "recent_purges": cache.recent_purges(),
+        "top_routes": routes
+            .iter()
+            .take(TOP_ROUTES)
+            .map(|r| json!({
+                "route": r.route,
+                "requests": r.requests,
+                "from_cache": r.from_cache,
+                "hit_ratio": if r.requests == 0 { 0.0 } else { r.from_cache as f64 / r.requests as f64 },
+            }))
+            .collect::<Vec<_>>(),
         "store": { "entries": usage.entries, "bytes": usage.bytes, "evictions": usage.evictions },
         "not_stored": cache
             .not_stored()
@@ -266,6 +302,21 @@ async fn stats(State(state): State<AdminState>) -> Response {
     .into_response()
 }
 
+/// Routes `/stats` lists in `top_routes`.
+const TOP_ROUTES: usize = 10;
+
+/// A histogram in `/stats`: interpolated quantiles since start, and the raw
+/// bucket counts (for quantiles over a window, from two polls).
+fn latency(histogram: &HistogramSnapshot) -> serde_json::Value {
+    json!({
+        "count": histogram.count(),
+        "sum_seconds": histogram.sum_seconds(),
+        "p50_seconds": histogram.quantile(0.5),
+        "p99_seconds": histogram.quantile(0.99),
+        "buckets": histogram.buckets(),
+    })
+}
+
 /// Reloads the configuration, as SIGHUP does: 200 with what the reload did, or
 /// 422 with why the new configuration was refused (the old one keeps serving).
 async fn reload(State(state): State<AdminState>) -> Response {
@@ -284,6 +335,7 @@ async fn reload(State(state): State<AdminState>) -> Response {
 async fn metrics(State(state): State<AdminState>) -> Response {
     let cache = state.cache();
     cache.publish_metrics();
+    super::observe::publish();
     if let Some(live) = &state.live {
         let upstream = live.upstream();
         let pool = upstream.pool();
@@ -305,11 +357,13 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         metrics::counter!("revalidate_redis_failed_commands_total").absolute(bus.redis_failures);
     }
     match &state.metrics {
-        Some(handle) => (
-            [(CONTENT_TYPE, "text/plain; version=0.0.4")],
-            handle.render(),
-        )
-            .into_response(),
+        Some(handle) => {
+            // The exporter's families, then the histograms counted apart.
+            let mut text = handle.render();
+            cache.write_histograms(&mut text);
+            super::observe::write_histograms(&mut text);
+            ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+        }
         None => problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "no metrics recorder is installed",
