@@ -134,6 +134,7 @@ impl<St: Store> Cache<St> {
         let usage = self.usage();
         metrics::gauge!("revalidate_store_entries").set(usage.entries as f64);
         metrics::gauge!("revalidate_store_bytes").set(usage.bytes as f64);
+        metrics::counter!("revalidate_store_evictions_total").absolute(usage.evictions);
         for count in self.route_traffic() {
             metrics::counter!("revalidate_route_requests_total", "route" => count.route.clone())
                 .absolute(count.requests);

@@ -1,10 +1,12 @@
-//! The admin listener: `POST /purge`, `POST /reload`, `GET /stats`, `GET /metrics`,
-//! `GET /healthz` (liveness), `GET /readyz` (readiness: an upstream server is up).
+//! The admin listener: `GET /` (a live dashboard), `POST /purge`, `POST /reload`,
+//! `GET /stats`, `GET /metrics`, `GET /healthz` (liveness), `GET /readyz`
+//! (readiness: an upstream server is up).
 //!
-//! With a token, every route but `/healthz` and `/readyz` needs
+//! With a token, every route but `/`, `/healthz` and `/readyz` needs
 //! `Authorization: Bearer <token>` (the scheme in any case, RFC 9110 §11.1); the
 //! probes stay open because orchestrators' probes carry no credentials, and they
-//! reveal nothing but "ok" or "not ready". `/purge`
+//! reveal nothing but "ok" or "not ready"; the dashboard page holds no data, and
+//! sends the token the operator types in with each read of `/stats`. `/purge`
 //! takes only `application/json`: a form or `text/plain` body is what a web page
 //! can send to a loopback admin without a preflight (CSRF), and is refused with
 //! 415. Every error is a problem (RFC 9457).
@@ -12,7 +14,10 @@
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::header::{
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY,
+    WWW_AUTHENTICATE, X_CONTENT_TYPE_OPTIONS,
+};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -108,18 +113,46 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/reload", post(reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .route("/", get(dashboard))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async {
             problem(
                 StatusCode::NOT_FOUND,
-                "admin routes: POST /purge, POST /reload, GET /stats, /metrics, /healthz, /readyz",
+                "admin routes: GET / (dashboard), POST /purge, POST /reload, GET /stats, /metrics, /healthz, /readyz",
             )
         })
         .method_not_allowed_fallback(|| async {
             problem(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
         })
         .with_state(state)
+}
+
+/// The live dashboard: one page, its style and script inline, that polls
+/// `/stats` every second.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// The dashboard holds no data (it reads `/stats`, with the token the operator
+/// types in when one is asked for), so it is served without the token. Nothing
+/// else may run or be loaded in it: no script, style or request from elsewhere,
+/// no framing, no form submission.
+async fn dashboard() -> Response {
+    (
+        [
+            (CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+                 frame-ancestors 'none'",
+            ),
+            (X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (REFERRER_POLICY, "no-referrer"),
+            (CACHE_CONTROL, "no-cache"),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
 }
 
 /// Whether a `Content-Type` is `application/json`, with parameters or not.
