@@ -37,7 +37,7 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "revalidate_upstream_requests_total",
-        "Requests the cache sent upstream (misses, revalidations, bypasses and writes)."
+        "Requests the cache sent upstream to fill or revalidate an entry (misses, revalidations, refreshes; bypasses and writes aside)."
     );
     describe_counter!(
         "revalidate_upstream_not_modified_total",
