@@ -273,7 +273,11 @@ async fn stats(State(state): State<AdminState>) -> Response {
     client.add(&from_upstream);
     let mut routes = cache.route_traffic();
     routes.sort_by_key(|r| std::cmp::Reverse(r.requests));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     axum::Json(json!({
+        "at_unix_seconds": now.as_secs_f64(),
         "requests": counters,
         "hit_ratio": hit_ratio,
         "bytes_saved": client_saved,
