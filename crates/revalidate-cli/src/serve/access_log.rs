@@ -11,6 +11,10 @@
 //! every 50 ms: a slow disk or terminal never blocks a worker, and lines that do
 //! not fit are dropped and counted ([`AccessLogger::dropped`]) instead.
 //!
+//! With or without a log, the layer times every request (head to response head)
+//! into `revalidate_request_duration_seconds` ([`super::observe`]): it is the
+//! outermost layer, the one place every request passes through.
+//!
 //! ```text
 //! 127.0.0.1 "GET /users/1?fields=name HTTP/1.1" 200 48 "revalidate; hit; ttl=29" upstream=- total=0.000041 id=5f3a9c0e00000001 ua="curl/8.5.0"
 //! ```
