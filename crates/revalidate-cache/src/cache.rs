@@ -5,11 +5,12 @@ use std::sync::Arc;
 use tower_layer::Layer;
 
 use crate::clock::{Clock, SystemClock};
+use crate::histogram::HistogramSnapshot;
 use crate::invalidation::InvalidationLog;
 use crate::routes::Routes;
 use crate::service::CacheService;
 use crate::shared::{CacheConfig, Shared};
-use crate::stats::Snapshot;
+use crate::stats::{PurgeRecord, RouteCount, RouteTraffic, Snapshot};
 use crate::store::{EntryFilter, EntryListing, MemoryStore, Purge, Store, StoreUsage};
 
 /// A shared HTTP cache (RFC 9111). Cloning gives another handle to the same cache.
@@ -33,6 +34,10 @@ impl<St> Clone for Cache<St> {
         }
     }
 }
+
+/// `# HELP` of `revalidate_upstream_duration_seconds`.
+const UPSTREAM_DURATION_HELP: &str =
+    "Time from sending a request upstream to its response head, per request the cache sent.";
 
 /// Builds a [`Cache`].
 #[derive(Debug)]
@@ -66,6 +71,7 @@ impl<St: Store> CacheBuilder<St> {
     pub fn build(self) -> Cache<St> {
         // Made now rather than by the first answer.
         crate::headers::prepare_age_values();
+        let routes = self.routes.len();
         Cache {
             shared: Arc::new(Shared {
                 store: self.store,
@@ -74,6 +80,7 @@ impl<St: Store> CacheBuilder<St> {
                 log: Arc::new(InvalidationLog::new(self.config.invalidation_horizon)),
                 coalescer: Arc::default(),
                 stats: Arc::default(),
+                traffic: RouteTraffic::new(routes),
                 config: self.config,
             }),
         }
@@ -127,6 +134,53 @@ impl<St: Store> Cache<St> {
         let usage = self.usage();
         metrics::gauge!("revalidate_store_entries").set(usage.entries as f64);
         metrics::gauge!("revalidate_store_bytes").set(usage.bytes as f64);
+        metrics::counter!("revalidate_store_evictions_total").absolute(usage.evictions);
+        for count in self.route_traffic() {
+            metrics::counter!("revalidate_route_requests_total", "route" => count.route.clone())
+                .absolute(count.requests);
+            metrics::counter!("revalidate_route_served_from_cache_total", "route" => count.route)
+                .absolute(count.from_cache);
+        }
+    }
+
+    /// Appends the histograms kept outside the `metrics` facade (see
+    /// [`crate::histogram`]) in the Prometheus text format, `# HELP` and `# TYPE`
+    /// included: `revalidate_upstream_duration_seconds`. Append it to what the
+    /// exporter renders.
+    pub fn write_histograms(&self, out: &mut String) {
+        const NAME: &str = "revalidate_upstream_duration_seconds";
+        crate::histogram::write_family_header(NAME, UPSTREAM_DURATION_HELP, out);
+        self.upstream_latency().write_prometheus(NAME, "", out);
+    }
+
+    /// How long the upstream took to answer the requests sent to it.
+    pub fn upstream_latency(&self) -> HistogramSnapshot {
+        self.shared.stats.upstream_latency()
+    }
+
+    /// The last purges (at most [`RECENT_PURGES`](crate::stats::RECENT_PURGES)),
+    /// newest first.
+    pub fn recent_purges(&self) -> Vec<PurgeRecord> {
+        self.shared.stats.recent_purges()
+    }
+
+    /// Requests per route since the routes in force were configured, in the
+    /// routes' order, `(default)` (paths no route matches) last.
+    pub fn route_traffic(&self) -> Vec<RouteCount> {
+        let names = self
+            .shared
+            .routes
+            .iter()
+            .map(|route| route.pattern.as_str().to_string())
+            .chain(std::iter::once("(default)".to_string()));
+        names
+            .zip(self.shared.traffic.totals())
+            .map(|(route, (requests, from_cache))| RouteCount {
+                route,
+                requests,
+                from_cache,
+            })
+            .collect()
     }
 
     /// Store occupancy.
@@ -196,6 +250,7 @@ impl<St: Store> Cache<St> {
         St: Store + Clone,
     {
         let changed = self.shared.routes.changed_keys(&routes);
+        let traffic = RouteTraffic::new(routes.len());
         let next = Cache {
             shared: Arc::new(Shared {
                 store: self.shared.store.clone(),
@@ -204,6 +259,7 @@ impl<St: Store> Cache<St> {
                 log: self.shared.log.clone(),
                 coalescer: self.shared.coalescer.clone(),
                 stats: self.shared.stats.clone(),
+                traffic,
                 config,
             }),
         };

@@ -40,6 +40,7 @@ mod coalesce;
 mod entry;
 mod freshness;
 mod headers;
+pub mod histogram;
 mod invalidation;
 mod key;
 mod local_fields;
@@ -63,7 +64,7 @@ pub use service::{
     UpstreamUnavailable,
 };
 pub use shared::CacheConfig;
-pub use stats::{NotStored, Outcome, Snapshot};
+pub use stats::{NotStored, Outcome, PurgeRecord, RouteCount, Snapshot, describe_metrics};
 pub use store::{
     EntryFilter, EntryListing, EntrySummary, LookupNow, MemoryStore, Purge, Store, StoreUsage,
 };

@@ -283,8 +283,15 @@ pub struct KeyPart(pub String);
 
 /// Which route a target resolved to, by position among the routes (`None`: none,
 /// the default policy applies). See [`Routes::resolve_id`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct RouteId(pub(crate) Option<usize>);
+
+impl RouteId {
+    /// The route's position among the routes (`None`: the default policy).
+    pub(crate) fn index(self) -> Option<usize> {
+        self.0
+    }
+}
 
 /// Routes in order; the first match wins, else the default policy applies.
 #[derive(Debug, Clone, Default)]
@@ -339,6 +346,16 @@ impl Routes {
     /// Every route.
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter()
+    }
+
+    /// How many routes there are (the default policy aside).
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether there are no routes (only the default policy).
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
     }
 
     /// What a cache must drop when its routes become `next`: the paths of every

@@ -9,7 +9,7 @@ use crate::clock::Clock;
 use crate::coalesce::Coalescer;
 use crate::invalidation::InvalidationLog;
 use crate::routes::Routes;
-use crate::stats::Stats;
+use crate::stats::{RouteTraffic, Stats};
 
 /// Limits of a cache.
 #[derive(Debug, Clone)]
@@ -48,5 +48,7 @@ pub(crate) struct Shared<St> {
     pub(crate) coalescer: Arc<Coalescer>,
     /// Shared likewise: the counters go on across reloads.
     pub(crate) stats: Arc<Stats>,
+    /// Per route of `routes`: made afresh with them.
+    pub(crate) traffic: RouteTraffic,
     pub(crate) config: CacheConfig,
 }

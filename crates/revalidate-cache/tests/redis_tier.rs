@@ -493,15 +493,14 @@ async fn a_slow_redis_never_slows_local_hits() {
         .query_async(&mut connection)
         .await
         .unwrap();
+    // Counted rather than timed, so that a busy machine cannot fail it: a hit
+    // that waited for Redis would take the command timeout (50 ms), so no more
+    // than a few would fit in the pause.
     let started = Instant::now();
-    let mut slowest = Duration::ZERO;
+    let mut hits = 0;
     while started.elapsed() < pause {
-        let hit = Instant::now();
         assert!(a.get("/h").await.hit(), "still served from the local tier");
-        slowest = slowest.max(hit.elapsed());
+        hits += 1;
     }
-    assert!(
-        slowest < Duration::from_millis(20),
-        "a hit took {slowest:?}"
-    );
+    assert!(hits >= 20, "{hits} hits during a {pause:?} stall");
 }

@@ -91,6 +91,10 @@ impl<St: Store> Shared<St> {
         outcome: Outcome,
     ) -> Response<CacheBody<B>> {
         self.stats.outcome(outcome);
+        if outcome.is_from_store() {
+            self.stats.spared_upstream(entry.body.len());
+            self.traffic.served_from_store(head.route.index());
+        }
         let now = self.clock.now();
         let age = age_value(entry.age(now).as_secs());
 

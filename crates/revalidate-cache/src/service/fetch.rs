@@ -361,7 +361,7 @@ impl<St: Store> Shared<St> {
         let request_time = self.clock.now();
         let started = Instant::now();
         let result = inner.oneshot(request).await;
-        self.stats.upstream(started.elapsed().as_secs_f64());
+        self.stats.upstream(started.elapsed());
         let response_time = self.clock.now();
 
         // Stale content may stand in for an error within stale-if-error, and for an
@@ -426,6 +426,7 @@ impl<St: Store> Shared<St> {
         if code == StatusCode::NOT_MODIFIED
             && let Some(old) = &stale
         {
+            self.stats.upstream_not_modified(old.body.len());
             // The 304's fields update the stored ones, and the result must still be
             // storable; its cookies and qualified private/no-cache fields go to this
             // client only.

@@ -26,13 +26,15 @@ pub(super) struct RequestHead {
     pub(super) carried: Carried,
     /// Carried to the upstream request (the peer address, tracing context…).
     pub(super) extensions: http::Extensions,
+    /// The route it resolved to, for the per-route counters.
+    pub(super) route: RouteId,
 }
 
 impl RequestHead {
     /// The head of a client request. Fields the upstream will never see
     /// (hop-by-hop, or named by Connection) are removed: they must not select what
     /// is stored either.
-    pub(super) fn of(mut parts: Parts) -> Self {
+    pub(super) fn of(mut parts: Parts, route: RouteId) -> Self {
         let carried = Carried::of(&parts.headers);
         if carried.hop_by_hop {
             remove_hop_by_hop(&mut parts.headers);
@@ -44,6 +46,7 @@ impl RequestHead {
             headers: parts.headers,
             carried,
             extensions: parts.extensions,
+            route,
         }
     }
 

@@ -154,9 +154,13 @@ impl<St: Store> Shared<St> {
     /// the purge half done.
     pub(crate) async fn purge_to_completion(self: &Arc<Self>, purge: Purge) -> usize {
         let shared = self.clone();
+        let stats = self.stats.clone();
         tokio::spawn(async move { shared.purge(&purge).await })
             .await
-            .unwrap_or(0)
+            .unwrap_or_else(|_| {
+                stats.purge_failed();
+                0
+            })
     }
 
     /// Records, then applies, a purge (see [`crate::invalidation`]).
@@ -170,7 +174,7 @@ impl<St: Store> Shared<St> {
         let here = self.store.purge(purge).await;
         drop(guard);
         let touched = here.max(self.store.spread(purge).await);
-        self.stats.purge(touched);
+        self.stats.purge(purge, touched, self.clock.now());
         tracing::info!(urls = ?purge.urls, prefixes = ?purge.prefixes, tags = ?purge.tags, soft = purge.soft, touched, "purge");
         touched
     }

@@ -204,7 +204,7 @@ fn prepare<B: Default>(routes: &Routes, request: Request<B>) -> Prepared<B> {
             params,
         };
     }
-    let head = RequestHead::of(parts);
+    let head = RequestHead::of(parts, route);
     match primary_key(policy, &head, target) {
         Some(primary) => Prepared::Read(Read {
             head,
@@ -228,6 +228,11 @@ impl<St: Store> Shared<St> {
     /// [`prepare`] under this cache's routes, counted.
     fn prepare<B: Default>(&self, request: Request<B>) -> Prepared<B> {
         let prepared = prepare(&self.routes, request);
+        let route = match &prepared {
+            Prepared::Write { route, .. } | Prepared::Bypass { route, .. } => *route,
+            Prepared::Read(read) => read.route,
+        };
+        self.traffic.request(route.index());
         if let Prepared::Bypass {
             detail: Some(detail),
             ..

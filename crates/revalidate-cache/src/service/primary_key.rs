@@ -123,6 +123,7 @@ mod tests {
             carried: Carried::of(&headers),
             headers,
             extensions: http::Extensions::new(),
+            route: crate::routes::RouteId::default(),
         }
     }
 

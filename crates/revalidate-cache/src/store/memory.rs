@@ -360,7 +360,6 @@ impl Inner {
             let primary: Arc<str> = Arc::from(String::from_utf8_lossy(key));
             index.remove(&primary, variants);
             self.notices.count.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("revalidate_store_evictions_total").increment(1);
         }
     }
 }

@@ -11,6 +11,10 @@
 //! every 50 ms: a slow disk or terminal never blocks a worker, and lines that do
 //! not fit are dropped and counted ([`AccessLogger::dropped`]) instead.
 //!
+//! With or without a log, the layer times every request (head to response head)
+//! into `revalidate_request_duration_seconds` ([`super::observe`]): it is the
+//! outermost layer, the one place every request passes through.
+//!
 //! ```text
 //! 127.0.0.1 "GET /users/1?fields=name HTTP/1.1" 200 48 "revalidate; hit; ttl=29" upstream=- total=0.000041 id=5f3a9c0e00000001 ua="curl/8.5.0"
 //! ```
@@ -259,6 +263,10 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // Taken with or without a log: every request's time is counted. The
+        // TSC clock (quanta): a few instructions where the system's monotonic
+        // clock costs some fifty, twice on every request.
+        let at = quanta::Instant::now();
         let started = self.logger.map(|logger| {
             let target = request
                 .uri()
@@ -278,11 +286,11 @@ where
                 method: request.method().clone(),
                 fields: Fields::copy(target, user_agent, id),
                 version: request.version(),
-                at: quanta::Instant::now(),
             }
         });
         AccessLogFuture {
             inner: self.inner.call(request),
+            at,
             started,
         }
     }
@@ -340,9 +348,6 @@ struct Started {
     method: http::Method,
     fields: Fields,
     version: http::Version,
-    /// The TSC clock (quanta): a few instructions where the system's monotonic
-    /// clock costs some fifty, twice on every request.
-    at: quanta::Instant,
 }
 
 pin_project_lite::pin_project! {
@@ -351,6 +356,7 @@ pin_project_lite::pin_project! {
     pub struct AccessLogFuture<F> {
         #[pin]
         inner: F,
+        at: quanta::Instant,
         started: Option<Started>,
     }
 }
@@ -365,8 +371,13 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
-        if let (Some(started), Ok(response)) = (this.started.take(), &result) {
-            started.write(response);
+        if let Ok(response) = &result {
+            let total = this.at.elapsed();
+            let upstream = response.extensions().get::<UpstreamTime>().map(|t| t.0);
+            super::observe::record_request(total, upstream.is_some());
+            if let Some(started) = this.started.take() {
+                started.write(response, total, upstream);
+            }
         }
         Poll::Ready(result)
     }
@@ -417,7 +428,7 @@ impl Fields {
 impl Started {
     /// Queues this request's record. The line is formatted by the writer
     /// thread: a worker only copies the fields' bytes.
-    fn write<B: Body>(self, response: &Response<B>) {
+    fn write<B: Body>(self, response: &Response<B>, total: Duration, upstream: Option<Duration>) {
         let id = match self.fields.id() {
             Some(id) => Id::Text(id),
             None => match response.extensions().get::<RequestId>() {
@@ -429,8 +440,8 @@ impl Started {
             status: response.status().as_u16(),
             version: self.version,
             bytes: response.body().size_hint().exact(),
-            upstream: response.extensions().get::<UpstreamTime>().map(|t| t.0),
-            total: self.at.elapsed(),
+            upstream,
+            total,
             client: self.peer,
             method: self.method.as_str().as_bytes(),
             target: self.fields.target(),

@@ -1,11 +1,12 @@
-//! The admin listener: `POST /purge`, `POST /reload`, `GET /stats`, `GET /entries`
-//! (stored responses, see `entries`), `GET /metrics`, `GET /healthz` (liveness),
-//! `GET /readyz` (readiness: an upstream server is up).
+//! The admin listener: `GET /` (a live dashboard), `POST /purge`, `POST /reload`,
+//! `GET /stats`, `GET /entries` (stored responses, see `entries`), `GET /metrics`,
+//! `GET /healthz` (liveness), `GET /readyz` (readiness: an upstream server is up).
 //!
-//! With a token, every route but `/healthz` and `/readyz` needs
+//! With a token, every route but `/`, `/healthz` and `/readyz` needs
 //! `Authorization: Bearer <token>` (the scheme in any case, RFC 9110 §11.1); the
 //! probes stay open because orchestrators' probes carry no credentials, and they
-//! reveal nothing but "ok" or "not ready". `/purge`
+//! reveal nothing but "ok" or "not ready"; the dashboard page holds no data, and
+//! sends the token the operator types in with each read of `/stats`. `/purge`
 //! takes only `application/json`: a form or `text/plain` body is what a web page
 //! can send to a loopback admin without a preflight (CSRF), and is refused with
 //! 415. Every error is a problem (RFC 9457).
@@ -13,16 +14,20 @@
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::header::{
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY,
+    WWW_AUTHENTICATE, X_CONTENT_TYPE_OPTIONS,
+};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use revalidate::Problem;
+use revalidate_cache::histogram::{BOUNDS_MICROS, HistogramSnapshot};
 use revalidate_cache::{Cache, Purge};
 
-use super::{Live, ProxyStore};
+use super::{Live, ProxyStore, observe};
 
 mod entries;
 use serde_json::json;
@@ -111,18 +116,46 @@ pub fn router(state: AdminState) -> Router {
         .route("/reload", post(reload))
         .route("/entries", get(entries::list))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .route("/", get(dashboard))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async {
             problem(
                 StatusCode::NOT_FOUND,
-                "admin routes: POST /purge, POST /reload, GET /stats, /entries, /metrics, /healthz, /readyz",
+                "admin routes: GET / (dashboard), POST /purge, POST /reload, GET /stats, /entries, /metrics, /healthz, /readyz",
             )
         })
         .method_not_allowed_fallback(|| async {
             problem(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
         })
         .with_state(state)
+}
+
+/// The live dashboard: one page, its style and script inline, that polls
+/// `/stats` every second.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// The dashboard holds no data (it reads `/stats`, with the token the operator
+/// types in when one is asked for), so it is served without the token. Nothing
+/// else may run or be loaded in it: no script, style or request from elsewhere,
+/// no framing, no form submission.
+async fn dashboard() -> Response {
+    (
+        [
+            (CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+                 frame-ancestors 'none'",
+            ),
+            (X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (REFERRER_POLICY, "no-referrer"),
+            (CACHE_CONTROL, "no-cache"),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
 }
 
 /// Whether a `Content-Type` is `application/json`, with parameters or not.
@@ -235,10 +268,49 @@ async fn stats(State(state): State<AdminState>) -> Response {
     } else {
         served_from_cache as f64 / answered as f64
     };
+    let client_saved = counters
+        .bytes_without_cache
+        .saturating_sub(counters.bytes_sent);
+    let (from_cache, from_upstream) = observe::request_latency();
+    let mut client = from_cache;
+    client.add(&from_upstream);
+    let mut routes = cache.route_traffic();
+    routes.sort_by_key(|r| std::cmp::Reverse(r.requests));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     axum::Json(json!({
+        "at_unix_seconds": now.as_secs_f64(),
         "requests": counters,
         "hit_ratio": hit_ratio,
-        "bytes_saved": counters.bytes_without_cache.saturating_sub(counters.bytes_sent),
+        "bytes_saved": client_saved,
+        "client_bandwidth_saved_bytes": client_saved,
+        "origin_offload": {
+            "requests": served_from_cache,
+            "revalidated_not_modified": counters.upstream_not_modified,
+            "body_bytes": counters.origin_bytes_spared,
+        },
+        "upstream_failures": observe::upstream_failures()
+            .into_iter()
+            .collect::<std::collections::BTreeMap<_, _>>(),
+        "latency": {
+            "bounds_seconds": BOUNDS_MICROS.iter().map(|&b| b as f64 / 1e6).collect::<Vec<_>>(),
+            "upstream": latency(&cache.upstream_latency()),
+            "client": latency(&client),
+            "client_from_cache": latency(&from_cache),
+            "client_from_upstream": latency(&from_upstream),
+        },
+        "recent_purges": cache.recent_purges(),
+        "top_routes": routes
+            .iter()
+            .take(TOP_ROUTES)
+            .map(|r| json!({
+                "route": r.route,
+                "requests": r.requests,
+                "from_cache": r.from_cache,
+                "hit_ratio": if r.requests == 0 { 0.0 } else { r.from_cache as f64 / r.requests as f64 },
+            }))
+            .collect::<Vec<_>>(),
         "store": { "entries": usage.entries, "bytes": usage.bytes, "evictions": usage.evictions },
         "not_stored": cache
             .not_stored()
@@ -270,6 +342,21 @@ async fn stats(State(state): State<AdminState>) -> Response {
     .into_response()
 }
 
+/// Routes `/stats` lists in `top_routes`.
+const TOP_ROUTES: usize = 10;
+
+/// A histogram in `/stats`: interpolated quantiles since start, and the raw
+/// bucket counts (for quantiles over a window, from two polls).
+fn latency(histogram: &HistogramSnapshot) -> serde_json::Value {
+    json!({
+        "count": histogram.count(),
+        "sum_seconds": histogram.sum_seconds(),
+        "p50_seconds": histogram.quantile(0.5),
+        "p99_seconds": histogram.quantile(0.99),
+        "buckets": histogram.buckets(),
+    })
+}
+
 /// Reloads the configuration, as SIGHUP does: 200 with what the reload did, or
 /// 422 with why the new configuration was refused (the old one keeps serving).
 async fn reload(State(state): State<AdminState>) -> Response {
@@ -288,6 +375,7 @@ async fn reload(State(state): State<AdminState>) -> Response {
 async fn metrics(State(state): State<AdminState>) -> Response {
     let cache = state.cache();
     cache.publish_metrics();
+    super::observe::publish();
     if let Some(live) = &state.live {
         let upstream = live.upstream();
         let pool = upstream.pool();
@@ -309,11 +397,13 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         metrics::counter!("revalidate_redis_failed_commands_total").absolute(bus.redis_failures);
     }
     match &state.metrics {
-        Some(handle) => (
-            [(CONTENT_TYPE, "text/plain; version=0.0.4")],
-            handle.render(),
-        )
-            .into_response(),
+        Some(handle) => {
+            // The exporter's families, then the histograms counted apart.
+            let mut text = handle.render();
+            cache.write_histograms(&mut text);
+            super::observe::write_histograms(&mut text);
+            ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+        }
         None => problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "no metrics recorder is installed",

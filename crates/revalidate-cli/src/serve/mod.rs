@@ -26,6 +26,7 @@ pub mod config;
 pub mod cpu_share;
 mod drain;
 mod etag;
+pub mod observe;
 pub mod reload;
 pub mod request_check;
 pub mod server;

@@ -1,6 +1,7 @@
 //! The upstream client: hyper-util's pooled keep-alive client, streaming bodies,
 //! with the request made safe to forward.
 
+use super::observe::UpstreamFailure;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -206,7 +207,14 @@ pub(super) fn problem(status: StatusCode, detail: &str) -> Response<UpstreamBody
 }
 
 /// A 502 or 504 made up here, marked so the cache may serve stale content instead.
-fn unavailable(status: StatusCode, detail: String) -> Response<UpstreamBody> {
+/// The problem the proxy answers for an upstream that did not, counted by kind
+/// (`revalidate_upstream_failures_total`).
+fn unavailable(kind: UpstreamFailure, detail: String) -> Response<UpstreamBody> {
+    kind.count();
+    let status = match kind {
+        UpstreamFailure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    };
     let mut response = problem(status, &detail);
     response
         .extensions_mut()
@@ -407,7 +415,7 @@ impl UpstreamInner {
                     let authority = server.authority();
                     tracing::warn!(upstream = %authority, ?timeout, "upstream timed out");
                     return unavailable(
-                        StatusCode::GATEWAY_TIMEOUT,
+                        UpstreamFailure::Timeout,
                         format!("the upstream {authority} did not answer within {timeout:?}"),
                     );
                 }
@@ -417,7 +425,7 @@ impl UpstreamInner {
             if let Some(refused) = certificate_error(&error) {
                 tracing::warn!(upstream = %authority, error = %refused, "upstream TLS handshake failed");
                 return unavailable(
-                    StatusCode::BAD_GATEWAY,
+                    UpstreamFailure::Tls,
                     format!("the upstream {authority}'s TLS certificate was refused: {refused}"),
                 );
             }
@@ -434,13 +442,13 @@ impl UpstreamInner {
             }
             tracing::warn!(%error, upstream = %authority, "upstream unreachable");
             return unavailable(
-                StatusCode::BAD_GATEWAY,
+                UpstreamFailure::Unreachable,
                 format!("the upstream {authority} could not be reached"),
             );
         }
         tracing::warn!("no upstream server could be reached");
         unavailable(
-            StatusCode::BAD_GATEWAY,
+            UpstreamFailure::NoneAvailable,
             "no upstream server could be reached".to_string(),
         )
     }

@@ -1,6 +1,7 @@
 //! Test support: a client for the users router, and real databases.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod operator;
 pub mod postgres;
 pub mod proxy;
 /// A real Redis, the same harness as the cache crate's tests.
