@@ -16,9 +16,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use revalidate_cli::serve::admin::{AdminState, router as admin_router};
 use revalidate_cli::serve::server::ClientLimits;
-use revalidate_cli::serve::{Live, Loaded, UpstreamClient, parse, proxy};
 use support::proxy::{Reply, cache_status, request, send, spawn};
 
 /// Counts the requests each path received.
@@ -343,37 +341,9 @@ impl Drop for Crashable {
 
 /// The proxy over `origins` with `config`, and its admin API, in process.
 async fn balanced_proxy(origins: &[&Crashable], config: &str) -> (SocketAddr, SocketAddr) {
-    let config = parse(config, "test.toml").unwrap();
-    let urls: Vec<String> = origins.iter().map(|o| o.url()).collect();
-    let upstream = UpstreamClient::balanced(&urls, &config).unwrap();
-    let (app, cache) = proxy(&config, upstream).unwrap();
-    let limits = ClientLimits::new(&config.client);
-    let reload_config = config.clone();
-    let live = Live::new(app, config, limits.clone(), move || {
-        let upstream =
-            UpstreamClient::balanced(&urls, &reload_config).map_err(|e| e.to_string())?;
-        Ok(Loaded {
-            config: reload_config.clone(),
-            upstream,
-        })
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let serving = live.clone();
-    tokio::spawn(revalidate_cli::serve::server::run(
-        listener,
-        move |peer| serving.for_peer(peer),
-        std::future::pending(),
-        limits,
-    ));
-    let (admin, _) = spawn(admin_router(AdminState {
-        cache,
-        token: None,
-        metrics: None,
-        live: Some(live),
-    }))
-    .await;
-    (addr, admin)
+    let urls = origins.iter().map(|o| o.url()).collect();
+    let operated = support::operator::start_over(urls, config, None, None).await;
+    (operated.addr, operated.admin)
 }
 
 const BALANCED: &str = r#"

@@ -74,14 +74,26 @@ pub async fn start(
     metrics: Option<PrometheusHandle>,
 ) -> Operated {
     let (origin, _) = spawn(origin()).await;
+    start_over(vec![format!("http://{origin}")], config, token, metrics).await
+}
+
+/// The proxy over the upstream servers `urls` with `config`, reloadable (it
+/// reads the same configuration again), and its admin API with `token` and
+/// `metrics`.
+pub async fn start_over(
+    urls: Vec<String>,
+    config: &str,
+    token: Option<&str>,
+    metrics: Option<PrometheusHandle>,
+) -> Operated {
     let config = parse(config, "test.toml").unwrap();
-    let url = format!("http://{origin}");
-    let upstream = UpstreamClient::new(&url, &config).unwrap();
+    let upstream = UpstreamClient::balanced(&urls, &config).unwrap();
     let (app, cache) = proxy(&config, upstream).unwrap();
     let limits = ClientLimits::new(&config.client);
     let reload_config = config.clone();
     let live = Live::new(app, config, limits.clone(), move || {
-        let upstream = UpstreamClient::new(&url, &reload_config).map_err(|e| e.to_string())?;
+        let upstream =
+            UpstreamClient::balanced(&urls, &reload_config).map_err(|e| e.to_string())?;
         Ok(Loaded {
             config: reload_config.clone(),
             upstream,
