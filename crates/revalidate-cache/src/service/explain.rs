@@ -10,7 +10,7 @@ use crate::routes::{Params, RouteId, Routes};
 use crate::store::Purge;
 
 use super::invalidate::{invalidates, normalized_purge, write_purge};
-use super::{INVALID_HOST, Prepared, prepare};
+use super::{Bypass, Prepared, prepare};
 
 /// Whether, and under which key, the cache looks a request up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,14 +79,13 @@ impl Routes {
             } => (route, params, parts.uri, parts.headers, Decision::Write),
             Prepared::Bypass {
                 request,
-                detail,
+                why,
                 route,
                 params,
             } => {
-                let decision = if detail == Some(INVALID_HOST) {
-                    Decision::InvalidHost
-                } else {
-                    Decision::RouteBypass
+                let decision = match why {
+                    Bypass::InvalidHost => Decision::InvalidHost,
+                    Bypass::Route => Decision::RouteBypass,
                 };
                 let (parts, _) = request.into_parts();
                 (route, params, parts.uri, parts.headers, decision)

@@ -144,11 +144,10 @@ pub(super) enum Prepared<B> {
         route: RouteId,
         params: Params,
     },
-    /// A read the cache does not keep: forwarded as it is. `detail` says why when
-    /// the route did not ask for it.
+    /// A read the cache does not keep: forwarded as it is.
     Bypass {
         request: Request<B>,
-        detail: Option<&'static str>,
+        why: Bypass,
         route: RouteId,
         params: Params,
     },
@@ -199,7 +198,7 @@ fn prepare<B: Default>(routes: &Routes, request: Request<B>) -> Prepared<B> {
     if policy.bypass {
         return Prepared::Bypass {
             request: Request::from_parts(parts, body),
-            detail: Some(NotStored::RouteBypass.token()),
+            why: Bypass::Route,
             route,
             params,
         };
@@ -214,15 +213,31 @@ fn prepare<B: Default>(routes: &Routes, request: Request<B>) -> Prepared<B> {
         }),
         None => Prepared::Bypass {
             request: head.into_request(B::default()),
-            detail: Some(INVALID_HOST),
+            why: Bypass::InvalidHost,
             route,
             params,
         },
     }
 }
 
-/// The `Cache-Status` detail of a read whose host makes no key.
-const INVALID_HOST: &str = "invalid-host";
+/// Why a read is forwarded without the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Bypass {
+    /// The route is `bypass`.
+    Route,
+    /// The host makes no key.
+    InvalidHost,
+}
+
+impl Bypass {
+    /// Its `Cache-Status` detail.
+    const fn detail(self) -> &'static str {
+        match self {
+            Self::Route => NotStored::RouteBypass.token(),
+            Self::InvalidHost => "invalid-host",
+        }
+    }
+}
 
 impl<St: Store> Shared<St> {
     /// [`prepare`] under this cache's routes, counted.
@@ -234,10 +249,8 @@ impl<St: Store> Shared<St> {
         };
         self.traffic.request(route.index());
         if let Prepared::Bypass {
-            detail: Some(detail),
-            ..
+            why: Bypass::Route, ..
         } = &prepared
-            && *detail == NotStored::RouteBypass.token()
         {
             self.stats.not_stored(NotStored::RouteBypass);
         }
@@ -303,17 +316,11 @@ impl<St: Store> Shared<St> {
                 let route = self.routes.get(route);
                 return Box::pin(self.forward_write(inner, parts, body, route, params)).await;
             }
-            Prepared::Bypass {
-                request, detail, ..
-            } => {
+            Prepared::Bypass { request, why, .. } => {
                 self.stats.outcome(Outcome::Bypassed);
                 let response = inner.oneshot(request).await?;
                 let response = response.map(|b| CacheBody::prefixed(Bytes::new(), b));
-                let status = CacheStatus::forward(ForwardReason::Bypass);
-                let status = match detail {
-                    Some(detail) => status.detail(detail),
-                    None => status,
-                };
+                let status = CacheStatus::forward(ForwardReason::Bypass).detail(why.detail());
                 return Ok(with_header(response, &status));
             }
             Prepared::Read(read) => read,
