@@ -4,7 +4,9 @@
 //!
 //! Sends ENTRIES misses (default 100,000 of 5 KiB) with realistic headers through
 //! the cache layer, so that each response is stored as a proxy stores it, and
-//! reports resident memory before and after.
+//! reports resident memory before and after. It allocates with jemalloc, as the
+//! `revalidate` binary does: what an entry costs depends on the allocator's size
+//! classes and per-allocation headers.
 
 use std::convert::Infallible;
 
@@ -13,6 +15,9 @@ use http::{Request, Response};
 use http_body_util::Full;
 use revalidate_cache::{Cache, MemoryStore, Store};
 use tower::{Layer, ServiceExt, service_fn};
+
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, StatusCode};
@@ -12,9 +12,9 @@ use crate::key::Secondary;
 use crate::stored_fields::{FIELD_BYTES, StoredFields};
 
 /// Bytes charged per entry beyond its body and header bytes: the struct, the
-/// fields' table and the store's bookkeeping (measured by
+/// buffers' handles and the store's bookkeeping (measured by
 /// `cargo run --release -p revalidate-cache --example entry_overhead`).
-pub(crate) const ENTRY_OVERHEAD_BYTES: usize = 700;
+pub(crate) const ENTRY_OVERHEAD_BYTES: usize = 520;
 
 /// Bytes charged per stored header field beyond its name and value (its entry in
 /// [`StoredFields`]: its value, a slice of the entry's buffer).
@@ -24,27 +24,31 @@ pub(crate) const HEADER_OVERHEAD_BYTES: usize = FIELD_BYTES;
 ///
 /// The fields a hit reads come first, in declaration order (`repr(C)`), so that
 /// they share as few cache lines as possible: over many keys, a hit mostly waits
-/// for memory.
+/// for memory. It is kept small for the same reason, and because API responses
+/// are often small JSON beside which a large entry would weigh more than its
+/// body: times are microseconds, and what few responses have (a `Vary`, a stored
+/// range) is boxed apart.
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct StoredResponse {
     /// Unique per entry (from 1), never reused: what [`crate::local_fields`] finds copies by.
     id: u64,
-    soft_purged: AtomicBool,
-    /// Unqualified `no-cache`: validate before every reuse.
-    pub always_revalidate: bool,
-    /// `must-revalidate`, `proxy-revalidate` or `s-maxage`: never served stale.
-    pub forbids_stale: bool,
+    /// Bytes charged against the memory budget (fixed: the entry never changes;
+    /// an entry is far below 4 GiB, the largest object stored being bounded).
+    weight: u32,
     /// Status (a final, understood code).
     pub status: StatusCode,
-    /// Freshness lifetime.
-    pub lifetime: Duration,
-    /// Corrected initial age (RFC 9111 §4.2.3).
-    pub initial_age: Duration,
-    /// When its response arrived.
-    pub response_time: SystemTime,
+    soft_purged: AtomicBool,
+    /// [`ALWAYS_REVALIDATE`] and [`FORBIDS_STALE`].
+    flags: u8,
+    /// Freshness lifetime, in microseconds.
+    lifetime: Micros,
+    /// Corrected initial age (RFC 9111 §4.2.3), in microseconds.
+    initial_age: Micros,
+    /// When its response arrived, in microseconds since the Unix epoch.
+    response_time: Micros,
     /// For a stored 206: which bytes of the representation the body holds.
-    pub part: Option<Part>,
+    part: Option<Box<Part>>,
     /// Fields as stored: no hop-by-hop fields, no Set-Cookie, no fields named by a
     /// qualified `private` or `no-cache`, no `Age`, `Content-Length` or
     /// `Cache-Status` (see [`StoredFields`]).
@@ -55,20 +59,46 @@ pub(crate) struct StoredResponse {
     /// compares with them (a tag that is the whole field value is a slice of the
     /// stored fields' buffer).
     validators: Validators,
-    /// The request's values for the response's `Vary` fields.
-    pub secondary: Secondary,
-    /// When the request that produced this response was sent upstream.
-    pub request_time: SystemTime,
-    /// `stale-while-revalidate` window.
-    pub stale_while_revalidate: Duration,
-    /// `stale-if-error` window.
-    pub stale_if_error: Duration,
+    /// The request's values for the response's `Vary` fields (`None`: it has no
+    /// `Vary`, as most responses).
+    secondary: Option<Box<Secondary>>,
+    /// `stale-while-revalidate` window, in microseconds.
+    stale_while_revalidate: Micros,
+    /// `stale-if-error` window, in microseconds.
+    stale_if_error: Micros,
     /// Invalidation tags.
     pub tags: Vec<String>,
-    /// The normalized path, for URL and prefix purges (shared with the store's index).
+    /// The normalized path, for URL and prefix purges.
     pub path: Arc<str>,
-    /// Bytes charged against the memory budget (fixed: the entry never changes).
-    weight: usize,
+}
+
+/// Unqualified `no-cache`: validate before every reuse.
+const ALWAYS_REVALIDATE: u8 = 1;
+/// `must-revalidate`, `proxy-revalidate` or `s-maxage`: never served stale.
+const FORBIDS_STALE: u8 = 2;
+
+/// A duration or a time since the Unix epoch, in microseconds: half of a
+/// `Duration`'s or a `SystemTime`'s 16 bytes, and finer than any HTTP date or
+/// delta (whole seconds) needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Micros(u64);
+
+impl Micros {
+    fn of(duration: Duration) -> Self {
+        Self(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX))
+    }
+
+    fn since_epoch(time: SystemTime) -> Self {
+        Self::of(time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO))
+    }
+
+    fn duration(self) -> Duration {
+        Duration::from_micros(self.0)
+    }
+
+    fn time(self) -> SystemTime {
+        UNIX_EPOCH + self.duration()
+    }
 }
 
 /// The bytes a stored 206 holds: `first..=last` of a representation of `complete`
@@ -186,20 +216,26 @@ impl StoredResponse {
             fields,
             body,
             validators,
-            request_time: timing.request_time,
-            response_time: timing.response_time,
-            initial_age,
-            lifetime: timing.lifetime,
-            stale_while_revalidate: timing.stale_while_revalidate,
-            stale_if_error: timing.stale_if_error,
-            always_revalidate: timing.always_revalidate,
-            forbids_stale: timing.forbids_stale,
-            secondary,
+            response_time: Micros::since_epoch(timing.response_time),
+            initial_age: Micros::of(initial_age),
+            lifetime: Micros::of(timing.lifetime),
+            stale_while_revalidate: Micros::of(timing.stale_while_revalidate),
+            stale_if_error: Micros::of(timing.stale_if_error),
+            flags: if timing.always_revalidate {
+                ALWAYS_REVALIDATE
+            } else {
+                0
+            } | if timing.forbids_stale {
+                FORBIDS_STALE
+            } else {
+                0
+            },
+            secondary: (!secondary.names.is_empty()).then(|| Box::new(secondary)),
             tags,
             path,
-            part,
+            part: part.map(Box::new),
             soft_purged: AtomicBool::new(false),
-            weight,
+            weight: u32::try_from(weight).unwrap_or(u32::MAX),
         }
     }
 
@@ -211,17 +247,74 @@ impl StoredResponse {
     /// Current age (§4.2.3).
     pub(crate) fn age(&self, now: SystemTime) -> Duration {
         let resident = now
-            .duration_since(self.response_time)
+            .duration_since(self.response_time())
             .unwrap_or(Duration::ZERO);
-        self.initial_age.saturating_add(resident)
+        self.initial_age().saturating_add(resident)
+    }
+
+    /// When its response arrived (to the microsecond).
+    pub(crate) fn response_time(&self) -> SystemTime {
+        self.response_time.time()
+    }
+
+    /// Its corrected initial age (§4.2.3).
+    pub(crate) fn initial_age(&self) -> Duration {
+        self.initial_age.duration()
+    }
+
+    /// The same entry with `age` as its initial age: what an entry read back from
+    /// a shared tier keeps, since its stored fields hold no `Age`.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn with_initial_age(mut self, age: Duration) -> Self {
+        self.initial_age = Micros::of(age);
+        self
+    }
+
+    /// Unqualified `no-cache`: validate before every reuse.
+    pub(crate) fn always_revalidate(&self) -> bool {
+        self.flags & ALWAYS_REVALIDATE != 0
+    }
+
+    /// `must-revalidate`, `proxy-revalidate` or `s-maxage`: never served stale.
+    pub(crate) fn forbids_stale(&self) -> bool {
+        self.flags & FORBIDS_STALE != 0
+    }
+
+    /// Its freshness lifetime.
+    pub(crate) fn lifetime(&self) -> Duration {
+        self.lifetime.duration()
+    }
+
+    /// Its `stale-while-revalidate` window.
+    pub(crate) fn stale_while_revalidate(&self) -> Duration {
+        self.stale_while_revalidate.duration()
+    }
+
+    /// Its `stale-if-error` window.
+    pub(crate) fn stale_if_error(&self) -> Duration {
+        self.stale_if_error.duration()
+    }
+
+    /// For a stored 206: which bytes of the representation the body holds.
+    pub(crate) fn part(&self) -> Option<Part> {
+        self.part.as_deref().copied()
+    }
+
+    /// The request's values for the response's `Vary` fields.
+    pub(crate) fn secondary(&self) -> &Secondary {
+        static NONE: Secondary = Secondary {
+            names: Vec::new(),
+            values: Vec::new(),
+        };
+        self.secondary.as_deref().unwrap_or(&NONE)
     }
 
     /// Time left before it goes stale; `None` when stale, soft-purged or `no-cache`.
     pub(crate) fn ttl(&self, now: SystemTime) -> Option<Duration> {
-        if self.always_revalidate || self.is_soft_purged() {
+        if self.always_revalidate() || self.is_soft_purged() {
             return None;
         }
-        self.lifetime
+        self.lifetime()
             .checked_sub(self.age(now))
             .filter(|d| !d.is_zero())
     }
@@ -231,10 +324,10 @@ impl StoredResponse {
         if self.is_soft_purged() {
             return self
                 .age(now)
-                .saturating_sub(self.lifetime)
+                .saturating_sub(self.lifetime())
                 .max(Duration::from_secs(1));
         }
-        self.age(now).saturating_sub(self.lifetime)
+        self.age(now).saturating_sub(self.lifetime())
     }
 
     /// Marks it stale: the next use revalidates (a soft purge).
@@ -264,7 +357,7 @@ impl StoredResponse {
 
     /// Bytes charged against the memory budget.
     pub(crate) fn weight(&self) -> usize {
-        self.weight
+        self.weight as usize
     }
 }
 
@@ -353,7 +446,10 @@ impl Variants {
             // key need not be read (on a hit over many keys, that read waits for
             // memory).
             Held::One(entry) => Some(entry),
-            Held::Varied(varied) => varied.entries.iter().find(|e| e.secondary.matches(request)),
+            Held::Varied(varied) => varied
+                .entries
+                .iter()
+                .find(|e| e.secondary().matches(request)),
         }
     }
 
@@ -369,7 +465,7 @@ impl Variants {
         let mut entries: Vec<Arc<StoredResponse>> = if vary == self.vary() {
             self.entries()
                 .iter()
-                .filter(|e| e.secondary != entry.secondary)
+                .filter(|e| e.secondary() != entry.secondary())
                 .cloned()
                 .collect()
         } else {

@@ -128,7 +128,7 @@ impl<St: Store> Shared<St> {
         let range = head
             .range()
             .filter(|_| honor_range && head.method == Method::GET);
-        if let Some(part) = entry.part
+        if let Some(part) = entry.part()
             && let Some((first, last)) = range.and_then(|r| held_range(r, part))
         {
             return self.respond_part(headers, entry, part, first, last);
@@ -187,7 +187,7 @@ impl<St: Store> Shared<St> {
             preconditions.if_modified_since,
         ) && revalidate::is_get_or_head(&head.method)
             && HttpDate::from_headers(&entry.headers(), &DATE)
-                .unwrap_or_else(|| HttpDate::from_system_time(entry.response_time))
+                .unwrap_or_else(|| HttpDate::from_system_time(entry.response_time()))
                 <= since
         {
             evaluation = Evaluation::NotModified;

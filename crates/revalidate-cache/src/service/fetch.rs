@@ -65,7 +65,7 @@ impl<B, E> Fetched<B, E> {
                 ..
             }
             | Fetched::Stale(entry, _) => {
-                if entry.part.is_some() {
+                if entry.part().is_some() {
                     Flight::Part(entry.clone())
                 } else {
                     Flight::Done(entry.clone())
@@ -122,7 +122,7 @@ impl<St: Store> Shared<St> {
         } = *lookup;
         // A stored part answers only a range it holds (RFC 9111 §3.3); anything else
         // goes upstream as a miss, asking for the client's range if it has one.
-        if entry.part.is_some() && !holds_requested_range(head, entry.part) {
+        if entry.part().is_some() && !holds_requested_range(head, entry.part()) {
             if request_cc.only_if_cached {
                 return Ok(gateway_timeout(
                     "only-if-cached: the cache holds only part of the response",
@@ -140,8 +140,8 @@ impl<St: Store> Shared<St> {
         let staleness = entry.staleness(now);
         let stale_ttl = -secs(staleness);
         let may_serve_stale = ttl.is_none()
-            && !entry.forbids_stale
-            && !entry.always_revalidate
+            && !entry.forbids_stale()
+            && !entry.always_revalidate()
             && !request_cc.no_cache;
         let max_stale_allows = match request_cc.max_stale {
             Some(None) => true,
@@ -160,8 +160,8 @@ impl<St: Store> Shared<St> {
         let swr_allows = may_serve_stale
             && request_cc.max_age.is_none()
             && request_cc.min_fresh.is_none()
-            && staleness <= entry.stale_while_revalidate
-            && !entry.stale_while_revalidate.is_zero();
+            && staleness <= entry.stale_while_revalidate()
+            && !entry.stale_while_revalidate().is_zero();
         if swr_allows {
             self.spawn_refresh(
                 inner,
@@ -215,7 +215,7 @@ impl<St: Store> Shared<St> {
             };
             let entry = match wait(receiver, self.config.coalesce_timeout).await {
                 Flight::Done(entry) if entry.status != StatusCode::PARTIAL_CONTENT => entry,
-                Flight::Part(entry) if holds_requested_range(head, entry.part) => entry,
+                Flight::Part(entry) if holds_requested_range(head, entry.part()) => entry,
                 // A part that does not hold this request's bytes: fetch again, with
                 // the others that it did not serve either.
                 Flight::Part(_) if !rejoined => {
@@ -229,7 +229,7 @@ impl<St: Store> Shared<St> {
                     return self.respond_fetched(head, fetched, reason.outcome());
                 }
             };
-            if !entry.secondary.matches(&head.headers) {
+            if !entry.secondary().matches(&head.headers) {
                 // A Vary mismatch: alone, at once, too.
                 let fetched = self.fetch(inner, lookup, stale, reason).await;
                 return self.respond_fetched(head, fetched, reason.outcome());
@@ -367,23 +367,24 @@ impl<St: Store> Shared<St> {
         // Stale content may stand in for an error within stale-if-error, and for an
         // unreachable upstream at all (RFC 9111 §4.2.4: a disconnected cache), unless
         // the response forbids stale reuse.
-        let stale_if_error =
-            |stale: &Option<Arc<StoredResponse>>, fwd_status: Option<u16>, disconnected: bool| {
-                let entry = stale.as_ref()?;
-                let staleness = entry.staleness(response_time);
-                let window = !entry.stale_if_error.is_zero() && staleness <= entry.stale_if_error;
-                let allowed =
-                    !entry.forbids_stale && !entry.always_revalidate && (window || disconnected);
-                allowed.then(|| {
-                    let mut status = CacheStatus::forward(reason)
-                        .ttl(-secs(staleness))
-                        .detail("stale-if-error");
-                    if let Some(code) = fwd_status {
-                        status = status.fwd_status(code);
-                    }
-                    Fetched::Stale(entry.clone(), status)
-                })
-            };
+        let stale_if_error = |stale: &Option<Arc<StoredResponse>>,
+                              fwd_status: Option<u16>,
+                              disconnected: bool| {
+            let entry = stale.as_ref()?;
+            let staleness = entry.staleness(response_time);
+            let window = !entry.stale_if_error().is_zero() && staleness <= entry.stale_if_error();
+            let allowed =
+                !entry.forbids_stale() && !entry.always_revalidate() && (window || disconnected);
+            allowed.then(|| {
+                let mut status = CacheStatus::forward(reason)
+                    .ttl(-secs(staleness))
+                    .detail("stale-if-error");
+                if let Some(code) = fwd_status {
+                    status = status.fwd_status(code);
+                }
+                Fetched::Stale(entry.clone(), status)
+            })
+        };
 
         let response = match result {
             Ok(response) => response,
@@ -452,7 +453,7 @@ impl<St: Store> Shared<St> {
                 headers,
                 old.body.clone(),
                 timing,
-                old.secondary.clone(),
+                old.secondary().clone(),
                 tags,
                 old.path.clone(),
             ));
@@ -532,7 +533,7 @@ impl<St: Store> Shared<St> {
         // while fresh (RFC 9111 §4.2), never a `no-cache` one without validation (a
         // part only for the ranges it holds: see `Flight::Part`).
         let shareable = entry.ttl(response_time).is_some()
-            && (code != StatusCode::PARTIAL_CONTENT || entry.part.is_some());
+            && (code != StatusCode::PARTIAL_CONTENT || entry.part().is_some());
         Fetched::Entry {
             entry,
             status,
@@ -569,7 +570,7 @@ impl<St: Store> Shared<St> {
                     .any(|e| guard.invalidated_since(ticket, &e.path, &e.tags))
             })
             .unwrap_or_default();
-        let names = entry.secondary.names.clone();
+        let names = entry.secondary().names.clone();
         let variants = existing.with(names, entry, self.config.max_variants);
         let kept = self.store.put(primary.to_string(), variants, since).await;
         drop(guard);

@@ -275,7 +275,7 @@ impl<St: Store> Shared<St> {
         if let LookupNow::Found(variants) = &looked_up
             && let Some(entry) = variants.find(&read.head.headers)
             // A stored part answers only some ranges: the full path decides.
-            && entry.part.is_none()
+            && entry.part().is_none()
             && let Some(response) = self.fresh_answer(
                 &read.head,
                 &read.head.cache_control(),

@@ -38,10 +38,10 @@ pub(super) fn understood(status: StatusCode) -> bool {
 /// waiting requests), and a 206 whose Content-Range does not describe its body is
 /// never trusted.
 pub(super) fn worth_storing(entry: &StoredResponse) -> bool {
-    (entry.status != StatusCode::PARTIAL_CONTENT || entry.part.is_some())
-        && (!entry.lifetime.is_zero()
-            || !entry.stale_while_revalidate.is_zero()
-            || !entry.stale_if_error.is_zero()
+    (entry.status != StatusCode::PARTIAL_CONTENT || entry.part().is_some())
+        && (!entry.lifetime().is_zero()
+            || !entry.stale_while_revalidate().is_zero()
+            || !entry.stale_if_error().is_zero()
             || *entry.validators() != Validators::default())
 }
 

@@ -84,21 +84,20 @@ impl Lifecycle<StoreKey, Variants> for EvictionNotices {
     }
 }
 
-/// Which primary keys hold which paths and tags. Paths are shared (`Arc<str>`) with
-/// the stored responses; each key is one `Arc<str>` shared by both indexes (the
-/// cache keeps its own copy, inline up to [`INLINE_KEY_BYTES`]).
+/// Which primary keys hold which paths and tags. Each key is one `Arc<str>` shared
+/// by both indexes (the cache keeps its own copy, inline up to
+/// [`INLINE_KEY_BYTES`]); the path index orders keys by the target they hold.
 #[derive(Debug, Default)]
 struct Index {
-    /// (path, primary key), ordered so that a URL or prefix purge is a range scan.
-    by_path: BTreeSet<(Arc<str>, Arc<str>)>,
+    /// The primary keys, ordered by target so that a URL or prefix purge is a
+    /// range scan.
+    by_path: BTreeSet<ByTarget>,
     by_tag: HashMap<Arc<str>, HashSet<Arc<str>>>,
 }
 
 impl Index {
     fn add(&mut self, primary: &Arc<str>, variants: &Variants) {
-        if let Some(path) = variants.path() {
-            self.by_path.insert((path.clone(), primary.clone()));
-        }
+        self.by_path.insert(ByTarget(primary.clone()));
         for tag in variants.tags() {
             match self.by_tag.get_mut(tag.as_str()) {
                 Some(primaries) => {
@@ -113,9 +112,7 @@ impl Index {
     }
 
     fn remove(&mut self, primary: &Arc<str>, variants: &Variants) {
-        if let Some(path) = variants.path() {
-            self.by_path.remove(&(path.clone(), primary.clone()));
-        }
+        self.by_path.remove(&ByTarget(primary.clone()));
         for tag in variants.tags() {
             if let Some(primaries) = self.by_tag.get_mut(tag.as_str()) {
                 primaries.remove(primary);
@@ -129,18 +126,15 @@ impl Index {
     /// Primary keys named by a purge.
     fn select(&self, purge: &Purge) -> HashSet<Arc<str>> {
         let mut out = HashSet::new();
-        let from = |path: &str| {
-            let start: (Arc<str>, Arc<str>) = (Arc::from(path), Arc::from(""));
-            self.by_path
-                .range((Bound::Included(start), Bound::Unbounded))
-        };
         for url in &purge.urls {
-            let named = from(url).take_while(|(path, _)| **path == **url);
-            out.extend(named.map(|(_, primary)| primary.clone()));
+            let named = self.keys_from(url).take_while(|key| key.target() == url);
+            out.extend(named.map(|key| key.0.clone()));
         }
         for prefix in &purge.prefixes {
-            let named = from(prefix).take_while(|(path, _)| path.starts_with(prefix.as_str()));
-            out.extend(named.map(|(_, primary)| primary.clone()));
+            let named = self
+                .keys_from(prefix)
+                .take_while(|key| key.target().starts_with(prefix.as_str()));
+            out.extend(named.map(|key| key.0.clone()));
         }
         for tag in &purge.tags {
             out.extend(self.by_tag.get(tag.as_str()).into_iter().flatten().cloned());
@@ -164,13 +158,48 @@ impl Index {
                 .map(|primary| (Arc::from(target_of(primary)), primary.clone()))
                 .collect();
         }
-        let start: (Arc<str>, Arc<str>) = (Arc::from(prefix), Arc::from(""));
+        self.keys_from(prefix)
+            .take_while(|key| key.target().starts_with(prefix))
+            .take(max)
+            .map(|key| (Arc::from(key.target()), key.0.clone()))
+            .collect()
+    }
+
+    /// The keys whose target sorts at or after `target`, in order.
+    fn keys_from(&self, target: &str) -> impl Iterator<Item = &ByTarget> {
+        // A key of no host holding `target` sorts before every key that holds it.
+        let start = ByTarget(Arc::from(target));
         self.by_path
             .range((Bound::Included(start), Bound::Unbounded))
-            .take_while(|(path, _)| path.starts_with(prefix))
-            .take(max)
-            .cloned()
-            .collect()
+    }
+}
+
+/// A primary key in the path index, ordered by the target it holds, then by its
+/// host, then as a whole: the keys of one target (or of targets with one prefix)
+/// are neighbours. Ordering the keys themselves, rather than (target, key) pairs,
+/// keeps one pointer per entry in the index and no copy of its path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ByTarget(Arc<str>);
+
+impl ByTarget {
+    fn target(&self) -> &str {
+        target_of(&self.0)
+    }
+
+    fn host(&self) -> &str {
+        self.0.split('/').next().unwrap_or("")
+    }
+}
+
+impl Ord for ByTarget {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.target(), self.host(), &*self.0).cmp(&(other.target(), other.host(), &*other.0))
+    }
+}
+
+impl PartialOrd for ByTarget {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -206,10 +235,10 @@ fn summary(key: &str, entry: &StoredResponse, now: SystemTime) -> EntrySummary {
             .map(|date| text(date.to_header_value())),
         soft_purged: entry.is_soft_purged(),
         vary: entry
-            .secondary
+            .secondary()
             .names
             .iter()
-            .zip(&entry.secondary.values)
+            .zip(&entry.secondary().values)
             .map(|(name, value)| {
                 let value = if CREDENTIALS.contains(name) {
                     value.as_ref().map(|_| REDACTED.to_string())

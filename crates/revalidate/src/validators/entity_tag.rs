@@ -22,15 +22,16 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 /// ```
 #[derive(Clone)]
 pub struct EntityTag {
-    weak: bool,
     /// The whole tag as sent (`W/"…"` or `"…"`), kept so that writing it into a
-    /// response is a reference-count increment, not an allocation.
+    /// response is a reference-count increment, not an allocation. Its weakness is
+    /// read off its `W/` (a strong tag starts with its quote): a cache keeps a tag
+    /// per stored response, and a flag beside the value would take 8 more bytes.
     value: HeaderValue,
 }
 
 impl PartialEq for EntityTag {
     fn eq(&self, other: &Self) -> bool {
-        self.weak == other.weak && self.opaque() == other.opaque()
+        self.is_weak() == other.is_weak() && self.opaque() == other.opaque()
     }
 }
 
@@ -38,7 +39,7 @@ impl Eq for EntityTag {}
 
 impl std::hash::Hash for EntityTag {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.weak.hash(state);
+        self.is_weak().hash(state);
         self.opaque().hash(state);
     }
 }
@@ -85,20 +86,19 @@ impl EntityTag {
         // Every etagc byte is a valid field-value byte, so this cannot fail.
         let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(buf))
             .map_err(|_| InvalidEntityTag)?;
-        Ok(Self { weak, value })
+        Ok(Self { value })
     }
 
     /// The tag a field value holds when the value is exactly one `entity-tag`,
     /// sharing the value's bytes: reading a validator then costs a reference count,
     /// not an allocation (a cache reads the stored ETag for every conditional hit).
     fn of_whole_value(value: &HeaderValue) -> Option<Self> {
-        let (weak, rest) = match value.as_bytes() {
-            [b'W', b'/', rest @ ..] => (true, rest),
-            rest => (false, rest),
+        let rest = match value.as_bytes() {
+            [b'W', b'/', rest @ ..] => rest,
+            rest => rest,
         };
         match rest {
             [b'"', inner @ .., b'"'] if inner.iter().all(|&b| is_etagc(b)) => Some(Self {
-                weak,
                 value: value.clone(),
             }),
             _ => None,
@@ -119,20 +119,20 @@ impl EntityTag {
 
     /// Whether this is a weak validator.
     pub fn is_weak(&self) -> bool {
-        self.weak
+        self.value.as_bytes().starts_with(b"W/")
     }
 
     /// The opaque value between the quotes.
     pub fn opaque(&self) -> &[u8] {
         let bytes = self.value.as_bytes();
-        let start = if self.weak { 3 } else { 1 };
+        let start = if self.is_weak() { 3 } else { 1 };
         &bytes[start..bytes.len() - 1]
     }
 
     /// This tag made weak, as a server does for a representation that is only
     /// semantically equivalent (RFC 9110 §8.8.1).
     pub fn into_weak(self) -> Self {
-        if self.weak {
+        if self.is_weak() {
             return self;
         }
         Self::new(true, self.opaque()).expect("the opaque tag is already valid")
@@ -140,7 +140,7 @@ impl EntityTag {
 
     /// Strong comparison: both strong and their opaque tags equal (RFC 9110 §8.8.3.2).
     pub fn strong_eq(&self, other: &Self) -> bool {
-        !self.weak && !other.weak && self.opaque() == other.opaque()
+        !self.is_weak() && !other.is_weak() && self.opaque() == other.opaque()
     }
 
     /// Weak comparison: opaque tags equal, weakness ignored (RFC 9110 §8.8.3.2).
@@ -178,7 +178,7 @@ impl fmt::Debug for EntityTag {
 
 impl fmt::Display for EntityTag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.weak {
+        if self.is_weak() {
             f.write_str("W/")?;
         }
         write!(f, "\"{}\"", String::from_utf8_lossy(self.opaque()))

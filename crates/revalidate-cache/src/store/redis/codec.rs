@@ -57,21 +57,23 @@ pub(super) fn encode(variants: &Variants) -> Bytes {
 
 fn put_entry(out: &mut BytesMut, entry: &StoredResponse) {
     out.put_u16(entry.status.as_u16());
-    out.put_u64(micros_since_epoch(entry.request_time));
-    out.put_u64(micros_since_epoch(entry.response_time));
+    // The request's time is not kept: the initial age computed from it when the
+    // response arrived travels as it is, and the response's time stands in.
+    out.put_u64(micros_since_epoch(entry.response_time()));
+    out.put_u64(micros_since_epoch(entry.response_time()));
     for duration in [
-        entry.lifetime,
-        entry.initial_age,
-        entry.stale_while_revalidate,
-        entry.stale_if_error,
+        entry.lifetime(),
+        entry.initial_age(),
+        entry.stale_while_revalidate(),
+        entry.stale_if_error(),
     ] {
         out.put_u64(u64::try_from(duration.as_micros()).unwrap_or(u64::MAX));
     }
     let mut flags = 0;
-    if entry.always_revalidate {
+    if entry.always_revalidate() {
         flags |= ALWAYS_REVALIDATE;
     }
-    if entry.forbids_stale {
+    if entry.forbids_stale() {
         flags |= FORBIDS_STALE;
     }
     if entry.is_soft_purged() {
@@ -83,8 +85,13 @@ fn put_entry(out: &mut BytesMut, entry: &StoredResponse) {
         put_bytes(out, name.as_str().as_bytes());
         put_bytes(out, value.as_bytes());
     }
-    put_len(out, entry.secondary.names.len());
-    for (name, value) in entry.secondary.names.iter().zip(&entry.secondary.values) {
+    put_len(out, entry.secondary().names.len());
+    for (name, value) in entry
+        .secondary()
+        .names
+        .iter()
+        .zip(&entry.secondary().values)
+    {
         put_bytes(out, name.as_str().as_bytes());
         match value {
             Some(value) => {
@@ -174,10 +181,10 @@ fn get_entry(value: &mut Bytes) -> Option<(StoredResponse, bool)> {
         always_revalidate: flags & ALWAYS_REVALIDATE != 0,
         forbids_stale: flags & FORBIDS_STALE != 0,
     };
-    let mut entry = StoredResponse::new(status, headers, body, timing, secondary, tags, path);
     // The stored fields hold no `Age`: the age computed when it was first stored
     // is carried over as it was.
-    entry.initial_age = initial_age;
+    let entry = StoredResponse::new(status, headers, body, timing, secondary, tags, path)
+        .with_initial_age(initial_age);
     Some((entry, flags & ENTRY_SOFT_PURGED != 0))
 }
 
@@ -252,15 +259,19 @@ mod tests {
             assert_eq!(a.status, b.status);
             assert_eq!(a.headers(), b.headers());
             assert_eq!(a.body, b.body);
-            assert_eq!(a.secondary, b.secondary);
+            assert_eq!(a.secondary(), b.secondary());
             assert_eq!(a.tags, b.tags);
             assert_eq!(a.path, b.path);
-            assert_eq!(a.initial_age, b.initial_age, "the upstream's Age is kept");
-            assert_eq!(a.lifetime, b.lifetime);
-            assert_eq!(a.stale_if_error, b.stale_if_error);
-            assert_eq!(a.forbids_stale, b.forbids_stale);
+            assert_eq!(
+                a.initial_age(),
+                b.initial_age(),
+                "the upstream's Age is kept"
+            );
+            assert_eq!(a.lifetime(), b.lifetime());
+            assert_eq!(a.stale_if_error(), b.stale_if_error());
+            assert_eq!(a.forbids_stale(), b.forbids_stale());
             let micros = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_micros();
-            assert_eq!(micros(a.response_time), micros(b.response_time));
+            assert_eq!(micros(a.response_time()), micros(b.response_time()));
             assert!(!b.is_soft_purged());
         }
     }

@@ -413,8 +413,8 @@ fn lifetime_in_redis(variants: &Variants) -> Duration {
         .entries()
         .iter()
         .map(|e| {
-            e.lifetime.saturating_sub(e.initial_age)
-                + e.stale_while_revalidate.max(e.stale_if_error)
+            e.lifetime().saturating_sub(e.initial_age())
+                + e.stale_while_revalidate().max(e.stale_if_error())
         })
         .max()
         .unwrap_or_default()
