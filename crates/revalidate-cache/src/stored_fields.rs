@@ -2,14 +2,11 @@
 //! made from them.
 //!
 //! **Compact.** A header map's slot for a field takes about 100 bytes (links, hash,
-//! name, value), and even a ready `HeaderValue` takes 40. [`StoredFields`] keeps
-//! one buffer: the values one after another, then where each ends (4 bytes a
-//! field); its list of names is shared with every other entry whose response
-//! carried the same names in the same order (its *shape*, interned when the entry
-//! is stored). An answer's values are slices of that buffer, checked again as
-//! they are made (http checks a value's bytes in a loop it vectorizes: a few
-//! dozen instructions for a response's fields). Over many keys a hit mostly waits
-//! for memory, and each entry is smaller by as much.
+//! name, value); [`StoredFields`] keeps a value per field ([`FIELD_BYTES`]), the
+//! values slices of one buffer, and its list of names is shared with every other
+//! entry whose response carried the same names in the same order (its *shape*,
+//! interned when the entry is stored). Over many keys a hit mostly waits for
+//! memory, and each entry is smaller by as much.
 //!
 //! **Templates.** A hit needs a header map. Made field by field, each append
 //! hashes its name and probes the map (about 180 instructions), and the map's
@@ -53,26 +50,19 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::status::CACHE_STATUS;
 
-/// Bytes a stored field takes beyond its name's and value's bytes: where its
-/// value ends in the buffer.
-pub(crate) const FIELD_BYTES: usize = size_of::<u32>();
-
-/// The end of a value in [`StoredFields`]'s buffer: its offset, with this bit set
-/// when the value is sensitive (never compressed into an HPACK table). A buffer
-/// holds a response's fields, far below 2 GiB.
-const SENSITIVE: u32 = 1 << 31;
+/// Bytes a stored field takes beyond its name's and value's bytes.
+pub(crate) const FIELD_BYTES: usize = size_of::<HeaderValue>();
 
 /// The fields a stored response keeps: all it received but `Age`,
-/// `Content-Length` and `Cache-Status`, in one buffer. See the
+/// `Content-Length` and `Cache-Status`, their values sharing one buffer. See the
 /// [module documentation](self).
 #[derive(Debug, Clone)]
 pub(crate) struct StoredFields {
     /// The names, in the order a header map iterates them: the values of one name
     /// together.
     shape: Arc<Shape>,
-    /// The values one after another, then the end of each (a little-endian
-    /// `u32`, [`SENSITIVE`] or'ed in), one per name.
-    buffer: Bytes,
+    /// A value per name, each a slice of the buffer they share.
+    values: Box<[HeaderValue]>,
 }
 
 impl StoredFields {
@@ -88,22 +78,19 @@ impl StoredFields {
         let values: Vec<&HeaderValue> = kept().map(|(_, value)| value).collect();
         Self {
             shape: Shape::interned(names),
-            buffer: buffer_of(values.iter().copied()),
+            values: copied(&values),
         }
     }
 
     /// The number of fields.
     pub(crate) fn len(&self) -> usize {
-        self.shape.names.len()
+        self.values.len()
     }
 
     /// Each field's name and value, in order.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&HeaderName, HeaderValue)> {
-        self.shape
-            .names
-            .iter()
-            .zip(values_of(&self.buffer, self.len()))
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.shape.names.iter().zip(self.values.iter())
     }
 
     /// Bytes of names and values. The names are counted for every entry that
@@ -111,67 +98,50 @@ impl StoredFields {
     /// as much when it is not.
     pub(crate) fn byte_len(&self) -> usize {
         let names: usize = self.shape.names.iter().map(|n| n.as_str().len()).sum();
-        names + self.buffer.len() - self.len() * FIELD_BYTES
+        names + self.values.iter().map(HeaderValue::len).sum::<usize>()
     }
 
     /// A header map of these fields, after `Age` and `Cache-Status` placeholders (see
     /// [`set_answer_fields`]); its values share the stored buffer.
     pub(crate) fn to_map(&self) -> HeaderMap {
-        map_over(&self.shape, values_of(&self.buffer, self.len()))
+        map_over(&self.shape, &self.values)
     }
 
     /// The same map, its values in a buffer of its own (see the crate's `local_fields` module).
     pub(crate) fn to_detached_map(&self) -> HeaderMap {
-        let own = Bytes::copy_from_slice(&self.buffer);
-        map_over(&self.shape, values_of(&own, self.len()))
+        let values: Vec<&HeaderValue> = self.values.iter().collect();
+        map_over(&self.shape, &copied(&values))
     }
 }
 
-/// One buffer for `values`, laid out as [`StoredFields`] keeps them: a copy,
-/// since values parsed by hyper are slices of the connection's read buffer, which
-/// they would keep alive.
-fn buffer_of<'a>(values: impl ExactSizeIterator<Item = &'a HeaderValue> + Clone) -> Bytes {
-    let count = values.len();
-    let bytes: usize = values.clone().map(HeaderValue::len).sum();
-    let mut buffer = BytesMut::with_capacity(bytes + count * FIELD_BYTES);
-    for value in values.clone() {
+/// Copies of `values`, sharing one new buffer: values parsed by hyper are slices
+/// of the connection's read buffer, which they would keep alive.
+fn copied(values: &[&HeaderValue]) -> Box<[HeaderValue]> {
+    let mut buffer = BytesMut::with_capacity(values.iter().map(|v| v.len()).sum());
+    for value in values {
         buffer.extend_from_slice(value.as_bytes());
     }
-    let mut end = 0;
-    for value in values {
-        end += value.len();
-        // Below 2 GiB: a response's head is bounded far below (hyper reads at most
-        // a few hundred KiB of it).
-        let offset = u32::try_from(end).unwrap_or(SENSITIVE - 1) & !SENSITIVE;
-        let flag = if value.is_sensitive() { SENSITIVE } else { 0 };
-        buffer.extend_from_slice(&(offset | flag).to_le_bytes());
-    }
-    buffer.freeze()
-}
-
-/// The `count` values of `buffer` (laid out by [`buffer_of`]), each a slice of it.
-fn values_of(buffer: &Bytes, count: usize) -> impl Iterator<Item = HeaderValue> + '_ {
-    let ends_at = buffer.len().saturating_sub(count * FIELD_BYTES);
-    let ends = buffer[ends_at..].chunks_exact(FIELD_BYTES);
+    let buffer: Bytes = buffer.freeze();
     let mut start = 0;
-    ends.map(move |end| {
-        let end = u32::from_le_bytes([end[0], end[1], end[2], end[3]]);
-        let sensitive = end & SENSITIVE != 0;
-        let end = ((end & !SENSITIVE) as usize).clamp(start, ends_at);
-        let bytes = buffer.slice(start..end);
-        start = end;
-        // The bytes of a value that was valid when it was stored, so this never
-        // fails; an empty value stands in if it did.
-        let mut value =
-            HeaderValue::from_maybe_shared(bytes).unwrap_or(HeaderValue::from_static(""));
-        value.set_sensitive(sensitive);
-        value
-    })
+    values
+        .iter()
+        .map(|original| {
+            let end = start + original.len();
+            let bytes = buffer.slice(start..end);
+            start = end;
+            // The bytes of a valid value, so this never fails (the check is made
+            // once, when the entry is stored); an empty value stands in if it did.
+            let mut value =
+                HeaderValue::from_maybe_shared(bytes).unwrap_or(HeaderValue::from_static(""));
+            value.set_sensitive(original.is_sensitive());
+            value
+        })
+        .collect()
 }
 
 /// The map of `values` under `shape`'s names: a clone of this thread's template for
 /// the shape, its values set in place.
-fn map_over(shape: &Shape, values: impl Iterator<Item = HeaderValue>) -> HeaderMap {
+fn map_over(shape: &Shape, values: &[HeaderValue]) -> HeaderMap {
     let index = (shape.id % TEMPLATE_SLOTS as u64) as usize;
     let cloned = TEMPLATES.try_with(|templates| {
         // Unavailable only during the thread's teardown: a map of its own then.
@@ -200,12 +170,12 @@ fn map_over(shape: &Shape, values: impl Iterator<Item = HeaderValue>) -> HeaderM
     };
     debug_assert_eq!(
         map.len(),
-        shape.names.len() + 2,
+        values.len() + 2,
         "a template has a slot per value"
     );
     // The blank map iterates the shape's names in their order (see `blank_map`).
     for ((_, slot), value) in map.iter_mut().skip(2).zip(values) {
-        *slot = value;
+        *slot = value.clone();
     }
     map
 }
@@ -263,10 +233,10 @@ impl Shape {
 
     /// The map of `values` under these names, field by field: for a shape whose
     /// template slot another shape holds.
-    fn appended_map(&self, values: impl Iterator<Item = HeaderValue>) -> HeaderMap {
-        let mut map = answer_map(self.names.len());
+    fn appended_map(&self, values: &[HeaderValue]) -> HeaderMap {
+        let mut map = answer_map(values.len());
         for (name, value) in self.names.iter().zip(values) {
-            map.append(name.clone(), value);
+            map.append(name.clone(), value.clone());
         }
         map
     }
@@ -422,8 +392,8 @@ mod tests {
     /// The map made field by field: what a template must reproduce.
     fn appended(fields: &StoredFields) -> HeaderMap {
         let mut map = answer_map(fields.len());
-        for (name, value) in fields.iter() {
-            map.append(name.clone(), value);
+        for (name, value) in fields.shape.names.iter().zip(&fields.values) {
+            map.append(name.clone(), value.clone());
         }
         map
     }
@@ -576,9 +546,8 @@ mod tests {
     #[test]
     fn answers_share_the_stored_buffer_and_detached_maps_do_not() {
         let fields = fields(&[("etag", "\"a\""), ("content-type", "text/plain")]);
-        let values: Vec<HeaderValue> = fields.iter().map(|(_, value)| value).collect();
-        let stored = values[0].as_bytes().as_ptr() as usize;
-        let content_type = values[1].as_bytes().as_ptr() as usize;
+        let stored = fields.values[0].as_bytes().as_ptr() as usize;
+        let content_type = fields.values[1].as_bytes().as_ptr() as usize;
         assert_eq!(content_type, stored + 3, "one buffer, one after the other");
         for _ in 0..2 {
             let map = fields.to_map();

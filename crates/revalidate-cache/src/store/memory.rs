@@ -507,6 +507,41 @@ mod tests {
         assert_eq!(indexed(&store), (1, 0), "only /ab is left in the indexes");
     }
 
+    /// The path index orders keys by target, then host: a URL purge finds the
+    /// target under every host (one whose name sorts before `/` too) and every
+    /// key addition, and nothing of a neighbouring target.
+    #[tokio::test]
+    async fn a_url_purge_finds_its_target_under_every_host_and_addition() {
+        let store = MemoryStore::new(64 << 20);
+        let named = [
+            "!h/x",
+            "a.example/x",
+            "a.example/x\nh:accept=json",
+            "z/x",
+            "/x",
+        ];
+        let spared = ["a.example/x/y", "a.example/w", "!h/xy"];
+        for key in named.iter().chain(&spared) {
+            let target = key.find('/').map_or("", |at| &key[at..]);
+            let path = target.split('\n').next().unwrap_or(target);
+            store
+                .put(key.to_string(), variants(path, &[], 10), FetchMark::NONE)
+                .await;
+        }
+        assert_eq!(store.purge(&Purge::urls(["/x"])).await, named.len());
+        for key in named {
+            assert!(store.get(key).await.is_none(), "{key:?} is purged");
+        }
+        for key in spared {
+            assert!(store.get(key).await.is_some(), "{key:?} stays");
+        }
+        assert_eq!(
+            store.purge(&Purge::prefixes(["/x"])).await,
+            2,
+            "/x/y and /xy"
+        );
+    }
+
     #[tokio::test]
     async fn listings_filter_by_prefix_and_tag_and_stop_at_the_limit() {
         let store = MemoryStore::new(64 << 20);
