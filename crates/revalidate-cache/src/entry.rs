@@ -246,10 +246,11 @@ impl StoredResponse {
 
     /// Current age (§4.2.3).
     pub(crate) fn age(&self, now: SystemTime) -> Duration {
-        let resident = now
-            .duration_since(self.response_time())
-            .unwrap_or(Duration::ZERO);
-        self.initial_age().saturating_add(resident)
+        // In microseconds, as stored: a hit computes it twice.
+        let resident = Micros::since_epoch(now)
+            .0
+            .saturating_sub(self.response_time.0);
+        Duration::from_micros(self.initial_age.0.saturating_add(resident))
     }
 
     /// When its response arrived (to the microsecond).
