@@ -221,8 +221,8 @@ impl StoredResponse {
             lifetime: Micros::of(timing.lifetime),
             stale_while_revalidate: Micros::of(timing.stale_while_revalidate),
             stale_if_error: Micros::of(timing.stale_if_error),
-            flags: u8::from(timing.always_revalidate) * ALWAYS_REVALIDATE
-                | u8::from(timing.forbids_stale) * FORBIDS_STALE,
+            flags: (u8::from(timing.always_revalidate) * ALWAYS_REVALIDATE)
+                | (u8::from(timing.forbids_stale) * FORBIDS_STALE),
             secondary: (!secondary.names.is_empty()).then(|| Box::new(secondary)),
             tags,
             path,
