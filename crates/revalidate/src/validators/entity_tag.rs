@@ -93,11 +93,8 @@ impl EntityTag {
     /// sharing the value's bytes: reading a validator then costs a reference count,
     /// not an allocation (a cache reads the stored ETag for every conditional hit).
     fn of_whole_value(value: &HeaderValue) -> Option<Self> {
-        let rest = match value.as_bytes() {
-            [b'W', b'/', rest @ ..] => rest,
-            rest => rest,
-        };
-        match rest {
+        let bytes = value.as_bytes();
+        match bytes.strip_prefix(b"W/").unwrap_or(bytes) {
             [b'"', inner @ .., b'"'] if inner.iter().all(|&b| is_etagc(b)) => Some(Self {
                 value: value.clone(),
             }),
