@@ -522,10 +522,12 @@ mod tests {
         ];
         let spared = ["a.example/x/y", "a.example/w", "!h/xy"];
         for key in named.iter().chain(&spared) {
-            let target = key.find('/').map_or("", |at| &key[at..]);
-            let path = target.split('\n').next().unwrap_or(target);
             store
-                .put(key.to_string(), variants(path, &[], 10), FetchMark::NONE)
+                .put(
+                    key.to_string(),
+                    variants(target_of(key), &[], 10),
+                    FetchMark::NONE,
+                )
                 .await;
         }
         assert_eq!(store.purge(&Purge::urls(["/x"])).await, named.len());
