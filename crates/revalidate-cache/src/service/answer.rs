@@ -77,25 +77,27 @@ impl<St: Store> Shared<St> {
                 .is_none_or(|m| entry.age(now) <= delta(m))
             && request_cc.min_fresh.is_none_or(|m| ttl >= delta(m));
         fresh_enough.then(|| {
-            self.respond_stored(head, entry, CacheStatus::hit(Some(secs(ttl))), Outcome::Hit)
+            let status = CacheStatus::hit(Some(secs(ttl)));
+            self.respond_stored(head, entry, status, Outcome::Hit, now)
         })
     }
 
     /// A response built from a stored entry, answering the client's own conditional
-    /// request from the stored validators (§4.3.2).
+    /// request from the stored validators (§4.3.2), with its age at `now` (the time
+    /// its freshness was judged at: one clock read per hit).
     pub(super) fn respond_stored<B>(
         &self,
         head: &RequestHead,
         entry: &StoredResponse,
         status: CacheStatus,
         outcome: Outcome,
+        now: SystemTime,
     ) -> Response<CacheBody<B>> {
         self.stats.outcome(outcome);
         if outcome.is_from_store() {
             self.stats.spared_upstream(entry.body.len());
             self.traffic.served_from_store(head.route.index());
         }
-        let now = self.clock.now();
         let age = age_value(entry.age(now).as_secs());
 
         let mut honor_range = true;

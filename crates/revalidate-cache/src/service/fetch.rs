@@ -150,7 +150,7 @@ impl<St: Store> Shared<St> {
         };
         if may_serve_stale && max_stale_allows {
             let status = CacheStatus::hit(Some(stale_ttl)).detail("max-stale");
-            return Ok(self.respond_stored(head, &entry, status, Outcome::StaleServed));
+            return Ok(self.respond_stored(head, &entry, status, Outcome::StaleServed, now));
         }
         if request_cc.only_if_cached {
             return Ok(gateway_timeout(
@@ -171,7 +171,7 @@ impl<St: Store> Shared<St> {
                 entry.clone(),
             );
             let status = CacheStatus::hit(Some(stale_ttl)).detail("stale-while-revalidate");
-            return Ok(self.respond_stored(head, &entry, status, Outcome::StaleServed));
+            return Ok(self.respond_stored(head, &entry, status, Outcome::StaleServed, now));
         }
         Box::pin(self.fetch_coalesced(
             inner,
@@ -239,7 +239,7 @@ impl<St: Store> Shared<St> {
                 .ttl(now)
                 .map_or_else(|| -secs(entry.staleness(now)), secs);
             let status = CacheStatus::forward(reason).ttl(ttl).collapsed();
-            return Ok(self.respond_stored(head, &entry, status, Outcome::Coalesced));
+            return Ok(self.respond_stored(head, &entry, status, Outcome::Coalesced, now));
         }
     }
 
@@ -261,7 +261,8 @@ impl<St: Store> Shared<St> {
                 extensions,
                 ..
             } => {
-                let mut response = self.respond_stored(head, &entry, status, outcome);
+                let mut response =
+                    self.respond_stored(head, &entry, status, outcome, self.clock.now());
                 *response.extensions_mut() = extensions;
                 // Straight from the upstream: its own Age stands, as it sent it (it
                 // is among the requester's fields when there was one).
@@ -271,9 +272,13 @@ impl<St: Store> Shared<St> {
                 }
                 Ok(response)
             }
-            Fetched::Stale(entry, status) => {
-                Ok(self.respond_stored(head, &entry, status, Outcome::StaleServed))
-            }
+            Fetched::Stale(entry, status) => Ok(self.respond_stored(
+                head,
+                &entry,
+                status,
+                Outcome::StaleServed,
+                self.clock.now(),
+            )),
             Fetched::Live(response, status) => {
                 Ok(self.respond_live(head, response, status, outcome))
             }

@@ -31,19 +31,29 @@ pub(super) fn primary_key(
     target: String,
 ) -> Option<PrimaryKey> {
     let host = match head.uri.authority() {
-        Some(authority) => authority.as_str(),
-        None => match head.headers.get(HOST) {
-            Some(value) => value.to_str().ok()?,
-            None => "",
-        },
+        Some(authority) => authority.as_str().as_bytes(),
+        None => head
+            .headers
+            .get(HOST)
+            .map_or(&b""[..], HeaderValue::as_bytes),
     };
-    // A plain `name[:port]` needs no parse; anything else must be an authority.
-    if !is_plain_host(host.as_bytes()) && host.parse::<http::uri::Authority>().is_err() {
-        return None;
-    }
+    // A plain `name[:port]` (the common case) is ASCII and needs no parse;
+    // anything else must be an authority.
+    let already_lowercase = match plain_host(host) {
+        Some(Case::Lower) => true,
+        Some(Case::Mixed) => false,
+        None => {
+            let authority = std::str::from_utf8(host).ok()?;
+            authority.parse::<http::uri::Authority>().ok()?;
+            false
+        }
+    };
+    let host = std::str::from_utf8(host).ok()?;
     let mut primary = target;
     primary.insert_str(0, host);
-    primary[..host.len()].make_ascii_lowercase();
+    if !already_lowercase {
+        primary[..host.len()].make_ascii_lowercase();
+    }
     let target = host.len()..primary.len();
     for name in &policy.key_headers {
         primary.push_str("\nh:");
@@ -84,16 +94,56 @@ pub(super) fn primary_key(
     })
 }
 
-/// `name` or `name:port` with a plain name (letters, digits, dots, hyphens) and a
-/// numeric port: the common case, checked in one pass.
-pub(super) fn is_plain_host(host: &[u8]) -> bool {
-    let (name, port) = match host.iter().position(|&b| b == b':') {
-        Some(colon) => (&host[..colon], Some(&host[colon + 1..])),
-        None => (host, None),
-    };
-    name.iter()
-        .all(|&b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
-        && port.is_none_or(|port| !port.is_empty() && port.iter().all(u8::is_ascii_digit))
+/// Whether a plain host name holds uppercase letters (the key holds it in
+/// lowercase).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Case {
+    Lower,
+    Mixed,
+}
+
+/// What a byte is in a plain host name: allowed (a letter, a digit, a dot or a
+/// hyphen), and an uppercase letter.
+const NAME_BYTE: u8 = 1;
+const UPPER: u8 = 2;
+static HOST_BYTES: [u8; 256] = {
+    let mut table = [0; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        if byte.is_ascii_alphanumeric() || byte == b'.' || byte == b'-' {
+            table[b] = NAME_BYTE;
+        }
+        if byte.is_ascii_uppercase() {
+            table[b] |= UPPER;
+        }
+        b += 1;
+    }
+    table
+};
+
+/// `Some` when `host` is `name` or `name:port` with a plain name (letters, digits,
+/// dots, hyphens) and a numeric port: the common case, checked in one pass with a
+/// table (a hit checks every request's host).
+pub(super) fn plain_host(host: &[u8]) -> Option<Case> {
+    let mut seen = 0;
+    for (at, &byte) in host.iter().enumerate() {
+        let class = HOST_BYTES[usize::from(byte)];
+        if class == 0 {
+            let port = &host[at + 1..];
+            let numeric = byte == b':' && !port.is_empty() && port.iter().all(u8::is_ascii_digit);
+            if !numeric {
+                return None;
+            }
+            break;
+        }
+        seen |= class;
+    }
+    Some(if seen & UPPER == 0 {
+        Case::Lower
+    } else {
+        Case::Mixed
+    })
 }
 
 pub(super) fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -124,6 +174,29 @@ mod tests {
             headers,
             extensions: http::Extensions::new(),
             route: crate::routes::RouteId::default(),
+        }
+    }
+
+    #[test]
+    fn a_plain_host_is_told_in_one_pass_with_its_case() {
+        assert_eq!(plain_host(b"a.test"), Some(Case::Lower));
+        assert_eq!(plain_host(b"a-1.test:8080"), Some(Case::Lower));
+        assert_eq!(plain_host(b""), Some(Case::Lower));
+        assert_eq!(plain_host(b"A.test:80"), Some(Case::Mixed));
+        for other in [
+            &b"a.test:"[..],
+            b"a.test:8o",
+            b"a:1:2",
+            b"[::1]:80",
+            b"a_b",
+            b"a\xc3\xa9",
+        ] {
+            assert_eq!(
+                plain_host(other),
+                None,
+                "{}",
+                String::from_utf8_lossy(other)
+            );
         }
     }
 

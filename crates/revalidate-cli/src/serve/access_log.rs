@@ -29,7 +29,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::USER_AGENT;
-use http::{HeaderName, HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use http_body::Body;
 use tower::{Layer, Service};
 
@@ -272,14 +272,9 @@ where
                 .uri()
                 .path_and_query()
                 .map_or(&b"/"[..], |pq| pq.as_str().as_bytes());
-            let user_agent = request.headers().get(USER_AGENT).map(HeaderValue::as_bytes);
             // The client's id, if usable; otherwise the one the upstream client
             // gives a request it forwards, or (a hit) one made for the line.
-            let id = request
-                .headers()
-                .get(&X_REQUEST_ID)
-                .filter(|v| usable_id(v))
-                .map(HeaderValue::as_bytes);
+            let (user_agent, id) = agent_and_id(request.headers());
             Started {
                 logger,
                 peer: self.peer,
@@ -294,6 +289,47 @@ where
             started,
         }
     }
+}
+
+/// At most this many fields are looked through one by one for a field the log
+/// wants; a larger map is asked by name.
+const FEW_FIELDS: usize = 8;
+
+/// The request's user agent and its id when usable. Most requests carry a few
+/// fields: one pass comparing names costs less than two lookups, each hashing
+/// its name.
+fn agent_and_id(headers: &HeaderMap) -> (Option<&[u8]>, Option<&[u8]>) {
+    let (user_agent, id) = if headers.len() > FEW_FIELDS {
+        (headers.get(USER_AGENT), headers.get(&X_REQUEST_ID))
+    } else {
+        let (mut user_agent, mut id) = (None, None);
+        // A name's first value is the one a lookup returns.
+        for (name, value) in headers {
+            if *name == USER_AGENT {
+                user_agent = user_agent.or(Some(value));
+            } else if *name == X_REQUEST_ID {
+                id = id.or(Some(value));
+            }
+        }
+        (user_agent, id)
+    };
+    (
+        user_agent.map(HeaderValue::as_bytes),
+        id.filter(|v| usable_id(v)).map(HeaderValue::as_bytes),
+    )
+}
+
+/// A response's `Cache-Status`. The cache writes it second in the answers it
+/// makes from what it stores (after `Age`), so the first fields are looked at
+/// before the map is asked by name.
+fn cache_status(headers: &HeaderMap) -> Option<&[u8]> {
+    headers
+        .iter()
+        .take(2)
+        .find(|(name, _)| **name == CACHE_STATUS)
+        .map(|(_, value)| value)
+        .or_else(|| headers.get(&CACHE_STATUS))
+        .map(HeaderValue::as_bytes)
 }
 
 /// Whether a client's request id may be kept: visible ASCII, at most 128 bytes.
@@ -445,10 +481,7 @@ impl Started {
             client: self.peer,
             method: self.method.as_str().as_bytes(),
             target: self.fields.target(),
-            cache_status: response
-                .headers()
-                .get(&CACHE_STATUS)
-                .map(HeaderValue::as_bytes),
+            cache_status: cache_status(response.headers()),
             id,
             user_agent: self.fields.user_agent(),
         };
@@ -555,57 +588,54 @@ impl<'a> Record<'a> {
 
     /// The next record of `input`, which it advances past it.
     fn read(input: &mut &'a [u8]) -> Option<Self> {
-        fn take<'b>(input: &mut &'b [u8], n: usize) -> Option<&'b [u8]> {
-            let (head, rest) = (input.get(..n)?, input.get(n..)?);
-            *input = rest;
-            Some(head)
-        }
-        fn number(input: &mut &[u8]) -> Option<u64> {
-            Some(u64::from_le_bytes(take(input, 8)?.try_into().ok()?))
-        }
         fn string<'b>(input: &mut &'b [u8]) -> Option<Option<&'b [u8]>> {
-            let len = u16::from_le_bytes(take(input, 2)?.try_into().ok()?);
+            let (len, rest) = input.split_first_chunk::<2>()?;
+            let len = u16::from_le_bytes(*len);
             if len == ABSENT {
+                *input = rest;
                 return Some(None);
             }
-            take(input, usize::from(len)).map(Some)
+            let (value, rest) = rest.split_at_checked(usize::from(len))?;
+            *input = rest;
+            Some(Some(value))
         }
-        let status = u16::from_le_bytes(take(input, 2)?.try_into().ok()?);
-        let version = match take(input, 1)?[0] {
+        // The fixed part in one piece, read at the offsets `write` put it at.
+        let (fixed, rest) = input.split_first_chunk::<FIXED>()?;
+        *input = rest;
+        let number = |at: usize| {
+            let mut bytes = [0; 8];
+            bytes.copy_from_slice(&fixed[at..at + 8]);
+            u64::from_le_bytes(bytes)
+        };
+        let present = |n: u64| (n != u64::MAX).then_some(n);
+        let version = match fixed[2] {
             9 => http::Version::HTTP_09,
             10 => http::Version::HTTP_10,
             20 => http::Version::HTTP_2,
             30 => http::Version::HTTP_3,
             _ => http::Version::HTTP_11,
         };
-        let present = |n: u64| (n != u64::MAX).then_some(n);
-        let bytes = present(number(input)?);
-        let upstream = present(number(input)?).map(Duration::from_micros);
-        let total = Duration::from_micros(number(input)?);
-        let tag = take(input, 1)?[0];
-        let octets: [u8; 16] = take(input, 16)?.try_into().ok()?;
+        let mut octets = [0; 16];
+        octets.copy_from_slice(&fixed[28..44]);
         let v6 = std::net::Ipv6Addr::from(octets);
-        let client = match tag {
+        let client = match fixed[27] {
             4 => v6.to_ipv4_mapped().map(IpAddr::V4),
             6 => Some(IpAddr::V6(v6)),
             _ => None,
         };
-        let made_tag = take(input, 1)?[0];
-        let made = number(input)?;
         let method = string(input)?.unwrap_or_default();
         let target = string(input)?.unwrap_or_default();
         let cache_status = string(input)?;
-        let text_id = string(input)?;
-        let id = match (made_tag, text_id) {
-            (1, _) => Id::Made(made),
+        let id = match (fixed[44], string(input)?) {
+            (1, _) => Id::Made(number(45)),
             (_, text) => Id::Text(text.unwrap_or_default()),
         };
         Some(Self {
-            status,
+            status: u16::from_le_bytes([fixed[0], fixed[1]]),
             version,
-            bytes,
-            upstream,
-            total,
+            bytes: present(number(3)),
+            upstream: present(number(11)).map(Duration::from_micros),
+            total: Duration::from_micros(number(19)),
             client,
             method,
             target,
@@ -632,7 +662,8 @@ impl<'a> Record<'a> {
             None => out.push(b'-'),
         }
         out.extend_from_slice(b" \"");
-        escape_into(out, self.method);
+        // A method is a token (`http::Method` holds no other): nothing to escape.
+        out.extend_from_slice(self.method);
         out.push(b' ');
         escape_into(out, self.target);
         out.push(b' ');
@@ -739,17 +770,32 @@ const fn escaped(b: u8) -> bool {
     b < 0x20 || b >= 0x7f || b == b'"' || b == b'\\'
 }
 
+/// [`escaped`] for every byte: one load per byte where the test is four
+/// comparisons, on every field of every line.
+static ESCAPED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = escaped(b as u8);
+        b += 1;
+    }
+    table
+};
+
 /// Appends `value`, escaped (see [`escaped`]); runs of plain bytes are copied
 /// whole.
 fn escape_into(out: &mut Vec<u8>, value: &[u8]) {
     // Most values hold nothing to escape. One pass with no early exit tells so
     // for the whole value, which is then copied in one piece.
-    if !value.iter().fold(false, |any, &b| any | escaped(b)) {
+    if !value
+        .iter()
+        .fold(false, |any, &b| any | ESCAPED[usize::from(b)])
+    {
         out.extend_from_slice(value);
         return;
     }
     let mut rest = value;
-    while let Some(at) = rest.iter().position(|&b| escaped(b)) {
+    while let Some(at) = rest.iter().position(|&b| ESCAPED[usize::from(b)]) {
         out.extend_from_slice(&rest[..at]);
         match rest[at] {
             b'"' => out.extend_from_slice(b"\\\""),
@@ -783,6 +829,44 @@ mod tests {
             assert_eq!(made.len(), 16);
             assert_ne!(request_id(unusable), made, "each request its own");
         }
+    }
+
+    #[test]
+    fn the_user_agent_and_id_are_found_in_few_fields_and_in_many() {
+        for others in [0, FEW_FIELDS + 1] {
+            let mut headers = HeaderMap::new();
+            for i in 0..others {
+                let name = HeaderName::from_bytes(format!("x-other-{i}").as_bytes()).unwrap();
+                headers.insert(name, HeaderValue::from_static("v"));
+            }
+            headers.append(USER_AGENT, HeaderValue::from_static("first"));
+            headers.append(USER_AGENT, HeaderValue::from_static("second"));
+            headers.insert(&X_REQUEST_ID, HeaderValue::from_static("id-1"));
+            assert_eq!(
+                agent_and_id(&headers),
+                (Some(&b"first"[..]), Some(&b"id-1"[..])),
+                "{others} other fields"
+            );
+            headers.insert(&X_REQUEST_ID, HeaderValue::from_static("not usable"));
+            assert_eq!(agent_and_id(&headers).1, None, "{others} other fields");
+        }
+    }
+
+    #[test]
+    fn cache_status_is_found_wherever_it_is() {
+        let status = HeaderValue::from_static("revalidate; hit");
+        let mut first = HeaderMap::new();
+        first.insert(&CACHE_STATUS, status.clone());
+        first.insert(USER_AGENT, HeaderValue::from_static("x"));
+        let mut last = HeaderMap::new();
+        for name in ["a", "b", "c"] {
+            last.insert(HeaderName::from_static(name), HeaderValue::from_static("v"));
+        }
+        last.insert(&CACHE_STATUS, status);
+        for headers in [&first, &last] {
+            assert_eq!(cache_status(headers), Some(&b"revalidate; hit"[..]));
+        }
+        assert_eq!(cache_status(&HeaderMap::new()), None);
     }
 
     #[test]
@@ -837,6 +921,11 @@ mod tests {
             lines.push(b'\n');
         }
         assert!(Record::read(&mut input).is_none(), "nothing left");
+        // A record cut short anywhere reads as none, never as a wrong one.
+        let first = records[0].len();
+        for cut in 0..first {
+            assert!(Record::read(&mut &batch[..cut]).is_none(), "cut at {cut}");
+        }
         assert_eq!(
             String::from_utf8(lines).unwrap(),
             "10.0.0.1 \"GET /a?b=c HTTP/2.0\" 304 - \"-\" upstream=0.001234 total=0.005678 id=abc ua=\"\\xffua\"\n\
