@@ -292,6 +292,13 @@ fn combined<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Option<String>
     out
 }
 
+/// The normalized target within a primary key: after the host (which holds no
+/// `/`), up to the first key addition (after a `\n`, which no target holds).
+pub(crate) fn target_of(primary: &str) -> &str {
+    let target = primary.find('/').map_or("", |at| &primary[at..]);
+    target.split('\n').next().unwrap_or(target)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

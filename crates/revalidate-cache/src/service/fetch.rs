@@ -448,7 +448,7 @@ impl<St: Store> Shared<St> {
             );
             let requester_only = split_for_storage(&mut headers, &directives.qualified_fields());
             // Tags: those the entry had, those the 304 names, the route's.
-            let mut tags = old.tags.clone();
+            let mut tags = old.tags.to_vec();
             tags.extend(self.tags_of(policy, params, &parts.headers));
             tags.sort();
             tags.dedup();
@@ -460,7 +460,7 @@ impl<St: Store> Shared<St> {
                 timing,
                 old.secondary().clone(),
                 tags,
-                old.path.clone(),
+                old.key().clone(),
             ));
             let stored = verdict.is_ok()
                 && self
@@ -562,8 +562,11 @@ impl<St: Store> Shared<St> {
         // again); nothing purged gets in (checked below, under the lock).
         let existing = self.store.get(primary).await;
         let guard = self.log.lock().await;
-        if guard.invalidated_since(ticket, &entry.path, &entry.tags) {
-            tracing::debug!(path = %entry.path, "not stored: invalidated while in flight");
+        if guard.invalidated_since(ticket, entry.path(), &entry.tags) {
+            tracing::debug!(
+                path = entry.path(),
+                "not stored: invalidated while in flight"
+            );
             return false;
         }
         // The other variants were read before the lock: a purge since the fetch
@@ -572,7 +575,7 @@ impl<St: Store> Shared<St> {
             .filter(|v| {
                 !v.entries()
                     .iter()
-                    .any(|e| guard.invalidated_since(ticket, &e.path, &e.tags))
+                    .any(|e| guard.invalidated_since(ticket, e.path(), &e.tags))
             })
             .unwrap_or_default();
         let names = entry.secondary().names.clone();

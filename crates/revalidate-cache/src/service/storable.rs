@@ -139,7 +139,7 @@ impl<St: Store> Shared<St> {
             timing,
             secondary(&names, &lookup.head.headers),
             tags,
-            Arc::from(lookup.path),
+            Arc::from(lookup.primary),
         );
         (Arc::new(entry), requester_only)
     }

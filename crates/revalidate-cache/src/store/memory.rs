@@ -12,6 +12,7 @@ use super::contract::{
     EntryFilter, EntryListing, EntrySummary, FetchMark, LookupNow, Purge, Store, StoreUsage,
 };
 use crate::entry::{StoredResponse, Variants};
+use crate::key::target_of;
 
 /// The in-memory tier: quick_cache (S3-FIFO-style admission and eviction, lock-sharded
 /// reads that only flip a bit) bounded by a byte budget charged on real body and
@@ -58,9 +59,9 @@ struct ByBytes;
 
 impl Weighter<StoreKey, Variants> for ByBytes {
     fn weight(&self, key: &StoreKey, variants: &Variants) -> u64 {
-        // The index holds the key's bytes once; a key too long for the slot is on
-        // the heap a second time.
-        let key_bytes = key.len() * if key.spilled() { 2 } else { 1 };
+        // The entry charges its key, which the index shares; a key too long for
+        // the slot is on the heap a second time.
+        let key_bytes = if key.spilled() { key.len() } else { 0 };
         // A zero weight would make an entry unevictable.
         (key_bytes + variants.weight()).max(1) as u64
     }
@@ -203,13 +204,6 @@ impl PartialOrd for ByTarget {
     }
 }
 
-/// The normalized target within a primary key: after the host (which holds no
-/// `/`), up to the first key addition (after a `\n`, which no target holds).
-fn target_of(primary: &str) -> &str {
-    let target = primary.find('/').map_or("", |at| &primary[at..]);
-    target.split('\n').next().unwrap_or(target)
-}
-
 /// `entry`, stored under `key`, as it is at `now`.
 fn summary(key: &str, entry: &StoredResponse, now: SystemTime) -> EntrySummary {
     let text = |value: http::HeaderValue| String::from_utf8_lossy(value.as_bytes()).into_owned();
@@ -220,12 +214,12 @@ fn summary(key: &str, entry: &StoredResponse, now: SystemTime) -> EntrySummary {
     let validators = entry.validators();
     EntrySummary {
         key: key.to_string(),
-        path: entry.path.to_string(),
+        path: entry.path().to_string(),
         status: entry.status.as_u16(),
         size: entry.body.len() as u64,
         age: entry.age(now).as_secs(),
         ttl,
-        tags: entry.tags.clone(),
+        tags: entry.tags.to_vec(),
         etag: validators
             .etag
             .as_ref()
@@ -348,7 +342,11 @@ impl Inner {
     /// whether they are kept.
     fn put_locked(&self, index: &mut Index, primary: String, variants: Variants) -> bool {
         let key = StoreKey::from_slice(primary.as_bytes());
-        let primary: Arc<str> = Arc::from(primary);
+        // The index shares the entries' own copy of the key.
+        let primary: Arc<str> = match variants.key() {
+            Some(held) if **held == *primary => held.clone(),
+            _ => Arc::from(primary),
+        };
         if let Some(old) = self.entries.peek(primary.as_bytes()) {
             index.remove(&primary, &old);
         }
@@ -458,7 +456,8 @@ mod tests {
     use crate::entry::{StoredResponse, Timing};
     use crate::key::Secondary;
 
-    fn variants(path: &str, tags: &[&str], body_len: usize) -> Variants {
+    /// What a store holds under `key`: one entry, which knows its key.
+    fn variants(key: &str, tags: &[&str], body_len: usize) -> Variants {
         let now = SystemTime::now();
         let timing = Timing::fresh_for(Duration::from_secs(60), now);
         let entry = StoredResponse::new(
@@ -468,7 +467,7 @@ mod tests {
             timing,
             Secondary::default(),
             tags.iter().map(|t| t.to_string()).collect(),
-            Arc::from(path),
+            Arc::from(key),
         );
         Variants::new(Vec::new(), vec![Arc::new(entry)])
     }
@@ -479,23 +478,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_indexes_share_the_entrys_own_key() {
+        let store = MemoryStore::new(64 << 20);
+        let stored = variants("h/a", &["t"], 10);
+        store
+            .put("h/a".into(), stored.clone(), FetchMark::NONE)
+            .await;
+        let index = lock(&store.inner.index);
+        let held = stored.key().expect("an entry");
+        let by_path = &index.by_path.iter().next().expect("indexed").0;
+        assert!(Arc::ptr_eq(by_path, held), "no second copy of the key");
+        assert!(index.by_tag["t"].iter().all(|key| Arc::ptr_eq(key, held)));
+    }
+
+    #[tokio::test]
     async fn purges_select_by_url_prefix_and_tag() {
         let store = MemoryStore::new(64 << 20);
         store
-            .put("h/a".into(), variants("/a", &["t1"], 10), FetchMark::NONE)
+            .put("h/a".into(), variants("h/a", &["t1"], 10), FetchMark::NONE)
             .await;
         store
             .put(
                 "h/a/b".into(),
-                variants("/a/b", &["t2"], 10),
+                variants("h/a/b", &["t2"], 10),
                 FetchMark::NONE,
             )
             .await;
         store
-            .put("h/ab".into(), variants("/ab", &[], 10), FetchMark::NONE)
+            .put("h/ab".into(), variants("h/ab", &[], 10), FetchMark::NONE)
             .await;
         store
-            .put("h/c".into(), variants("/c", &["t1"], 10), FetchMark::NONE)
+            .put("h/c".into(), variants("h/c", &["t1"], 10), FetchMark::NONE)
             .await;
         assert_eq!(store.purge(&Purge::urls(["/a"])).await, 1);
         assert!(store.get("h/a").await.is_none());
@@ -523,11 +536,7 @@ mod tests {
         let spared = ["a.example/x/y", "a.example/w", "!h/xy"];
         for key in named.iter().chain(&spared) {
             store
-                .put(
-                    key.to_string(),
-                    variants(target_of(key), &[], 10),
-                    FetchMark::NONE,
-                )
+                .put(key.to_string(), variants(key, &[], 10), FetchMark::NONE)
                 .await;
         }
         assert_eq!(store.purge(&Purge::urls(["/x"])).await, named.len());
@@ -547,14 +556,14 @@ mod tests {
     #[tokio::test]
     async fn listings_filter_by_prefix_and_tag_and_stop_at_the_limit() {
         let store = MemoryStore::new(64 << 20);
-        for (key, path, tags) in [
-            ("h/a\nh:accept=x", "/a", &["t1"][..]),
-            ("h/a/b", "/a/b", &["t2"]),
-            ("h/ab", "/ab", &[]),
-            ("g/c", "/c", &["t1"]),
+        for (key, tags) in [
+            ("h/a\nh:accept=x", &["t1"][..]),
+            ("h/a/b", &["t2"]),
+            ("h/ab", &[]),
+            ("g/c", &["t1"]),
         ] {
             store
-                .put(key.into(), variants(path, tags, 10), FetchMark::NONE)
+                .put(key.into(), variants(key, tags, 10), FetchMark::NONE)
                 .await;
         }
         let now = SystemTime::now();
@@ -642,7 +651,7 @@ mod tests {
                 store
                     .put(
                         format!("h{path}"),
-                        variants(path, &["t"], body_len),
+                        variants(&format!("h{path}"), &["t"], body_len),
                         FetchMark::NONE
                     )
                     .await
@@ -666,16 +675,16 @@ mod tests {
         let long = |i: usize| format!("h/{}{i}", "k".repeat(INLINE_KEY_BYTES));
         let store = MemoryStore::new(64 << 10);
         store
-            .put(long(0), variants("/long0", &["old"], 10), FetchMark::NONE)
+            .put(long(0), variants(&long(0), &["old"], 10), FetchMark::NONE)
             .await;
         let charged = store.usage().bytes;
         store
-            .put("h/s".into(), variants("/s", &[], 10), FetchMark::NONE)
+            .put("h/s".into(), variants("h/s", &[], 10), FetchMark::NONE)
             .await;
         let short = store.usage().bytes - charged;
-        // The two differ in their key, path and tag bytes only.
-        let long_bytes = 2 * long(0).len() + "/long0".len() + "old".len();
-        let short_bytes = "h/s".len() + "/s".len();
+        // The two differ in their key and tag bytes only.
+        let long_bytes = 2 * long(0).len() + "old".len();
+        let short_bytes = "h/s".len();
         assert_eq!(
             charged - short,
             (long_bytes - short_bytes) as u64,
@@ -683,16 +692,12 @@ mod tests {
         );
         // Replaced, then evicted by many more long keys: the index follows.
         store
-            .put(long(0), variants("/long0", &["new"], 10), FetchMark::NONE)
+            .put(long(0), variants(&long(0), &["new"], 10), FetchMark::NONE)
             .await;
         assert_eq!(store.purge(&Purge::tags(["old"])).await, 0);
         for i in 1..100 {
             store
-                .put(
-                    long(i),
-                    variants(&format!("/long{i}"), &["all"], 4096),
-                    FetchMark::NONE,
-                )
+                .put(long(i), variants(&long(i), &["all"], 4096), FetchMark::NONE)
                 .await;
         }
         let usage = store.usage();
@@ -712,10 +717,10 @@ mod tests {
     async fn replacing_and_evicting_keep_the_indexes_exact() {
         let store = MemoryStore::new(64 << 10);
         store
-            .put("h/x".into(), variants("/x", &["old"], 10), FetchMark::NONE)
+            .put("h/x".into(), variants("h/x", &["old"], 10), FetchMark::NONE)
             .await;
         store
-            .put("h/x".into(), variants("/x", &["new"], 10), FetchMark::NONE)
+            .put("h/x".into(), variants("h/x", &["new"], 10), FetchMark::NONE)
             .await;
         assert_eq!(store.purge(&Purge::tags(["old"])).await, 0);
         for i in 0..100 {
@@ -723,7 +728,7 @@ mod tests {
             store
                 .put(
                     format!("h{path}"),
-                    variants(&path, &["all"], 4096),
+                    variants(&format!("h{path}"), &["all"], 4096),
                     FetchMark::NONE,
                 )
                 .await;
@@ -734,7 +739,7 @@ mod tests {
             !store
                 .put(
                     "h/big".into(),
-                    variants("/big", &[], 80 << 10),
+                    variants("h/big", &[], 80 << 10),
                     FetchMark::NONE
                 )
                 .await,
@@ -758,13 +763,13 @@ mod tests {
         // Over a stored key, a refused entry leaves nothing behind: never the older
         // response it was meant to replace.
         store
-            .put("h/y".into(), variants("/y", &["y"], 10), FetchMark::NONE)
+            .put("h/y".into(), variants("h/y", &["y"], 10), FetchMark::NONE)
             .await;
         assert!(
             !store
                 .put(
                     "h/y".into(),
-                    variants("/y", &["y"], 80 << 10),
+                    variants("h/y", &["y"], 80 << 10),
                     FetchMark::NONE
                 )
                 .await

@@ -105,12 +105,14 @@ fn put_entry(out: &mut BytesMut, entry: &StoredResponse) {
     for tag in &entry.tags {
         put_bytes(out, tag.as_bytes());
     }
-    put_bytes(out, entry.path.as_bytes());
+    put_bytes(out, entry.path().as_bytes());
     put_bytes(out, &entry.body);
 }
 
-/// The variants a value holds; `None` when it does not decode.
-pub(super) fn decode(mut value: Bytes) -> Option<Variants> {
+/// The variants a value stored under `primary` holds; `None` when it does not
+/// decode, or when the path it holds is not `primary`'s.
+pub(super) fn decode(primary: &str, mut value: Bytes) -> Option<Variants> {
+    let key: Arc<str> = Arc::from(primary);
     if value.remaining() < 2 || value.get_u8() != FORMAT {
         return None;
     }
@@ -121,7 +123,7 @@ pub(super) fn decode(mut value: Bytes) -> Option<Variants> {
     let count = get_len(&mut value)?;
     let mut entries = Vec::with_capacity(count.min(64));
     for _ in 0..count {
-        let (entry, entry_soft) = get_entry(&mut value)?;
+        let (entry, entry_soft) = get_entry(&mut value, &key)?;
         if soft || entry_soft {
             entry.soft_purge();
         }
@@ -132,7 +134,7 @@ pub(super) fn decode(mut value: Bytes) -> Option<Variants> {
 }
 
 /// An entry, and whether it was soft-purged on its own.
-fn get_entry(value: &mut Bytes) -> Option<(StoredResponse, bool)> {
+fn get_entry(value: &mut Bytes, key: &Arc<str>) -> Option<(StoredResponse, bool)> {
     if value.remaining() < 2 + 8 * 6 + 1 {
         return None;
     }
@@ -170,7 +172,11 @@ fn get_entry(value: &mut Bytes) -> Option<(StoredResponse, bool)> {
     let tags = (0..get_len(value)?)
         .map(|_| String::from_utf8(get_bytes(value)?.to_vec()).ok())
         .collect::<Option<Vec<_>>>()?;
-    let path: Arc<str> = std::str::from_utf8(&get_bytes(value)?).ok()?.into();
+    // The path is written for the store's scripts (and for readers of the value);
+    // the entry reads it from its key.
+    if get_bytes(value)? != crate::key::target_of(key).as_bytes() {
+        return None;
+    }
     let body = get_bytes(value)?;
     let timing = Timing {
         request_time,
@@ -183,7 +189,7 @@ fn get_entry(value: &mut Bytes) -> Option<(StoredResponse, bool)> {
     };
     // The stored fields hold no `Age`: the age computed when it was first stored
     // is carried over as it was.
-    let entry = StoredResponse::new(status, headers, body, timing, secondary, tags, path)
+    let entry = StoredResponse::new(status, headers, body, timing, secondary, tags, key.clone())
         .with_initial_age(initial_age);
     Some((entry, flags & ENTRY_SOFT_PURGED != 0))
 }
@@ -242,9 +248,11 @@ mod tests {
             timing,
             secondary,
             vec!["user:1".into(), "users".into()],
-            Arc::from("/users/1"),
+            Arc::from(KEY),
         ))
     }
+
+    const KEY: &str = "api.test/users/1";
 
     #[test]
     fn what_is_decoded_is_what_was_encoded() {
@@ -252,7 +260,7 @@ mod tests {
             vec![HeaderName::from_static("accept-language")],
             vec![entry(Some("de"), "hallo"), entry(None, "hello")],
         );
-        let decoded = decode(encode(&variants)).expect("decodes");
+        let decoded = decode(KEY, encode(&variants)).expect("decodes");
         assert_eq!(decoded.vary(), variants.vary());
         assert_eq!(decoded.entries().len(), 2);
         for (a, b) in variants.entries().iter().zip(decoded.entries()) {
@@ -261,7 +269,7 @@ mod tests {
             assert_eq!(a.body, b.body);
             assert_eq!(a.secondary(), b.secondary());
             assert_eq!(a.tags, b.tags);
-            assert_eq!(a.path, b.path);
+            assert_eq!((a.key(), b.path()), (b.key(), "/users/1"));
             assert_eq!(
                 a.initial_age(),
                 b.initial_age(),
@@ -281,7 +289,7 @@ mod tests {
         let variants = Variants::new(Vec::new(), vec![entry(None, "x")]);
         let mut value = BytesMut::from(&encode(&variants)[..]);
         value[FLAGS_OFFSET] |= SOFT_PURGED;
-        let decoded = decode(value.freeze()).expect("decodes");
+        let decoded = decode(KEY, value.freeze()).expect("decodes");
         assert!(decoded.entries()[0].is_soft_purged());
     }
 
@@ -294,7 +302,7 @@ mod tests {
             vec![HeaderName::from_static("accept-language")],
             vec![stale, entry(None, "hello")],
         );
-        let decoded = decode(encode(&variants)).expect("decodes");
+        let decoded = decode(KEY, encode(&variants)).expect("decodes");
         assert!(decoded.entries()[0].is_soft_purged());
         assert!(!decoded.entries()[1].is_soft_purged());
     }
@@ -303,11 +311,15 @@ mod tests {
     fn anything_else_is_a_miss() {
         let value = encode(&Variants::new(Vec::new(), vec![entry(None, "x")]));
         for cut in 0..value.len() {
-            assert!(decode(value.slice(..cut)).is_none(), "cut at {cut}");
+            assert!(decode(KEY, value.slice(..cut)).is_none(), "cut at {cut}");
         }
         assert!(
-            decode(Bytes::from_static(b"\x02\x00")).is_none(),
+            decode(KEY, Bytes::from_static(b"\x02\x00")).is_none(),
             "another format"
+        );
+        assert!(
+            decode("api.test/users/2", value).is_none(),
+            "a value under another key than the one it was stored under"
         );
     }
 }

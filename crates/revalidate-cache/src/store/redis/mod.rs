@@ -426,7 +426,7 @@ impl Store for RedisStore {
         let mut connection = self.connection();
         let key = format!("{}e:{primary}", self.group_prefix(self.group_of(primary)));
         let value: Option<Vec<u8>> = self.run("get", connection.get(&key)).await?;
-        codec::decode(Bytes::from(value?))
+        codec::decode(primary, Bytes::from(value?))
     }
 
     async fn fetch_mark(&self, primary: &str) -> FetchMark {
@@ -464,7 +464,7 @@ impl Store for RedisStore {
             .arg(codec::encode(&variants).as_ref())
             .arg(u64::try_from(lifetime_in_redis(&variants).as_millis()).unwrap_or(u64::MAX))
             .arg(&primary)
-            .arg(path.as_ref());
+            .arg(path);
         let mut connection = self.connection();
         let stored: Option<u8> = self
             .run("put", invocation.invoke_async(&mut connection))
