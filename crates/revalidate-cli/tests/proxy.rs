@@ -1038,6 +1038,11 @@ async fn access_lines_carry_the_request_and_its_outcome() {
     assert_eq!(lines[0]["target"], "/t?x=1");
     assert_eq!(lines[0]["status"], 200);
     assert_eq!(lines[0]["client"], "127.0.0.1");
+    let logged = humantime::parse_rfc3339(lines[0]["time"].as_str().unwrap()).unwrap();
+    let off = std::time::SystemTime::now()
+        .duration_since(logged)
+        .unwrap_or_else(|early| early.duration());
+    assert!(off < Duration::from_secs(10), "{}", lines[0]);
     assert!(
         lines[0]["cache_status"]
             .as_str()

@@ -1,7 +1,8 @@
 //! The access log: one line per request, in text or JSON, written off the
 //! request path.
 //!
-//! Each line has the client's address, the method, path and query, the status,
+//! Each line has the client's address, the time the request's head was read (UTC,
+//! to the millisecond), the method, path and query, the status,
 //! the body bytes, `Cache-Status`, the upstream's time (when the upstream was
 //! asked), the total time, the request id and the user agent. The request id is
 //! the client's `X-Request-Id` when it sent a usable one, otherwise one made here;
@@ -16,7 +17,7 @@
 //! outermost layer, the one place every request passes through.
 //!
 //! ```text
-//! 127.0.0.1 "GET /users/1?fields=name HTTP/1.1" 200 48 "revalidate; hit; ttl=29" upstream=- total=0.000041 id=5f3a9c0e00000001 ua="curl/8.5.0"
+//! 127.0.0.1 [2026-12-03T08:17:42.123Z] "GET /users/1?fields=name HTTP/1.1" 200 48 "revalidate; hit; ttl=29" upstream=- total=0.000041 id=5f3a9c0e00000001 ua="curl/8.5.0"
 //! ```
 
 use std::cell::{Cell, RefCell};
@@ -97,17 +98,63 @@ struct Batches {
     dropped: AtomicU64,
     stop: AtomicBool,
     format: LogFormat,
+    clock: Anchor,
+}
+
+/// The wall clock as the TSC (quanta) tells it: a worker turns the instant it
+/// already took into a time with a subtraction, where asking the system for the
+/// time costs a call on every request. The writer corrects what the two clocks
+/// drift apart (NTP, a clock set by hand) when it formats a batch.
+#[derive(Debug, Clone, Copy)]
+struct Anchor {
+    wall: u64,
+    instant: quanta::Instant,
+}
+
+impl Anchor {
+    fn now() -> Self {
+        Self {
+            wall: micros_since_epoch(std::time::SystemTime::now()),
+            instant: quanta::Instant::now(),
+        }
+    }
+
+    /// `at`, in microseconds since the Unix epoch, as this anchor tells it.
+    fn micros(&self, at: quanta::Instant) -> u64 {
+        let since = at.saturating_duration_since(self.instant);
+        self.wall
+            .saturating_add(u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
+    }
+
+    /// How far the wall clock is now ahead of what this anchor tells.
+    fn drift(&self) -> i64 {
+        let told = self.micros(quanta::Instant::now());
+        let wall = micros_since_epoch(std::time::SystemTime::now());
+        i64::try_from(i128::from(wall) - i128::from(told)).unwrap_or(0)
+    }
+}
+
+fn micros_since_epoch(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 impl Batches {
     /// Moves every batch's records to `sink`, formatted.
-    fn drain(&self, sink: &mut impl std::io::Write, spare: &mut Vec<u8>, lines: &mut Vec<u8>) {
+    fn drain(
+        &self,
+        sink: &mut impl std::io::Write,
+        spare: &mut Vec<u8>,
+        lines: &mut Vec<u8>,
+        time: &mut TimeText,
+    ) {
+        time.drift = self.clock.drift();
         let all: Vec<Batch> = lock(&self.all).clone();
         for batch in all {
             std::mem::swap(&mut *lock(&batch), spare);
             let mut records = &spare[..];
             while let Some(record) = Record::read(&mut records) {
-                record.format(self.format, lines);
+                record.format(self.format, time, lines);
                 lines.push(b'\n');
             }
             spare.clear();
@@ -155,17 +202,19 @@ impl AccessLogger {
             dropped: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             format,
+            clock: Anchor::now(),
         }));
         let thread = std::thread::Builder::new()
             .name("revalidate-access-log".into())
             .spawn(move || {
                 let mut sink = std::io::BufWriter::with_capacity(64 * 1024, sink);
                 let (mut spare, mut lines) = (Vec::new(), Vec::with_capacity(64 * 1024));
+                let mut time = TimeText::default();
                 while !shared.stop.load(Ordering::Acquire) {
                     std::thread::park_timeout(FLUSH_EVERY);
-                    shared.drain(&mut sink, &mut spare, &mut lines);
+                    shared.drain(&mut sink, &mut spare, &mut lines, &mut time);
                 }
-                shared.drain(&mut sink, &mut spare, &mut lines);
+                shared.drain(&mut sink, &mut spare, &mut lines, &mut time);
             })
             .ok();
         let guard = FlushOnDrop {
@@ -412,7 +461,7 @@ where
             let upstream = response.extensions().get::<UpstreamTime>().map(|t| t.0);
             super::observe::record_request(total, upstream.is_some());
             if let Some(started) = this.started.take() {
-                started.write(response, total, upstream);
+                started.write(response, *this.at, total, upstream);
             }
         }
         Poll::Ready(result)
@@ -464,7 +513,13 @@ impl Fields {
 impl Started {
     /// Queues this request's record. The line is formatted by the writer
     /// thread: a worker only copies the fields' bytes.
-    fn write<B: Body>(self, response: &Response<B>, total: Duration, upstream: Option<Duration>) {
+    fn write<B: Body>(
+        self,
+        response: &Response<B>,
+        at: quanta::Instant,
+        total: Duration,
+        upstream: Option<Duration>,
+    ) {
         let id = match self.fields.id() {
             Some(id) => Id::Text(id),
             None => match response.extensions().get::<RequestId>() {
@@ -473,6 +528,7 @@ impl Started {
             },
         };
         let record = Record {
+            time: self.logger.shared.clock.micros(at),
             status: response.status().as_u16(),
             version: self.version,
             bytes: response.body().size_hint().exact(),
@@ -501,6 +557,8 @@ enum Id<'a> {
 /// then byte strings, each with its length (`u16::MAX`: absent).
 #[derive(Debug)]
 struct Record<'a> {
+    /// When the request's head was read, in microseconds since the Unix epoch.
+    time: u64,
     status: u16,
     version: http::Version,
     bytes: Option<u64>,
@@ -516,8 +574,8 @@ struct Record<'a> {
 
 const ABSENT: u16 = u16::MAX;
 /// Status, version, three numbers, the client's tag and address, the id's tag
-/// and number.
-const FIXED: usize = 2 + 1 + 8 * 3 + 1 + 16 + 1 + 8;
+/// and number, the time.
+const FIXED: usize = 2 + 1 + 8 * 3 + 1 + 16 + 1 + 8 + 8;
 
 impl<'a> Record<'a> {
     fn strings(&self) -> [Option<&'a [u8]>; 5] {
@@ -572,6 +630,7 @@ impl<'a> Record<'a> {
         };
         fixed[44] = tag;
         fixed[45..53].copy_from_slice(&made.to_le_bytes());
+        fixed[53..61].copy_from_slice(&self.time.to_le_bytes());
         out.extend_from_slice(&fixed);
         for string in self.strings() {
             match string {
@@ -631,6 +690,7 @@ impl<'a> Record<'a> {
             (_, text) => Id::Text(text.unwrap_or_default()),
         };
         Some(Self {
+            time: number(53),
             status: u16::from_le_bytes([fixed[0], fixed[1]]),
             version,
             bytes: present(number(3)),
@@ -646,22 +706,24 @@ impl<'a> Record<'a> {
     }
 
     /// Appends the line (without its end) in `format`.
-    fn format(&self, format: LogFormat, out: &mut Vec<u8>) {
+    fn format(&self, format: LogFormat, time: &mut TimeText, out: &mut Vec<u8>) {
         match format {
-            LogFormat::Text => self.text(out),
-            LogFormat::Json => self.json(out),
+            LogFormat::Text => self.text(time, out),
+            LogFormat::Json => self.json(time, out),
         }
     }
 
     /// Written byte by byte, numbers with `itoa`: `write!` costs several times
     /// more, and the writer thread formats every request's line.
-    fn text(&self, out: &mut Vec<u8>) {
+    fn text(&self, time: &mut TimeText, out: &mut Vec<u8>) {
         let mut numbers = itoa::Buffer::new();
         match self.client {
             Some(client) => push_ip(out, client),
             None => out.push(b'-'),
         }
-        out.extend_from_slice(b" \"");
+        out.extend_from_slice(b" [");
+        time.push(out, self.time);
+        out.extend_from_slice(b"] \"");
         // A method is a token (`http::Method` holds no other): nothing to escape.
         out.extend_from_slice(self.method);
         out.push(b' ');
@@ -694,13 +756,16 @@ impl<'a> Record<'a> {
         out.push(b'"');
     }
 
-    fn json(&self, out: &mut Vec<u8>) {
+    fn json(&self, time: &mut TimeText, out: &mut Vec<u8>) {
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         let id = match self.id {
             Id::Text(id) => text(id),
             Id::Made(made) => text(&hex_id(made)),
         };
+        let mut at = Vec::with_capacity(24);
+        time.push(&mut at, self.time);
         let value = serde_json::json!({
+            "time": text(&at),
             "client": self.client.map(|c| c.to_string()),
             "method": text(self.method),
             "target": text(self.target),
@@ -714,6 +779,48 @@ impl<'a> Record<'a> {
             "user_agent": self.user_agent.map(text),
         });
         let _ = serde_json::to_writer(&mut *out, &value);
+    }
+}
+
+/// The writer's clock: the correction it applies to records' times (see
+/// [`Anchor`]), and the text of the last second it wrote, formatted once per
+/// second (the milliseconds are written per line).
+#[derive(Debug, Default)]
+struct TimeText {
+    drift: i64,
+    second: Option<u64>,
+    text: [u8; 19],
+}
+
+impl TimeText {
+    /// The last second humantime formats (the end of year 9999).
+    const LAST: u64 = 253_402_300_799;
+
+    /// Appends `micros` (since the Unix epoch) as RFC 3339 UTC with milliseconds:
+    /// `2026-12-03T08:17:42.123Z`.
+    fn push(&mut self, out: &mut Vec<u8>, micros: u64) {
+        let micros = micros.saturating_add_signed(self.drift);
+        let second = (micros / 1_000_000).min(Self::LAST);
+        if self.second != Some(second) {
+            let at = std::time::UNIX_EPOCH + Duration::from_secs(second);
+            let formatted = humantime::format_rfc3339_seconds(at).to_string();
+            // `YYYY-MM-DDTHH:MM:SS`, without its `Z`.
+            self.text.copy_from_slice(&formatted.as_bytes()[..19]);
+            self.second = Some(second);
+        }
+        let millis = u16::try_from(micros % 1_000_000 / 1_000).unwrap_or(0);
+        let digit = |n: u16| b'0' + (n % 10) as u8;
+        // Laid out on the stack and appended in one copy.
+        let mut text = [0; 24];
+        text[..19].copy_from_slice(&self.text);
+        text[19..].copy_from_slice(&[
+            b'.',
+            digit(millis / 100),
+            digit(millis / 10),
+            digit(millis),
+            b'Z',
+        ]);
+        out.extend_from_slice(&text);
     }
 }
 
@@ -740,16 +847,17 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
 /// `duration` in seconds with six decimals, formatted as integers (a float's
 /// formatting costs several times more, on every request), from the seconds and
 /// the microseconds apart: `as_micros` is a `u128`, whose division is a library
-/// call.
+/// call. The decimals are laid out on the stack and appended in one copy.
 fn seconds(out: &mut Vec<u8>, duration: Duration) {
     let mut numbers = itoa::Buffer::new();
     out.extend_from_slice(numbers.format(duration.as_secs()).as_bytes());
-    out.push(b'.');
-    let fraction = numbers.format(duration.subsec_micros());
-    for _ in fraction.len()..6 {
-        out.push(b'0');
+    let mut fraction = *b".000000";
+    let mut micros = duration.subsec_micros();
+    for digit in fraction[1..].iter_mut().rev() {
+        *digit = b'0' + (micros % 10) as u8;
+        micros /= 10;
     }
-    out.extend_from_slice(fraction.as_bytes());
+    out.extend_from_slice(&fraction);
 }
 
 /// The protocol as a request line names it.
@@ -832,6 +940,37 @@ mod tests {
     }
 
     #[test]
+    fn a_line_is_timed_by_the_wall_clock_the_writer_reads() {
+        let anchor = Anchor::now();
+        let wall = micros_since_epoch(std::time::SystemTime::now());
+        let told = anchor.micros(quanta::Instant::now());
+        assert!(told.abs_diff(wall) < 1_000_000, "{told} vs {wall}");
+        // The writer adds what the clocks drifted apart: a clock set back an hour
+        // moves the lines' times with it.
+        let mut time = TimeText {
+            drift: -3_600_000_000,
+            ..TimeText::default()
+        };
+        let mut out = Vec::new();
+        time.push(&mut out, 1_796_290_262_123_456);
+        time.push(&mut out, u64::MAX);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2026-12-03T08:31:02.123Z9999-12-31T23:59:59.551Z"
+        );
+    }
+
+    #[test]
+    fn durations_are_written_in_seconds_with_six_decimals() {
+        let mut out = Vec::new();
+        for micros in [0, 41, 1_000_001, 12_345_678] {
+            seconds(&mut out, Duration::from_micros(micros));
+            out.push(b' ');
+        }
+        assert_eq!(out, b"0.000000 0.000041 1.000001 12.345678 ");
+    }
+
+    #[test]
     fn the_user_agent_and_id_are_found_in_few_fields_and_in_many() {
         for others in [0, FEW_FIELDS + 1] {
             let mut headers = HeaderMap::new();
@@ -873,6 +1012,7 @@ mod tests {
     fn a_record_reads_back_as_written() {
         let records = [
             Record {
+                time: 1_796_286_662_123_456,
                 status: 304,
                 version: http::Version::HTTP_2,
                 bytes: None,
@@ -886,6 +1026,7 @@ mod tests {
                 user_agent: Some(b"\xffua"),
             },
             Record {
+                time: 1_796_286_663_000_500,
                 status: 200,
                 version: http::Version::HTTP_11,
                 bytes: Some(5),
@@ -905,19 +1046,19 @@ mod tests {
         }
         assert_eq!(batch.len(), records.iter().map(Record::len).sum::<usize>());
         let mut input = &batch[..];
-        let mut lines = Vec::new();
+        let (mut lines, mut time) = (Vec::new(), TimeText::default());
         for record in &records {
             let read = Record::read(&mut input).expect("a record");
             assert_eq!(
-                (read.status, read.version, read.bytes),
-                (record.status, record.version, record.bytes)
+                (read.time, read.status, read.version, read.bytes),
+                (record.time, record.status, record.version, record.bytes)
             );
             assert_eq!((read.upstream, read.total), (record.upstream, record.total));
             assert_eq!(
                 (read.client, read.target, read.cache_status, read.id),
                 (record.client, record.target, record.cache_status, record.id)
             );
-            read.format(LogFormat::Text, &mut lines);
+            read.format(LogFormat::Text, &mut time, &mut lines);
             lines.push(b'\n');
         }
         assert!(Record::read(&mut input).is_none(), "nothing left");
@@ -928,14 +1069,15 @@ mod tests {
         }
         assert_eq!(
             String::from_utf8(lines).unwrap(),
-            "10.0.0.1 \"GET /a?b=c HTTP/2.0\" 304 - \"-\" upstream=0.001234 total=0.005678 id=abc ua=\"\\xffua\"\n\
-             ::1 \"HEAD / HTTP/1.1\" 200 5 \"revalidate; hit\" upstream=- total=0.000041 id=0123456789abcdef ua=\"-\"\n"
+            "10.0.0.1 [2026-12-03T08:31:02.123Z] \"GET /a?b=c HTTP/2.0\" 304 - \"-\" upstream=0.001234 total=0.005678 id=abc ua=\"\\xffua\"\n\
+             ::1 [2026-12-03T08:31:03.000Z] \"HEAD / HTTP/1.1\" 200 5 \"revalidate; hit\" upstream=- total=0.000041 id=0123456789abcdef ua=\"-\"\n"
         );
     }
 
     #[test]
     fn quoted_fields_cannot_break_a_line() {
         let record = Record {
+            time: 1_796_286_662_999_999,
             status: 200,
             version: http::Version::HTTP_11,
             bytes: Some(5),
@@ -948,15 +1090,16 @@ mod tests {
             id: Id::Text(b"i"),
             user_agent: Some("ua\"x\u{e9}".as_bytes()),
         };
-        let mut out = Vec::new();
-        record.format(LogFormat::Text, &mut out);
+        let (mut out, mut time) = (Vec::new(), TimeText::default());
+        record.format(LogFormat::Text, &mut time, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "- \"GET /a\\\"b\\x0ac\\\\d HTTP/1.1\" 200 5 \"revalidate; hit\" upstream=- total=0.000041 id=i ua=\"ua\\\"x\\xc3\\xa9\""
+            "- [2026-12-03T08:31:02.999Z] \"GET /a\\\"b\\x0ac\\\\d HTTP/1.1\" 200 5 \"revalidate; hit\" upstream=- total=0.000041 id=i ua=\"ua\\\"x\\xc3\\xa9\""
         );
         let mut out = Vec::new();
-        record.format(LogFormat::Json, &mut out);
+        record.format(LogFormat::Json, &mut time, &mut out);
         let parsed: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(parsed["time"], "2026-12-03T08:31:02.999Z");
         assert_eq!(parsed["target"], "/a\"b\nc\\d");
         assert_eq!(parsed["status"], 200);
         assert_eq!(parsed["user_agent"], "ua\"x\u{e9}");
