@@ -295,13 +295,24 @@ fn combined<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Option<String>
 /// The normalized target within a primary key: after the host (which holds no
 /// `/`), up to the first key addition (after a `\n`, which no target holds).
 pub(crate) fn target_of(primary: &str) -> &str {
-    let target = primary.find('/').map_or("", |at| &primary[at..]);
-    target.split('\n').next().unwrap_or(target)
+    let end = primary.find('\n').unwrap_or(primary.len());
+    let keyed = &primary[..end];
+    keyed.find('/').map_or("", |at| &keyed[at..])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_s_target_ends_where_its_additions_begin() {
+        assert_eq!(target_of("a.test/x/y?q=1"), "/x/y?q=1");
+        assert_eq!(target_of("a.test:8080/\nh:accept=text/html"), "/");
+        // A key with no path before its additions has no target, whatever the
+        // additions hold.
+        assert_eq!(target_of("a.test*\nh:accept=text/html"), "");
+        assert_eq!(target_of(""), "");
+    }
 
     #[test]
     fn percent_encoding_is_normalized() {

@@ -209,6 +209,9 @@ async fn bypassed_and_unkeyable_requests_are_not_looked_up() {
         .body(())
         .unwrap();
     assert_eq!(routes.explain(bad_host).decision(), &Decision::InvalidHost);
+    // `*` names no resource, so no key (which holds a path purges name).
+    let asterisk = Request::get("*").header("host", "a.test").body(()).unwrap();
+    assert_eq!(routes.explain(asterisk).decision(), &Decision::NotAPath);
     let head = routes.explain(request("HEAD", "/users/1", &[]));
     assert!(matches!(head.decision(), Decision::Keyed(_)));
 }

@@ -425,6 +425,9 @@ fn lookup_words(decision: &Decision, method: &Method) -> String {
         Decision::InvalidHost => {
             "no: the host is not host[:port], so no key is made (forwarded, not stored)".into()
         }
+        Decision::NotAPath => {
+            "no: the target is not a path, so no key is made (forwarded, not stored)".into()
+        }
         _ => "no".into(),
     }
 }
@@ -435,6 +438,7 @@ fn lookup_token(decision: &Decision) -> &'static str {
         Decision::Write => "write",
         Decision::RouteBypass => "bypass",
         Decision::InvalidHost => "invalid-host",
+        Decision::NotAPath => "not-a-path",
         _ => "forwarded",
     }
 }

@@ -30,6 +30,9 @@ pub enum Decision {
     /// The host (`Host`, or the target's authority) is not `host[:port]`: no key
     /// is made, the request is forwarded and its response not stored.
     InvalidHost,
+    /// The target is not a path (`*`, as in `OPTIONS *`): no key is made, the
+    /// request is forwarded and its response not stored.
+    NotAPath,
 }
 
 /// What the cache does with one request: see [`Routes::explain`].
@@ -85,6 +88,7 @@ impl Routes {
             } => {
                 let decision = match why {
                     Bypass::InvalidHost => Decision::InvalidHost,
+                    Bypass::NotAPath => Decision::NotAPath,
                     Bypass::Route => Decision::RouteBypass,
                 };
                 let (parts, _) = request.into_parts();

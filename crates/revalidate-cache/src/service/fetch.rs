@@ -117,7 +117,6 @@ impl<St: Store> Shared<St> {
             head,
             request_cc,
             primary,
-            path,
             ..
         } = *lookup;
         // A stored part answers only a range it holds (RFC 9111 §3.3); anything else
@@ -163,13 +162,7 @@ impl<St: Store> Shared<St> {
             && staleness <= entry.stale_while_revalidate()
             && !entry.stale_while_revalidate().is_zero();
         if swr_allows {
-            self.spawn_refresh(
-                inner,
-                head.clone(),
-                primary.to_string(),
-                path.to_string(),
-                entry.clone(),
-            );
+            self.spawn_refresh(inner, head.clone(), primary.to_string(), entry.clone());
             let status = CacheStatus::hit(Some(stale_ttl)).detail("stale-while-revalidate");
             return Ok(self.respond_stored(head, &entry, status, Outcome::StaleServed, now));
         }
@@ -292,7 +285,6 @@ impl<St: Store> Shared<St> {
         inner: S,
         head: RequestHead,
         primary: String,
-        path: String,
         stale: Arc<StoredResponse>,
     ) where
         S: Upstream<ReqBody, ResBody>,
@@ -318,7 +310,6 @@ impl<St: Store> Shared<St> {
                         route,
                         params: &params,
                         primary: &primary,
-                        path: &path,
                     },
                     Some(stale),
                     ForwardReason::Stale,

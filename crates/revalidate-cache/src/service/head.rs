@@ -139,8 +139,6 @@ pub(super) struct Lookup<'a> {
     pub(super) params: &'a Params,
     /// The primary key.
     pub(super) primary: &'a str,
-    /// The normalized path (what URL and prefix purges name).
-    pub(super) path: &'a str,
 }
 
 /// Bytes reserved ahead of a normalized target for the host of its primary key.

@@ -204,6 +204,15 @@ fn prepare<B: Default>(routes: &Routes, request: Request<B>) -> Prepared<B> {
         };
     }
     let head = RequestHead::of(parts, route);
+    // Every key holds a path (what purges name): `*` names no resource.
+    if !target.starts_with('/') {
+        return Prepared::Bypass {
+            request: head.into_request(B::default()),
+            why: Bypass::NotAPath,
+            route,
+            params,
+        };
+    }
     match primary_key(policy, &head, target) {
         Some(primary) => Prepared::Read(Read {
             head,
@@ -227,6 +236,8 @@ pub(super) enum Bypass {
     Route,
     /// The host makes no key.
     InvalidHost,
+    /// The target is not a path (`*`).
+    NotAPath,
 }
 
 impl Bypass {
@@ -235,6 +246,7 @@ impl Bypass {
         match self {
             Self::Route => NotStored::RouteBypass.token(),
             Self::InvalidHost => "invalid-host",
+            Self::NotAPath => "not-a-path",
         }
     }
 }
@@ -341,7 +353,6 @@ impl<St: Store> Shared<St> {
             route: self.routes.get(route),
             params: &params,
             primary: &primary.key,
-            path: primary.target(),
         };
         match found {
             Some(entry) => self.serve_stored_or_revalidate(inner, &lookup, entry).await,

@@ -9,17 +9,10 @@ use crate::routes::{KeyPart, RoutePolicy};
 
 use super::head::RequestHead;
 
-/// A primary key and, within it, the normalized target that URL and prefix purges
-/// name: one string, built once per request.
+/// A primary key: one string, built once per request, which holds the normalized
+/// target that URL and prefix purges name (see `key::target_of`).
 pub(super) struct PrimaryKey {
     pub(super) key: String,
-    pub(super) target: std::ops::Range<usize>,
-}
-
-impl PrimaryKey {
-    pub(super) fn target(&self) -> &str {
-        &self.key[self.target.clone()]
-    }
 }
 
 /// The primary key (§4.1 plus route key additions): the host, then the normalized
@@ -54,7 +47,6 @@ pub(super) fn primary_key(
     if !already_lowercase {
         primary[..host.len()].make_ascii_lowercase();
     }
-    let target = host.len()..primary.len();
     for name in &policy.key_headers {
         primary.push_str("\nh:");
         primary.push_str(name.as_str());
@@ -88,10 +80,7 @@ pub(super) fn primary_key(
         primary.push_str("\nx:");
         primary.push_str(part);
     }
-    Some(PrimaryKey {
-        key: primary,
-        target,
-    })
+    Some(PrimaryKey { key: primary })
 }
 
 /// Whether a plain host name holds uppercase letters (the key holds it in
@@ -212,7 +201,7 @@ mod tests {
         assert!(key("/y", "[::1]:8080", "/y").is_some());
         let primary = key("/x/y?q=A", "A.test:8080", "/x/y?q=A").unwrap();
         assert_eq!(primary.key, "a.test:8080/x/y?q=A");
-        assert_eq!(primary.target(), "/x/y?q=A");
+        assert_eq!(crate::key::target_of(&primary.key), "/x/y?q=A");
         // An absolute-form target's authority wins over Host.
         let primary = key("http://shop.test/y", "evil.test", "/y").unwrap();
         assert_eq!(primary.key, "shop.test/y");

@@ -945,6 +945,14 @@ mod tests {
         let wall = micros_since_epoch(std::time::SystemTime::now());
         let told = anchor.micros(quanta::Instant::now());
         assert!(told.abs_diff(wall) < 1_000_000, "{told} vs {wall}");
+        // An anchor an hour behind the wall clock (as after the clock was set
+        // forward) measures a drift of an hour, which the writer adds.
+        let behind = Anchor {
+            wall: anchor.wall - 3_600_000_000,
+            ..anchor
+        };
+        let drift = behind.drift();
+        assert!(drift.abs_diff(3_600_000_000) < 1_000_000, "{drift}");
         // The writer adds what the clocks drifted apart: a clock set back an hour
         // moves the lines' times with it.
         let mut time = TimeText {
