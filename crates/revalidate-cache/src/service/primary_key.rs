@@ -30,18 +30,17 @@ pub(super) fn primary_key(
             .get(HOST)
             .map_or(&b""[..], HeaderValue::as_bytes),
     };
-    // A plain `name[:port]` (the common case) is ASCII and needs no parse;
-    // anything else must be an authority.
-    let already_lowercase = match plain_host(host) {
+    let host = std::str::from_utf8(host).ok()?;
+    // A plain `name[:port]` (the common case) needs no parse; anything else must
+    // be an authority.
+    let already_lowercase = match plain_host(host.as_bytes()) {
         Some(Case::Lower) => true,
         Some(Case::Mixed) => false,
         None => {
-            let authority = std::str::from_utf8(host).ok()?;
-            authority.parse::<http::uri::Authority>().ok()?;
+            host.parse::<http::uri::Authority>().ok()?;
             false
         }
     };
-    let host = std::str::from_utf8(host).ok()?;
     let mut primary = target;
     primary.insert_str(0, host);
     if !already_lowercase {
