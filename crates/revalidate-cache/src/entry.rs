@@ -5,20 +5,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use http::header::{ETAG, LAST_MODIFIED};
 use http::{HeaderMap, HeaderName, StatusCode};
-use revalidate::Validators;
+use revalidate::{EntityTag, HttpDate, Validators};
 
 use crate::key::Secondary;
-use crate::stored_fields::{FIELD_BYTES, StoredFields};
+use crate::stored_fields::StoredFields;
 
 /// Bytes charged per entry beyond its body and header bytes: the struct, the
 /// buffers' handles and the store's bookkeeping (measured by
 /// `cargo run --release -p revalidate-cache --example entry_overhead`).
-pub(crate) const ENTRY_OVERHEAD_BYTES: usize = 480;
-
-/// Bytes charged per stored header field beyond its name and value (its entry in
-/// [`StoredFields`]: its value, a slice of the entry's buffer).
-pub(crate) const HEADER_OVERHEAD_BYTES: usize = FIELD_BYTES;
+pub(crate) const ENTRY_OVERHEAD_BYTES: usize = 400;
 
 /// One response held by the cache, with what freshness needs.
 ///
@@ -53,10 +50,6 @@ pub(crate) struct StoredResponse {
     fields: StoredFields,
     /// The whole body.
     pub body: Bytes,
-    /// Its entity tag and last-modified date, parsed once: a conditional hit
-    /// compares with them (a tag that is the whole field value is a slice of the
-    /// stored fields' buffer).
-    validators: Validators,
     /// What few responses have: a `Vary`, a stored range (`None`: neither).
     rare: Option<Box<Rare>>,
     /// `stale-while-revalidate` window, in microseconds.
@@ -209,10 +202,7 @@ impl StoredResponse {
         let initial_age =
             crate::freshness::initial_age(&headers, timing.request_time, timing.response_time);
         let fields = StoredFields::of(&headers);
-        // Parsed from the stored fields, not from `headers`: a tag that is the whole
-        // value then shares the entry's buffer rather than the received head's.
-        let validators = Validators::from_headers(&fields.to_map());
-        let header_bytes = fields.byte_len() + fields.len() * HEADER_OVERHEAD_BYTES;
+        let header_bytes = fields.byte_len();
         let tag_bytes: usize = tags.iter().map(String::len).sum();
         let weight = body.len() + header_bytes + tag_bytes + key.len() + ENTRY_OVERHEAD_BYTES;
         let part = (status == StatusCode::PARTIAL_CONTENT)
@@ -224,7 +214,6 @@ impl StoredResponse {
             status,
             fields,
             body,
-            validators,
             response_time: Micros::since_epoch(timing.response_time),
             initial_age: Micros::of(initial_age),
             lifetime: Micros::of(timing.lifetime),
@@ -363,9 +352,22 @@ impl StoredResponse {
         self.fields.to_map()
     }
 
-    /// Its entity tag and last-modified date.
-    pub(crate) fn validators(&self) -> &Validators {
-        &self.validators
+    /// Its entity tag: read from its stored `ETag` when a conditional request
+    /// compares with it, not kept parsed beside it (a parsed tag would take 40 bytes
+    /// of every entry, and costs a few dozen instructions to read).
+    pub(crate) fn etag(&self) -> Option<EntityTag> {
+        EntityTag::from_value(&self.fields.single(&ETAG)?)
+    }
+
+    /// Its entity tag and last-modified date, read from its stored fields.
+    pub(crate) fn validators(&self) -> Validators {
+        Validators {
+            etag: self.etag(),
+            last_modified: self
+                .fields
+                .single(&LAST_MODIFIED)
+                .and_then(|date| HttpDate::parse(date.as_bytes())),
+        }
     }
 
     /// Bytes charged against the memory budget.
@@ -568,11 +570,12 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_and_its_reference_counts_fit_a_224_byte_allocation() {
-        // The allocator's size classes around it are 192, 224 and 256 bytes: a
+    fn an_entry_and_its_reference_counts_fit_a_192_byte_allocation() {
+        // The allocator's size classes around it are 160, 192 and 224 bytes: a
         // word more would cost every entry 32 bytes.
         let counts = 2 * std::mem::size_of::<usize>();
-        assert!(std::mem::size_of::<StoredResponse>() + counts <= 224);
+        let size = std::mem::size_of::<StoredResponse>() + counts;
+        assert!(size <= 192, "{size} bytes");
     }
 
     #[test]

@@ -2,11 +2,12 @@
 //! made from them.
 //!
 //! **Compact.** A header map's slot for a field takes about 100 bytes (links, hash,
-//! name, value); [`StoredFields`] keeps a value per field ([`FIELD_BYTES`]), the
-//! values slices of one buffer, and its list of names is shared with every other
-//! entry whose response carried the same names in the same order (its *shape*,
-//! interned when the entry is stored). Over many keys a hit mostly waits for
-//! memory, and each entry is smaller by as much.
+//! name, value), a ready `HeaderValue` 40. [`StoredFields`] keeps one buffer: a
+//! byte or two of length per value, then the values; its list of names is shared
+//! with every other entry whose response carried the same names in the same order
+//! (its *shape*, interned when the entry is stored). A hit makes each answer's
+//! values as slices of that buffer. Over many keys a hit mostly waits for memory,
+//! and each entry is smaller by as much.
 //!
 //! **Templates.** A hit needs a header map. Made field by field, each append
 //! hashes its name and probes the map (about 180 instructions), and the map's
@@ -34,7 +35,7 @@
 //!
 //! **Copies.** Values parsed by hyper are slices of the connection's read buffer;
 //! stored as they are, each would keep that whole buffer alive for as long as the
-//! entry lives. The copies share one allocation (a value per allocation cost about
+//! entry lives. The copies share one allocation (a value per allocation costs about
 //! as much again as the bytes themselves). The body keeps its own: appended here, a
 //! 5 KiB body would move up to the allocator's 6 KiB size class, a sixth more
 //! memory per entry (`examples/entry_overhead.rs` measures it).
@@ -44,25 +45,23 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{AGE, CONTENT_LENGTH};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::status::CACHE_STATUS;
 
-/// Bytes a stored field takes beyond its name's and value's bytes.
-pub(crate) const FIELD_BYTES: usize = size_of::<HeaderValue>();
-
 /// The fields a stored response keeps: all it received but `Age`,
-/// `Content-Length` and `Cache-Status`, their values sharing one buffer. See the
+/// `Content-Length` and `Cache-Status`, their values in one buffer. See the
 /// [module documentation](self).
 #[derive(Debug, Clone)]
 pub(crate) struct StoredFields {
     /// The names, in the order a header map iterates them: the values of one name
     /// together.
     shape: Arc<Shape>,
-    /// A value per name, each a slice of the buffer they share.
-    values: Box<[HeaderValue]>,
+    /// A length per value (with whether it is sensitive), then the values, one
+    /// after the other (see [`Spans`]).
+    buffer: Bytes,
 }
 
 impl StoredFields {
@@ -78,70 +77,163 @@ impl StoredFields {
         let values: Vec<&HeaderValue> = kept().map(|(_, value)| value).collect();
         Self {
             shape: Shape::interned(names),
-            values: copied(&values),
+            buffer: packed(&values),
         }
     }
 
     /// The number of fields.
     pub(crate) fn len(&self) -> usize {
-        self.values.len()
+        self.shape.names.len()
     }
 
     /// Each field's name and value, in order.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        self.shape.names.iter().zip(self.values.iter())
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&HeaderName, HeaderValue)> {
+        self.shape.names.iter().zip(self.values())
     }
 
-    /// Bytes of names and values. The names are counted for every entry that
-    /// shares them: more than their shape's own allocation when it is shared, about
-    /// as much when it is not.
+    /// The value of `name` when exactly one field has that name.
+    pub(crate) fn single(&self, name: &HeaderName) -> Option<HeaderValue> {
+        let mut at = self
+            .shape
+            .names
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| *n == name);
+        let (index, _) = at.next()?;
+        if at.next().is_some() {
+            return None;
+        }
+        self.values().nth(index)
+    }
+
+    /// Bytes of names and values (and of the values' lengths). The names are
+    /// counted for every entry that shares them: more than their shape's own
+    /// allocation when it is shared, about as much when it is not.
     pub(crate) fn byte_len(&self) -> usize {
         let names: usize = self.shape.names.iter().map(|n| n.as_str().len()).sum();
-        names + self.values.iter().map(HeaderValue::len).sum::<usize>()
+        names + self.buffer.len()
     }
 
     /// A header map of these fields, after `Age` and `Cache-Status` placeholders (see
     /// [`set_answer_fields`]); its values share the stored buffer.
     pub(crate) fn to_map(&self) -> HeaderMap {
-        map_over(&self.shape, &self.values)
+        map_over(&self.shape, self.values())
     }
 
     /// The same map, its values in a buffer of its own (see the crate's `local_fields` module).
     pub(crate) fn to_detached_map(&self) -> HeaderMap {
-        let values: Vec<&HeaderValue> = self.values.iter().collect();
-        map_over(&self.shape, &copied(&values))
+        let own = Self {
+            shape: self.shape.clone(),
+            buffer: Bytes::copy_from_slice(&self.buffer),
+        };
+        own.to_map()
+    }
+
+    /// The values, in order: slices of the buffer.
+    fn values(&self) -> impl Iterator<Item = HeaderValue> + '_ {
+        Spans::of(&self.buffer, self.len()).map(|span| {
+            // The bytes of a valid value, checked again (no crate offers an
+            // unchecked constructor without `unsafe`): a few instructions per byte.
+            // It never fails; an empty value stands in if it did.
+            let mut value = HeaderValue::from_maybe_shared(self.buffer.slice(span.start..span.end))
+                .unwrap_or(HeaderValue::from_static(""));
+            value.set_sensitive(span.sensitive);
+            value
+        })
     }
 }
 
-/// Copies of `values`, sharing one new buffer: values parsed by hyper are slices
-/// of the connection's read buffer, which they would keep alive.
-fn copied(values: &[&HeaderValue]) -> Box<[HeaderValue]> {
-    let mut buffer = BytesMut::with_capacity(values.iter().map(|v| v.len()).sum());
+/// `values` in one new buffer, each after its length: values parsed by hyper are
+/// slices of the connection's read buffer, which they would keep alive, and a
+/// buffer per value costs about as much again as the bytes themselves.
+///
+/// Each length is a LEB128 varint of `length << 1 | sensitive`: one byte for a
+/// value under 64 bytes, two under 8 KiB. (Hand-written: the format is these
+/// few lines, and a varint crate would add a dependency for them.)
+fn packed(values: &[&HeaderValue]) -> Bytes {
+    let total: usize = values.iter().map(|v| v.len() + 2).sum();
+    let mut buffer = Vec::with_capacity(total);
+    for value in values {
+        let mut word = value.len() << 1 | usize::from(value.is_sensitive());
+        while word >= 0x80 {
+            buffer.push((word & 0x7f) as u8 | 0x80);
+            word >>= 7;
+        }
+        buffer.push(word as u8);
+    }
     for value in values {
         buffer.extend_from_slice(value.as_bytes());
     }
-    let buffer: Bytes = buffer.freeze();
-    let mut start = 0;
-    values
-        .iter()
-        .map(|original| {
-            let end = start + original.len();
-            let bytes = buffer.slice(start..end);
-            start = end;
-            // The bytes of a valid value, so this never fails (the check is made
-            // once, when the entry is stored); an empty value stands in if it did.
-            let mut value =
-                HeaderValue::from_maybe_shared(bytes).unwrap_or(HeaderValue::from_static(""));
-            value.set_sensitive(original.is_sensitive());
-            value
+    // Exactly as long as it is: a `Vec` with spare capacity would keep it.
+    buffer.shrink_to_fit();
+    Bytes::from(buffer)
+}
+
+/// Where each value of a packed buffer lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: usize,
+    end: usize,
+    sensitive: bool,
+}
+
+/// The spans of a buffer [`packed`] made: its lengths, read one by one, and the
+/// position of the next value.
+#[derive(Debug)]
+struct Spans<'a> {
+    lengths: &'a [u8],
+    next: usize,
+}
+
+impl<'a> Spans<'a> {
+    /// The spans of the `count` values of `buffer`.
+    fn of(buffer: &'a [u8], count: usize) -> Self {
+        // The lengths end with the `count`th byte whose high bit is clear.
+        let prefix = match count {
+            0 => 0,
+            _ => buffer
+                .iter()
+                .enumerate()
+                .filter(|(_, byte)| **byte & 0x80 == 0)
+                .nth(count - 1)
+                .map_or(buffer.len(), |(at, _)| at + 1),
+        };
+        Self {
+            lengths: &buffer[..prefix],
+            next: prefix,
+        }
+    }
+}
+
+impl Iterator for Spans<'_> {
+    type Item = Span;
+
+    fn next(&mut self) -> Option<Span> {
+        let mut word = 0usize;
+        let mut shift = 0u32;
+        loop {
+            let (&byte, rest) = self.lengths.split_first()?;
+            self.lengths = rest;
+            word |= usize::from(byte & 0x7f).checked_shl(shift).unwrap_or(0);
+            if byte & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+        }
+        let start = self.next;
+        self.next += word >> 1;
+        Some(Span {
+            start,
+            end: self.next,
+            sensitive: word & 1 == 1,
         })
-        .collect()
+    }
 }
 
 /// The map of `values` under `shape`'s names: a clone of this thread's template for
 /// the shape, its values set in place.
-fn map_over(shape: &Shape, values: &[HeaderValue]) -> HeaderMap {
+fn map_over(shape: &Shape, values: impl Iterator<Item = HeaderValue>) -> HeaderMap {
     let index = (shape.id % TEMPLATE_SLOTS as u64) as usize;
     let cloned = TEMPLATES.try_with(|templates| {
         // Unavailable only during the thread's teardown: a map of its own then.
@@ -170,12 +262,12 @@ fn map_over(shape: &Shape, values: &[HeaderValue]) -> HeaderMap {
     };
     debug_assert_eq!(
         map.len(),
-        values.len() + 2,
+        shape.names.len() + 2,
         "a template has a slot per value"
     );
     // The blank map iterates the shape's names in their order (see `blank_map`).
     for ((_, slot), value) in map.iter_mut().skip(2).zip(values) {
-        *slot = value.clone();
+        *slot = value;
     }
     map
 }
@@ -233,10 +325,10 @@ impl Shape {
 
     /// The map of `values` under these names, field by field: for a shape whose
     /// template slot another shape holds.
-    fn appended_map(&self, values: &[HeaderValue]) -> HeaderMap {
-        let mut map = answer_map(values.len());
+    fn appended_map(&self, values: impl Iterator<Item = HeaderValue>) -> HeaderMap {
+        let mut map = answer_map(self.names.len());
         for (name, value) in self.names.iter().zip(values) {
-            map.append(name.clone(), value.clone());
+            map.append(name.clone(), value);
         }
         map
     }
@@ -392,8 +484,8 @@ mod tests {
     /// The map made field by field: what a template must reproduce.
     fn appended(fields: &StoredFields) -> HeaderMap {
         let mut map = answer_map(fields.len());
-        for (name, value) in fields.shape.names.iter().zip(&fields.values) {
-            map.append(name.clone(), value.clone());
+        for (name, value) in fields.shape.names.iter().zip(fields.values()) {
+            map.append(name.clone(), value);
         }
         map
     }
@@ -546,8 +638,9 @@ mod tests {
     #[test]
     fn answers_share_the_stored_buffer_and_detached_maps_do_not() {
         let fields = fields(&[("etag", "\"a\""), ("content-type", "text/plain")]);
-        let stored = fields.values[0].as_bytes().as_ptr() as usize;
-        let content_type = fields.values[1].as_bytes().as_ptr() as usize;
+        let values: Vec<HeaderValue> = fields.values().collect();
+        let stored = values[0].as_bytes().as_ptr() as usize;
+        let content_type = values[1].as_bytes().as_ptr() as usize;
         assert_eq!(content_type, stored + 3, "one buffer, one after the other");
         for _ in 0..2 {
             let map = fields.to_map();

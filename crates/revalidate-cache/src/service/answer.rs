@@ -121,7 +121,7 @@ impl<St: Store> Shared<St> {
                 }
                 Evaluation::PreconditionFailed => {
                     self.stats.client_status(412);
-                    return with_header(precondition_failed(entry.validators()), &status);
+                    return with_header(precondition_failed(&entry.validators()), &status);
                 }
                 Evaluation::Proceed { honor_range: honor } => honor_range = honor,
             }
@@ -164,13 +164,12 @@ impl<St: Store> Shared<St> {
         head: &RequestHead,
         entry: &StoredResponse,
     ) -> Option<Evaluation> {
-        let validators = entry.validators();
-        if let Some(tag) = &validators.etag
+        if let Some(tag) = entry.etag()
             && Preconditions::if_none_match_echoes(
                 &head.method,
                 &head.headers,
                 head.carried.conditional,
-                tag,
+                &tag,
             )
         {
             return Some(Evaluation::NotModified);
@@ -179,7 +178,8 @@ impl<St: Store> Shared<St> {
             Preconditions::from_fields(&head.method, &head.headers, head.carried.conditional)
                 .ok()
                 .filter(|p| !p.is_empty())?;
-        let mut evaluation = preconditions.evaluate(&head.method, Some(validators));
+        let validators = entry.validators();
+        let mut evaluation = preconditions.evaluate(&head.method, Some(&validators));
         // RFC 9111 §4.3.2: without Last-Modified, If-Modified-Since is evaluated
         // against the stored response's Date (or when it was received).
         if let (Evaluation::Proceed { .. }, None, None, Some(since)) = (

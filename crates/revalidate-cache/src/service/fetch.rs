@@ -346,6 +346,7 @@ impl<St: Store> Shared<St> {
         let ticket = self.log.ticket();
         let since = self.store.fetch_mark(primary).await;
         let validators = stale.as_ref().map(|e| e.validators());
+        let validators = validators.as_ref();
         // With nothing stored to validate, a single range is asked for as the client
         // asked (its 206 is stored as a part); with If-Range, the whole is fetched.
         let range = head

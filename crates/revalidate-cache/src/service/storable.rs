@@ -42,7 +42,7 @@ pub(super) fn worth_storing(entry: &StoredResponse) -> bool {
         && (!entry.lifetime().is_zero()
             || !entry.stale_while_revalidate().is_zero()
             || !entry.stale_if_error().is_zero()
-            || *entry.validators() != Validators::default())
+            || entry.validators() != Validators::default())
 }
 
 impl<St: Store> Shared<St> {

@@ -1,12 +1,12 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use quick_cache::sync::Cache;
-use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
-use smallvec::SmallVec;
+use quick_cache::{Lifecycle, OptionsBuilder, Weighter};
 
 use super::contract::{
     EntryFilter, EntryListing, EntrySummary, FetchMark, LookupNow, Purge, Store, StoreUsage,
@@ -27,24 +27,78 @@ pub struct MemoryStore {
     inner: Arc<Inner>,
 }
 
-/// A primary key and what is stored under it.
-type Stored = (StoreKey, Variants);
+/// A primary key's digest and what is stored under it.
+type Stored = (Digest, Variants);
 
-/// A primary key as the cache holds it: up to [`INLINE_KEY_BYTES`] inline, in
-/// quick_cache's slot beside the value, so that a lookup compares it without
-/// following a pointer (over many keys, that pointer's target is rarely in the
-/// CPU's cache: on 10,000 URLs the comparison was a sixth of the cache's own
-/// CPU time). Longer keys live on the heap.
-type StoreKey = SmallVec<[u8; INLINE_KEY_BYTES]>;
+/// A primary key as the cache's table holds it: 128 bits of a keyed hash of it,
+/// as Varnish keys its objects by a digest. A lookup compares 16 bytes in the
+/// table's slot, never following a pointer to the key (over many keys, that
+/// pointer's target is rarely in the CPU's cache: on 10,000 URLs such a
+/// comparison was a sixth of the cache's own CPU time), and the slot is as small
+/// for a long key as for a short one. The key itself is the entry's (which purges
+/// and the index read).
+///
+/// The two halves are SipHash-1-3 under two random keys drawn per store: a
+/// collision cannot be aimed at without them, and by chance is about as likely as
+/// `n² / 2¹²⁹` for `n` keys stored (for a billion, 10⁻²¹).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Digest(u64, u64);
 
-/// Room for a host, a port and a path of a few segments.
-const INLINE_KEY_BYTES: usize = 48;
+impl Hash for Digest {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0);
+    }
+}
 
-type Entries = Cache<StoreKey, Variants, ByBytes, DefaultHashBuilder, EvictionNotices>;
+/// The table's hasher for digests: a digest's first half is already a keyed hash,
+/// so it is used as it is. (Hand-written: it is these few lines.)
+#[derive(Debug, Clone, Copy, Default)]
+struct DigestHash;
+
+impl BuildHasher for DigestHash {
+    type Hasher = DigestHasher;
+
+    fn build_hasher(&self) -> DigestHasher {
+        DigestHasher(0)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only digests are hashed here, through `write_u64`.
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.0 = word;
+    }
+}
+
+/// The two random keys of a store's digests.
+#[derive(Debug, Clone)]
+struct DigestKeys(RandomState, RandomState);
+
+impl DigestKeys {
+    fn digest(&self, primary: &str) -> Digest {
+        Digest(self.0.hash_one(primary), self.1.hash_one(primary))
+    }
+}
+
+type Entries = Cache<Digest, Variants, ByBytes, DigestHash, EvictionNotices>;
 
 #[derive(Debug)]
 struct Inner {
     entries: Entries,
+    keys: DigestKeys,
     /// Every change to `entries` other than a read is made holding this lock, so the
     /// indexes always describe exactly what is stored. Lock order: index, then a
     /// cache shard, then the eviction notices.
@@ -57,13 +111,11 @@ struct Inner {
 #[derive(Debug, Clone, Copy)]
 struct ByBytes;
 
-impl Weighter<StoreKey, Variants> for ByBytes {
-    fn weight(&self, key: &StoreKey, variants: &Variants) -> u64 {
-        // The entry charges its key, which the index shares; a key too long for
-        // the slot is on the heap a second time.
-        let key_bytes = if key.spilled() { key.len() } else { 0 };
-        // A zero weight would make an entry unevictable.
-        (key_bytes + variants.weight()).max(1) as u64
+impl Weighter<Digest, Variants> for ByBytes {
+    fn weight(&self, _: &Digest, variants: &Variants) -> u64 {
+        // The entry charges its key, which the index shares. A zero weight would
+        // make an entry unevictable.
+        variants.weight().max(1) as u64
     }
 }
 
@@ -76,18 +128,18 @@ struct EvictionNotices {
     count: Arc<AtomicU64>,
 }
 
-impl Lifecycle<StoreKey, Variants> for EvictionNotices {
+impl Lifecycle<Digest, Variants> for EvictionNotices {
     type RequestState = ();
 
     // quick_cache 0.7 reports a replaced value here too, not only evicted ones.
-    fn on_evict(&self, _: &mut (), key: StoreKey, variants: Variants) {
+    fn on_evict(&self, _: &mut (), key: Digest, variants: Variants) {
         lock(&self.evicted).push((key, variants));
     }
 }
 
-/// Which primary keys hold which paths and tags. Each key is one `Arc<str>` shared
-/// by both indexes (the cache keeps its own copy, inline up to
-/// [`INLINE_KEY_BYTES`]); the path index orders keys by the target they hold.
+/// Which primary keys hold which paths and tags. Each key is its entry's
+/// `Arc<str>`, shared by both indexes; the path index orders keys by the target
+/// they hold.
 #[derive(Debug, Default)]
 struct Index {
     /// The primary keys, ordered by target so that a URL or prefix purge is a
@@ -281,15 +333,11 @@ impl MemoryStore {
             .build()
             .expect("weight and item capacities are set");
         let notices = EvictionNotices::default();
-        let entries = Cache::with_options(
-            options,
-            ByBytes,
-            DefaultHashBuilder::default(),
-            notices.clone(),
-        );
+        let entries = Cache::with_options(options, ByBytes, DigestHash, notices.clone());
         Self {
             inner: Arc::new(Inner {
                 entries,
+                keys: DigestKeys(RandomState::new(), RandomState::new()),
                 index: Mutex::new(Index::default()),
                 notices,
             }),
@@ -341,21 +389,21 @@ impl Inner {
     /// Stores `variants` under `primary` (the index lock is held); returns
     /// whether they are kept.
     fn put_locked(&self, index: &mut Index, primary: String, variants: Variants) -> bool {
-        let key = StoreKey::from_slice(primary.as_bytes());
-        // The index shares the entries' own copy of the key.
-        let primary: Arc<str> = match variants.key() {
-            Some(held) if **held == *primary => held.clone(),
-            _ => Arc::from(primary),
+        let digest = self.keys.digest(&primary);
+        // The index shares the entries' own copy of the key, which is what an
+        // eviction unindexes by: variants are stored under their own key only.
+        let Some(primary) = variants.key().filter(|held| ***held == *primary).cloned() else {
+            return false;
         };
-        if let Some(old) = self.entries.peek(primary.as_bytes()) {
+        if let Some(old) = self.entries.peek(&digest) {
             index.remove(&primary, &old);
         }
         index.add(&primary, &variants);
-        self.entries.insert(key, variants.clone());
+        self.entries.insert(digest, variants.clone());
         // The insert may have evicted others, or refused this one (too heavy).
         self.unindex_evicted(index);
         self.entries
-            .peek(primary.as_bytes())
+            .peek(&digest)
             .is_some_and(|kept| kept.same_as(&variants))
     }
 
@@ -363,11 +411,12 @@ impl Inner {
     fn purge_locked(&self, index: &mut Index, purge: &Purge) -> usize {
         let selected = index.select(purge);
         for primary in &selected {
+            let digest = self.keys.digest(primary);
             if purge.soft {
-                if let Some(variants) = self.entries.peek(primary.as_bytes()) {
+                if let Some(variants) = self.entries.peek(&digest) {
                     variants.soft_purge();
                 }
-            } else if let Some((_, variants)) = self.entries.remove(primary.as_bytes()) {
+            } else if let Some((_, variants)) = self.entries.remove(&digest) {
                 index.remove(primary, &variants);
             }
         }
@@ -377,15 +426,16 @@ impl Inner {
     /// Unindexes what the last cache insert evicted (the index lock is held).
     fn unindex_evicted(&self, index: &mut Index) {
         let evicted = std::mem::take(&mut *lock(&self.notices.evicted));
-        for (key, variants) in &evicted {
+        for (digest, variants) in &evicted {
             // A key that is still there had its value replaced, which `put` has
             // already reindexed: that is no eviction.
-            if self.entries.peek(&key[..]).is_some() {
+            if self.entries.peek(digest).is_some() {
                 continue;
             }
-            // Keys are made from `str`s only; the index names them as such.
-            let primary: Arc<str> = Arc::from(String::from_utf8_lossy(key));
-            index.remove(&primary, variants);
+            let Some(primary) = variants.key() else {
+                continue;
+            };
+            index.remove(primary, variants);
             self.notices.count.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -393,11 +443,14 @@ impl Inner {
 
 impl Store for MemoryStore {
     async fn get(&self, primary: &str) -> Option<Variants> {
-        self.inner.entries.get(primary.as_bytes())
+        self.inner.entries.get(&self.inner.keys.digest(primary))
     }
 
     fn get_now(&self, primary: &str) -> LookupNow {
-        self.inner.entries.get(primary.as_bytes()).into()
+        self.inner
+            .entries
+            .get(&self.inner.keys.digest(primary))
+            .into()
     }
 
     async fn put(&self, primary: String, variants: Variants, _: FetchMark) -> bool {
@@ -430,7 +483,7 @@ impl Store for MemoryStore {
         };
         'keys: for (_, primary) in &keys {
             // Gone since the snapshot: evicted or purged.
-            let Some(variants) = self.inner.entries.peek(primary.as_bytes()) else {
+            let Some(variants) = self.inner.entries.peek(&self.inner.keys.digest(primary)) else {
                 continue;
             };
             for entry in variants.entries() {
@@ -633,12 +686,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn keys_inline_or_not_are_exact() {
+    async fn keys_are_exact_at_any_length() {
         let store = MemoryStore::new(64 << 20);
-        // Keys that are the same for longer than the inline room, one that fits
-        // exactly and one a byte too long for it.
-        let long = "l".repeat(INLINE_KEY_BYTES);
-        let fits = "f".repeat(INLINE_KEY_BYTES - 2);
+        // Keys that are the same for longer than a digest, and two that differ
+        // in their last byte only.
+        let long = "l".repeat(64);
+        let fits = "f".repeat(14);
         let paths = [
             format!("/{long}1"),
             format!("/{long}2"),
@@ -671,8 +724,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn long_keys_are_charged_twice_and_unindexed_when_evicted() {
-        let long = |i: usize| format!("h/{}{i}", "k".repeat(INLINE_KEY_BYTES));
+    async fn keys_are_charged_once_and_unindexed_when_evicted() {
+        let long = |i: usize| format!("h/{}{i}", "k".repeat(64));
         let store = MemoryStore::new(64 << 10);
         store
             .put(long(0), variants(&long(0), &["old"], 10), FetchMark::NONE)
@@ -683,12 +736,12 @@ mod tests {
             .await;
         let short = store.usage().bytes - charged;
         // The two differ in their key and tag bytes only.
-        let long_bytes = 2 * long(0).len() + "old".len();
+        let long_bytes = long(0).len() + "old".len();
         let short_bytes = "h/s".len();
         assert_eq!(
             charged - short,
             (long_bytes - short_bytes) as u64,
-            "a spilled key's bytes count twice, an inline key's once"
+            "a key's bytes count once, however long"
         );
         // Replaced, then evicted by many more long keys: the index follows.
         store
@@ -711,6 +764,19 @@ mod tests {
         let left = usage.entries - tagged;
         assert!(left <= 2, "only /long0 and /s may be left: {left}");
         assert_eq!(indexed(&store).0 as u64, left);
+    }
+
+    #[tokio::test]
+    async fn variants_are_stored_under_their_own_key_only() {
+        let store = MemoryStore::new(64 << 20);
+        assert!(
+            !store
+                .put("h/a".into(), variants("h/b", &[], 10), FetchMark::NONE)
+                .await
+        );
+        assert!(store.get("h/a").await.is_none());
+        assert!(store.get("h/b").await.is_none());
+        assert_eq!(indexed(&store), (0, 0));
     }
 
     #[tokio::test]

@@ -163,7 +163,13 @@ impl EntityTag {
         if values.next().is_some() {
             return None;
         }
-        Self::of_whole_value(first).or_else(|| Self::parse(trim_ows(first.as_bytes())))
+        Self::from_value(first)
+    }
+
+    /// Reads the value of a response's one `ETag` field, if valid. A value that
+    /// is exactly one tag is shared, not copied.
+    pub fn from_value(value: &HeaderValue) -> Option<Self> {
+        Self::of_whole_value(value).or_else(|| Self::parse(trim_ows(value.as_bytes())))
     }
 }
 
