@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderName, StatusCode};
 use revalidate::{EntityTag, HttpDate, Validators};
 
 use crate::key::Secondary;
-use crate::stored_fields::StoredFields;
+use crate::stored_fields::{Span, StoredFields};
 
 /// Bytes charged per entry beyond its body and header bytes: the struct, the
 /// buffers' handles and the store's bookkeeping (measured by
@@ -48,6 +48,9 @@ pub(crate) struct StoredResponse {
     /// qualified `private` or `no-cache`, no `Age`, `Content-Length` or
     /// `Cache-Status` (see [`StoredFields`]).
     fields: StoredFields,
+    /// Where its one `ETag` value lies in the fields' buffer (empty: none), found
+    /// once: a conditional hit compares with it, unparsed.
+    etag: Span,
     /// The whole body.
     pub body: Bytes,
     /// What few responses have: a `Vary`, a stored range (`None`: neither).
@@ -202,6 +205,7 @@ impl StoredResponse {
         let initial_age =
             crate::freshness::initial_age(&headers, timing.request_time, timing.response_time);
         let fields = StoredFields::of(&headers);
+        let etag = fields.single_span(&ETAG).unwrap_or_default();
         let header_bytes = fields.byte_len();
         let tag_bytes: usize = tags.iter().map(String::len).sum();
         let weight = body.len() + header_bytes + tag_bytes + key.len() + ENTRY_OVERHEAD_BYTES;
@@ -213,6 +217,7 @@ impl StoredResponse {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             status,
             fields,
+            etag,
             body,
             response_time: Micros::since_epoch(timing.response_time),
             initial_age: Micros::of(initial_age),
@@ -354,9 +359,16 @@ impl StoredResponse {
 
     /// Its entity tag: read from its stored `ETag` when a conditional request
     /// compares with it, not kept parsed beside it (a parsed tag would take 40 bytes
-    /// of every entry, and costs a few dozen instructions to read).
+    /// of every entry).
     pub(crate) fn etag(&self) -> Option<EntityTag> {
-        EntityTag::from_value(&self.fields.single(&ETAG)?)
+        let span = Some(self.etag).filter(|span| !span.is_empty())?;
+        EntityTag::from_value(&self.fields.value(span))
+    }
+
+    /// The bytes of its one `ETag` field, as stored: what most conditional
+    /// requests compare with, byte for byte.
+    pub(crate) fn etag_bytes(&self) -> Option<&[u8]> {
+        Some(self.fields.bytes(self.etag)).filter(|bytes| !bytes.is_empty())
     }
 
     /// Its entity tag and last-modified date, read from its stored fields.

@@ -94,6 +94,17 @@ impl StoredFields {
 
     /// The value of `name` when exactly one field has that name.
     pub(crate) fn single(&self, name: &HeaderName) -> Option<HeaderValue> {
+        let span = self.single_span(name)?;
+        Some(self.value(span))
+    }
+
+    /// The bytes at `span`, read in place (no reference count is written).
+    pub(crate) fn bytes(&self, span: Span) -> &[u8] {
+        self.buffer.get(span.range()).unwrap_or_default()
+    }
+
+    /// Where the value of `name` lies, when exactly one field has that name.
+    pub(crate) fn single_span(&self, name: &HeaderName) -> Option<Span> {
         let mut at = self
             .shape
             .names
@@ -104,7 +115,7 @@ impl StoredFields {
         if at.next().is_some() {
             return None;
         }
-        self.values().nth(index)
+        Spans::of(&self.buffer, self.len()).nth(index)
     }
 
     /// Bytes of names and values (and of the values' lengths). The names are
@@ -132,15 +143,20 @@ impl StoredFields {
 
     /// The values, in order: slices of the buffer.
     fn values(&self) -> impl Iterator<Item = HeaderValue> + '_ {
-        Spans::of(&self.buffer, self.len()).map(|span| {
-            // The bytes of a valid value, checked again (no crate offers an
-            // unchecked constructor without `unsafe`): a few instructions per byte.
-            // It never fails; an empty value stands in if it did.
-            let mut value = HeaderValue::from_maybe_shared(self.buffer.slice(span.start..span.end))
-                .unwrap_or(HeaderValue::from_static(""));
-            value.set_sensitive(span.sensitive);
-            value
-        })
+        Spans::of(&self.buffer, self.len()).map(|span| self.value(span))
+    }
+
+    /// The value at `span`, a slice of the buffer.
+    pub(crate) fn value(&self, span: Span) -> HeaderValue {
+        // The bytes of a valid value, checked again (no crate offers an unchecked
+        // constructor without `unsafe`): a few instructions per byte. It never
+        // fails; an empty value stands in if it did.
+        let valid = (span.range().end <= self.buffer.len())
+            .then(|| HeaderValue::from_maybe_shared(self.buffer.slice(span.range())).ok())
+            .flatten();
+        let mut value = valid.unwrap_or(HeaderValue::from_static(""));
+        value.set_sensitive(span.is_sensitive());
+        value
     }
 }
 
@@ -170,12 +186,40 @@ fn packed(values: &[&HeaderValue]) -> Bytes {
     Bytes::from(buffer)
 }
 
-/// Where each value of a packed buffer lies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Span {
-    start: usize,
-    end: usize,
-    sensitive: bool,
+/// Where a value of a packed buffer lies: 8 bytes, so that an entry can keep one
+/// (a buffer is far below 4 GiB: a response's head is bounded by hyper's limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Span {
+    start: u32,
+    /// Its end, and in the top bit whether it is sensitive.
+    end: u32,
+}
+
+impl Span {
+    const SENSITIVE: u32 = 1 << 31;
+
+    fn new(start: usize, end: usize, sensitive: bool) -> Self {
+        // A span past the 2 GiB these hold would read as out of the buffer.
+        let at = |n: usize| u32::try_from(n).unwrap_or(u32::MAX) & !Self::SENSITIVE;
+        let flag = if sensitive { Self::SENSITIVE } else { 0 };
+        Self {
+            start: at(start),
+            end: at(end) | flag,
+        }
+    }
+
+    fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..(self.end & !Self::SENSITIVE) as usize
+    }
+
+    fn is_sensitive(self) -> bool {
+        self.end & Self::SENSITIVE != 0
+    }
+
+    /// Whether it holds no byte: a `Default` span stands for none.
+    pub(crate) fn is_empty(self) -> bool {
+        self.range().is_empty()
+    }
 }
 
 /// The spans of a buffer [`packed`] made: its lengths, read one by one, and the
@@ -223,11 +267,7 @@ impl Iterator for Spans<'_> {
         }
         let start = self.next;
         self.next += word >> 1;
-        Some(Span {
-            start,
-            end: self.next,
-            sensitive: word & 1 == 1,
-        })
+        Some(Span::new(start, self.next, word & 1 == 1))
     }
 }
 
@@ -499,6 +539,35 @@ mod tests {
             );
         }
         StoredFields::of(&map)
+    }
+
+    #[test]
+    fn values_of_every_length_come_back_as_stored() {
+        // Lengths whose varints take one, two and three bytes, either side of each
+        // boundary, and an empty value.
+        let lengths = [0, 1, 63, 64, 8191, 8192, 70_000];
+        let mut map = HeaderMap::new();
+        for (i, len) in lengths.iter().enumerate() {
+            let name = HeaderName::from_bytes(format!("x-len-{i}").as_bytes()).unwrap();
+            let value = "v".repeat(*len);
+            map.append(name, HeaderValue::from_str(&value).unwrap());
+        }
+        let fields = StoredFields::of(&map);
+        assert_eq!(fields.len(), lengths.len());
+        for (i, (name, value)) in fields.iter().enumerate() {
+            assert_eq!(name.as_str(), format!("x-len-{i}"));
+            assert_eq!(value.len(), lengths[i], "{name}");
+            assert!(value.as_bytes().iter().all(|b| *b == b'v'));
+        }
+        assert_eq!(fields.to_map().len(), lengths.len() + 2);
+        let named = |i: usize| HeaderName::from_bytes(format!("x-len-{i}").as_bytes()).unwrap();
+        let span = fields.single_span(&named(5)).unwrap();
+        assert_eq!(fields.bytes(span).len(), 8192);
+        assert!(
+            fields
+                .single_span(&HeaderName::from_static("x-none"))
+                .is_none()
+        );
     }
 
     #[test]

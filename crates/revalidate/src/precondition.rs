@@ -229,6 +229,18 @@ impl Preconditions {
         present: ConditionalFields,
         current: &EntityTag,
     ) -> bool {
+        Self::if_none_match_echoes_field(method, headers, present, current.as_bytes())
+    }
+
+    /// [`if_none_match_echoes`](Self::if_none_match_echoes), given the current
+    /// `ETag` field's value as it is stored, unparsed: a value that is not exactly
+    /// one entity-tag never echoes (it is evaluated in full).
+    pub fn if_none_match_echoes_field(
+        method: &Method,
+        headers: &HeaderMap,
+        present: ConditionalFields,
+        current: &[u8],
+    ) -> bool {
         if !present.if_none_match
             || present.if_match
             || present.if_unmodified_since
@@ -238,7 +250,7 @@ impl Preconditions {
         }
         let mut lines = headers.get_all(IF_NONE_MATCH).iter();
         match (lines.next(), lines.next()) {
-            (Some(line), None) => line.as_bytes() == current.as_bytes(),
+            (Some(line), None) => line.as_bytes() == current && EntityTag::is_one_tag(current),
             _ => false,
         }
     }
@@ -420,6 +432,19 @@ mod tests {
                 // Never a 304 that the full evaluation would not give.
                 assert_eq!(eval(method, pairs, Some(current)), Evaluation::NotModified);
             }
+        }
+        // A stored value that is not exactly one tag never echoes, even byte for
+        // byte: it is evaluated in full.
+        for stored in ["\"v2\", \"v3\"", " \"v2\"", "v2"] {
+            let headers = headers(&[("if-none-match", stored)]);
+            let present = ConditionalFields::of(&headers);
+            let echoes = Preconditions::if_none_match_echoes_field(
+                &Method::GET,
+                &headers,
+                present,
+                stored.as_bytes(),
+            );
+            assert!(!echoes, "{stored}");
         }
     }
 

@@ -164,12 +164,12 @@ impl<St: Store> Shared<St> {
         head: &RequestHead,
         entry: &StoredResponse,
     ) -> Option<Evaluation> {
-        if let Some(tag) = entry.etag()
-            && Preconditions::if_none_match_echoes(
+        if let Some(tag) = entry.etag_bytes()
+            && Preconditions::if_none_match_echoes_field(
                 &head.method,
                 &head.headers,
                 head.carried.conditional,
-                &tag,
+                tag,
             )
         {
             return Some(Evaluation::NotModified);

@@ -1,12 +1,12 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use quick_cache::sync::Cache;
-use quick_cache::{Lifecycle, OptionsBuilder, Weighter};
+use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 
 use super::contract::{
     EntryFilter, EntryListing, EntrySummary, FetchMark, LookupNow, Purge, Store, StoreUsage,
@@ -30,19 +30,15 @@ pub struct MemoryStore {
 /// A primary key's digest and what is stored under it.
 type Stored = (Digest, Variants);
 
-/// A primary key as the cache's table holds it: 128 bits of a keyed hash of it,
-/// as Varnish keys its objects by a digest. A lookup compares 16 bytes in the
-/// table's slot, never following a pointer to the key (over many keys, that
-/// pointer's target is rarely in the CPU's cache: on 10,000 URLs such a
-/// comparison was a sixth of the cache's own CPU time), and the slot is as small
-/// for a long key as for a short one. The key itself is the entry's (which purges
-/// and the index read).
-///
-/// The two halves are SipHash-1-3 under two random keys drawn per store: a
-/// collision cannot be aimed at without them, and by chance is about as likely as
-/// `n² / 2¹²⁹` for `n` keys stored (for a billion, 10⁻²¹).
+/// A primary key as the cache's table holds it: a 64-bit hash of it (foldhash,
+/// seeded at random per store). A lookup compares 8 bytes in the table's slot,
+/// and the slot is as small for a long key as for a short one; the key itself is
+/// the entry's, which purges and the index read. Two keys may share a digest: a
+/// found entry is used only when its own key is the one looked up (a collision is
+/// a miss, and storing one key displaces the other), so a digest decides where an
+/// entry is kept, never whose it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Digest(u64, u64);
+struct Digest(u64);
 
 impl Hash for Digest {
     fn hash<H: Hasher>(&self, state: &mut H) {
@@ -50,8 +46,8 @@ impl Hash for Digest {
     }
 }
 
-/// The table's hasher for digests: a digest's first half is already a keyed hash,
-/// so it is used as it is. (Hand-written: it is these few lines.)
+/// The table's hasher for digests: a digest is already a hash, so it is used as it
+/// is. (Hand-written: it is these few lines.)
 #[derive(Debug, Clone, Copy, Default)]
 struct DigestHash;
 
@@ -83,14 +79,18 @@ impl Hasher for DigestHasher {
     }
 }
 
-/// The two random keys of a store's digests.
-#[derive(Debug, Clone)]
-struct DigestKeys(RandomState, RandomState);
+/// How a store makes digests.
+#[derive(Debug)]
+enum Digests {
+    Seeded(DefaultHashBuilder),
+    /// Every key the same digest: tests of collisions.
+    #[cfg(test)]
+    Colliding,
+}
 
-impl DigestKeys {
-    fn digest(&self, primary: &str) -> Digest {
-        Digest(self.0.hash_one(primary), self.1.hash_one(primary))
-    }
+/// Whether `variants` are stored under `primary` itself.
+fn held_under(variants: &Variants, primary: &str) -> bool {
+    variants.key().is_some_and(|key| **key == *primary)
 }
 
 type Entries = Cache<Digest, Variants, ByBytes, DigestHash, EvictionNotices>;
@@ -98,7 +98,8 @@ type Entries = Cache<Digest, Variants, ByBytes, DigestHash, EvictionNotices>;
 #[derive(Debug)]
 struct Inner {
     entries: Entries,
-    keys: DigestKeys,
+    /// What digests are made with.
+    digests: Digests,
     /// Every change to `entries` other than a read is made holding this lock, so the
     /// indexes always describe exactly what is stored. Lock order: index, then a
     /// cache shard, then the eviction notices.
@@ -337,7 +338,7 @@ impl MemoryStore {
         Self {
             inner: Arc::new(Inner {
                 entries,
-                keys: DigestKeys(RandomState::new(), RandomState::new()),
+                digests: Digests::Seeded(DefaultHashBuilder::default()),
                 index: Mutex::new(Index::default()),
                 notices,
             }),
@@ -386,17 +387,40 @@ impl MemoryStore {
 }
 
 impl Inner {
+    fn digest(&self, primary: &str) -> Digest {
+        match &self.digests {
+            Digests::Seeded(seeded) => Digest(seeded.hash_one(primary)),
+            #[cfg(test)]
+            Digests::Colliding => Digest(0),
+        }
+    }
+
+    /// What is stored under `primary`, read as a hit reads it.
+    fn get(&self, primary: &str) -> Option<Variants> {
+        let found = self.entries.get(&self.digest(primary))?;
+        held_under(&found, primary).then_some(found)
+    }
+
+    /// What is stored under `primary`, read without counting as a use.
+    fn peek(&self, primary: &str) -> Option<Variants> {
+        let found = self.entries.peek(&self.digest(primary))?;
+        held_under(&found, primary).then_some(found)
+    }
+
     /// Stores `variants` under `primary` (the index lock is held); returns
     /// whether they are kept.
     fn put_locked(&self, index: &mut Index, primary: String, variants: Variants) -> bool {
-        let digest = self.keys.digest(&primary);
+        let digest = self.digest(&primary);
         // The index shares the entries' own copy of the key, which is what an
         // eviction unindexes by: variants are stored under their own key only.
         let Some(primary) = variants.key().filter(|held| ***held == *primary).cloned() else {
             return false;
         };
-        if let Some(old) = self.entries.peek(&digest) {
-            index.remove(&primary, &old);
+        // What was there may be another key's, of the same digest.
+        if let Some(old) = self.entries.peek(&digest)
+            && let Some(key) = old.key()
+        {
+            index.remove(key, &old);
         }
         index.add(&primary, &variants);
         self.entries.insert(digest, variants.clone());
@@ -411,12 +435,12 @@ impl Inner {
     fn purge_locked(&self, index: &mut Index, purge: &Purge) -> usize {
         let selected = index.select(purge);
         for primary in &selected {
-            let digest = self.keys.digest(primary);
+            let Some(variants) = self.peek(primary) else {
+                continue;
+            };
             if purge.soft {
-                if let Some(variants) = self.entries.peek(&digest) {
-                    variants.soft_purge();
-                }
-            } else if let Some((_, variants)) = self.entries.remove(&digest) {
+                variants.soft_purge();
+            } else if let Some((_, variants)) = self.entries.remove(&self.digest(primary)) {
                 index.remove(primary, &variants);
             }
         }
@@ -427,14 +451,18 @@ impl Inner {
     fn unindex_evicted(&self, index: &mut Index) {
         let evicted = std::mem::take(&mut *lock(&self.notices.evicted));
         for (digest, variants) in &evicted {
-            // A key that is still there had its value replaced, which `put` has
-            // already reindexed: that is no eviction.
-            if self.entries.peek(digest).is_some() {
-                continue;
-            }
             let Some(primary) = variants.key() else {
                 continue;
             };
+            // A key that is still there had its value replaced, which `put` has
+            // already reindexed: that is no eviction.
+            if self
+                .entries
+                .peek(digest)
+                .is_some_and(|now| held_under(&now, primary))
+            {
+                continue;
+            }
             index.remove(primary, variants);
             self.notices.count.fetch_add(1, Ordering::Relaxed);
         }
@@ -443,14 +471,11 @@ impl Inner {
 
 impl Store for MemoryStore {
     async fn get(&self, primary: &str) -> Option<Variants> {
-        self.inner.entries.get(&self.inner.keys.digest(primary))
+        self.inner.get(primary)
     }
 
     fn get_now(&self, primary: &str) -> LookupNow {
-        self.inner
-            .entries
-            .get(&self.inner.keys.digest(primary))
-            .into()
+        self.inner.get(primary).into()
     }
 
     async fn put(&self, primary: String, variants: Variants, _: FetchMark) -> bool {
@@ -483,7 +508,7 @@ impl Store for MemoryStore {
         };
         'keys: for (_, primary) in &keys {
             // Gone since the snapshot: evicted or purged.
-            let Some(variants) = self.inner.entries.peek(&self.inner.keys.digest(primary)) else {
+            let Some(variants) = self.inner.peek(primary) else {
                 continue;
             };
             for entry in variants.entries() {
@@ -764,6 +789,31 @@ mod tests {
         let left = usage.entries - tagged;
         assert!(left <= 2, "only /long0 and /s may be left: {left}");
         assert_eq!(indexed(&store).0 as u64, left);
+    }
+
+    #[tokio::test]
+    async fn keys_of_one_digest_never_see_each_others_entries() {
+        let mut store = MemoryStore::new(64 << 20);
+        Arc::get_mut(&mut store.inner).unwrap().digests = Digests::Colliding;
+        let put = |key: &'static str, tag: &'static str| {
+            store.put(key.into(), variants(key, &[tag], 10), FetchMark::NONE)
+        };
+        assert!(put("h/a", "ta").await);
+        assert!(store.get("h/b").await.is_none(), "a collision is a miss");
+        assert!(put("h/b", "tb").await);
+        assert!(store.get("h/a").await.is_none(), "displaced");
+        assert_eq!(
+            store.get("h/b").await.unwrap().key().unwrap().as_ref(),
+            "h/b"
+        );
+        assert_eq!(indexed(&store), (1, 1), "only h/b is indexed");
+        assert_eq!(store.purge(&Purge::urls(["/a"])).await, 0);
+        assert!(
+            store.get("h/b").await.is_some(),
+            "a purge of h/a leaves h/b"
+        );
+        assert_eq!(store.purge(&Purge::tags(["tb"])).await, 1);
+        assert_eq!((indexed(&store), store.usage().entries), ((0, 0), 0));
     }
 
     #[tokio::test]

@@ -93,13 +93,17 @@ impl EntityTag {
     /// sharing the value's bytes: reading a validator then costs a reference count,
     /// not an allocation (a cache reads the stored ETag for every conditional hit).
     fn of_whole_value(value: &HeaderValue) -> Option<Self> {
-        let bytes = value.as_bytes();
-        match bytes.strip_prefix(b"W/").unwrap_or(bytes) {
-            [b'"', inner @ .., b'"'] if inner.iter().all(|&b| is_etagc(b)) => Some(Self {
-                value: value.clone(),
-            }),
-            _ => None,
-        }
+        Self::is_one_tag(value.as_bytes()).then(|| Self {
+            value: value.clone(),
+        })
+    }
+
+    /// Whether `bytes` are exactly one `entity-tag`, with no surrounding whitespace.
+    pub fn is_one_tag(bytes: &[u8]) -> bool {
+        matches!(
+            bytes.strip_prefix(b"W/").unwrap_or(bytes),
+            [b'"', inner @ .., b'"'] if inner.iter().all(|&b| is_etagc(b))
+        )
     }
 
     /// Parses one `entity-tag`, with no surrounding whitespace.
