@@ -129,7 +129,7 @@ impl StoredFields {
     /// A header map of these fields, after `Age` and `Cache-Status` placeholders (see
     /// [`set_answer_fields`]); its values share the stored buffer.
     pub(crate) fn to_map(&self) -> HeaderMap {
-        map_over(&self.shape, self.values())
+        map_over(self, Reuse::Recent)
     }
 
     /// The same map, its values in a buffer of its own (see the crate's `local_fields` module).
@@ -138,12 +138,31 @@ impl StoredFields {
             shape: self.shape.clone(),
             buffer: Bytes::copy_from_slice(&self.buffer),
         };
-        own.to_map()
+        map_over(&own, Reuse::Never)
     }
 
     /// The values, in order: slices of the buffer.
     fn values(&self) -> impl Iterator<Item = HeaderValue> + '_ {
-        Spans::of(&self.buffer, self.len()).map(|span| self.value(span))
+        self.spans().map(|span| self.value(span))
+    }
+
+    fn spans(&self) -> Spans<'_> {
+        Spans::of(&self.buffer, self.len())
+    }
+
+    /// The value at `span`, or a clone of `last` when that holds the same bytes,
+    /// `last` then holding the value. Most fields (Content-Type, Cache-Control, a
+    /// Date of the same second) are the same from one response of a shape to the
+    /// next, and a clone skips the check of every byte that making a value costs;
+    /// `last` keeps another entry's buffer alive, at most one per field and
+    /// template.
+    fn value_or_last(&self, span: Span, last: &mut HeaderValue) -> HeaderValue {
+        if last.as_bytes() == self.bytes(span) && last.is_sensitive() == span.is_sensitive() {
+            return last.clone();
+        }
+        let value = self.value(span);
+        *last = value.clone();
+        value
     }
 
     /// The value at `span`, a slice of the buffer.
@@ -271,45 +290,56 @@ impl Iterator for Spans<'_> {
     }
 }
 
-/// The map of `values` under `shape`'s names: a clone of this thread's template for
-/// the shape, its values set in place.
-fn map_over(shape: &Shape, values: impl Iterator<Item = HeaderValue>) -> HeaderMap {
+/// Where [`map_over`] may take a value from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reuse {
+    /// A value the thread's last answer of the same shape set in the same place,
+    /// when its bytes are the same (see [`StoredFields::value_or_last`]).
+    Recent,
+    /// Only the fields' own buffer: a detached map must share nothing.
+    Never,
+}
+
+/// The map of `fields`: a clone of this thread's template for their shape, its
+/// values set in place.
+fn map_over(fields: &StoredFields, reuse: Reuse) -> HeaderMap {
+    let shape = &*fields.shape;
     let index = (shape.id % TEMPLATE_SLOTS as u64) as usize;
-    let cloned = TEMPLATES.try_with(|templates| {
+    let made = TEMPLATES.try_with(|templates| {
         // Unavailable only during the thread's teardown: a map of its own then.
         let mut templates = templates.try_borrow_mut().ok()?;
         let slot = &mut templates[index];
-        if slot.template.as_ref().is_some_and(|t| t.shape == shape.id) {
-            return Some(slot.template.as_ref()?.map.clone());
+        if slot.template.as_ref().is_none_or(|t| t.shape != shape.id) {
+            // Another shape's template: replaced on this shape's second miss here
+            // in a row (as `local_fields` does), so two shapes that share the slot
+            // by turns are answered field by field rather than by a new template
+            // each time.
+            if slot.template.is_some() && slot.missed != shape.id {
+                slot.missed = shape.id;
+                return None;
+            }
+            slot.template = Some(Template::of(shape));
         }
-        // Another shape's template: replaced on this shape's second miss here in a
-        // row (as `local_fields` does), so two shapes that share the slot by turns are
-        // answered field by field rather than by a new template each time.
-        if slot.template.is_some() && slot.missed != shape.id {
-            slot.missed = shape.id;
-            return None;
+        let template = slot.template.as_mut()?;
+        let mut map = template.map.clone();
+        debug_assert_eq!(
+            map.len(),
+            shape.names.len() + 2,
+            "a template has a slot per value"
+        );
+        // The blank map iterates the shape's names in their order (see `blank_map`).
+        let places = map.iter_mut().skip(2).zip(template.last.iter_mut());
+        for (((_, value), last), span) in places.zip(fields.spans()) {
+            *value = match reuse {
+                Reuse::Recent => fields.value_or_last(span, last),
+                Reuse::Never => fields.value(span),
+            };
         }
-        let map = shape.blank_map();
-        let cloned = map.clone();
-        slot.template = Some(Template {
-            shape: shape.id,
-            map,
-        });
-        Some(cloned)
+        Some(map)
     });
-    let Some(mut map) = cloned.ok().flatten() else {
-        return shape.appended_map(values);
-    };
-    debug_assert_eq!(
-        map.len(),
-        shape.names.len() + 2,
-        "a template has a slot per value"
-    );
-    // The blank map iterates the shape's names in their order (see `blank_map`).
-    for ((_, slot), value) in map.iter_mut().skip(2).zip(values) {
-        *slot = value;
-    }
-    map
+    made.ok()
+        .flatten()
+        .unwrap_or_else(|| shape.appended_map(fields.values()))
 }
 
 /// A list of field names, in order, shared by the entries whose responses carry
@@ -406,6 +436,18 @@ struct Template {
     /// Its shape's id.
     shape: u64,
     map: HeaderMap,
+    /// The values this thread's last answer of the shape held, in order.
+    last: Vec<HeaderValue>,
+}
+
+impl Template {
+    fn of(shape: &Shape) -> Self {
+        Self {
+            shape: shape.id,
+            map: shape.blank_map(),
+            last: vec![HeaderValue::from_static(""); shape.names.len()],
+        }
+    }
 }
 
 thread_local! {
@@ -568,6 +610,39 @@ mod tests {
                 .single_span(&HeaderName::from_static("x-none"))
                 .is_none()
         );
+    }
+
+    #[test]
+    fn an_answer_reuses_the_last_answers_equal_values_and_a_detached_map_never() {
+        let shape = |etag: &str| fields(&[("content-type", "text/plain"), ("etag", etag)]);
+        let (first, second) = (shape("\"1\""), shape("\"2\""));
+        let in_buffer = |value: &HeaderValue, f: &StoredFields| {
+            let at = value.as_bytes().as_ptr() as usize;
+            let start = f.buffer.as_ptr() as usize;
+            (start..start + f.buffer.len()).contains(&at)
+        };
+        let one = first.to_map();
+        assert!(in_buffer(&one["content-type"], &first));
+        let two = second.to_map();
+        assert_eq!(two, appended(&second));
+        assert!(
+            in_buffer(&two["content-type"], &first),
+            "the same bytes: the last answer's value"
+        );
+        assert!(in_buffer(&two["etag"], &second), "its own where it differs");
+        let detached = second.to_detached_map();
+        assert_eq!(detached, two);
+        for (_, value) in detached.iter().skip(2) {
+            assert!(!in_buffer(value, &first) && !in_buffer(value, &second));
+        }
+        // A value equal in bytes but not in sensitivity is not reused.
+        let mut secret = HeaderMap::new();
+        let mut value = HeaderValue::from_static("text/plain");
+        value.set_sensitive(true);
+        secret.insert("content-type", value);
+        secret.insert("etag", "\"3\"".parse().unwrap());
+        let third = StoredFields::of(&secret);
+        assert!(third.to_map()["content-type"].is_sensitive());
     }
 
     #[test]
