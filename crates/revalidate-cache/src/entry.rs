@@ -15,7 +15,7 @@ use crate::stored_fields::{Span, StoredFields};
 /// Bytes charged per entry beyond its body and header bytes: the struct, the
 /// buffers' handles and the store's bookkeeping (measured by
 /// `cargo run --release -p revalidate-cache --example entry_overhead`).
-pub(crate) const ENTRY_OVERHEAD_BYTES: usize = 400;
+pub(crate) const ENTRY_OVERHEAD_BYTES: usize = 330;
 
 /// One response held by the cache, with what freshness needs.
 ///
@@ -55,16 +55,53 @@ pub(crate) struct StoredResponse {
     pub body: Bytes,
     /// What few responses have: a `Vary`, a stored range (`None`: neither).
     rare: Option<Box<Rare>>,
-    /// `stale-while-revalidate` window, in microseconds.
-    stale_while_revalidate: Micros,
-    /// `stale-if-error` window, in microseconds.
-    stale_if_error: Micros,
-    /// Invalidation tags (a boxed slice: a `Vec`'s capacity is a word more).
-    pub tags: Box<[String]>,
+    /// `stale-while-revalidate` window.
+    stale_while_revalidate: Window,
+    /// `stale-if-error` window.
+    stale_if_error: Window,
+    /// Invalidation tags.
+    tags: Tags,
     /// The primary key it is stored under: the normalized path (what URL and
     /// prefix purges name) is read from it, and the in-memory store's index
     /// shares it rather than holding a copy.
     key: Arc<str>,
+}
+
+/// A stale window in whole seconds, as its directive gives it (a configured
+/// fraction of a second counts as a whole one): half of a [`Micros`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window(u32);
+
+impl Window {
+    fn of(duration: Duration) -> Self {
+        let secs = duration
+            .as_secs()
+            .saturating_add(u64::from(duration.subsec_nanos() > 0));
+        Self(u32::try_from(secs).unwrap_or(u32::MAX))
+    }
+
+    fn duration(self) -> Duration {
+        Duration::from_secs(self.0.into())
+    }
+}
+
+/// Invalidation tags behind one thin pointer: most entries have none, and then
+/// take 8 bytes and no allocation.
+#[derive(Debug, Default)]
+struct Tags(Option<Box<TagList>>);
+
+/// The tags of an entry that has some.
+#[derive(Debug)]
+struct TagList(Box<[String]>);
+
+impl Tags {
+    fn of(tags: Vec<String>) -> Self {
+        Self((!tags.is_empty()).then(|| Box::new(TagList(tags.into_boxed_slice()))))
+    }
+
+    fn as_slice(&self) -> &[String] {
+        self.0.as_ref().map_or(&[], |list| &list.0)
+    }
 }
 
 /// The parts of an entry few responses have, boxed together: one pointer in every
@@ -222,17 +259,22 @@ impl StoredResponse {
             response_time: Micros::since_epoch(timing.response_time),
             initial_age: Micros::of(initial_age),
             lifetime: Micros::of(timing.lifetime),
-            stale_while_revalidate: Micros::of(timing.stale_while_revalidate),
-            stale_if_error: Micros::of(timing.stale_if_error),
+            stale_while_revalidate: Window::of(timing.stale_while_revalidate),
+            stale_if_error: Window::of(timing.stale_if_error),
             flags: (u8::from(timing.always_revalidate) * ALWAYS_REVALIDATE)
                 | (u8::from(timing.forbids_stale) * FORBIDS_STALE),
             rare: (!secondary.names.is_empty() || part.is_some())
                 .then(|| Box::new(Rare { secondary, part })),
-            tags: tags.into_boxed_slice(),
+            tags: Tags::of(tags),
             key,
             soft_purged: AtomicBool::new(false),
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
         }
+    }
+
+    /// Its invalidation tags.
+    pub(crate) fn tags(&self) -> &[String] {
+        self.tags.as_slice()
     }
 
     /// The primary key it is stored under.
@@ -525,7 +567,7 @@ impl Variants {
 
     /// Tags of all entries.
     pub fn tags(&self) -> impl Iterator<Item = &String> {
-        self.entries().iter().flat_map(|e| e.tags.iter())
+        self.entries().iter().flat_map(|e| e.tags().iter())
     }
 
     /// Marks every variant stale, so that its next use revalidates: what a soft
@@ -582,12 +624,23 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_and_its_reference_counts_fit_a_192_byte_allocation() {
-        // The allocator's size classes around it are 160, 192 and 224 bytes: a
+    fn stale_windows_keep_whole_seconds_and_never_shrink_to_none() {
+        let window = |d: Duration| Window::of(d).duration();
+        assert_eq!(window(Duration::from_secs(30)), Duration::from_secs(30));
+        assert_eq!(window(Duration::from_millis(1)), Duration::from_secs(1));
+        assert_eq!(window(Duration::ZERO), Duration::ZERO);
+        assert_eq!(window(Duration::MAX), Duration::from_secs(u32::MAX.into()));
+        assert!(Tags::of(Vec::new()).0.is_none(), "no tags, no allocation");
+        assert_eq!(Tags::of(vec!["t".into()]).as_slice(), ["t"]);
+    }
+
+    #[test]
+    fn an_entry_and_its_reference_counts_fit_a_160_byte_allocation() {
+        // The allocator's size classes around it are 128, 160 and 192 bytes: a
         // word more would cost every entry 32 bytes.
         let counts = 2 * std::mem::size_of::<usize>();
         let size = std::mem::size_of::<StoredResponse>() + counts;
-        assert!(size <= 192, "{size} bytes");
+        assert!(size <= 160, "{size} bytes");
     }
 
     #[test]

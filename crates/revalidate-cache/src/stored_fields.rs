@@ -3,11 +3,18 @@
 //!
 //! **Compact.** A header map's slot for a field takes about 100 bytes (links, hash,
 //! name, value), a ready `HeaderValue` 40. [`StoredFields`] keeps one buffer: a
-//! byte or two of length per value, then the values; its list of names is shared
-//! with every other entry whose response carried the same names in the same order
-//! (its *shape*, interned when the entry is stored). A hit makes each answer's
-//! values as slices of that buffer. Over many keys a hit mostly waits for memory,
-//! and each entry is smaller by as much.
+//! byte or two of length per value (three from 8 KiB), then the values; its list
+//! of names is shared with every other entry whose response carried the same names
+//! in the same order (its *shape*, interned when the entry is stored). Over many
+//! keys a hit mostly waits for memory, and each entry is smaller by as much.
+//!
+//! **Values of the thread's own.** An answer never points into an entry: a value
+//! is the one the thread's last answer of the same shape held in that place, when
+//! the bytes are the same (most are, from one response of a shape to the next: a
+//! Content-Type, a Cache-Control, a Date of the same second), or a copy. No
+//! reference count of an entry is ever written by a hit, so no two cores take a
+//! cache line from each other for it, and an entry needs none (a plain boxed
+//! buffer, no shared header beside it).
 //!
 //! **Templates.** A hit needs a header map. Made field by field, each append
 //! hashes its name and probes the map (about 180 instructions), and the map's
@@ -45,7 +52,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 
-use bytes::Bytes;
 use http::header::{AGE, CONTENT_LENGTH};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -61,7 +67,7 @@ pub(crate) struct StoredFields {
     shape: Arc<Shape>,
     /// A length per value (with whether it is sensitive), then the values, one
     /// after the other (see [`Spans`]).
-    buffer: Bytes,
+    buffer: Box<[u8]>,
 }
 
 impl StoredFields {
@@ -127,21 +133,19 @@ impl StoredFields {
     }
 
     /// A header map of these fields, after `Age` and `Cache-Status` placeholders (see
-    /// [`set_answer_fields`]); its values share the stored buffer.
+    /// [`set_answer_fields`]): values of the thread's own (see the
+    /// [module documentation](self)).
     pub(crate) fn to_map(&self) -> HeaderMap {
         map_over(self, Reuse::Recent)
     }
 
-    /// The same map, its values in a buffer of its own (see the crate's `local_fields` module).
+    /// The same map, its values copies that share nothing with any other map (see
+    /// the crate's `local_fields` module).
     pub(crate) fn to_detached_map(&self) -> HeaderMap {
-        let own = Self {
-            shape: self.shape.clone(),
-            buffer: Bytes::copy_from_slice(&self.buffer),
-        };
-        map_over(&own, Reuse::Never)
+        map_over(self, Reuse::Never)
     }
 
-    /// The values, in order: slices of the buffer.
+    /// The values, in order: copies.
     fn values(&self) -> impl Iterator<Item = HeaderValue> + '_ {
         self.spans().map(|span| self.value(span))
     }
@@ -150,30 +154,34 @@ impl StoredFields {
         Spans::of(&self.buffer, self.len())
     }
 
-    /// The value at `span`, or a clone of `last` when that holds the same bytes,
-    /// `last` then holding the value. Most fields (Content-Type, Cache-Control, a
-    /// Date of the same second) are the same from one response of a shape to the
-    /// next, and a clone skips the check of every byte that making a value costs;
-    /// `last` keeps another entry's buffer alive, at most one per field and
-    /// template.
-    fn value_or_last(&self, span: Span, last: &mut HeaderValue) -> HeaderValue {
-        if last.as_bytes() == self.bytes(span) && last.is_sensitive() == span.is_sensitive() {
-            return last.clone();
+    /// The value at `span`: a clone of the thread's `last` one when that holds the
+    /// same bytes (a clone skips the check of every byte that making a value
+    /// costs), else a copy. A field that matched last time takes the copy as its
+    /// new `last` (a Date whose second has passed); one that did not (an ETag,
+    /// different in every response) keeps it, so that its copies are never shared
+    /// and cost no reference count.
+    fn value_or_last(&self, span: Span, last: &mut Last) -> HeaderValue {
+        if last.value.as_bytes() == self.bytes(span)
+            && last.value.is_sensitive() == span.is_sensitive()
+        {
+            last.matched = true;
+            return last.value.clone();
         }
         let value = self.value(span);
-        *last = value.clone();
+        if last.matched {
+            last.value = value.clone();
+            last.matched = false;
+        }
         value
     }
 
-    /// The value at `span`, a slice of the buffer.
+    /// A copy of the value at `span`.
     pub(crate) fn value(&self, span: Span) -> HeaderValue {
         // The bytes of a valid value, checked again (no crate offers an unchecked
         // constructor without `unsafe`): a few instructions per byte. It never
         // fails; an empty value stands in if it did.
-        let valid = (span.range().end <= self.buffer.len())
-            .then(|| HeaderValue::from_maybe_shared(self.buffer.slice(span.range())).ok())
-            .flatten();
-        let mut value = valid.unwrap_or(HeaderValue::from_static(""));
+        let mut value =
+            HeaderValue::from_bytes(self.bytes(span)).unwrap_or(HeaderValue::from_static(""));
         value.set_sensitive(span.is_sensitive());
         value
     }
@@ -186,7 +194,7 @@ impl StoredFields {
 /// Each length is a LEB128 varint of `length << 1 | sensitive`: one byte for a
 /// value under 64 bytes, two under 8 KiB. (Hand-written: the format is these
 /// few lines, and a varint crate would add a dependency for them.)
-fn packed(values: &[&HeaderValue]) -> Bytes {
+fn packed(values: &[&HeaderValue]) -> Box<[u8]> {
     let total: usize = values.iter().map(|v| v.len() + 2).sum();
     let mut buffer = Vec::with_capacity(total);
     for value in values {
@@ -200,13 +208,12 @@ fn packed(values: &[&HeaderValue]) -> Bytes {
     for value in values {
         buffer.extend_from_slice(value.as_bytes());
     }
-    // Exactly as long as it is: a `Vec` with spare capacity would keep it.
-    buffer.shrink_to_fit();
-    Bytes::from(buffer)
+    buffer.into_boxed_slice()
 }
 
 /// Where a value of a packed buffer lies: 8 bytes, so that an entry can keep one
-/// (a buffer is far below 4 GiB: a response's head is bounded by hyper's limits).
+/// (a buffer is far below the 2 GiB a span can name: a response's head is bounded
+/// by hyper's limits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Span {
     start: u32,
@@ -296,7 +303,7 @@ enum Reuse {
     /// A value the thread's last answer of the same shape set in the same place,
     /// when its bytes are the same (see [`StoredFields::value_or_last`]).
     Recent,
-    /// Only the fields' own buffer: a detached map must share nothing.
+    /// Copies only: a detached map must share nothing.
     Never,
 }
 
@@ -436,8 +443,16 @@ struct Template {
     /// Its shape's id.
     shape: u64,
     map: HeaderMap,
-    /// The values this thread's last answer of the shape held, in order.
-    last: Vec<HeaderValue>,
+    /// The values this thread's last answers of the shape held, in order.
+    last: Vec<Last>,
+}
+
+/// A value of the thread's last answers in one place of a template.
+#[derive(Debug)]
+struct Last {
+    value: HeaderValue,
+    /// Whether the last answer's value there was this one.
+    matched: bool,
 }
 
 impl Template {
@@ -445,7 +460,13 @@ impl Template {
         Self {
             shape: shape.id,
             map: shape.blank_map(),
-            last: vec![HeaderValue::from_static(""); shape.names.len()],
+            // `matched`: the first value a place sees is kept.
+            last: (0..shape.names.len())
+                .map(|_| Last {
+                    value: HeaderValue::from_static(""),
+                    matched: true,
+                })
+                .collect(),
         }
     }
 }
@@ -615,34 +636,36 @@ mod tests {
     #[test]
     fn an_answer_reuses_the_last_answers_equal_values_and_a_detached_map_never() {
         let shape = |etag: &str| fields(&[("content-type", "text/plain"), ("etag", etag)]);
-        let (first, second) = (shape("\"1\""), shape("\"2\""));
-        let in_buffer = |value: &HeaderValue, f: &StoredFields| {
-            let at = value.as_bytes().as_ptr() as usize;
-            let start = f.buffer.as_ptr() as usize;
-            (start..start + f.buffer.len()).contains(&at)
-        };
+        let (first, second, third) = (shape("\"1\""), shape("\"2\""), shape("\"3\""));
+        let at = |map: &HeaderMap, name: &str| map[name].as_bytes().as_ptr();
         let one = first.to_map();
-        assert!(in_buffer(&one["content-type"], &first));
         let two = second.to_map();
+        let three = third.to_map();
         assert_eq!(two, appended(&second));
-        assert!(
-            in_buffer(&two["content-type"], &first),
+        assert_eq!(three, appended(&third));
+        assert_eq!(
+            at(&one, "content-type"),
+            at(&two, "content-type"),
             "the same bytes: the last answer's value"
         );
-        assert!(in_buffer(&two["etag"], &second), "its own where it differs");
+        assert_eq!(at(&two, "content-type"), at(&three, "content-type"));
+        assert_ne!(
+            at(&two, "etag"),
+            at(&three, "etag"),
+            "a copy where it differs"
+        );
         let detached = second.to_detached_map();
         assert_eq!(detached, two);
-        for (_, value) in detached.iter().skip(2) {
-            assert!(!in_buffer(value, &first) && !in_buffer(value, &second));
-        }
+        assert_ne!(at(&detached, "content-type"), at(&two, "content-type"));
         // A value equal in bytes but not in sensitivity is not reused.
         let mut secret = HeaderMap::new();
         let mut value = HeaderValue::from_static("text/plain");
         value.set_sensitive(true);
         secret.insert("content-type", value);
-        secret.insert("etag", "\"3\"".parse().unwrap());
-        let third = StoredFields::of(&secret);
-        assert!(third.to_map()["content-type"].is_sensitive());
+        secret.insert("etag", "\"4\"".parse().unwrap());
+        let fourth = StoredFields::of(&secret);
+        assert!(fourth.to_map()["content-type"].is_sensitive());
+        assert!(!first.to_map()["content-type"].is_sensitive());
     }
 
     #[test]
@@ -780,18 +803,20 @@ mod tests {
     }
 
     #[test]
-    fn answers_share_the_stored_buffer_and_detached_maps_do_not() {
+    fn answers_never_point_into_the_entry() {
         let fields = fields(&[("etag", "\"a\""), ("content-type", "text/plain")]);
-        let values: Vec<HeaderValue> = fields.values().collect();
-        let stored = values[0].as_bytes().as_ptr() as usize;
-        let content_type = values[1].as_bytes().as_ptr() as usize;
-        assert_eq!(content_type, stored + 3, "one buffer, one after the other");
+        let inside = |value: &HeaderValue| {
+            let at = value.as_bytes().as_ptr() as usize;
+            let start = fields.buffer.as_ptr() as usize;
+            (start..start + fields.buffer.len()).contains(&at)
+        };
         for _ in 0..2 {
             let map = fields.to_map();
-            assert_eq!(map["etag"].as_bytes().as_ptr() as usize, stored);
+            assert_eq!(map["etag"], "\"a\"");
+            assert!(map.iter().all(|(_, value)| !inside(value)));
         }
         let detached = fields.to_detached_map();
         assert_eq!(detached["etag"], "\"a\"");
-        assert_ne!(detached["etag"].as_bytes().as_ptr() as usize, stored);
+        assert!(detached.iter().all(|(_, value)| !inside(value)));
     }
 }

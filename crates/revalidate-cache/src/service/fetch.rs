@@ -440,7 +440,7 @@ impl<St: Store> Shared<St> {
             );
             let requester_only = split_for_storage(&mut headers, &directives.qualified_fields());
             // Tags: those the entry had, those the 304 names, the route's.
-            let mut tags = old.tags.to_vec();
+            let mut tags = old.tags().to_vec();
             tags.extend(self.tags_of(policy, params, &parts.headers));
             tags.sort();
             tags.dedup();
@@ -554,7 +554,7 @@ impl<St: Store> Shared<St> {
         // again); nothing purged gets in (checked below, under the lock).
         let existing = self.store.get(primary).await;
         let guard = self.log.lock().await;
-        if guard.invalidated_since(ticket, entry.path(), &entry.tags) {
+        if guard.invalidated_since(ticket, entry.path(), entry.tags()) {
             tracing::debug!(
                 path = entry.path(),
                 "not stored: invalidated while in flight"
@@ -567,7 +567,7 @@ impl<St: Store> Shared<St> {
             .filter(|v| {
                 !v.entries()
                     .iter()
-                    .any(|e| guard.invalidated_since(ticket, e.path(), &e.tags))
+                    .any(|e| guard.invalidated_since(ticket, e.path(), e.tags()))
             })
             .unwrap_or_default();
         let names = entry.secondary().names.clone();

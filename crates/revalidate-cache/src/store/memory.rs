@@ -272,7 +272,7 @@ fn summary(key: &str, entry: &StoredResponse, now: SystemTime) -> EntrySummary {
         size: entry.body.len() as u64,
         age: entry.age(now).as_secs(),
         ttl,
-        tags: entry.tags.to_vec(),
+        tags: entry.tags().to_vec(),
         etag: validators
             .etag
             .as_ref()

@@ -101,8 +101,8 @@ fn put_entry(out: &mut BytesMut, entry: &StoredResponse) {
             None => out.put_u8(0),
         }
     }
-    put_len(out, entry.tags.len());
-    for tag in &entry.tags {
+    put_len(out, entry.tags().len());
+    for tag in entry.tags() {
         put_bytes(out, tag.as_bytes());
     }
     put_bytes(out, entry.path().as_bytes());
@@ -268,7 +268,7 @@ mod tests {
             assert_eq!(a.headers(), b.headers());
             assert_eq!(a.body, b.body);
             assert_eq!(a.secondary(), b.secondary());
-            assert_eq!(a.tags, b.tags);
+            assert_eq!(a.tags(), b.tags());
             assert_eq!((a.key(), b.path()), (b.key(), "/users/1"));
             assert_eq!(
                 a.initial_age(),
