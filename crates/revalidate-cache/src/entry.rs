@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{ETAG, LAST_MODIFIED};
+use http::header::{DATE, ETAG, LAST_MODIFIED};
 use http::{HeaderMap, HeaderName, StatusCode};
 use revalidate::{EntityTag, HttpDate, Validators};
 
@@ -411,6 +411,12 @@ impl StoredResponse {
     /// requests compare with, byte for byte.
     pub(crate) fn etag_bytes(&self) -> Option<&[u8]> {
         Some(self.fields.bytes(self.etag)).filter(|bytes| !bytes.is_empty())
+    }
+
+    /// Its `Date`, when it has exactly one valid one.
+    pub(crate) fn date(&self) -> Option<HttpDate> {
+        let span = self.fields.single_span(&DATE)?;
+        HttpDate::parse(self.fields.bytes(span))
     }
 
     /// Its entity tag and last-modified date, read from its stored fields.

@@ -1,14 +1,13 @@
 //! Per-thread copies of the header maps of the entries a thread serves often, and
 //! of their 304 fields: one of the two devices behind `answer_fields`.
 //!
-//! A hit makes its header map from the stored fields, whose values are slices of one
-//! buffer: each slice and its drop are two atomic writes to that buffer's reference
-//! count. When both cores serve the same entry (one hot URL), those writes go to one
-//! cache line that the cores take from each other, a dozen times per hit: on a hot
-//! URL that cost more than the rest of the hit's bookkeeping. So a thread that
-//! serves an entry twice in a row (in the slot the entry's id picks) makes a copy of
-//! its map whose values live in a buffer of the thread's own, and clones that copy
-//! from then on; its reference count stays in that core's cache. The copy also
+//! A hit makes its header map from the stored fields: a clone of the thread's
+//! template for their shape, each value compared with the thread's last one in
+//! that place and copied where it differs (see `stored_fields`). An entry served
+//! over and over (one hot URL) needs none of that more than once: a thread that
+//! serves an entry twice in a row (in the slot the entry's id picks) keeps a copy
+//! of its whole map, values of the thread's own, and clones that copy from then
+//! on; the values' reference counts stay in that core's cache. The copy also
 //! keeps the fields a 304 repeats ([`not_modified_headers`]), picked out once
 //! rather than on every conditional hit.
 //!
@@ -218,14 +217,14 @@ mod tests {
             (!h.is_copy(), value_address(h.headers(), http::header::ETAG))
         });
         assert!(owned, "the first use makes a map");
-        assert_eq!(first, stored, "over the stored values");
+        assert_eq!(first, stored, "as any answer's map is made");
         for _ in 0..2 {
             let (borrowed, address, fields) = with_local_fields(&entry, |h| {
                 let address = value_address(h.headers(), http::header::ETAG);
                 (h.is_copy(), address, h.into_headers())
             });
             assert!(borrowed, "later uses borrow the thread's copy");
-            assert_ne!(address, stored, "whose values are its own");
+            assert_ne!(address, stored, "whose values are the copy's own");
             assert_eq!(
                 fields,
                 entry.headers(),

@@ -11,9 +11,9 @@
 //! **Values of the thread's own.** An answer never points into an entry: a value
 //! is the one the thread's last answer of the same shape held in that place, when
 //! the bytes are the same (most are, from one response of a shape to the next: a
-//! Content-Type, a Cache-Control, a Date of the same second), or a copy. No
-//! reference count of an entry is ever written by a hit, so no two cores take a
-//! cache line from each other for it, and an entry needs none (a plain boxed
+//! Content-Type, a Cache-Control, a Date of the same second), or a copy. No hit
+//! writes a reference count of an entry's fields, so no two cores take a cache
+//! line from each other for one, and an entry's fields need none (a plain boxed
 //! buffer, no shared header beside it).
 //!
 //! **Templates.** A hit needs a header map. Made field by field, each append
@@ -34,7 +34,7 @@
 //! a copy of one ([`set_answer_fields`]) overwrites them in place instead of growing
 //! the copy (a clone holds exactly its entries) and hashing twice. The upstream's
 //! own `Age` is read before this (it goes into the entry's initial age) and its
-//! `Cache-Status` is replaced by this cache's, as it always was.
+//! `Cache-Status` is replaced by this cache's.
 //!
 //! **Content-Length** is not kept: every answer's framing comes from the body it
 //! actually sends (whole, a range or none), so a stored length can never disagree
@@ -156,21 +156,24 @@ impl StoredFields {
 
     /// The value at `span`: a clone of the thread's `last` one when that holds the
     /// same bytes (a clone skips the check of every byte that making a value
-    /// costs), else a copy. A field that matched last time takes the copy as its
-    /// new `last` (a Date whose second has passed); one that did not (an ETag,
-    /// different in every response) keeps it, so that its copies are never shared
-    /// and cost no reference count.
+    /// costs), else a copy. Every [`ADOPT_AFTER`]th miss in a row, the copy
+    /// becomes the new `last`: a place whose value has changed for good (a Date
+    /// whose second has passed, a Content-Type after a rare other one) is
+    /// matched again within a few answers, and one that differs in every response
+    /// (an ETag) is shared, which costs its copy a reference count, only that
+    /// often.
     fn value_or_last(&self, span: Span, last: &mut Last) -> HeaderValue {
         if last.value.as_bytes() == self.bytes(span)
             && last.value.is_sensitive() == span.is_sensitive()
         {
-            last.matched = true;
+            last.misses = 0;
             return last.value.clone();
         }
         let value = self.value(span);
-        if last.matched {
+        last.misses += 1;
+        if last.misses >= ADOPT_AFTER {
             last.value = value.clone();
-            last.matched = false;
+            last.misses = 0;
         }
         value
     }
@@ -451,9 +454,13 @@ struct Template {
 #[derive(Debug)]
 struct Last {
     value: HeaderValue,
-    /// Whether the last answer's value there was this one.
-    matched: bool,
+    /// Answers in a row whose value there was another.
+    misses: u8,
 }
+
+/// Misses in a row after which a place takes the latest value as its own (see
+/// [`StoredFields::value_or_last`]).
+const ADOPT_AFTER: u8 = 4;
 
 impl Template {
     fn of(shape: &Shape) -> Self {
@@ -462,9 +469,10 @@ impl Template {
             map: shape.blank_map(),
             // `matched`: the first value a place sees is kept.
             last: (0..shape.names.len())
+                // The first value a place sees is taken at once.
                 .map(|_| Last {
                     value: HeaderValue::from_static(""),
-                    matched: true,
+                    misses: ADOPT_AFTER - 1,
                 })
                 .collect(),
         }
@@ -666,6 +674,30 @@ mod tests {
         let fourth = StoredFields::of(&secret);
         assert!(fourth.to_map()["content-type"].is_sensitive());
         assert!(!first.to_map()["content-type"].is_sensitive());
+    }
+
+    #[test]
+    fn a_place_takes_a_new_value_after_a_few_misses_in_a_row() {
+        let shape = |ct: &str, etag: &str| fields(&[("content-type", ct), ("etag", etag)]);
+        let at = |map: &HeaderMap| map["content-type"].as_bytes().as_ptr();
+        // Kept alive: a shape no entry holds is made anew.
+        let stored = [
+            shape("application/json", "\"1\""),
+            shape("application/problem+json", "\"2\""),
+            shape("application/json", "\"3\""),
+        ];
+        let [json, _odd, again] = stored.each_ref().map(StoredFields::to_map);
+        assert_eq!(at(&json), at(&again), "one odd answer does not displace it");
+        let text = shape("text/plain", "\"4\"");
+        let maps: Vec<HeaderMap> = (0..=ADOPT_AFTER).map(|_| text.to_map()).collect();
+        assert_ne!(at(&maps[0]), at(&maps[1]), "copies while it misses");
+        let n = usize::from(ADOPT_AFTER);
+        assert_eq!(
+            at(&maps[n - 1]),
+            at(&maps[n]),
+            "taken after {ADOPT_AFTER} misses in a row"
+        );
+        assert!(maps.iter().all(|map| map["content-type"] == "text/plain"));
     }
 
     #[test]

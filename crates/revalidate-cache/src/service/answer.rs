@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, DATE};
+use http::header::CONTENT_LENGTH;
 use http::{HeaderValue, Method, Response, StatusCode};
 use http_body::Body;
 use revalidate::{
@@ -188,7 +188,8 @@ impl<St: Store> Shared<St> {
             validators.last_modified,
             preconditions.if_modified_since,
         ) && revalidate::is_get_or_head(&head.method)
-            && HttpDate::from_headers(&entry.headers(), &DATE)
+            && entry
+                .date()
                 .unwrap_or_else(|| HttpDate::from_system_time(entry.response_time()))
                 <= since
         {
