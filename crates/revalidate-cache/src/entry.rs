@@ -415,19 +415,21 @@ impl StoredResponse {
 
     /// Its `Date`, when it has exactly one valid one.
     pub(crate) fn date(&self) -> Option<HttpDate> {
-        let span = self.fields.single_span(&DATE)?;
-        HttpDate::parse(self.fields.bytes(span))
+        self.date_field(&DATE)
     }
 
     /// Its entity tag and last-modified date, read from its stored fields.
     pub(crate) fn validators(&self) -> Validators {
         Validators {
             etag: self.etag(),
-            last_modified: self
-                .fields
-                .single(&LAST_MODIFIED)
-                .and_then(|date| HttpDate::parse(date.as_bytes())),
+            last_modified: self.date_field(&LAST_MODIFIED),
         }
+    }
+
+    /// The date in its one `name` field, read in place.
+    fn date_field(&self, name: &HeaderName) -> Option<HttpDate> {
+        let span = self.fields.single_span(name)?;
+        HttpDate::parse(self.fields.bytes(span))
     }
 
     /// Bytes charged against the memory budget.

@@ -98,12 +98,6 @@ impl StoredFields {
         self.shape.names.iter().zip(self.values())
     }
 
-    /// The value of `name` when exactly one field has that name.
-    pub(crate) fn single(&self, name: &HeaderName) -> Option<HeaderValue> {
-        let span = self.single_span(name)?;
-        Some(self.value(span))
-    }
-
     /// The bytes at `span`, read in place (no reference count is written).
     pub(crate) fn bytes(&self, span: Span) -> &[u8] {
         self.buffer.get(span.range()).unwrap_or_default()
@@ -121,7 +115,7 @@ impl StoredFields {
         if at.next().is_some() {
             return None;
         }
-        Spans::of(&self.buffer, self.len()).nth(index)
+        self.spans().nth(index)
     }
 
     /// Bytes of names and values (and of the values' lengths). The names are
@@ -467,7 +461,6 @@ impl Template {
         Self {
             shape: shape.id,
             map: shape.blank_map(),
-            // `matched`: the first value a place sees is kept.
             last: (0..shape.names.len())
                 // The first value a place sees is taken at once.
                 .map(|_| Last {

@@ -435,12 +435,16 @@ impl Inner {
     fn purge_locked(&self, index: &mut Index, purge: &Purge) -> usize {
         let selected = index.select(purge);
         for primary in &selected {
-            let Some(variants) = self.peek(primary) else {
+            let digest = self.digest(primary);
+            let Some(variants) = self.entries.peek(&digest) else {
                 continue;
             };
+            if !held_under(&variants, primary) {
+                continue;
+            }
             if purge.soft {
                 variants.soft_purge();
-            } else if let Some((_, variants)) = self.entries.remove(&self.digest(primary)) {
+            } else if let Some((_, variants)) = self.entries.remove(&digest) {
                 index.remove(primary, &variants);
             }
         }
