@@ -88,14 +88,14 @@ measure() {
         # Counted: only the N requests between the zeroing and the dump.
         callgrind_control --zero "$pid" >/dev/null 2>&1
         curl -s -K "$TMP/$kind"
-        # The access log's writer thread formats a batch every 50 ms: let it
+        # The access log's writer thread moves the batches every 10 ms: let it
         # finish this one before the dump.
         sleep 0.2
         callgrind_control --dump="$kind" "$pid" >/dev/null 2>&1
         local dump
         dump="$(ls -t "$file".* | head -1)"
         results+=("$(count "$dump" "$pattern")")
-        writer+=("$(count "$dump" "revalidate_cli::serve::access_log::Batches::drain")")
+        writer+=("$(count "$dump" "revalidate_cli::serve::access_log::writer::Batches::drain")")
     done
     kill -INT "$pid"
     sleep 1
