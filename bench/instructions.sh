@@ -95,7 +95,12 @@ measure() {
         local dump
         dump="$(ls -t "$file".* | head -1)"
         results+=("$(count "$dump" "$pattern")")
-        writer+=("$(count "$dump" "revalidate_cli::serve::access_log::writer::Batches::drain")")
+        # The proxy's other threads (the access log's writer; the admin
+        # listener, idle): every thread's instructions but the workers'.
+        local all workers
+        all=$(count "$dump" "Thread>::new::thread_start")
+        workers=$(count "$dump" "serve/server.rs:std::sys::backtrace::__rust_begin_short_backtrace")
+        writer+=($((workers > 0 ? all - workers : 0)))
     done
     kill -INT "$pid"
     sleep 1
@@ -103,7 +108,7 @@ measure() {
     wait "$pid" 2>/dev/null || true
     echo "$name: ${results[0]} instructions per 200 (one URL), ${results[1]} per 200 ($KEYS URLs), ${results[2]} per 304"
     if [[ "${writer[0]}" != 0 ]]; then
-        echo "  + in the access log's writer thread: ${writer[0]} / ${writer[1]} / ${writer[2]} per request"
+        echo "  + in its other threads (the access log's writer): ${writer[0]} / ${writer[1]} / ${writer[2]} per request"
     fi
 }
 
