@@ -372,6 +372,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             (Some(logger), Some(guard))
         }
     };
+    if let Some(logger) = access_logger {
+        serve::observe::report_access_log(logger);
+    }
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             Some(serve::tls::ListenerTls::load(cert, key).map_err(|e| UsageError(e.to_string()))?)

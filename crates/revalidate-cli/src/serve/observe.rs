@@ -2,6 +2,7 @@
 //! each client request took, upstream failures the proxy answered itself, the
 //! build, and the `# HELP` of every metric the binary emits.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -96,12 +97,24 @@ pub fn upstream_failures() -> Vec<(&'static str, u64)> {
         .collect()
 }
 
+/// The process's access log, whose dropped lines [`publish`] reports.
+static ACCESS_LOG: OnceLock<super::AccessLogger> = OnceLock::new();
+
+/// Reports `logger`'s dropped lines in `revalidate_access_log_lines_dropped_total`
+/// (the first logger of the process; the process has one).
+pub fn report_access_log(logger: super::AccessLogger) {
+    let _ = ACCESS_LOG.set(logger);
+}
+
 /// Sets the `metrics` facade's counters kept here to their totals: call it
 /// before an exporter renders, as the admin listener does on every scrape.
 pub fn publish() {
     for (kind, total) in upstream_failures() {
         metrics::counter!("revalidate_upstream_failures_total", "kind" => kind).absolute(total);
     }
+    // Zero without an access log too: an alert reads one series either way.
+    let dropped = ACCESS_LOG.get().map_or(0, super::AccessLogger::dropped);
+    metrics::counter!("revalidate_access_log_lines_dropped_total").absolute(dropped);
 }
 
 /// Gives every metric the binary emits its `# HELP` (the cache's through
@@ -171,6 +184,10 @@ pub fn describe_metrics() {
     describe_counter!(
         "revalidate_redis_failed_commands_total",
         "Redis commands that failed or timed out."
+    );
+    describe_counter!(
+        "revalidate_access_log_lines_dropped_total",
+        "Access lines dropped because the sink (file, terminal) could not keep up."
     );
 }
 

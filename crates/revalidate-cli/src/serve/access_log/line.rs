@@ -1,7 +1,8 @@
-//! One access line, formatted as text or JSON.
+//! One access line, formatted as text (the [parent module](super) shows one) or
+//! as JSON:
 //!
 //! ```text
-//! 127.0.0.1 [2026-12-03T08:17:42.123Z] "GET /users/1?fields=name HTTP/1.1" 200 48 "revalidate; hit; ttl=29" upstream=- total=0.000041 id=5f3a9c0e00000001 ua="curl/8.5.0"
+//! {"time":"2026-12-03T08:17:42.123Z","client":"127.0.0.1","method":"GET","target":"/users/1","version":"HTTP/1.1","status":200,"bytes":48,"cache_status":"revalidate; hit; ttl=29","upstream_seconds":null,"total_seconds":0.000041,"request_id":"5f3a9c0e00000001","user_agent":"curl/8.5.0"}
 //! ```
 
 use std::net::IpAddr;
