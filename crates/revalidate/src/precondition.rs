@@ -229,7 +229,9 @@ impl Preconditions {
         present: ConditionalFields,
         current: &EntityTag,
     ) -> bool {
-        Self::if_none_match_echoes_field(method, headers, present, current.as_bytes())
+        // An `EntityTag` is exactly one entity-tag: the bytes decide.
+        Self::echo_candidate(method, headers, present)
+            .is_some_and(|line| line == current.as_bytes())
     }
 
     /// [`if_none_match_echoes`](Self::if_none_match_echoes), given the current
@@ -241,17 +243,28 @@ impl Preconditions {
         present: ConditionalFields,
         current: &[u8],
     ) -> bool {
+        Self::echo_candidate(method, headers, present)
+            .is_some_and(|line| line == current && EntityTag::is_one_tag(current))
+    }
+
+    /// The request's one `If-None-Match` line, when it alone decides (no
+    /// `If-Match` or `If-Unmodified-Since`, a GET or HEAD).
+    fn echo_candidate<'h>(
+        method: &Method,
+        headers: &'h HeaderMap,
+        present: ConditionalFields,
+    ) -> Option<&'h [u8]> {
         if !present.if_none_match
             || present.if_match
             || present.if_unmodified_since
             || !is_get_or_head(method)
         {
-            return false;
+            return None;
         }
         let mut lines = headers.get_all(IF_NONE_MATCH).iter();
         match (lines.next(), lines.next()) {
-            (Some(line), None) => line.as_bytes() == current && EntityTag::is_one_tag(current),
-            _ => false,
+            (Some(line), None) => Some(line.as_bytes()),
+            _ => None,
         }
     }
 
