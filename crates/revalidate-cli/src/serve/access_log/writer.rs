@@ -197,9 +197,9 @@ impl AccessLogger {
         self.shared.clock.micros(at)
     }
 
-    /// Formats `line` into this thread's batch. The worker formats it: the
+    /// Formats `line` into this thread's batch. The worker formats it and the
     /// writer thread only moves bytes, so that the formatting spreads over the
-    /// workers' cores and no record is laid out twice.
+    /// workers' cores rather than queueing on one thread.
     pub(super) fn append(self, line: &Line<'_>) {
         thread_local! {
             static MINE: RefCell<Option<Mine>> = const { RefCell::new(None) };
