@@ -8,6 +8,8 @@
 #   ROUNDS=5 bench/run.sh             # each scenario measured 5 times (default 3)
 #   PINNED=1 bench/run.sh             # servers on CPU 0, wrk on CPU 1 (taskset):
 #                                     # the servers' own cost, to bench/RESULTS-pinned.md
+#   PINNED=1 RATE=40000 bench/run.sh  # latency at a fixed rate (default: half the slowest
+#                                     # server's hot req/s; RATE=off skips it)
 #
 # Shared cores (the default) show what a small box sees: wrk and the server
 # compete, and req/s are bound by the load generator. Pinned, each server has a
@@ -46,7 +48,12 @@ HOT_PATH=/obj/1
 DISTINCT=10000      # scenario 2: /obj/0 .. /obj/9999
 PRIME="${PRIME:-100000}" # scenario 4: /obj/0 .. /obj/99999, 5120-byte bodies
 WRK_ARGS=(-t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency)
-COMMAND="bench/run.sh  (PINNED=$PINNED THREADS=$THREADS CONNECTIONS=$CONNECTIONS DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS QUIET_PCT=$QUIET_PCT QUIET_BUDGET=$QUIET_BUDGET)"
+# Latency at a fixed offered rate (pinned only: bench-rate polls without sleeping and
+# needs a core of its own): every server gets the same RATE requests per second.
+RATE="${RATE:-auto}"
+RATE_DURATION="${RATE_DURATION:-${DURATION%s}}"
+((PINNED)) || RATE=off
+COMMAND="bench/run.sh  (PINNED=$PINNED THREADS=$THREADS CONNECTIONS=$CONNECTIONS DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS RATE=$RATE QUIET_PCT=$QUIET_PCT QUIET_BUDGET=$QUIET_BUDGET)"
 
 # revalidate runs three times: without an access log (as nginx runs here), with
 # the defaults a user gets (the access log on, to a file), and with
@@ -486,6 +493,70 @@ summarize() {
     RES[$s,$scenario,attempts]=$attempts
 }
 
+# --- latency at a fixed rate ----------------------------------------------------------
+# wrk's closed loop measures latency at saturation, where each server queues as much
+# as its own throughput allows: a faster server shows a longer tail for doing more.
+# Here every server gets the same offered load, open loop (bench-rate: requests are
+# due on a fixed schedule and timed from when they were due), so tails compare at
+# equal work. RATE=auto is half the slowest server's hot req/s.
+RATE_USED=""
+rate_runs() {
+    local s v slowest="" round shift order scenario out field
+    local -a args rows
+    if [[ $RATE == auto ]]; then
+        for s in "${SERVERS[@]}"; do
+            ((AVAILABLE[$s])) || continue
+            v=${RES[$s,hot,rps]:-}
+            [[ $v =~ ^[0-9]+$ ]] || continue
+            if [[ -z $slowest ]] || ((v < slowest)); then slowest=$v; fi
+        done
+        [[ -n $slowest ]] || { note "no hot req/s to derive a rate from: fixed-rate runs skipped"; return; }
+        RATE_USED=$((slowest / 2 / 1000 * 1000))
+    else
+        RATE_USED=$RATE
+    fi
+    for round in $(seq "$ROUNDS"); do
+        shift=$(((round - 1) % ${#SERVERS[@]}))
+        order=("${SERVERS[@]:$shift}" "${SERVERS[@]:0:$shift}")
+        for scenario in hot distinct; do
+            for s in "${order[@]}"; do
+                ((AVAILABLE[$s])) || continue
+                wait_quiet
+                args=(--target "127.0.0.1:${PORT[$s]}" --rate "$RATE_USED" --duration "$RATE_DURATION"
+                    --warmup 2 --connections "$CONNECTIONS")
+                if [[ $scenario == hot ]]; then args+=(--path "$HOT_PATH"); else args+=(--distinct "$DISTINCT"); fi
+                out="$TMP/rate-$s-$scenario.$round.txt"
+                if ! "${LOAD_PIN[@]}" "$ROOT/target/release/bench-rate" "${args[@]}" >"$out" 2>&1; then
+                    note "$s/$scenario at $RATE_USED req/s: bench-rate failed: $(tail -1 "$out")"
+                    continue
+                fi
+                : >"$TMP/access.log"
+                for field in p50 p99 p99.9 errors; do
+                    RES[$s,rate-$scenario.$round,$field]=$(awk -v f="$field" '$1 == f {print $2}' "$out")
+                done
+                log "$s/$scenario at $RATE_USED req/s: p50 ${RES[$s,rate-$scenario.$round,p50]}us, p99 ${RES[$s,rate-$scenario.$round,p99]}us"
+                v=${RES[$s,rate-$scenario.$round,errors]:-0}
+                ((v == 0)) || note "$s/$scenario at $RATE_USED req/s: $v requests failed"
+            done
+        done
+    done
+    for s in "${SERVERS[@]}"; do
+        ((AVAILABLE[$s])) || continue
+        for scenario in hot distinct; do
+            for field in p50 p99 p99.9; do
+                rows=()
+                for round in $(seq "$ROUNDS"); do
+                    v=${RES[$s,rate-$scenario.$round,$field]:-}
+                    [[ -n $v ]] && rows+=("$v")
+                done
+                ((${#rows[@]})) || continue
+                RES[$s,rate-$scenario,$field]=$(printf '%s\n' "${rows[@]}" | sort -g |
+                    awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+            done
+        done
+    done
+}
+
 # The response headers a server returns for the hot URL, on one line.
 probe() {
     local url="http://127.0.0.1:${PORT[$1]}$HOT_PATH"
@@ -548,6 +619,7 @@ main() {
         summarize "$s" distinct
         summarize "$s" cond
     done
+    [[ $RATE == off ]] || rate_runs
     if ((AVAILABLE[revalidate])); then
         STATS_AFTER_WRK=$(curl -s "http://127.0.0.1:${PORT[revalidate_admin]}/stats" || true)
     fi
@@ -675,6 +747,22 @@ report() {
             done
         done
         echo
+        if [[ -n $RATE_USED ]]; then
+            echo "## Latency at a fixed rate"
+            echo
+            echo "Every server gets the same $RATE_USED requests per second for ${RATE_DURATION}s (after 2s not counted),"
+            echo "over $CONNECTIONS keep-alive connections, from \`bench-rate\` on CPU $LOAD_CPU: an open loop, each"
+            echo "request timed from when it was due, so a stall is charged to every request that waited"
+            echo "behind it. Microseconds, the median of $ROUNDS rounds."
+            echo
+            echo "| server | hot p50 | hot p99 | hot p99.9 | 10k p50 | 10k p99 | 10k p99.9 |"
+            echo "|---|---:|---:|---:|---:|---:|---:|"
+            for s in "${SERVERS[@]}"; do
+                ((AVAILABLE[$s])) || continue
+                echo "| ${LABEL[$s]} | ${RES[$s,rate-hot,p50]:-?} | ${RES[$s,rate-hot,p99]:-?} | ${RES[$s,rate-hot,p99.9]:-?} | ${RES[$s,rate-distinct,p50]:-?} | ${RES[$s,rate-distinct,p99]:-?} | ${RES[$s,rate-distinct,p99.9]:-?} |"
+            done
+            echo
+        fi
         echo "## Server CPU per request"
         echo
         echo "The server's own CPU time (user + system, its whole process tree, from /proc) during each kept"
