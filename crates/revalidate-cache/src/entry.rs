@@ -306,7 +306,8 @@ impl StoredResponse {
         self.response_time.time()
     }
 
-    /// Its corrected initial age (§4.2.3).
+    /// Its corrected initial age (§4.2.3), which a shared tier keeps beside it.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn initial_age(&self) -> Duration {
         self.initial_age.duration()
     }

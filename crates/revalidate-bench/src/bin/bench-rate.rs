@@ -56,10 +56,15 @@ enum Paths {
 }
 
 fn main() -> ExitCode {
-    let plan = match parse(std::env::args().skip(1).collect()) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let plan = match parse(args) {
         Ok(plan) => plan,
         Err(message) => {
-            eprintln!("bench-rate: {message}\n{USAGE}");
+            eprintln!("bench-rate: {message} (see --help)");
             return ExitCode::from(2);
         }
     };

@@ -1,0 +1,154 @@
+//! `bench-rate` against `bench-bare`: it holds the rate it is given, times every
+//! answer, counts failed ones, and refuses malformed flags with one line.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+
+/// A `bench-bare` on a free port, stopped when dropped.
+struct Bare {
+    child: Child,
+    addr: String,
+}
+
+impl Bare {
+    fn start() -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bench-bare"))
+            .args(["--listen", "127.0.0.1:0", "--objects", "100"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("bench-bare starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("its stdout"))
+            .read_line(&mut line)
+            .expect("it says where it listens");
+        let addr = line
+            .trim()
+            .rsplit("http://")
+            .next()
+            .expect("an address")
+            .to_string();
+        Self { child, addr }
+    }
+}
+
+impl Drop for Bare {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn bench_rate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bench-rate"))
+        .args(args)
+        .output()
+        .expect("bench-rate runs")
+}
+
+/// `bench-rate`'s `key value` lines.
+fn report(output: &Output) -> HashMap<String, f64> {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .filter_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            Some((key.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn the_rate_is_held_and_every_answer_is_timed() {
+    let bare = Bare::start();
+    let paths: [&[&str]; 3] = [
+        &["--path", "/obj/1"],
+        &["--distinct", "100"],
+        &[
+            "--path",
+            "/obj/1",
+            "--header",
+            "If-None-Match: \"obj-1-v1\"",
+        ],
+    ];
+    for path in paths {
+        let mut args = vec![
+            "--target",
+            &bare.addr,
+            "--rate",
+            "2000",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--connections",
+            "4",
+        ];
+        args.extend_from_slice(path);
+        let report = report(&bench_rate(&args));
+        // Due every 500 µs for the one counted second: 2,000 requests, all answered.
+        assert_eq!(report["errors"], 0.0, "{path:?}: {report:?}");
+        assert!(
+            (1999.0..=2001.0).contains(&report["requests"]),
+            "{path:?}: {report:?}"
+        );
+        let [p50, p99, p999, max] = ["p50", "p99", "p99.9", "max"].map(|k| report[k]);
+        assert!(
+            0.0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max,
+            "{path:?}: {report:?}"
+        );
+    }
+}
+
+#[test]
+fn answers_that_are_not_success_count_as_errors() {
+    let bare = Bare::start();
+    let args = [
+        "--target",
+        &bare.addr,
+        "--rate",
+        "500",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0",
+        "--connections",
+        "2",
+        "--path",
+        "/missing",
+    ];
+    let report = report(&bench_rate(&args));
+    assert_eq!(report["requests"], 0.0, "{report:?}");
+    assert!(report["errors"] >= 249.0, "{report:?}");
+}
+
+#[test]
+fn malformed_flags_are_refused_with_one_line() {
+    // Valid flags, then one flag that is wrong (a later flag replaces an earlier one).
+    let valid = ["--target", "127.0.0.1:9", "--rate", "10", "--duration", "1"];
+    let with = |wrong: [&'static str; 2]| [&valid[..], &wrong[..]].concat();
+    let cases = [
+        Vec::new(),
+        vec!["--target", "127.0.0.1:9", "--duration", "1"],
+        with(["--target", "nowhere"]),
+        with(["--rate", "-1"]),
+        with(["--header", "no colon"]),
+        with(["--path", "relative"]),
+        with(["--connections", "0"]),
+    ];
+    for args in &cases {
+        let output = bench_rate(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("bench-rate: ") && stderr.lines().count() == 1,
+            "{args:?}: {stderr}"
+        );
+    }
+}
