@@ -2,7 +2,7 @@
 //! answer, counts failed ones, and refuses malformed flags with one line.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Output, Stdio};
 
 /// A `bench-bare` on a free port, stopped when dropped.
@@ -64,6 +64,25 @@ fn report(output: &Output) -> HashMap<String, f64> {
         .collect()
 }
 
+/// A run of `bench-rate` against `addr` at `rate` per second for `seconds`, on two
+/// connections with no warm-up unless `more` says otherwise (a later flag wins).
+fn run_at(addr: &str, rate: &str, seconds: &str, more: &[&str]) -> HashMap<String, f64> {
+    let mut args = vec![
+        "--target",
+        addr,
+        "--rate",
+        rate,
+        "--duration",
+        seconds,
+        "--warmup",
+        "0",
+        "--connections",
+        "2",
+    ];
+    args.extend_from_slice(more);
+    report(&bench_rate(&args))
+}
+
 #[test]
 fn the_rate_is_held_and_every_answer_is_timed() {
     let bare = Bare::start();
@@ -78,20 +97,9 @@ fn the_rate_is_held_and_every_answer_is_timed() {
         ],
     ];
     for path in paths {
-        let mut args = vec![
-            "--target",
-            &bare.addr,
-            "--rate",
-            "2000",
-            "--duration",
-            "1",
-            "--warmup",
-            "0.2",
-            "--connections",
-            "4",
-        ];
-        args.extend_from_slice(path);
-        let report = report(&bench_rate(&args));
+        let mut more = vec!["--warmup", "0.2", "--connections", "4"];
+        more.extend_from_slice(path);
+        let report = run_at(&bare.addr, "2000", "1", &more);
         // Due every 500 µs for the one counted second: 2,000 requests, all answered.
         assert_eq!(report["errors"], 0.0, "{path:?}: {report:?}");
         assert!(
@@ -109,23 +117,43 @@ fn the_rate_is_held_and_every_answer_is_timed() {
 #[test]
 fn answers_that_are_not_success_count_as_errors() {
     let bare = Bare::start();
-    let args = [
-        "--target",
-        &bare.addr,
-        "--rate",
-        "500",
-        "--duration",
-        "0.5",
-        "--warmup",
-        "0",
-        "--connections",
-        "2",
-        "--path",
-        "/missing",
-    ];
-    let report = report(&bench_rate(&args));
+    let report = run_at(&bare.addr, "500", "0.5", &["--path", "/missing"]);
     assert_eq!(report["requests"], 0.0, "{report:?}");
     assert!(report["errors"] >= 249.0, "{report:?}");
+}
+
+/// A server that answers each connection's first request and closes it, as an
+/// HTTP/1.0 server or an expired keep-alive does.
+fn closing_server() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let addr = listener.local_addr().expect("its address").to_string();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut request = [0u8; 1024];
+                let mut read = 0;
+                while !request[..read].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut request[read..]) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => read += n,
+                    }
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn connections_the_server_closes_are_opened_again_before_the_next_request() {
+    let addr = closing_server();
+    let report = run_at(&addr, "200", "0.5", &["--path", "/"]);
+    // Every connection is closed after its answer, 5 ms before it is used again.
+    assert_eq!(report["errors"], 0.0, "{report:?}");
+    assert!((99.0..=101.0).contains(&report["requests"]), "{report:?}");
 }
 
 #[test]

@@ -188,7 +188,12 @@ fn run(plan: &Plan) -> std::io::Result<String> {
             break;
         }
         if now >= give_up {
-            tally.errors += (waiting.len() + connections.len() - idle.len()) as u64;
+            let unanswered = waiting
+                .iter()
+                .chain(connections.iter().filter_map(|c| c.due.as_ref()));
+            for &due in unanswered {
+                count(&mut tally, due, counted_from, None);
+            }
             break;
         }
         while !waiting.is_empty() {
@@ -211,13 +216,23 @@ fn run(plan: &Plan) -> std::io::Result<String> {
         for event in &events {
             let token = event.token().0;
             let connection = &mut connections[token];
-            let Some(due) = connection.due else { continue };
+            let Some(due) = connection.due else {
+                // An idle connection turns readable when the server closes it:
+                // replaced now, rather than failing the next request sent on it.
+                if !is_open(&mut connection.stream) {
+                    connections[token] = connect(&poll, plan.target, token)?;
+                }
+                continue;
+            };
             match read_response(connection) {
                 Progress::Partial => continue,
-                Progress::Complete => {
+                Progress::Complete { open } => {
                     count(&mut tally, due, counted_from, Some(Instant::now()));
                     connection.due = None;
                     connection.read.clear();
+                    if !open {
+                        connections[token] = connect(&poll, plan.target, token)?;
+                    }
                 }
                 Progress::Failed => {
                     count(&mut tally, due, counted_from, None);
@@ -265,19 +280,34 @@ fn write_request(out: &mut Vec<u8>, plan: &Plan, random: &mut Xorshift) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Whether an idle connection is still open: nothing to read, and no end.
+fn is_open(stream: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(stream.read(&mut byte), Err(e) if e.kind() == ErrorKind::WouldBlock)
+}
+
 enum Progress {
     Partial,
-    Complete,
+    /// The whole response, on a connection the server kept `open` or closed.
+    Complete {
+        open: bool,
+    },
     Failed,
 }
 
 /// Reads what has arrived (until the socket would block: readiness is
-/// edge-triggered) and tells whether the response is whole.
+/// edge-triggered, or until the server closes the connection) and tells whether
+/// the response is whole.
 fn read_response(connection: &mut Connection) -> Progress {
     let mut chunk = [0u8; 16 * 1024];
+    // A server may close the connection right behind its response.
+    let mut open = true;
     loop {
         match connection.stream.read(&mut chunk) {
-            Ok(0) => return Progress::Failed,
+            Ok(0) => {
+                open = false;
+                break;
+            }
             Ok(n) => connection.read.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -288,7 +318,8 @@ fn read_response(connection: &mut Connection) -> Progress {
     let mut response = httparse::Response::new(&mut headers);
     let head_len = match response.parse(&connection.read) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Progress::Partial,
+        Ok(httparse::Status::Partial) if open => return Progress::Partial,
+        Ok(httparse::Status::Partial) => return Progress::Failed,
         Err(_) => return Progress::Failed,
     };
     let status = response.code.unwrap_or(0);
@@ -318,8 +349,9 @@ fn read_response(connection: &mut Connection) -> Progress {
         return Progress::Failed;
     }
     match connection.read.len().cmp(&(head_len + body_len)) {
-        std::cmp::Ordering::Less => Progress::Partial,
-        std::cmp::Ordering::Equal => Progress::Complete,
+        std::cmp::Ordering::Less if open => Progress::Partial,
+        std::cmp::Ordering::Less => Progress::Failed,
+        std::cmp::Ordering::Equal => Progress::Complete { open },
         // Bytes beyond the one response asked for: not HTTP/1.1 as spoken here.
         std::cmp::Ordering::Greater => Progress::Failed,
     }
