@@ -531,6 +531,12 @@ rate_runs() {
                     continue
                 fi
                 : >"$TMP/access.log"
+                {
+                    echo "### $s / $scenario at $RATE_USED req/s (round $round)"
+                    echo '```'
+                    cat "$out"
+                    echo '```'
+                } >>"$TMP/raw.md"
                 for field in p50 p99 p99.9 errors; do
                     RES[$s,rate-$scenario.$round,$field]=$(awk -v f="$field" '$1 == f {print $2}' "$out")
                 done

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
 
 /// A `bench-bare` on a free port, stopped when dropped.
 struct Bare {
@@ -41,6 +42,12 @@ impl Drop for Bare {
 }
 
 fn bench_rate(args: &[&str]) -> Output {
+    // One at a time: each polls without sleeping, and two of them would take
+    // both cores of a small machine from the servers they measure.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     Command::new(env!("CARGO_BIN_EXE_bench-rate"))
         .args(args)
         .output()
@@ -122,9 +129,11 @@ fn answers_that_are_not_success_count_as_errors() {
     assert!(report["errors"] >= 249.0, "{report:?}");
 }
 
-/// A server that answers each connection's first request and closes it, as an
-/// HTTP/1.0 server or an expired keep-alive does.
-fn closing_server() -> String {
+/// A server that answers each connection's first request and closes it: when
+/// `says_so`, it says so (`Connection: close`) and closes 50 ms later, long after
+/// a client that did not listen would have sent its next request; otherwise it
+/// closes at once without a word, as an expired keep-alive does.
+fn closing_server(says_so: bool) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
     let addr = listener.local_addr().expect("its address").to_string();
     std::thread::spawn(move || {
@@ -138,9 +147,21 @@ fn closing_server() -> String {
                         Ok(n) => read += n,
                     }
                 }
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-                );
+                let connection: &[u8] = if says_so {
+                    b"Connection: close\r\n"
+                } else {
+                    b""
+                };
+                let answer = [
+                    &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"[..],
+                    connection,
+                    b"\r\nok",
+                ]
+                .concat();
+                let _ = stream.write_all(&answer);
+                if says_so {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
             });
         }
     });
@@ -148,12 +169,19 @@ fn closing_server() -> String {
 }
 
 #[test]
-fn connections_the_server_closes_are_opened_again_before_the_next_request() {
-    let addr = closing_server();
-    let report = run_at(&addr, "200", "0.5", &["--path", "/"]);
-    // Every connection is closed after its answer, 5 ms before it is used again.
-    assert_eq!(report["errors"], 0.0, "{report:?}");
-    assert!((99.0..=101.0).contains(&report["requests"]), "{report:?}");
+fn a_connection_the_server_closes_is_opened_again_before_the_next_request() {
+    // Said: no request follows on it. Not said: the close arrives while it is
+    // idle (each of the two connections is used every 20 ms) and it is replaced
+    // then; on a loaded machine the close may come later than that.
+    for (says_so, most_errors) in [(true, 0.0), (false, 5.0)] {
+        let addr = closing_server(says_so);
+        let report = run_at(&addr, "100", "1", &["--path", "/"]);
+        assert!(report["errors"] <= most_errors, "{says_so}: {report:?}");
+        assert!(
+            report["requests"] + report["errors"] >= 99.0,
+            "{says_so}: {report:?}"
+        );
+    }
 }
 
 #[test]

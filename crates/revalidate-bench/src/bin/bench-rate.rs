@@ -323,6 +323,19 @@ fn read_response(connection: &mut Connection) -> Progress {
         Err(_) => return Progress::Failed,
     };
     let status = response.code.unwrap_or(0);
+    // A server that says it closes the connection gets no further request on it
+    // (RFC 9112 §9.6), whether or not its close has arrived yet.
+    let says_close = response.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("connection")
+            && h.value
+                .split(|&b| b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+    });
+    let keeps_alive = match response.version {
+        Some(1) => !says_close,
+        // HTTP/1.0 closes unless asked to keep alive, which no request here does.
+        _ => false,
+    };
     // A 304 (and any 1xx or 204) has no body; every other answer here carries a
     // Content-Length (none of the servers compared sends a chunked body to these
     // requests).
@@ -351,7 +364,9 @@ fn read_response(connection: &mut Connection) -> Progress {
     match connection.read.len().cmp(&(head_len + body_len)) {
         std::cmp::Ordering::Less if open => Progress::Partial,
         std::cmp::Ordering::Less => Progress::Failed,
-        std::cmp::Ordering::Equal => Progress::Complete { open },
+        std::cmp::Ordering::Equal => Progress::Complete {
+            open: open && keeps_alive,
+        },
         // Bytes beyond the one response asked for: not HTTP/1.1 as spoken here.
         std::cmp::Ordering::Greater => Progress::Failed,
     }
