@@ -175,6 +175,7 @@ fn run(plan: &Plan) -> std::io::Result<String> {
     let mut tally = Tally::default();
     let mut random = Xorshift(0x9E37_79B9_7F4A_7C15);
     let mut request = Vec::with_capacity(256);
+    let tail = request_tail(plan);
     let mut events = Events::with_capacity(plan.connections);
     // What is still in flight at the end gets this long to finish.
     let give_up = end + Duration::from_secs(2);
@@ -199,7 +200,7 @@ fn run(plan: &Plan) -> std::io::Result<String> {
         while !waiting.is_empty() {
             let Some(token) = idle.pop() else { break };
             let due = waiting.pop_front().expect("not empty");
-            write_request(&mut request, plan, &mut random);
+            write_request(&mut request, plan, &tail, &mut random);
             let connection = &mut connections[token];
             match connection.stream.write(&request) {
                 // An idle connection's send buffer is empty: a request this small
@@ -261,23 +262,29 @@ fn connect(poll: &Poll, target: SocketAddr, token: usize) -> std::io::Result<Con
     })
 }
 
-fn write_request(out: &mut Vec<u8>, plan: &Plan, random: &mut Xorshift) {
+/// Everything of a request after its path: the version, `Host`, the `--header`
+/// fields and the blank line, laid out once.
+fn request_tail(plan: &Plan) -> Vec<u8> {
+    let mut tail = format!(" HTTP/1.1\r\nHost: {}\r\n", plan.target);
+    for header in &plan.headers {
+        tail.push_str(header);
+        tail.push_str("\r\n");
+    }
+    tail.push_str("\r\n");
+    tail.into_bytes()
+}
+
+fn write_request(out: &mut Vec<u8>, plan: &Plan, tail: &[u8], random: &mut Xorshift) {
     out.clear();
     out.extend_from_slice(b"GET ");
     match &plan.paths {
         Paths::One(path) => out.extend_from_slice(path.as_bytes()),
+        // Written into the buffer: no allocation per request.
         Paths::Objects(count) => {
-            out.extend_from_slice(format!("/obj/{}", random.next() % count).as_bytes());
+            let _ = write!(out, "/obj/{}", random.next() % count);
         }
     }
-    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-    out.extend_from_slice(plan.target.to_string().as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for header in &plan.headers {
-        out.extend_from_slice(header.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(tail);
 }
 
 /// Whether an idle connection is still open: nothing to read, and no end.
