@@ -461,6 +461,12 @@ run_wrk() {
 # A latency as wrk prints it (812.00us, 1.02ms, 1.50s), in microseconds.
 micros() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) m = 1; else if (v ~ /ms$/) m = 1e3; else if (v ~ /s$/) m = 1e6; else m = 1; printf "%.3f", n * m }'; }
 
+# median "KEY VALUE"...: the VALUE of the row whose KEY is the median (rows sorted
+# by KEY as numbers; the lower middle one of an even count).
+median() {
+    printf '%s\n' "$@" | sort -g -k1,1 | awk '{ v[NR] = $2 } END { print v[int((NR + 1) / 2)] }'
+}
+
 # summarize NAME SCENARIO: RES[NAME,SCENARIO,FIELD] = the median over the rounds of
 # each field, taken separately (req/s, p50, p99, CPU per request); the interference
 # kept is the worst round's, the attempts are counted over all rounds.
@@ -480,8 +486,7 @@ summarize() {
             RES[$s,$scenario,$field]=$([[ $field == rps ]] && echo failed || echo "?")
             continue
         fi
-        RES[$s,$scenario,$field]=$(printf '%s\n' "${rows[@]}" | sort -g -k1,1 |
-            awk '{ v[NR] = $2 } END { print v[int((NR + 1) / 2)] }')
+        RES[$s,$scenario,$field]=$(median "${rows[@]}")
     done
     local other=0 attempts=0
     for round in $(seq "$ROUNDS"); do
@@ -553,11 +558,10 @@ rate_runs() {
                 rows=()
                 for round in $(seq "$ROUNDS"); do
                     v=${RES[$s,rate-$scenario.$round,$field]:-}
-                    [[ -n $v ]] && rows+=("$v")
+                    [[ -n $v ]] && rows+=("$v $v")
                 done
                 ((${#rows[@]})) || continue
-                RES[$s,rate-$scenario,$field]=$(printf '%s\n' "${rows[@]}" | sort -g |
-                    awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+                RES[$s,rate-$scenario,$field]=$(median "${rows[@]}")
             done
         done
     done
