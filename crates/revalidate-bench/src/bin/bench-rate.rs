@@ -177,6 +177,9 @@ fn run(plan: &Plan) -> std::io::Result<String> {
     let mut request = Vec::with_capacity(256);
     let tail = request_tail(plan);
     let mut events = Events::with_capacity(plan.connections);
+    // Where reads land before they join their response: one buffer for the run,
+    // not one zeroed per readable event.
+    let mut chunk = vec![0u8; 16 * 1024];
     // What is still in flight at the end gets this long to finish.
     let give_up = end + Duration::from_secs(2);
     loop {
@@ -225,7 +228,7 @@ fn run(plan: &Plan) -> std::io::Result<String> {
                 }
                 continue;
             };
-            match read_response(connection) {
+            match read_response(connection, &mut chunk) {
                 Progress::Partial => continue,
                 Progress::Complete { open } => {
                     count(&mut tally, due, counted_from, Some(Instant::now()));
@@ -302,15 +305,14 @@ enum Progress {
     Failed,
 }
 
-/// Reads what has arrived (until the socket would block: readiness is
-/// edge-triggered, or until the server closes the connection) and tells whether
-/// the response is whole.
-fn read_response(connection: &mut Connection) -> Progress {
-    let mut chunk = [0u8; 16 * 1024];
+/// Reads what has arrived, through `chunk` (until the socket would block:
+/// readiness is edge-triggered, or until the server closes the connection), and
+/// tells whether the response is whole.
+fn read_response(connection: &mut Connection, chunk: &mut [u8]) -> Progress {
     // A server may close the connection right behind its response.
     let mut open = true;
     loop {
-        match connection.stream.read(&mut chunk) {
+        match connection.stream.read(chunk) {
             Ok(0) => {
                 open = false;
                 break;
