@@ -1,6 +1,7 @@
 //! The cache handle: configuration, store, routes, counters and purges.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tower_layer::Layer;
 
@@ -79,6 +80,7 @@ impl<St: Store> CacheBuilder<St> {
                 clock: self.clock,
                 log: Arc::new(InvalidationLog::new(self.config.invalidation_horizon)),
                 coalescer: Arc::default(),
+                retired: AtomicBool::new(false),
                 stats: Arc::default(),
                 traffic: RouteTraffic::new(routes),
                 config: self.config,
@@ -233,7 +235,11 @@ impl<St: Store> Cache<St> {
     /// would be found under the wrong key, or missed by the new invalidations: the
     /// new cache purges them (through the shared log, so a response still being
     /// fetched under the old recipe is not stored after it) before it is returned.
-    /// Returns the new cache and the number of keys that purge touched.
+    /// This cache then stores nothing more, so that a request it still serves
+    /// cannot store under the old recipe after the purge; and the new cache gets
+    /// coalescing of its own, so that none of its requests is answered by a fetch
+    /// made under the old recipe. Returns the new cache and the number of keys
+    /// that purge touched.
     ///
     /// ```
     /// use revalidate_cache::{Cache, CacheConfig, MemoryStore, Routes};
@@ -250,6 +256,10 @@ impl<St: Store> Cache<St> {
         St: Store + Clone,
     {
         let changed = self.shared.routes.changed_keys(&routes);
+        if changed.is_some() {
+            // Before the purge is recorded: a store that checks after it sees this.
+            self.shared.retired.store(true, Ordering::Release);
+        }
         let traffic = RouteTraffic::new(routes.len());
         let next = Cache {
             shared: Arc::new(Shared {
@@ -257,7 +267,11 @@ impl<St: Store> Cache<St> {
                 routes,
                 clock: self.shared.clock.clone(),
                 log: self.shared.log.clone(),
-                coalescer: self.shared.coalescer.clone(),
+                coalescer: match changed {
+                    Some(_) => Arc::default(),
+                    None => self.shared.coalescer.clone(),
+                },
+                retired: AtomicBool::new(false),
                 stats: self.shared.stats.clone(),
                 traffic,
                 config,

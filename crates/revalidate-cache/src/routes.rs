@@ -246,6 +246,12 @@ pub struct RoutePolicy {
     pub allow_set_cookie: bool,
     /// Whether the proxy adds a content ETag to responses that have none.
     pub add_etag: bool,
+    /// What the [`KeyPart`] that a layer in front of the cache adds to the
+    /// route's requests is made from (for `revalidate serve`, the version
+    /// counter's template). The cache does not key by it, only compares it: a
+    /// [`Cache::reconfigured`](crate::Cache::reconfigured) that changes it drops
+    /// the route's entries, as for any other change of the key recipe.
+    pub key_part: Option<String>,
 }
 
 impl RoutePolicy {
@@ -409,6 +415,7 @@ fn same_keys(a: &RoutePolicy, b: &RoutePolicy) -> bool {
         && a.query == b.query
         && a.user_scope == b.user_scope
         && a.tags == b.tags
+        && a.key_part == b.key_part
 }
 
 #[cfg(test)]
@@ -485,8 +492,12 @@ mod tests {
             plain.clone(),
         );
         assert_eq!(prefixes(&same), None);
-        // A key header, or tags, on one route: that route's paths.
-        for changed in [by_lang.clone(), tagged] {
+        let versioned = RoutePolicy {
+            key_part: Some("user:{id}".into()),
+            ..RoutePolicy::default()
+        };
+        // A key header, tags, or a key part, on one route: that route's paths.
+        for changed in [by_lang.clone(), tagged, versioned] {
             let next = Routes::new(
                 vec![
                     route("/users/{id}", changed),

@@ -3,6 +3,7 @@
 //! steps to [`Shared`] in `impl` blocks of their own; nothing here depends on them.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::clock::Clock;
@@ -44,8 +45,13 @@ pub(crate) struct Shared<St> {
     /// Shared with the caches that [`Cache::reconfigured`](crate::Cache::reconfigured)
     /// makes: a purge recorded by one refuses the fetches of every generation.
     pub(crate) log: Arc<InvalidationLog>,
-    /// Shared likewise: a miss in flight under one generation is joined by the next.
+    /// Shared likewise: a miss in flight under one generation is joined by the
+    /// next, unless a key recipe changed between them.
     pub(crate) coalescer: Arc<Coalescer>,
+    /// Set when a reconfiguration changed a key recipe or tags: from then on this
+    /// cache stores nothing, since it would key (or tag) by the old recipe; its
+    /// requests in flight are still answered.
+    pub(crate) retired: AtomicBool,
     /// Shared likewise: the counters go on across reloads.
     pub(crate) stats: Arc<Stats>,
     /// Per route of `routes`: made afresh with them.

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::HeaderName;
-use revalidate_cache::{Pattern, Purge, Route, RoutePolicy, Routes, Store, Template};
+use revalidate_cache::{CacheConfig, Pattern, Purge, Route, RoutePolicy, Routes, Store, Template};
 use support::{Harness, Origin, response, send};
+use tower::Layer;
 
 async fn burst(
     h: &Harness,
@@ -432,4 +433,40 @@ async fn purged_urls_are_normalized_like_keys() {
     assert_eq!(h.cache.purge(&Purge::urls(["/a/%7euser"])).await, 1);
     h.get("/b/~x/1", &[]).await;
     assert_eq!(h.cache.purge(&Purge::prefixes(["/b/%7Ex/"])).await, 1);
+}
+
+/// After a reconfiguration that changes a route's key recipe or tags, a
+/// request the old configuration still serves (it arrived before the swap)
+/// stores nothing: it would be stored by the old recipe, where the new
+/// configuration's purges do not find it. Here the new recipe tags `/items/{id}`
+/// with `item:{id}`; an untagged entry stored after the reconfiguration would
+/// outlive the purge of its tag and be served stale.
+#[tokio::test]
+async fn a_cache_whose_key_recipe_changed_stores_nothing_more() {
+    let routes = |tags: &[&str]| {
+        let route = Route {
+            pattern: Pattern::parse("/items/{id}").unwrap(),
+            policy: RoutePolicy {
+                tags: tags.iter().map(|t| Template::parse(t).unwrap()).collect(),
+                ..RoutePolicy::default()
+            },
+            on_write: vec![],
+        };
+        Routes::new(vec![route], RoutePolicy::default())
+    };
+    let h = Harness::with_routes(
+        Origin::new(|_, n| response(200, &[("cache-control", "max-age=600")], &format!("v{n}"))),
+        routes(&[]),
+    );
+    let (next, _) = h
+        .cache
+        .reconfigured(routes(&["item:{id}"]), CacheConfig::default())
+        .await;
+    let old = h.get("/items/1", &[]).await;
+    assert_eq!(old.body, "v1", "the old configuration still answers");
+    next.purge(&Purge::tags(["item:1"])).await;
+    let upstream = tower::util::BoxCloneSyncService::new(h.origin.service());
+    let new_service = next.layer().layer(upstream);
+    let after_purge = send(&new_service, "GET", "/items/1", &[]).await;
+    assert_eq!(after_purge.body, "v2", "{}", after_purge.cache_status());
 }

@@ -3,6 +3,7 @@
 //! storing what may be stored.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -554,6 +555,13 @@ impl<St: Store> Shared<St> {
         // again); nothing purged gets in (checked below, under the lock).
         let existing = self.store.get(primary).await;
         let guard = self.log.lock().await;
+        if self.retired.load(Ordering::Acquire) {
+            tracing::debug!(
+                path = entry.path(),
+                "not stored: the configuration changed the key recipe"
+            );
+            return false;
+        }
         if guard.invalidated_since(ticket, entry.path(), entry.tags()) {
             tracing::debug!(
                 path = entry.path(),

@@ -63,14 +63,14 @@ struct LiveInner {
     load: Box<Loader>,
     /// One reload at a time, so two cannot interleave their purges and swaps.
     reloading: tokio::sync::Mutex<()>,
+    /// The configuration the process started with: what the settings that only a
+    /// restart applies are still at, whatever reloads asked for since.
+    started: ServeConfig,
 }
 
 #[derive(Clone)]
 struct Current {
     proxy: Proxy,
-    /// Kept to tell which changes need a restart; shared, as each connection's
-    /// first request copies the current state.
-    config: Arc<ServeConfig>,
 }
 
 impl std::fmt::Debug for Live {
@@ -109,13 +109,11 @@ impl Live {
         Self {
             inner: Arc::new(LiveInner {
                 generation: AtomicU64::new(0),
-                current: RwLock::new(Current {
-                    proxy,
-                    config: Arc::new(config),
-                }),
+                current: RwLock::new(Current { proxy }),
                 limits,
                 load: Box::new(load),
                 reloading: tokio::sync::Mutex::new(()),
+                started: config,
             }),
         }
     }
@@ -157,11 +155,37 @@ impl Live {
 
     /// Reads the configuration again and puts it in force, or refuses it (with
     /// the reason) and keeps the running one.
+    ///
+    /// The reload runs to its end on a task of its own, even when the caller
+    /// stops waiting (an admin client that disconnects): stopped halfway, it
+    /// would have taken the new certificate and not the new configuration.
     pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        self.spawned(false).await
+    }
+
+    /// [`Live::reload`], logged: one line either way.
+    pub async fn reload_logged(&self) -> Result<Reloaded, ReloadError> {
+        self.spawned(true).await
+    }
+
+    async fn spawned(&self, logged: bool) -> Result<Reloaded, ReloadError> {
+        let live = self.clone();
+        let task = tokio::spawn(async move {
+            let result = live.reload_now().await;
+            if logged {
+                log(&result);
+            }
+            result
+        });
+        task.await
+            .unwrap_or_else(|error| Err(ReloadError(format!("the reload failed: {error}"))))
+    }
+
+    async fn reload_now(&self) -> Result<Reloaded, ReloadError> {
         let _one = self.inner.reloading.lock().await;
         let Loaded { config, upstream } = (self.inner.load)().map_err(ReloadError)?;
         let current = self.current();
-        let needs_restart = restart_only_changes(&current.config, &config);
+        let needs_restart = restart_only_changes(&self.inner.started, &config);
         let (proxy, dropped) = current.proxy.reconfigured(&config, upstream).await;
         self.inner
             .limits
@@ -170,10 +194,7 @@ impl Live {
             .inner
             .current
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = Current {
-            proxy,
-            config: Arc::new(config),
-        };
+            .unwrap_or_else(PoisonError::into_inner) = Current { proxy };
         let generation = self.inner.generation.fetch_add(1, Ordering::AcqRel) + 1;
         metrics::counter!("revalidate_config_reloads_total").increment(1);
         Ok(Reloaded {
@@ -182,29 +203,29 @@ impl Live {
             needs_restart,
         })
     }
+}
 
-    /// [`Live::reload`], logged: one line either way.
-    pub async fn reload_logged(&self) -> Result<Reloaded, ReloadError> {
-        let result = self.reload().await;
-        match &result {
-            Ok(done) => tracing::info!(
-                generation = done.generation,
-                dropped = done.dropped,
-                needs_restart = ?done.needs_restart,
-                "configuration reloaded"
-            ),
-            Err(error) => {
-                metrics::counter!("revalidate_config_reload_failures_total").increment(1);
-                tracing::error!("{error}");
-            }
+/// One line for a reload's outcome.
+fn log(result: &Result<Reloaded, ReloadError>) {
+    match result {
+        Ok(done) => tracing::info!(
+            generation = done.generation,
+            dropped = done.dropped,
+            needs_restart = ?done.needs_restart,
+            "configuration reloaded"
+        ),
+        Err(error) => {
+            metrics::counter!("revalidate_config_reload_failures_total").increment(1);
+            tracing::error!("{error}");
         }
-        result
     }
 }
 
-/// The settings of `old` that differ in `new` and that only a restart applies:
-/// the store is made once (its memory budget and its Redis connection).
-fn restart_only_changes(old: &ServeConfig, new: &ServeConfig) -> Vec<&'static str> {
+/// The settings whose values in `new` differ from those the process started
+/// with (`started`) and that only a restart applies: the store is made once (its
+/// memory budget and its Redis connection).
+fn restart_only_changes(started: &ServeConfig, new: &ServeConfig) -> Vec<&'static str> {
+    let old = started;
     let mut changed = Vec::new();
     if old.max_bytes != new.max_bytes {
         changed.push("[cache] max_bytes");
@@ -258,5 +279,58 @@ impl Service<Request<Body>> for LiveService {
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         self.service.call(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn live(next_max_bytes: u64) -> Live {
+        let config = ServeConfig::default();
+        let upstream = UpstreamClient::new("http://127.0.0.1:9", &config).unwrap();
+        let (proxy, _) = super::super::proxy(&config, upstream).unwrap();
+        let limits = ClientLimits::new(&config.client);
+        Live::new(proxy, config, limits, move || {
+            let config = ServeConfig {
+                max_bytes: next_max_bytes,
+                ..ServeConfig::default()
+            };
+            let upstream =
+                UpstreamClient::new("http://127.0.0.1:9", &config).map_err(|e| e.to_string())?;
+            Ok(Loaded { config, upstream })
+        })
+    }
+
+    /// A caller that stops waiting (an admin client gone) does not stop the
+    /// reload halfway: it is done all the same.
+    #[tokio::test]
+    async fn a_reload_whose_caller_stops_waiting_still_completes() {
+        let live = live(ServeConfig::default().max_bytes);
+        let busy = live.inner.reloading.lock().await;
+        let abandoned = tokio::time::timeout(Duration::from_millis(20), live.reload()).await;
+        assert!(abandoned.is_err(), "it waits for the reload in progress");
+        drop(busy);
+        for _ in 0..100 {
+            if live.generation() == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the abandoned reload was never done");
+    }
+
+    /// A memory budget changed in the file stays pending (the store keeps the
+    /// one it was made with) for every reload until a restart, not only the
+    /// first.
+    #[tokio::test]
+    async fn a_change_that_needs_a_restart_is_reported_until_one() {
+        let live = live(512 << 20);
+        for generation in 1..=2 {
+            let reloaded = live.reload().await.unwrap();
+            assert_eq!(reloaded.generation, generation);
+            assert_eq!(reloaded.needs_restart, ["[cache] max_bytes"]);
+        }
     }
 }
