@@ -59,9 +59,15 @@ impl Server {
         else {
             return Err(invalid());
         };
+        // `http` takes any text after the host's colon and reads no port from text
+        // that is not one, and the connector then dials the scheme's default port:
+        // a mistyped port is refused here instead.
+        let port_text = &authority.as_str()[authority.host().len()..];
+        let port_ok = port_text.is_empty() || authority.port_u16().is_some_and(|port| port != 0);
         if (scheme != Scheme::HTTP && scheme != Scheme::HTTPS)
             || authority.as_str().contains('@')
             || uri.query().is_some()
+            || !port_ok
         {
             return Err(invalid());
         }
@@ -332,10 +338,28 @@ mod tests {
 
     #[test]
     fn upstream_urls() {
-        for good in ["http://a:1", "https://a", "http://a:1/base/"] {
+        for good in [
+            "http://a:1",
+            "https://a",
+            "http://a:1/base/",
+            "http://[::1]:8080",
+            "http://[::1]",
+            "http://a:65535",
+        ] {
             assert!(Server::parse(good).is_ok(), "{good}");
         }
-        for bad in ["ftp://a", "a:1", "http://u@a", "http://a/?q", "/path"] {
+        for bad in [
+            "ftp://a",
+            "a:1",
+            "http://u@a",
+            "http://a/?q",
+            "/path",
+            "http://a:99999",
+            "http://a:5OOO",
+            "http://a:",
+            "http://a:0",
+            "http://[::1]:x",
+        ] {
             assert!(Server::parse(bad).is_err(), "{bad}");
         }
         let server = Server::parse("https://api.example:8443/v1/").unwrap();
