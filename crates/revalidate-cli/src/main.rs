@@ -295,6 +295,7 @@ fn serve_config(args: &ServeArgs) -> Result<serve::ServeConfig, UsageError> {
     if let Some(ca) = args.upstream_ca.clone() {
         config.upstream.ca_file = Some(ca);
     }
+    config.client.tls = args.tls_cert.is_some();
     let servers: Vec<String> = args
         .upstream
         .iter()

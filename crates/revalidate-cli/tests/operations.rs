@@ -41,9 +41,17 @@ fn counting_origin(seen: Seen) -> Router {
         tokio::time::sleep(Duration::from_millis(600)).await;
         ([("cache-control", "no-store")], "slow")
     }
+    async fn proto(headers: http::HeaderMap) -> impl IntoResponse {
+        let proto = headers
+            .get("x-forwarded-proto")
+            .map_or("none", |v| v.to_str().unwrap_or("invalid"))
+            .to_string();
+        ([("cache-control", "no-store")], proto)
+    }
     Router::new()
         .route("/items/{id}", get(item))
         .route("/slow", get(slow))
+        .route("/proto", get(proto))
         .with_state(seen)
 }
 
@@ -598,6 +606,11 @@ async fn tls_to_clients_and_to_the_upstream() {
     let (again, _) = https_get(addr, "/items/7", &ca).await;
     assert!(hit(&again), "{}", cache_status(&again));
     assert_eq!(seen.lock().unwrap()["/items/7"], 1);
+    let (proto, _) = https_get(addr, "/proto", &ca).await;
+    assert_eq!(
+        proto.body, "https",
+        "the upstream learns that clients came over TLS"
+    );
 
     // A renewed certificate, from another authority, put in force by SIGHUP;
     // the stored entries stay.

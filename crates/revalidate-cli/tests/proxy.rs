@@ -913,6 +913,40 @@ fn completions_and_the_man_page() {
     assert!(page.contains("serve"), "subcommands are listed");
 }
 
+/// A list field sent on several lines is one list (RFC 9110 §5.3): the proxy
+/// appends itself to `Via` and the peer to `X-Forwarded-For` after every earlier
+/// member, and forwards the one request id it logs, not a second one that the
+/// application's server would join to it.
+#[tokio::test]
+async fn list_fields_on_several_lines_keep_every_member() {
+    let (origin, proxy, _o, _) = start("").await;
+    request(
+        proxy,
+        "GET",
+        "/lists",
+        &[
+            ("via", "1.0 first"),
+            ("via", "1.1 second"),
+            ("x-forwarded-for", "192.0.2.1"),
+            ("x-forwarded-for", "192.0.2.2"),
+            ("x-request-id", "id-one"),
+            ("x-request-id", "id-two"),
+        ],
+    )
+    .await;
+    let (_, headers) = origin.requests().pop().unwrap();
+    let all = |name: &str| -> Vec<String> {
+        headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(all("via"), ["1.0 first, 1.1 second, 1.1 revalidate"]);
+    assert_eq!(all("x-forwarded-for"), ["192.0.2.1, 192.0.2.2, 127.0.0.1"]);
+    assert_eq!(all("x-request-id"), ["id-one"]);
+}
+
 /// An HTTP/1.0 upstream: the client still gets HTTP/1.1 and keeps its
 /// connection, and both directions carry `Via` (RFC 9110 §7.6.3).
 #[tokio::test]

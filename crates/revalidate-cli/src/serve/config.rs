@@ -62,6 +62,13 @@ impl Default for CacheSection {
     }
 }
 
+/// The longest timeout, interval or lease the configuration takes.
+const MAX_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The longest freshness or stale window a route sets: the largest delta-seconds
+/// a cache has to keep (RFC 9111 §1.2.2), which `max-age` cannot exceed either.
+const MAX_LIFETIME: Duration = Duration::from_secs(1 << 31);
+
 /// Client connections served at once when `[client] max_connections` is unset and
 /// the file limit allows it.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -102,6 +109,10 @@ pub struct ClientSection {
     /// as `X-Forwarded-Host`, so a spelling the proxy does not know would reach the
     /// application.
     pub forward_underscored_headers: bool,
+    /// Whether clients reach the proxy over TLS (`--tls-cert`), which forwarded
+    /// requests state as `X-Forwarded-Proto: https`. Not read from the file.
+    #[serde(skip)]
+    pub tls: bool,
 }
 
 impl Default for ClientSection {
@@ -114,6 +125,7 @@ impl Default for ClientSection {
             max_connections: None,
             drain_timeout: Duration::from_secs(30),
             forward_underscored_headers: false,
+            tls: false,
         }
     }
 }
@@ -443,7 +455,11 @@ pub fn parse(text: &str, file: &str) -> Result<ServeConfig, ConfigError> {
             "[defaults] applies to every unmatched path and takes no `path`".into(),
         ));
     }
+    // Every wait and interval, bounded below (a zero timeout fails every request,
+    // a zero interval stops the health checker) and above: deadlines are computed
+    // by adding to the clock, and a bound keeps every sum in range.
     for (name, value) in [
+        ("[cache] coalesce_timeout", raw.cache.coalesce_timeout),
         ("[client] header_timeout", raw.client.header_timeout),
         ("[client] keepalive_timeout", raw.client.keepalive_timeout),
         ("[client] body_timeout", raw.client.body_timeout),
@@ -458,19 +474,30 @@ pub fn parse(text: &str, file: &str) -> Result<ServeConfig, ConfigError> {
             raw.upstream
                 .health
                 .as_ref()
-                .map_or(Duration::MAX, |h| h.interval),
+                .map_or(Duration::from_secs(1), |h| h.interval),
         ),
         (
             "[upstream.health] timeout",
             raw.upstream
                 .health
                 .as_ref()
-                .map_or(Duration::MAX, |h| h.timeout),
+                .map_or(Duration::from_secs(1), |h| h.timeout),
         ),
+        ("[redis] timeout", raw.redis.timeout),
+        ("[redis] lease", raw.redis.lease),
     ] {
         if value.is_zero() {
             return Err(error_at(0, format!("{name} must be longer than 0s")));
         }
+        if value > MAX_WAIT {
+            return Err(error_at(0, format!("{name} must be at most 365d")));
+        }
+    }
+    if raw.client.drain_timeout > MAX_WAIT {
+        return Err(error_at(
+            0,
+            "[client] drain_timeout must be at most 365d".into(),
+        ));
     }
     if raw.upstream.max_fails == 0 {
         return Err(error_at(
@@ -479,12 +506,13 @@ pub fn parse(text: &str, file: &str) -> Result<ServeConfig, ConfigError> {
         ));
     }
     if let Some(health) = &raw.upstream.health
-        && !health.path.starts_with('/')
+        && (!health.path.starts_with('/')
+            || health.path.parse::<http::uri::PathAndQuery>().is_err())
     {
         return Err(error_at(
             0,
             format!(
-                "[upstream.health] path {:?} must start with '/'",
+                "[upstream.health] path {:?} must be a path starting with '/' (percent-encode spaces and the like)",
                 health.path
             ),
         ));
@@ -644,6 +672,19 @@ fn policy(
         }
         None => None,
     };
+    for (name, value) in [
+        ("default_ttl", section.default_ttl),
+        ("stale_while_revalidate", section.stale_while_revalidate),
+        ("stale_if_error", section.stale_if_error),
+    ] {
+        if value.is_some_and(|v| v > MAX_LIFETIME) {
+            let at = section.path.as_ref().map_or(0, |p| p.span().start);
+            return Err(error_at(
+                at,
+                format!("{name} must be at most 2147483648s (RFC 9111's longest delta-seconds)"),
+            ));
+        }
+    }
     Ok(RoutePolicy {
         bypass: section.bypass,
         cache_control,
@@ -672,6 +713,9 @@ fn policy(
             .collect::<Result<_, _>>()?,
         allow_set_cookie: section.allow_set_cookie,
         add_etag: section.add_etag,
+        // The version counter is part of the key (`versioned`): a new template
+        // must drop what was stored under the old one.
+        key_part: section.version.as_ref().map(|v| v.get_ref().clone()),
     })
 }
 
@@ -778,5 +822,65 @@ mod tests {
         let e = error("[upstream]\ntimeout = \"soon\"\n");
         assert_eq!(e.line, 2);
         assert!(e.to_string().starts_with("test.toml:2:"), "{e}");
+    }
+
+    /// A health check's path that is not one would make every probe fail, and
+    /// every server look down.
+    #[test]
+    fn a_health_path_must_be_a_path() {
+        for bad in ["health", "/health check", "/health\\t"] {
+            let e = error(&format!("[upstream.health]\npath = \"{bad}\"\n"));
+            assert!(e.reason.contains("must be a path"), "{bad}: {e}");
+        }
+        assert!(
+            parse(
+                "[upstream.health]\npath = \"/health%20check?full=1\"\n",
+                "t"
+            )
+            .is_ok()
+        );
+    }
+
+    /// A wait of zero, or one so long that a deadline computed from it would not
+    /// fit the clock, is refused for every setting instead of failing (or
+    /// panicking) at run time.
+    #[test]
+    fn every_wait_is_bounded_on_both_sides() {
+        let longest = "10000000000000000000s";
+        for (section, name) in [
+            ("cache", "coalesce_timeout"),
+            ("client", "header_timeout"),
+            ("client", "keepalive_timeout"),
+            ("client", "body_timeout"),
+            ("client", "send_timeout"),
+            ("upstream", "timeout"),
+            ("upstream", "connect_timeout"),
+            ("upstream", "idle_timeout"),
+            ("upstream", "body_timeout"),
+            ("upstream", "fail_timeout"),
+            ("upstream.health", "interval"),
+            ("upstream.health", "timeout"),
+            ("redis", "timeout"),
+            ("redis", "lease"),
+        ] {
+            for (value, reason) in [("0s", "longer than 0s"), (longest, "at most 365d")] {
+                let e = error(&format!("[{section}]\n{name} = \"{value}\"\n"));
+                assert!(e.reason.contains(reason), "{section} {name} = {value}: {e}");
+            }
+            let text = format!("[{section}]\n{name} = \"365d\"\n");
+            assert!(parse(&text, "t").is_ok(), "{text}");
+        }
+        let e = error(&format!("[client]\ndrain_timeout = \"{longest}\"\n"));
+        assert!(e.reason.contains("at most 365d"), "{e}");
+        assert!(parse("[client]\ndrain_timeout = \"0s\"\n", "t").is_ok());
+        for name in ["default_ttl", "stale_while_revalidate", "stale_if_error"] {
+            let e = error(&format!(
+                "[[routes]]\npath = \"/a\"\n{name} = \"{longest}\"\n"
+            ));
+            assert!(e.reason.contains("2147483648s"), "{name}: {e}");
+            assert_eq!(e.line, 2, "{name}");
+            let text = format!("[defaults]\n{name} = \"68y\"\n");
+            assert!(parse(&text, "t").is_ok(), "{text}");
+        }
     }
 }

@@ -92,6 +92,8 @@ struct UpstreamInner {
     settings: UpstreamSection,
     client_body_timeout: Duration,
     forward_underscored_headers: bool,
+    /// `X-Forwarded-Proto`: the scheme clients reach the proxy by.
+    forwarded_proto: HeaderValue,
 }
 
 /// Why the upstream client cannot be made.
@@ -176,6 +178,11 @@ impl UpstreamClient {
                 settings: config.upstream.clone(),
                 client_body_timeout: config.client.body_timeout,
                 forward_underscored_headers: config.client.forward_underscored_headers,
+                forwarded_proto: HeaderValue::from_static(if config.client.tls {
+                    "https"
+                } else {
+                    "http"
+                }),
             }),
             peer: None,
         })
@@ -255,7 +262,7 @@ impl Service<Request<Body>> for UpstreamClient {
         }
         parts.headers.insert(
             HeaderName::from_static("x-forwarded-proto"),
-            HeaderValue::from_static("http"),
+            self.inner.forwarded_proto.clone(),
         );
         // Append the peer's address, as nginx's $proxy_add_x_forwarded_for does: only
         // the last entry is this proxy's word, earlier ones are the client's.
@@ -266,28 +273,24 @@ impl Service<Request<Body>> for UpstreamClient {
                 .map(|ConnectInfo(peer)| *peer)
         });
         if let Some(peer) = peer {
-            let forwarded_for = match parts
-                .headers
-                .get(&X_FORWARDED_FOR)
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(previous) => format!("{previous}, {}", peer.ip()),
-                None => peer.ip().to_string(),
-            };
-            if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-                parts.headers.insert(X_FORWARDED_FOR.clone(), value);
-            }
+            append_to_list(&mut parts.headers, &X_FORWARDED_FOR, &peer.ip().to_string());
         }
         append_via(&mut parts.headers, parts.version, &self.inner.settings.via);
-        // Every forwarded request has an id: the client's when usable, else a
-        // new one, which the response carries back for the access log.
-        let sent = parts.headers.get(&super::access_log::X_REQUEST_ID);
+        // Every forwarded request has one id, the one the access log shows: the
+        // client's first when usable, else a new one, which the response carries
+        // back for the log.
+        let id = &super::access_log::X_REQUEST_ID;
+        let sent = parts.headers.get(id);
         let made = (!sent.is_some_and(super::access_log::usable_id))
             .then(|| super::access_log::request_id(None));
-        if let Some(id) = &made {
-            parts
-                .headers
-                .insert(super::access_log::X_REQUEST_ID.clone(), id.clone());
+        let kept = match &made {
+            Some(made) => Some(made.clone()),
+            // Later lines would be joined to it by the application's server.
+            None if parts.headers.get_all(id).iter().nth(1).is_some() => sent.cloned(),
+            None => None,
+        };
+        if let Some(kept) = kept {
+            parts.headers.insert(id.clone(), kept);
         }
         parts.version = http::Version::HTTP_11;
         let inner = self.inner.clone();
@@ -316,13 +319,29 @@ fn append_via(headers: &mut http::HeaderMap, received: http::Version, pseudonym:
         http::Version::HTTP_3 => "3",
         _ => "1.1",
     };
-    let hop = format!("{protocol} {pseudonym}");
-    let value = match headers.get(http::header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {hop}"),
-        None => hop,
-    };
-    if let Ok(value) = HeaderValue::from_str(&value) {
-        headers.insert(http::header::VIA, value);
+    append_to_list(
+        headers,
+        &http::header::VIA,
+        &format!("{protocol} {pseudonym}"),
+    );
+}
+
+/// Appends `member` to the list field `name`, whose field lines (any number)
+/// are one comma-separated list (RFC 9110 §5.3): every earlier member stays, in
+/// order, and the field becomes one line.
+fn append_to_list(headers: &mut http::HeaderMap, name: &HeaderName, member: &str) {
+    let mut list = Vec::new();
+    for line in headers.get_all(name) {
+        let line = line.as_bytes().trim_ascii();
+        if !line.is_empty() {
+            list.extend_from_slice(line);
+            list.extend_from_slice(b", ");
+        }
+    }
+    list.extend_from_slice(member.as_bytes());
+    // Each line was a valid field value, and so is their join.
+    if let Ok(value) = HeaderValue::from_bytes(&list) {
+        headers.insert(name.clone(), value);
     }
 }
 
