@@ -455,3 +455,35 @@ async fn writes_survive_an_origin_that_closes_idle_connections() {
         &failures[..failures.len().min(3)]
     );
 }
+
+/// A large upload at the client's own pace is not the upstream's delay: the
+/// upstream's `timeout` runs from the last piece of the body it took, so the
+/// request is answered and the server is not counted as failing.
+#[tokio::test]
+async fn a_slow_upload_is_not_an_upstream_timeout() {
+    let (origin, _) = recording_origin().await;
+    let config = "[client]\nbody_timeout = \"2s\"\n\
+                  [upstream]\ntimeout = \"500ms\"\nmax_fails = 1\nretry_body_bytes = \"1 KiB\"\n";
+    let proxy = start_proxy(config, origin).await;
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    let piece = [b'x'; 4096];
+    let head = format!(
+        "POST /q HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+        piece.len() * 8
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // 1.6 s in all, three times the upstream's timeout.
+    for _ in 0..8 {
+        stream.write_all(&piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut reply = vec![0; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply[..n]);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let after = get(proxy, "/q?a=after", &[]).await;
+    assert_eq!(after.status, 200, "the server is still in the rotation");
+}

@@ -368,6 +368,93 @@ enum Outgoing {
     Streamed(Body),
 }
 
+/// How far a streamed request body has gone: the upstream's `timeout` is the
+/// time it takes to answer once it has the whole request, so an upload at the
+/// client's pace (bounded by the client's `body_timeout` between pieces) does
+/// not count against it, while an upstream that stops reading the body does.
+#[derive(Debug)]
+struct Upload {
+    /// When the upstream last took a piece of the body (or its end).
+    progress: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Upload {
+    /// The deadline for the response head: `timeout` after the last progress of
+    /// the body (which, for a body sent whole, is its end).
+    fn deadline(&self, timeout: Duration) -> tokio::time::Instant {
+        *self
+            .progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            + timeout
+    }
+
+    fn advanced(&self) {
+        *self
+            .progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = tokio::time::Instant::now();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that records its [`Upload`]'s progress as it is sent.
+    struct Uploading<B> {
+        #[pin]
+        inner: B,
+        upload: Arc<Upload>,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Uploading<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if polled.is_ready() {
+            this.upload.advanced();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Waits for `sent` until `timeout` has passed since the request was sent
+/// whole (`deadline` for a held body, which is sent at once; for a streamed one,
+/// [`Upload::deadline`] as the body goes); `None` when it has.
+async fn within_timeout<F: Future>(
+    sent: F,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+    upload: Option<&Upload>,
+) -> Option<F::Output> {
+    let Some(upload) = upload else {
+        return tokio::time::timeout_at(deadline, sent).await.ok();
+    };
+    tokio::pin!(sent);
+    loop {
+        let deadline = upload.deadline(timeout).max(deadline);
+        match tokio::time::timeout_at(deadline, &mut sent).await {
+            Ok(output) => return Some(output),
+            // The body moved on meanwhile: the wait starts again from there.
+            Err(_) if upload.deadline(timeout) > tokio::time::Instant::now() => {}
+            Err(_) => return None,
+        }
+    }
+}
+
 /// Most tries of one request: one more server after a failure, two when there
 /// are three or more (so that one server down and one going down do not fail a
 /// request), and with a single server one more try on a new connection.
@@ -409,27 +496,36 @@ impl UpstreamInner {
             request_parts.uri =
                 server.target(parts.uri.path_and_query().map_or("/", PathAndQuery::as_str));
             request_parts.headers.insert(HOST, server.host().clone());
-            let (body, again) = match std::mem::replace(&mut outgoing, Outgoing::Held(Bytes::new()))
-            {
-                Outgoing::Held(bytes) => (Body::from(bytes.clone()), Some(bytes)),
-                Outgoing::Streamed(body) => (body, None),
-            };
+            let (body, again, upload) =
+                match std::mem::replace(&mut outgoing, Outgoing::Held(Bytes::new())) {
+                    Outgoing::Held(bytes) => (Body::from(bytes.clone()), Some(bytes), None),
+                    Outgoing::Streamed(inner) => {
+                        let upload = Arc::new(Upload {
+                            progress: std::sync::Mutex::new(asked),
+                        });
+                        let body = Body::new(Uploading {
+                            inner,
+                            upload: upload.clone(),
+                        });
+                        (body, None, Some(upload))
+                    }
+                };
             let client = if attempt == 0 {
                 &self.client
             } else {
                 &self.fresh
             };
             let sent = client.request(Request::from_parts(request_parts, body));
-            let error = match tokio::time::timeout_at(deadline, sent).await {
-                Ok(Ok(response)) => {
+            let error = match within_timeout(sent, deadline, timeout, upload.as_deref()).await {
+                Some(Ok(response)) => {
                     picked.succeeded();
                     return self.relay(response, asked.elapsed());
                 }
                 // The client's body failed under the request: its fault, not the
                 // upstream's.
                 _ if fault.get().is_some() => return client_fault(fault.get().copied()),
-                Ok(Err(error)) => error,
-                Err(_) => {
+                Some(Err(error)) => error,
+                None => {
                     picked.failed();
                     let authority = server.authority();
                     tracing::warn!(upstream = %authority, ?timeout, "upstream timed out");
