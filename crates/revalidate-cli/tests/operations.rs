@@ -490,6 +490,53 @@ fn certificates(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::pat
     )
 }
 
+/// An origin serving `counting_origin` over TLS with `cert` and `key`.
+async fn tls_origin(cert: &Path, key: &Path, seen: Seen) -> SocketAddr {
+    let tls = revalidate_cli::serve::tls::ListenerTls::load(cert, key).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = counting_origin(seen);
+    tokio::spawn(revalidate_cli::serve::server::run_with_tls(
+        listener,
+        move |_| router.clone(),
+        std::future::pending(),
+        ClientLimits::default(),
+        Some(tls),
+    ));
+    addr
+}
+
+/// An upstream server whose certificate is refused is passed over as one that
+/// refuses connections is: the handshake fails before the request is sent, so
+/// every request, a POST too, goes on to a server that is trusted.
+#[tokio::test]
+async fn a_server_whose_certificate_is_refused_is_passed_over() {
+    let trusted = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(trusted.path());
+    let unknown = tempfile::tempdir().unwrap();
+    let (_, other_cert, other_key) = certificates(unknown.path());
+    let good = tls_origin(&cert, &key, Seen::default()).await;
+    let bad = tls_origin(&other_cert, &other_key, Seen::default()).await;
+    let config = revalidate_cli::serve::config::parse(
+        &format!(
+            "[upstream]\nca_file = {:?}\nbalance = \"round-robin\"\nmax_fails = 100\n",
+            ca.display().to_string()
+        ),
+        "t.toml",
+    )
+    .unwrap();
+    let servers = [bad, good].map(|addr| format!("https://localhost:{}", addr.port()));
+    let upstream = revalidate_cli::serve::UpstreamClient::balanced(&servers, &config).unwrap();
+    let (app, _) = revalidate_cli::serve::proxy(&config, upstream).unwrap();
+    let proxy = support::proxy::spawn_proxy(app, ClientLimits::default()).await;
+    for i in 0..6 {
+        let reply = request(proxy, "GET", &format!("/items/{i}"), &[]).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let reply = send(proxy, "POST", "/items/1", &[], "x").await;
+        assert_ne!(reply.status, 502, "{}", reply.body);
+    }
+}
+
 /// A TLS handshake with the proxy, trusting only `ca`.
 async fn handshake(addr: SocketAddr, ca: &Path) -> Result<(), String> {
     let config = revalidate_cli::serve::tls::upstream_config(Some(ca)).unwrap();
@@ -557,17 +604,7 @@ async fn tls_to_clients_and_to_the_upstream() {
     let (ca, cert, key) = certificates(dir.path());
     // The upstream, over TLS with the same certificate.
     let seen = Seen::default();
-    let origin_tls = revalidate_cli::serve::tls::ListenerTls::load(&cert, &key).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = listener.local_addr().unwrap();
-    let router = counting_origin(seen.clone());
-    tokio::spawn(revalidate_cli::serve::server::run_with_tls(
-        listener,
-        move |_| router.clone(),
-        std::future::pending(),
-        ClientLimits::default(),
-        Some(origin_tls),
-    ));
+    let origin = tls_origin(&cert, &key, seen.clone()).await;
     let upstream = format!("https://localhost:{}", origin.port());
     let start = |trust: bool, log: &str| {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();

@@ -12,8 +12,8 @@
 //!     Server::parse("http://10.0.0.2:5000").unwrap(),
 //! ];
 //! let pool = Pool::new(servers, &UpstreamSection::default());
-//! let first = pool.pick(None).unwrap();
-//! let second = pool.pick(Some(first.index())).unwrap(); // a retry goes elsewhere
+//! let first = pool.pick(&[]).unwrap();
+//! let second = pool.pick(&[first.index()]).unwrap(); // a retry goes elsewhere
 //! assert_ne!(first.index(), second.index());
 //! ```
 
@@ -210,31 +210,37 @@ impl Pool {
         self.servers.iter().any(|s| self.is_available(s))
     }
 
-    /// The server for the next request, other than `not` (the one a retry
-    /// failed on) when there is another. When every server is out, they are all
-    /// tried again rather than none: the request fails only if they still fail.
-    pub fn pick(&self, not: Option<usize>) -> Option<Picked<'_>> {
+    /// The server for the next request, other than those in `tried` (the ones
+    /// a retry failed on) while there is another. When every server is out, they
+    /// are all tried again rather than none: the request fails only if they
+    /// still fail.
+    pub fn pick(&self, tried: &[usize]) -> Option<Picked<'_>> {
         let count = self.servers.len();
         if count == 0 {
             return None;
         }
         let start = self.turn.fetch_add(1, Ordering::Relaxed);
-        let eligible = |index: usize, healthy_only: bool| {
-            Some(index) != not && (!healthy_only || self.is_available(&self.servers[index]))
+        let eligible = |index: usize, healthy_only: bool, untried_only: bool| {
+            (!untried_only || !tried.contains(&index))
+                && (!healthy_only || self.is_available(&self.servers[index]))
         };
-        let choose = |healthy_only: bool| -> Option<usize> {
+        let choose = |healthy_only: bool, untried_only: bool| -> Option<usize> {
             let order = (0..count).map(|offset| (start + offset) % count);
+            let mut eligible = order.filter(|&i| eligible(i, healthy_only, untried_only));
             match self.balance {
-                Balance::RoundRobin => order.into_iter().find(|&i| eligible(i, healthy_only)),
+                Balance::RoundRobin => eligible.next(),
                 // min_by_key keeps the first of equals: the turn breaks ties.
-                Balance::LeastOutstanding => order
-                    .filter(|&i| eligible(i, healthy_only))
-                    .min_by_key(|&i| self.servers[i].outstanding.load(Ordering::Relaxed)),
+                Balance::LeastOutstanding => {
+                    eligible.min_by_key(|&i| self.servers[i].outstanding.load(Ordering::Relaxed))
+                }
             }
         };
-        let index = choose(true)
-            .or_else(|| choose(false))
-            .or(not.filter(|&i| i < count))?;
+        // A server that failed this request is worse than one out of the rotation,
+        // which failed others a while ago.
+        let index = choose(true, true)
+            .or_else(|| choose(false, true))
+            .or_else(|| choose(true, false))
+            .or_else(|| choose(false, false))?;
         self.servers[index]
             .outstanding
             .fetch_add(1, Ordering::Relaxed);
@@ -296,10 +302,10 @@ mod tests {
     #[test]
     fn least_outstanding_sends_work_where_it_finishes() {
         let pool = pool(Balance::LeastOutstanding, 3);
-        let busy = pool.pick(None).unwrap();
+        let busy = pool.pick(&[]).unwrap();
         let busy_index = busy.index();
         for _ in 0..6 {
-            let next = pool.pick(None).unwrap();
+            let next = pool.pick(&[]).unwrap();
             assert_ne!(next.index(), busy_index, "the busy server is skipped");
         }
         drop(busy);
@@ -308,7 +314,7 @@ mod tests {
     #[test]
     fn round_robin_takes_turns() {
         let pool = pool(Balance::RoundRobin, 3);
-        let picks: Vec<usize> = (0..6).map(|_| pool.pick(None).unwrap().index()).collect();
+        let picks: Vec<usize> = (0..6).map(|_| pool.pick(&[]).unwrap().index()).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
     }
 
@@ -316,24 +322,39 @@ mod tests {
     fn failing_servers_leave_the_rotation_and_a_retry_goes_elsewhere() {
         let pool = pool(Balance::RoundRobin, 2);
         for _ in 0..2 {
-            let picked = pool.pick(Some(1)).unwrap();
+            let picked = pool.pick(&[1]).unwrap();
             assert_eq!(picked.index(), 0);
             picked.failed();
         }
         assert!(!pool.is_available(&pool.servers()[0]));
         for _ in 0..4 {
-            assert_eq!(pool.pick(None).unwrap().index(), 1);
+            assert_eq!(pool.pick(&[]).unwrap().index(), 1);
         }
         assert!(pool.any_available());
         // Every server out: they are all tried rather than none.
         for _ in 0..2 {
-            pool.pick(Some(0)).unwrap().failed();
+            pool.pick(&[0]).unwrap().failed();
         }
         assert!(!pool.any_available());
-        assert!(pool.pick(None).is_some());
+        assert!(pool.pick(&[]).is_some());
         // A retry with one server goes to the same one.
         let single = self::pool(Balance::RoundRobin, 1);
-        assert_eq!(single.pick(Some(0)).unwrap().index(), 0);
+        assert_eq!(single.pick(&[0]).unwrap().index(), 0);
+    }
+
+    /// A third try goes to the one server this request has not failed on, with
+    /// either balance, though the failed ones hold no requests.
+    #[test]
+    fn a_retry_avoids_every_server_it_failed_on() {
+        for balance in [Balance::LeastOutstanding, Balance::RoundRobin] {
+            let pool = pool(balance, 3);
+            for _ in 0..6 {
+                assert_eq!(pool.pick(&[0, 1]).unwrap().index(), 2, "{balance:?}");
+                assert_eq!(pool.pick(&[2, 0]).unwrap().index(), 1, "{balance:?}");
+            }
+            let all = pool.pick(&[0, 1, 2]).unwrap().index();
+            assert!(all < 3, "every server tried: one is tried again");
+        }
     }
 
     #[test]

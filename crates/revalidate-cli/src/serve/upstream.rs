@@ -486,9 +486,12 @@ impl UpstreamInner {
         let timeout = self.settings.timeout;
         let asked = tokio::time::Instant::now();
         let deadline = asked + timeout;
-        let mut last_tried = None;
+        let mut tried = Vec::new();
+        // The last try's refused certificate, which the answer names when it was
+        // the last word.
+        let mut last_refused = None;
         for attempt in 0..tries(self.pool.servers().len()) {
-            let Some(picked) = self.pool.pick(last_tried) else {
+            let Some(picked) = self.pool.pick(&tried) else {
                 break;
             };
             let server = picked.server();
@@ -537,29 +540,35 @@ impl UpstreamInner {
             };
             picked.failed();
             let authority = server.authority().clone();
-            if let Some(refused) = certificate_error(&error) {
+            let refused = certificate_error(&error);
+            if let Some(refused) = &refused {
                 tracing::warn!(upstream = %authority, error = %refused, "upstream TLS handshake failed");
-                return unavailable(
-                    UpstreamFailure::Tls,
-                    format!("the upstream {authority}'s TLS certificate was refused: {refused}"),
-                );
             }
+            // A refused certificate ends the handshake before a byte of the request
+            // is sent, as a refused connection does.
             let may_retry = match &again {
                 Some(_) if idempotent => true,
-                Some(_) => error.is_connect(),
+                Some(_) => error.is_connect() || refused.is_some(),
                 None => false,
             };
             if let (true, Some(bytes)) = (may_retry, again) {
                 tracing::debug!(%error, upstream = %authority, "upstream failed before answering; trying again");
                 outgoing = Outgoing::Held(bytes);
-                last_tried = Some(picked.index());
+                tried.push(picked.index());
+                last_refused = refused.map(|refused| (authority, refused));
                 continue;
+            }
+            if let Some(refused) = refused {
+                return certificate_refused(&authority, &refused);
             }
             tracing::warn!(%error, upstream = %authority, "upstream unreachable");
             return unavailable(
                 UpstreamFailure::Unreachable,
                 format!("the upstream {authority} could not be reached"),
             );
+        }
+        if let Some((authority, refused)) = last_refused {
+            return certificate_refused(&authority, &refused);
         }
         tracing::warn!("no upstream server could be reached");
         unavailable(
@@ -608,6 +617,17 @@ fn certificate_error(error: &(dyn std::error::Error + 'static)) -> Option<rustls
         cause = current.source();
     }
     None
+}
+
+/// The answer when the upstream's TLS certificate was refused.
+fn certificate_refused(
+    authority: &http::uri::Authority,
+    refused: &rustls::Error,
+) -> Response<UpstreamBody> {
+    unavailable(
+        UpstreamFailure::Tls,
+        format!("the upstream {authority}'s TLS certificate was refused: {refused}"),
+    )
 }
 
 /// The answer to a request whose body could not be read: 408 when the client
