@@ -43,6 +43,7 @@ fn raw_origin(seen: Seen) -> Router {
                 "/users/3" => (cc, "user 3".to_string()).into_response(),
                 "/q" => (cc, format!("a={a}")).into_response(),
                 "/echo" => (cc, format!("underscored={underscored}")).into_response(),
+                "/big" => (cc, "x".repeat(200_000)).into_response(),
                 "/slow" => {
                     tokio::time::sleep(Duration::from_millis(600)).await;
                     (cc, "slow".to_string()).into_response()
@@ -486,4 +487,47 @@ async fn a_slow_upload_is_not_an_upstream_timeout() {
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     let after = get(proxy, "/q?a=after", &[]).await;
     assert_eq!(after.status, 200, "the server is still in the rotation");
+}
+
+/// An HTTP/2 client that never opens its stream's flow-control window holds a
+/// response up without a write ever blocking: the send bound closes the
+/// connection all the same, instead of letting it (and its connection permit)
+/// be held forever.
+#[tokio::test]
+async fn an_http2_client_that_never_opens_its_window_is_cut_off() {
+    let (origin, _) = recording_origin().await;
+    let proxy = start_proxy("[client]\nsend_timeout = \"1s\"\n", origin).await;
+    // Stored first, so that the body is ready at once.
+    assert_eq!(get(proxy, "/big", &[]).await.body.len(), 200_000);
+    let client: hyper_util::client::legacy::Client<_, axum::body::Body> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .http2_initial_stream_window_size(0)
+            .build_http();
+    let response = client
+        .request(
+            http::Request::get(format!("http://{proxy}/big"))
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let started = Instant::now();
+    let mut body = response.into_body();
+    let ended = tokio::time::timeout(
+        Duration::from_secs(10),
+        http_body_util::BodyExt::frame(&mut body),
+    )
+    .await;
+    assert!(
+        matches!(ended, Ok(None | Some(Err(_)))),
+        "the stream is still open after {:?}: {ended:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }

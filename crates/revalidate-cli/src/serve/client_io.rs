@@ -1,15 +1,16 @@
 //! A client connection's socket with its waits bounded: a request head must arrive
 //! whole within the header timeout (slowloris), a connection with no request in
 //! flight may sit idle only for the keep-alive timeout, and a client that stops
-//! reading its response may block the proxy's writes only for the send timeout.
-//! When a bound passes, the read or write fails with `TimedOut` and hyper closes
-//! the connection.
+//! taking its response (its socket buffer full, or, over HTTP/2, a flow-control
+//! window it does not open) may hold it up only for the send timeout. When a
+//! bound passes, the read or write fails with `TimedOut` and hyper closes the
+//! connection.
 //!
 //! hyper's own `header_read_timeout` starts when a connection begins to wait for a
 //! head, so one value would bound both the idle time between requests and the head
 //! itself; nginx and HAProxy bound them separately, and so does this. An HTTP/2
-//! connection (known by its preface) has no head to wait for: only the idle and
-//! send bounds apply to it.
+//! connection (known by its preface, or by ALPN under TLS) has no head to wait
+//! for: only the idle and send bounds apply to it.
 //!
 //! The hit path pays no clock read for it: reads and writes set flags, the service
 //! counts requests started and finished (a request is in flight until its response
@@ -27,7 +28,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -57,6 +58,11 @@ pub(crate) struct Bounds {
 pub(crate) struct Activity {
     started: AtomicU64,
     finished: AtomicU64,
+    /// Response bodies that hyper owes a poll: their head went out, or they last
+    /// gave it data, and it has not asked for more since.
+    owed: AtomicU64,
+    /// Whether hyper asked a response body for more since the last tick.
+    taken: AtomicBool,
 }
 
 impl Activity {
@@ -69,7 +75,10 @@ impl Activity {
     /// dropped first).
     pub(crate) fn start(self: &Arc<Self>) -> InFlight {
         self.started.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        InFlight {
+            activity: self.clone(),
+            owed: false,
+        }
     }
 
     fn counts(&self) -> (u64, u64) {
@@ -78,15 +87,54 @@ impl Activity {
             self.finished.load(Ordering::Relaxed),
         )
     }
+
+    /// Whether a response body waits for hyper to come back for it, and whether
+    /// hyper came back for any since the last call.
+    fn bodies(&self) -> (bool, bool) {
+        (
+            self.owed.load(Ordering::Relaxed) > 0,
+            self.taken.swap(false, Ordering::Relaxed),
+        )
+    }
 }
 
 /// A request in flight on its connection (see [`Activity::start`]).
 #[derive(Debug)]
-pub(crate) struct InFlight(Arc<Activity>);
+pub(crate) struct InFlight {
+    activity: Arc<Activity>,
+    /// Whether its response body is owed a poll (see [`Activity::bodies`]).
+    owed: bool,
+}
+
+impl InFlight {
+    /// Its response head is going out: hyper owes the body a poll.
+    pub(crate) fn responding(&mut self) {
+        self.owe(true);
+    }
+
+    /// hyper polled the response body, which answered `polled`: another poll is
+    /// owed after data, none while the body waits for its own source or is done.
+    pub(crate) fn body_polled<T>(&mut self, polled: &Poll<Option<T>>) {
+        self.activity.taken.store(true, Ordering::Relaxed);
+        self.owe(matches!(polled, Poll::Ready(Some(_))));
+    }
+
+    fn owe(&mut self, owed: bool) {
+        if owed != self.owed {
+            self.owed = owed;
+            if owed {
+                self.activity.owed.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.activity.owed.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.finished.fetch_add(1, Ordering::Relaxed);
+        self.owe(false);
+        self.activity.finished.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -116,6 +164,11 @@ struct Watch {
     write_blocked: bool,
     /// Ticks in a row with writes blocked and nothing written.
     send_stalled: u32,
+    /// Ticks in a row with a response body owed a poll, none taken, and nothing
+    /// written.
+    body_stalled: u32,
+    /// Bytes of the HTTP/2 preface the first reads matched so far.
+    preface_seen: usize,
     header_ticks: u32,
     idle_ticks: u32,
     send_ticks: u32,
@@ -123,7 +176,11 @@ struct Watch {
 
 impl Watch {
     /// What a tick of the timer found: `Err` when a bound has passed.
-    fn on_tick(&mut self, (started, finished): (u64, u64)) -> io::Result<()> {
+    fn on_tick(
+        &mut self,
+        (started, finished): (u64, u64),
+        (owed, taken): (bool, bool),
+    ) -> io::Result<()> {
         let busy = started != finished;
         // The tick that first sees the connection idle counts as one: the idleness
         // began at most a period before it.
@@ -144,11 +201,22 @@ impl Watch {
             (true, true) => 1,
             (true, false) => self.send_stalled + 1,
         };
+        // A body that gave hyper data and is not asked for more while nothing is
+        // written: the client holds the response up without a write blocking
+        // (an HTTP/2 stream whose window it does not open).
+        self.body_stalled = match (owed, taken || self.wrote) {
+            (false, _) => 0,
+            (true, true) => 1,
+            (true, false) => self.body_stalled + 1,
+        };
         self.moved = false;
         self.wrote = false;
         let timed_out = |why: &str| Err(io::Error::new(io::ErrorKind::TimedOut, why.to_string()));
         if self.send_stalled >= self.send_ticks {
             return timed_out("the client stopped reading its response");
+        }
+        if self.body_stalled >= self.send_ticks {
+            return timed_out("the client stopped taking its response");
         }
         match self.waiting {
             Waiting::Head { ticks, .. } if ticks >= self.header_ticks => {
@@ -165,17 +233,17 @@ impl Watch {
     fn on_read(&mut self, bytes: &[u8], (started, finished): (u64, u64)) {
         self.moved = true;
         if self.http2.is_none() {
-            let seen = bytes.len().min(HTTP2_PREFACE.len());
-            self.http2 = if bytes[..seen] != HTTP2_PREFACE[..seen] {
-                Some(false)
-            } else if seen == HTTP2_PREFACE.len() {
-                Some(true)
+            // The preface may come in several reads: each goes on where the last
+            // stopped.
+            let rest = &HTTP2_PREFACE[self.preface_seen..];
+            let seen = bytes.len().min(rest.len());
+            if bytes[..seen] != rest[..seen] {
+                self.http2 = Some(false);
+            } else if seen == rest.len() {
+                self.speaks_http2();
             } else {
                 // Too few bytes to tell, all of them the preface's: asked again.
-                None
-            };
-            if self.http2 == Some(true) {
-                self.waiting = Waiting::Idle { ticks: 0 };
+                self.preface_seen += seen;
             }
         }
         if self.http2 == Some(true) {
@@ -191,6 +259,12 @@ impl Watch {
                 ticks: 0,
             };
         }
+    }
+
+    /// The connection speaks HTTP/2: no request head to wait for.
+    fn speaks_http2(&mut self) {
+        self.http2 = Some(true);
+        self.waiting = Waiting::Idle { ticks: 0 };
     }
 
     fn on_write(&mut self, written: &Poll<io::Result<usize>>) {
@@ -242,10 +316,24 @@ impl<T> BoundedIo<T> {
                 wrote: false,
                 write_blocked: false,
                 send_stalled: 0,
+                body_stalled: 0,
+                preface_seen: 0,
                 header_ticks: ticks(bounds.header),
                 idle_ticks: ticks(bounds.idle),
                 send_ticks: ticks(bounds.send),
             },
+        }
+    }
+}
+
+impl<T> BoundedIo<T> {
+    /// Tells the protocol the connection speaks when it is known from elsewhere
+    /// (ALPN under TLS, where the bytes read here are encrypted).
+    pub(crate) fn set_http2(&mut self, http2: bool) {
+        if http2 {
+            self.watch.speaks_http2();
+        } else {
+            self.watch.http2 = Some(false);
         }
     }
 }
@@ -284,7 +372,7 @@ impl Timer {
             .poll(cx)
             .is_ready()
         {
-            watch.on_tick(activity.counts())?;
+            watch.on_tick(activity.counts(), activity.bodies())?;
             self.tick.as_mut().reset(Instant::now() + self.period);
         }
         if !same_waker {
@@ -508,5 +596,36 @@ mod tests {
             lasted > Duration::from_secs(10) + IDLE - PERIOD,
             "{lasted:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_preface_in_two_reads_is_known() {
+        let (mut client, mut io, _) = connection();
+        let mut buffer = [0; 64];
+        for piece in [&b"PRI * HT"[..], b"TP/2.0\r\n\r\nSM\r\n\r\n"] {
+            client.write_all(piece).await.unwrap();
+            assert_eq!(io.read(&mut buffer).await.unwrap(), piece.len());
+        }
+        assert_eq!(io.watch.http2, Some(true));
+        assert_eq!(io.watch.waiting, Waiting::Idle { ticks: 0 });
+    }
+
+    /// A response body that gave hyper data and is never asked for more, while
+    /// nothing is written (an HTTP/2 stream whose window the client keeps shut),
+    /// is held to the send bound; one that waits for its own source (a slow
+    /// upstream) is not the client's doing.
+    #[tokio::test(start_paused = true)]
+    async fn a_response_the_client_does_not_take_is_held_to_the_send_bound() {
+        let (_client, mut io, activity) = connection();
+        io.set_http2(true);
+        let mut in_flight = activity.start();
+        in_flight.responding();
+        in_flight.body_polled(&Poll::<Option<()>>::Pending);
+        let mut buffer = [0; 64];
+        let waited = tokio::time::timeout(SEND * 3, io.read(&mut buffer)).await;
+        assert!(waited.is_err(), "the body waits for its source: no bound");
+        in_flight.body_polled(&Poll::Ready(Some(())));
+        let lasted = time_to_close(&mut io).await;
+        assert!(lasted > SEND - PERIOD && lasted <= SEND, "{lasted:?}");
     }
 }

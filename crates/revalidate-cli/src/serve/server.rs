@@ -255,7 +255,12 @@ where
             match acceptor {
                 None => serve_connection(io, service, watcher, peer).await,
                 Some(acceptor) => match acceptor.accept(io).await {
-                    Ok(stream) => serve_connection(stream, service, watcher, peer).await,
+                    Ok(mut stream) => {
+                        // The bounds see encrypted bytes: ALPN tells HTTP/2 instead.
+                        let (io, session) = stream.get_mut();
+                        io.set_http2(session.alpn_protocol() == Some(b"h2"));
+                        serve_connection(stream, service, watcher, peer).await
+                    }
                     Err(error) => {
                         metrics::counter!("revalidate_tls_handshake_failures_total").increment(1);
                         tracing::debug!(%peer, %error, "TLS handshake failed");
@@ -395,22 +400,23 @@ where
             CallProjection::InPlace { future } => std::task::ready!(future.poll(cx)),
             CallProjection::Copied { future } => std::task::ready!(future.poll(cx)),
         };
-        let in_flight = this.in_flight.take();
-        Poll::Ready(response.map(|response| {
-            response.map(|inner| InFlightBody {
-                inner,
-                _in_flight: in_flight,
-            })
-        }))
+        let mut in_flight = this.in_flight.take();
+        if let Some(in_flight) = &mut in_flight {
+            in_flight.responding();
+        }
+        Poll::Ready(
+            response.map(|response| response.map(|inner| InFlightBody { inner, in_flight })),
+        )
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that keeps its request in flight until hyper drops it.
+    /// A response body that keeps its request in flight until hyper drops it,
+    /// and tells the connection's send bound whether hyper comes back for it.
     pub(crate) struct InFlightBody<B> {
         #[pin]
         inner: B,
-        _in_flight: Option<InFlight>,
+        in_flight: Option<InFlight>,
     }
 }
 
@@ -422,7 +428,12 @@ impl<B: HttpBody> HttpBody for InFlightBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        self.project().inner.poll_frame(cx)
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Some(in_flight) = this.in_flight {
+            in_flight.body_polled(&polled);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
