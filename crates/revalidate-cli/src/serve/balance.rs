@@ -198,6 +198,37 @@ impl Pool {
         &self.servers
     }
 
+    /// Takes over what `old` (the pool a reload replaces) knows of the servers
+    /// both name: their failures in a row, the time they are out until, and the
+    /// verdict of their last active check. A reload does not put a server known
+    /// to be down back in the rotation.
+    pub fn inherit_health(&self, old: &Pool) {
+        for server in &self.servers {
+            let Some(known) = old.servers.iter().find(|known| {
+                known.scheme == server.scheme
+                    && known.authority == server.authority
+                    && known.base_path == server.base_path
+            }) else {
+                continue;
+            };
+            server
+                .failures
+                .store(known.failures.load(Ordering::Relaxed), Ordering::Relaxed);
+            server
+                .checked_up
+                .store(known.checked_up.load(Ordering::Relaxed), Ordering::Relaxed);
+            // Out until the same instant, counted from this pool's start.
+            let out_until =
+                old.start + Duration::from_millis(known.out_until.load(Ordering::Relaxed));
+            let remaining = out_until.saturating_duration_since(Instant::now());
+            if !remaining.is_zero() {
+                server
+                    .out_until
+                    .store(self.now_ms() + millis(remaining), Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Whether `server` is in the rotation: not out after failures, and its last
     /// active check (if any) passed.
     pub fn is_available(&self, server: &Server) -> bool {
@@ -355,6 +386,21 @@ mod tests {
             let all = pool.pick(&[0, 1, 2]).unwrap().index();
             assert!(all < 3, "every server tried: one is tried again");
         }
+    }
+
+    /// A reload's pool keeps what the old one knew of a server both name.
+    #[test]
+    fn a_new_pool_inherits_what_the_old_one_knew() {
+        let old = pool(Balance::RoundRobin, 2);
+        for _ in 0..2 {
+            old.pick(&[1]).unwrap().failed();
+        }
+        old.servers()[1].checked_up.store(false, Ordering::Relaxed);
+        let new = pool(Balance::RoundRobin, 3);
+        assert!(new.servers().iter().all(|s| new.is_available(s)));
+        new.inherit_health(&old);
+        let available: Vec<bool> = new.servers().iter().map(|s| new.is_available(s)).collect();
+        assert_eq!(available, [false, false, true]);
     }
 
     #[test]

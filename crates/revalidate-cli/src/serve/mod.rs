@@ -106,6 +106,7 @@ impl Proxy {
         config: &ServeConfig,
         upstream: UpstreamClient,
     ) -> (Self, usize) {
+        upstream.pool().inherit_health(self.upstream.pool());
         let (cache, dropped) = self
             .cache
             .reconfigured(config.routes.clone(), config.cache.clone())
