@@ -130,7 +130,15 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct FlushOnDrop {
     shared: Option<&'static Batches>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Told by the writer thread when its last lines are written.
+    flushed: std::sync::mpsc::Receiver<()>,
+    /// The longest the drop waits for that.
+    wait: Duration,
 }
+
+/// The longest the process's exit waits for the sink to take the last lines: a
+/// sink that takes nothing (a pipe nobody reads) must not keep it from ending.
+const FLUSH_ON_EXIT: Duration = Duration::from_secs(5);
 
 impl Drop for FlushOnDrop {
     fn drop(&mut self) {
@@ -139,7 +147,16 @@ impl Drop for FlushOnDrop {
         }
         if let Some(thread) = self.thread.take() {
             thread.thread().unpark();
-            let _ = thread.join();
+            match self.flushed.recv_timeout(self.wait) {
+                // Written, or the thread ended without a word (it panicked).
+                Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = thread.join();
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => tracing::warn!(
+                    wait = ?self.wait,
+                    "the access log's sink took nothing in time; its last lines are lost"
+                ),
+            }
         }
     }
 }
@@ -168,6 +185,7 @@ impl AccessLogger {
             clock: Anchor::now(),
             drift: AtomicI64::new(0),
         }));
+        let (done, flushed) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("revalidate-access-log".into())
             .spawn(move || {
@@ -178,11 +196,14 @@ impl AccessLogger {
                     shared.drain(&mut sink, &mut spare);
                 }
                 shared.drain(&mut sink, &mut spare);
+                let _ = done.send(());
             })
             .ok();
         let guard = FlushOnDrop {
             shared: Some(shared),
             thread,
+            flushed,
+            wait: FLUSH_ON_EXIT,
         };
         (Self { shared }, guard)
     }
@@ -262,14 +283,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_stalled_sink_drops_whole_lines_and_counts_them() {
-        let sink = Stalled::default();
-        let (logger, guard) = AccessLogger::new(sink.clone(), LogFormat::Text);
-        // Each line holds 64 KiB: a batch holds 15, the writer thread takes at
-        // most one batch before the sink stalls it, so of 40 at least 10 drop.
-        let target = vec![b'a'; 64 * 1024];
-        let line = Line {
+    /// A 200 for `target`, with id 1 and the other fields empty.
+    fn line(target: &[u8]) -> Line<'_> {
+        Line {
             time: 0,
             status: 200,
             version: http::Version::HTTP_11,
@@ -278,11 +294,21 @@ mod tests {
             total: Duration::ZERO,
             client: None,
             method: b"GET",
-            target: &target,
+            target,
             cache_status: None,
             id: Id::Made(1),
             user_agent: None,
-        };
+        }
+    }
+
+    #[test]
+    fn a_stalled_sink_drops_whole_lines_and_counts_them() {
+        let sink = Stalled::default();
+        let (logger, guard) = AccessLogger::new(sink.clone(), LogFormat::Text);
+        // Each line holds 64 KiB: a batch holds 15, the writer thread takes at
+        // most one batch before the sink stalls it, so of 40 at least 10 drop.
+        let target = vec![b'a'; 64 * 1024];
+        let line = line(&target);
         for _ in 0..40 {
             logger.append(&line);
         }
@@ -304,6 +330,21 @@ mod tests {
             assert_eq!(written.len(), 64 * 1024 + 108);
             assert!(written.ends_with(b" id=0000000000000001 ua=\"-\"\n"));
         }
+    }
+
+    /// A sink that never takes a byte does not keep the process from ending.
+    #[test]
+    fn the_last_flush_waits_for_a_stalled_sink_only_so_long() {
+        let (logger, mut guard) = AccessLogger::new(Stalled::default(), LogFormat::Text);
+        guard.wait = Duration::from_millis(200);
+        logger.append(&line(b"/"));
+        let started = std::time::Instant::now();
+        drop(guard);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
