@@ -1099,3 +1099,64 @@ async fn access_lines_carry_the_request_and_its_outcome() {
         "a hit asks no upstream"
     );
 }
+
+/// An access line is written when the response body ends, with the bytes the
+/// body gave (a streamed answer of unknown length too), and a request its client
+/// abandons before the response is logged with status 499, as nginx does.
+#[tokio::test]
+async fn access_lines_count_the_bytes_sent_and_abandoned_requests() {
+    let origin = Router::new()
+        .route(
+            "/stream",
+            axum::routing::get(|| async {
+                let pieces = (0..3).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 1000]));
+                (
+                    [("cache-control", "no-store")],
+                    Body::from_stream(futures_util::stream::iter(pieces)),
+                )
+            }),
+        )
+        .route(
+            "/slow",
+            axum::routing::get(|| async {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                "late"
+            }),
+        );
+    let (origin_addr, _task) = spawn(origin).await;
+    let config = parse("", "t.toml").unwrap();
+    let upstream = UpstreamClient::new(&format!("http://{origin_addr}"), &config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let (logger, flushed_on_drop) = revalidate_cli::serve::AccessLogger::new(
+        std::fs::File::create(&path).unwrap(),
+        revalidate_cli::serve::LogFormat::Json,
+    );
+    let (app, _) = proxy(&config, upstream).unwrap();
+    let addr = spawn_proxy(app.with_access_log(Some(logger)), ClientLimits::default()).await;
+
+    let streamed = request(addr, "GET", "/stream", &[]).await;
+    assert_eq!(streamed.body.len(), 3000);
+    let mut gone = tokio::net::TcpStream::connect(addr).await.unwrap();
+    gone.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(gone);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(flushed_on_drop);
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0]["target"], "/stream");
+    assert_eq!(lines[0]["bytes"], 3000, "{}", lines[0]);
+    assert_eq!(lines[1]["target"], "/slow");
+    assert_eq!(lines[1]["status"], 499, "{}", lines[1]);
+    assert_eq!(lines[1]["bytes"], 0);
+    let waited = lines[1]["total_seconds"].as_f64().unwrap();
+    assert!((0.15..1.5).contains(&waited), "{waited}");
+}

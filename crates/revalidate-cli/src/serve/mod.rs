@@ -35,6 +35,7 @@ pub mod timed_body;
 pub mod tls;
 mod upstream;
 pub mod versioned;
+pub mod watched_body;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -33,6 +33,7 @@ use super::config::{ClientSection, DEFAULT_MAX_CONNECTIONS};
 use super::cpu_share;
 use super::drain::{Drain, Watcher};
 use super::tls::ListenerTls;
+use super::watched_body::{BodyWatcher, WatchedBody};
 
 /// The bounds a listener keeps on its clients (`[client]` in the configuration).
 /// Clones share one count of connections, so that the workers of
@@ -405,43 +406,20 @@ where
             in_flight.responding();
         }
         Poll::Ready(
-            response.map(|response| response.map(|inner| InFlightBody { inner, in_flight })),
+            response.map(|response| response.map(|inner| WatchedBody::new(inner, in_flight))),
         )
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A response body that keeps its request in flight until hyper drops it,
-    /// and tells the connection's send bound whether hyper comes back for it.
-    pub(crate) struct InFlightBody<B> {
-        #[pin]
-        inner: B,
-        in_flight: Option<InFlight>,
-    }
-}
+/// A response body that keeps its request in flight until hyper drops it, and
+/// tells the connection's send bound whether hyper comes back for it.
+pub(crate) type InFlightBody<B> = WatchedBody<B, Option<InFlight>>;
 
-impl<B: HttpBody> HttpBody for InFlightBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        if let Some(in_flight) = this.in_flight {
-            in_flight.body_polled(&polled);
+impl<D> BodyWatcher<D> for Option<InFlight> {
+    fn polled<E>(&mut self, polled: &Poll<Option<Result<http_body::Frame<D>, E>>>) {
+        if let Some(in_flight) = self {
+            in_flight.body_polled(polled);
         }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -34,6 +34,7 @@ use super::balance::{Pool, Server};
 use super::config::{ServeConfig, UpstreamSection};
 use super::timed_body::{BodyFault, Sender, TimedBody};
 use super::tls::{TlsError, upstream_config};
+use super::watched_body::{BodyWatcher, WatchedBody};
 
 /// A response body from the upstream (or a problem the proxy wrote).
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
@@ -397,37 +398,12 @@ impl Upload {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A request body that records its [`Upload`]'s progress as it is sent.
-    struct Uploading<B> {
-        #[pin]
-        inner: B,
-        upload: Arc<Upload>,
-    }
-}
-
-impl<B: http_body::Body> http_body::Body for Uploading<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+/// A streamed request body records its [`Upload`]'s progress as it is sent.
+impl<D> BodyWatcher<D> for Arc<Upload> {
+    fn polled<E>(&mut self, polled: &Poll<Option<Result<http_body::Frame<D>, E>>>) {
         if polled.is_ready() {
-            this.upload.advanced();
+            self.advanced();
         }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -506,10 +482,7 @@ impl UpstreamInner {
                         let upload = Arc::new(Upload {
                             progress: std::sync::Mutex::new(asked),
                         });
-                        let body = Body::new(Uploading {
-                            inner,
-                            upload: upload.clone(),
-                        });
+                        let body = Body::new(WatchedBody::new(inner, upload.clone()));
                         (body, None, Some(upload))
                     }
                 };

@@ -2,11 +2,16 @@
 //! request path.
 //!
 //! Each line has the client's address, the time the request's head was read (UTC,
-//! to the millisecond), the method, path and query, the status,
-//! the body bytes, `Cache-Status`, the upstream's time (when the upstream was
-//! asked), the total time, the request id and the user agent. The request id is
-//! the client's `X-Request-Id` when it sent a usable one, otherwise one made here;
-//! the upstream receives it on every request forwarded to it.
+//! to the millisecond), the method, path and query, the status, the body bytes
+//! sent, `Cache-Status`, the upstream's time (when the upstream was asked), the
+//! total time, the request id and the user agent. The request id is the client's
+//! `X-Request-Id` when it sent a usable one, otherwise one made here; the upstream
+//! receives it on every request forwarded to it.
+//!
+//! A line is written when the response body ends, or is dropped unfinished: its
+//! bytes are those the body gave hyper, and its total time runs to then (as
+//! nginx's `$body_bytes_sent` and `$request_time`). A request dropped before its
+//! response (the client went away) is logged with status 499, as nginx does.
 //!
 //! Each worker thread formats its lines into a batch of its own, which a thread
 //! of the logger's writes every 10 ms ([`writer`]): a slow disk or terminal never
@@ -36,6 +41,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use http_body::Body;
 use tower::{Layer, Service};
 
+use super::watched_body::{BodyWatcher, WatchedBody};
 use line::{Id, Line};
 pub use writer::{AccessLogger, FlushOnDrop};
 
@@ -110,7 +116,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Body,
 {
-    type Response = S::Response;
+    type Response = Response<LoggedBody<ResBody>>;
     type Error = S::Error;
     type Future = AccessLogFuture<S::Future>;
 
@@ -132,6 +138,7 @@ where
             // gives a request it forwards, or (a hit) one made for the line.
             let (user_agent, id) = agent_and_id(request.headers());
             Started {
+                at,
                 logger,
                 peer: self.peer,
                 method: request.method().clone(),
@@ -235,6 +242,8 @@ fn rand_prefix() -> u32 {
 
 #[derive(Debug)]
 struct Started {
+    /// When the request's head was read.
+    at: quanta::Instant,
     logger: AccessLogger,
     peer: Option<IpAddr>,
     method: http::Method,
@@ -251,46 +260,129 @@ pin_project_lite::pin_project! {
         at: quanta::Instant,
         started: Option<Started>,
     }
+
+    impl<F> PinnedDrop for AccessLogFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped before its response: the client went away.
+            if let Some(started) = this.project().started.take() {
+                let outcome = Outcome {
+                    status: CLIENT_CLOSED_REQUEST,
+                    bytes: 0,
+                    upstream: None,
+                };
+                started.write(&outcome);
+            }
+        }
+    }
 }
+
+/// The status nginx logs for a request whose client closed the connection
+/// before the response (no response has it).
+const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 impl<F, B, E> Future for AccessLogFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
     B: Body,
 {
-    type Output = F::Output;
+    type Output = Result<Response<LoggedBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
-        if let Ok(response) = &result {
+        let started = this.started.take();
+        Poll::Ready(result.map(|response| {
             let total = this.at.elapsed();
             let upstream = response.extensions().get::<UpstreamTime>().map(|t| t.0);
             super::observe::record_request(total, upstream.is_some());
-            if let Some(started) = this.started.take() {
-                started.write(response, *this.at, total, upstream);
-            }
-        }
-        Poll::Ready(result)
+            let line = started.map(|mut started| {
+                started.fields.add_response(
+                    cache_status(response.headers()),
+                    response
+                        .extensions()
+                        .get::<RequestId>()
+                        .map(|RequestId(id)| id.as_bytes()),
+                );
+                let outcome = Outcome {
+                    status: response.status().as_u16(),
+                    bytes: 0,
+                    upstream,
+                };
+                (started, outcome)
+            });
+            response.map(|inner| WatchedBody::new(inner, LineInWaiting(line)))
+        }))
     }
 }
 
+/// A response body that writes its request's line when it ends, or when it is
+/// dropped unfinished, with the bytes it gave.
+pub type LoggedBody<B> = WatchedBody<B, LineInWaiting>;
+
+/// A request's line, written when its response body ends or is dropped.
+#[derive(Debug)]
+pub struct LineInWaiting(Option<(Started, Outcome)>);
+
+impl<D: bytes::Buf> BodyWatcher<D> for LineInWaiting {
+    fn polled<E>(&mut self, polled: &Poll<Option<Result<http_body::Frame<D>, E>>>) {
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some((_, outcome)), Some(data)) = (self.0.as_mut(), frame.data_ref()) {
+                    outcome.bytes += data.remaining() as u64;
+                }
+            }
+            // Ended: written now rather than when hyper drops the body.
+            Poll::Ready(None) => {
+                if let Some((started, outcome)) = self.0.take() {
+                    started.write(&outcome);
+                }
+            }
+            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+        }
+    }
+}
+
+impl Drop for LineInWaiting {
+    fn drop(&mut self) {
+        if let Some((started, outcome)) = self.0.take() {
+            started.write(&outcome);
+        }
+    }
+}
+
+/// What a request came to, as its line tells it.
+#[derive(Debug)]
+struct Outcome {
+    status: u16,
+    /// Body bytes given to hyper so far.
+    bytes: u64,
+    upstream: Option<Duration>,
+}
+
 /// A request's target, user agent and id (when the client sent a usable one),
-/// copied. Copied rather than cloned: a clone of a request's bytes shares
-/// hyper's read buffer, which hyper must then replace rather than reuse for the
-/// connection's next request, and the last clone's drop frees it.
+/// then its response's `Cache-Status` and the id the upstream was sent, copied
+/// into one buffer. Copied rather than cloned: a clone of a request's bytes
+/// shares hyper's read buffer, which hyper must then replace rather than reuse
+/// for the connection's next request, and the last clone's drop frees it.
 #[derive(Debug)]
 struct Fields {
     bytes: Vec<u8>,
     target: usize,
     user_agent: Option<usize>,
     id: Option<usize>,
+    cache_status: Option<usize>,
+    forwarded_id: Option<usize>,
 }
+
+/// Room kept for the response's fields: a `Cache-Status` of the cache's (up to
+/// about 60 bytes) and an id of 16.
+const RESPONSE_ROOM: usize = 80;
 
 impl Fields {
     fn copy(target: &[u8], user_agent: Option<&[u8]>, id: Option<&[u8]>) -> Self {
         let len = |s: Option<&[u8]>| s.map_or(0, <[u8]>::len);
-        let mut bytes = Vec::with_capacity(target.len() + len(user_agent) + len(id));
+        let mut bytes =
+            Vec::with_capacity(target.len() + len(user_agent) + len(id) + RESPONSE_ROOM);
         bytes.extend_from_slice(target);
         bytes.extend_from_slice(user_agent.unwrap_or_default());
         bytes.extend_from_slice(id.unwrap_or_default());
@@ -299,7 +391,27 @@ impl Fields {
             target: target.len(),
             user_agent: user_agent.map(<[u8]>::len),
             id: id.map(<[u8]>::len),
+            cache_status: None,
+            forwarded_id: None,
         }
+    }
+
+    /// Adds the response's `Cache-Status`, and the id its request was forwarded
+    /// with when the client sent none.
+    fn add_response(&mut self, cache_status: Option<&[u8]>, forwarded_id: Option<&[u8]>) {
+        if let Some(value) = cache_status {
+            self.bytes.extend_from_slice(value);
+            self.cache_status = Some(value.len());
+        }
+        if let Some(id) = forwarded_id.filter(|_| self.id.is_none()) {
+            self.bytes.extend_from_slice(id);
+            self.forwarded_id = Some(id.len());
+        }
+    }
+
+    /// The piece of `len` bytes, if any, after `before` bytes of earlier pieces.
+    fn piece(&self, before: usize, len: Option<usize>) -> Option<&[u8]> {
+        len.map(|len| &self.bytes[before..before + len])
     }
 
     fn target(&self) -> &[u8] {
@@ -307,44 +419,41 @@ impl Fields {
     }
 
     fn user_agent(&self) -> Option<&[u8]> {
-        let start = self.target;
-        self.user_agent.map(|len| &self.bytes[start..start + len])
+        self.piece(self.target, self.user_agent)
     }
 
+    /// The client's id, or the one the upstream was sent.
     fn id(&self) -> Option<&[u8]> {
-        let start = self.target + self.user_agent.unwrap_or(0);
-        self.id.map(|len| &self.bytes[start..start + len])
+        let client = self.target + self.user_agent.unwrap_or(0);
+        let forwarded = client + self.id.unwrap_or(0) + self.cache_status.unwrap_or(0);
+        self.piece(client, self.id)
+            .or_else(|| self.piece(forwarded, self.forwarded_id))
+    }
+
+    fn cache_status(&self) -> Option<&[u8]> {
+        let before = self.target + self.user_agent.unwrap_or(0) + self.id.unwrap_or(0);
+        self.piece(before, self.cache_status)
     }
 }
 
 impl Started {
-    /// Appends this request's line to the log.
-    fn write<B: Body>(
-        self,
-        response: &Response<B>,
-        at: quanta::Instant,
-        total: Duration,
-        upstream: Option<Duration>,
-    ) {
-        let id = match self.fields.id() {
-            Some(id) => Id::Text(id),
-            None => match response.extensions().get::<RequestId>() {
-                Some(RequestId(forwarded)) => Id::Text(forwarded.as_bytes()),
-                None => Id::Made(new_id()),
-            },
-        };
+    /// Appends this request's line to the log, with its `outcome`.
+    fn write(self, outcome: &Outcome) {
         let line = Line {
-            time: self.logger.micros(at),
-            status: response.status().as_u16(),
+            time: self.logger.micros(self.at),
+            status: outcome.status,
             version: self.version,
-            bytes: response.body().size_hint().exact(),
-            upstream,
-            total,
+            bytes: Some(outcome.bytes),
+            upstream: outcome.upstream,
+            total: self.at.elapsed(),
             client: self.peer,
             method: self.method.as_str().as_bytes(),
             target: self.fields.target(),
-            cache_status: cache_status(response.headers()),
-            id,
+            cache_status: self.fields.cache_status(),
+            id: self
+                .fields
+                .id()
+                .map_or_else(|| Id::Made(new_id()), Id::Text),
             user_agent: self.fields.user_agent(),
         };
         self.logger.append(&line);
