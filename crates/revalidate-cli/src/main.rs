@@ -470,22 +470,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
     });
     let make_service = move |peer| live.for_peer(peer);
+    // The admin listener drains alongside the proxy, so that shutting down takes
+    // one drain timeout, not two; it stops too if the proxy ends otherwise (the
+    // sender is dropped with this future).
+    let shutdown = async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    };
     let result = match scheduler {
         Scheduler::PerCore => {
-            serve::server::run_per_core(listeners, make_service, shutdown_signal(), limits, tls)
-                .await
+            serve::server::run_per_core(listeners, make_service, shutdown, limits, tls).await
         }
         // `bind_per_core`'s sockets are already non-blocking (tokio made them).
         Scheduler::WorkStealing => match listeners.into_iter().next().map(TcpListener::from_std) {
             Some(Ok(listener)) => {
-                serve::server::run_with_tls(listener, make_service, shutdown_signal(), limits, tls)
-                    .await
+                serve::server::run_with_tls(listener, make_service, shutdown, limits, tls).await
             }
             Some(Err(error)) => Err(error),
             None => Ok(()),
         },
     };
-    let _ = stop.send(true);
     let _ = admin_task.await;
     result.context("server error")
 }
