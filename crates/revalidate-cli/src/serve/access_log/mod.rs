@@ -137,14 +137,19 @@ where
             // The client's id, if usable; otherwise the one the upstream client
             // gives a request it forwards, or (a hit) one made for the line.
             let (user_agent, id) = agent_and_id(request.headers());
-            Started {
+            Box::new(Started {
                 at,
                 logger,
                 peer: self.peer,
                 method: request.method().clone(),
                 fields: Fields::copy(target, user_agent, id),
                 version: request.version(),
-            }
+                outcome: Outcome {
+                    status: CLIENT_CLOSED_REQUEST,
+                    bytes: 0,
+                    upstream: None,
+                },
+            })
         });
         AccessLogFuture {
             inner: self.inner.call(request),
@@ -240,6 +245,10 @@ fn rand_prefix() -> u32 {
     (hash >> 32) as u32
 }
 
+/// A request's line in the making: what its head said, then its outcome.
+/// Boxed wherever it goes: the future and the response body that carry it are
+/// moved a few times on the way to hyper, and a pointer moves for less than its
+/// two hundred bytes.
 #[derive(Debug)]
 struct Started {
     /// When the request's head was read.
@@ -249,6 +258,8 @@ struct Started {
     method: http::Method,
     fields: Fields,
     version: http::Version,
+    /// 499 until a response comes.
+    outcome: Outcome,
 }
 
 pin_project_lite::pin_project! {
@@ -258,19 +269,14 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         at: quanta::Instant,
-        started: Option<Started>,
+        started: Option<Box<Started>>,
     }
 
     impl<F> PinnedDrop for AccessLogFuture<F> {
         fn drop(this: Pin<&mut Self>) {
-            // Dropped before its response: the client went away.
+            // Dropped before its response: the client went away (499).
             if let Some(started) = this.project().started.take() {
-                let outcome = Outcome {
-                    status: CLIENT_CLOSED_REQUEST,
-                    bytes: 0,
-                    upstream: None,
-                };
-                started.write(&outcome);
+                started.write();
             }
         }
     }
@@ -303,12 +309,9 @@ where
                         .get::<RequestId>()
                         .map(|RequestId(id)| id.as_bytes()),
                 );
-                let outcome = Outcome {
-                    status: response.status().as_u16(),
-                    bytes: 0,
-                    upstream,
-                };
-                (started, outcome)
+                started.outcome.status = response.status().as_u16();
+                started.outcome.upstream = upstream;
+                started
             });
             response.map(|inner| WatchedBody::new(inner, LineInWaiting(line)))
         }))
@@ -321,20 +324,20 @@ pub type LoggedBody<B> = WatchedBody<B, LineInWaiting>;
 
 /// A request's line, written when its response body ends or is dropped.
 #[derive(Debug)]
-pub struct LineInWaiting(Option<(Started, Outcome)>);
+pub struct LineInWaiting(Option<Box<Started>>);
 
 impl<D: bytes::Buf> BodyWatcher<D> for LineInWaiting {
     fn polled<E>(&mut self, polled: &Poll<Option<Result<http_body::Frame<D>, E>>>) {
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some((_, outcome)), Some(data)) = (self.0.as_mut(), frame.data_ref()) {
-                    outcome.bytes += data.remaining() as u64;
+                if let (Some(started), Some(data)) = (self.0.as_mut(), frame.data_ref()) {
+                    started.outcome.bytes += data.remaining() as u64;
                 }
             }
             // Ended: written now rather than when hyper drops the body.
             Poll::Ready(None) => {
-                if let Some((started, outcome)) = self.0.take() {
-                    started.write(&outcome);
+                if let Some(started) = self.0.take() {
+                    started.write();
                 }
             }
             Poll::Ready(Some(Err(_))) | Poll::Pending => {}
@@ -344,8 +347,8 @@ impl<D: bytes::Buf> BodyWatcher<D> for LineInWaiting {
 
 impl Drop for LineInWaiting {
     fn drop(&mut self) {
-        if let Some((started, outcome)) = self.0.take() {
-            started.write(&outcome);
+        if let Some(started) = self.0.take() {
+            started.write();
         }
     }
 }
@@ -437,8 +440,9 @@ impl Fields {
 }
 
 impl Started {
-    /// Appends this request's line to the log, with its `outcome`.
-    fn write(self, outcome: &Outcome) {
+    /// Appends this request's line to the log.
+    fn write(&self) {
+        let outcome = &self.outcome;
         let line = Line {
             time: self.logger.micros(self.at),
             status: outcome.status,
