@@ -1102,6 +1102,9 @@ async fn access_lines_carry_the_request_and_its_outcome() {
         16,
         "one made for it"
     );
+    // Nothing of the first request's line is left in the next one's.
+    assert!(lines[1]["user_agent"].is_null(), "{}", lines[1]);
+    assert_eq!(lines[1]["target"], "/t?x=1");
     assert!(
         lines[1]["cache_status"].as_str().unwrap().contains("hit"),
         "{}",
