@@ -1,7 +1,7 @@
 //! The cache handle: configuration, store, routes, counters and purges.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use tower_layer::Layer;
 
@@ -80,7 +80,7 @@ impl<St: Store> CacheBuilder<St> {
                 clock: self.clock,
                 log: Arc::new(InvalidationLog::new(self.config.invalidation_horizon)),
                 coalescer: Arc::default(),
-                retired: AtomicBool::new(false),
+                retired: Arc::default(),
                 stats: Arc::default(),
                 traffic: RouteTraffic::new(routes),
                 config: self.config,
@@ -235,8 +235,9 @@ impl<St: Store> Cache<St> {
     /// would be found under the wrong key, or missed by the new invalidations: the
     /// new cache purges them (through the shared log, so a response still being
     /// fetched under the old recipe is not stored after it) before it is returned.
-    /// This cache then stores nothing more, so that a request it still serves
-    /// cannot store under the old recipe after the purge; and the new cache gets
+    /// This cache (with the earlier ones of the same recipe) then stores nothing
+    /// more, so that a request it still serves cannot store under the old recipe
+    /// after the purge; and the new cache gets
     /// coalescing of its own, so that none of its requests is answered by a fetch
     /// made under the old recipe. Returns the new cache and the number of keys
     /// that purge touched.
@@ -271,7 +272,10 @@ impl<St: Store> Cache<St> {
                     Some(_) => Arc::default(),
                     None => self.shared.coalescer.clone(),
                 },
-                retired: AtomicBool::new(false),
+                retired: match changed {
+                    Some(_) => Arc::default(),
+                    None => self.shared.retired.clone(),
+                },
                 stats: self.shared.stats.clone(),
                 traffic,
                 config,

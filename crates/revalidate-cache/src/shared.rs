@@ -50,8 +50,9 @@ pub(crate) struct Shared<St> {
     pub(crate) coalescer: Arc<Coalescer>,
     /// Set when a reconfiguration changed a key recipe or tags: from then on this
     /// cache stores nothing, since it would key (or tag) by the old recipe; its
-    /// requests in flight are still answered.
-    pub(crate) retired: AtomicBool,
+    /// requests in flight are still answered. Shared, as the coalescer is, with
+    /// the generations before it of the same recipe.
+    pub(crate) retired: Arc<AtomicBool>,
     /// Shared likewise: the counters go on across reloads.
     pub(crate) stats: Arc<Stats>,
     /// Per route of `routes`: made afresh with them.

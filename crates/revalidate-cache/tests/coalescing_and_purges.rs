@@ -458,8 +458,13 @@ async fn a_cache_whose_key_recipe_changed_stores_nothing_more() {
         Origin::new(|_, n| response(200, &[("cache-control", "max-age=600")], &format!("v{n}"))),
         routes(&[]),
     );
-    let (next, _) = h
+    // A reload that changes no recipe, then one that adds the tag: the first
+    // generation is as old as the second.
+    let (same, _) = h
         .cache
+        .reconfigured(routes(&[]), CacheConfig::default())
+        .await;
+    let (next, _) = same
         .reconfigured(routes(&["item:{id}"]), CacheConfig::default())
         .await;
     let old = h.get("/items/1", &[]).await;
