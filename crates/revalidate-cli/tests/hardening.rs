@@ -457,9 +457,10 @@ async fn writes_survive_an_origin_that_closes_idle_connections() {
     );
 }
 
-/// A large upload at the client's own pace is not the upstream's delay: the
-/// upstream's `timeout` runs from the last piece of the body it took, so the
-/// request is answered and the server is not counted as failing.
+/// A large upload at the client's own pace, pauses included, is not the
+/// upstream's delay: the upstream's `timeout` runs from the last piece of the
+/// body it took, and not while the body waits for the client, so the request is
+/// answered and the server is not counted as failing.
 #[tokio::test]
 async fn a_slow_upload_is_not_an_upstream_timeout() {
     let (origin, _) = recording_origin().await;
@@ -473,10 +474,12 @@ async fn a_slow_upload_is_not_an_upstream_timeout() {
         piece.len() * 8
     );
     stream.write_all(head.as_bytes()).await.unwrap();
-    // 1.6 s in all, three times the upstream's timeout.
-    for _ in 0..8 {
+    // 2.4 s in all, with a pause of 1 s: more than the upstream's timeout, within
+    // the client's body timeout.
+    for i in 0..8 {
         stream.write_all(&piece).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let pause = if i == 3 { 1000 } else { 200 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
     }
     let mut reply = vec![0; 4096];
     let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut reply))

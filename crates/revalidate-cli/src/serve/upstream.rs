@@ -375,35 +375,50 @@ enum Outgoing {
 /// not count against it, while an upstream that stops reading the body does.
 #[derive(Debug)]
 struct Upload {
-    /// When the upstream last took a piece of the body (or its end).
-    progress: std::sync::Mutex<tokio::time::Instant>,
+    /// When the upstream last took a piece of the body (or its end), and whether
+    /// the body then waited for the client to send more.
+    progress: std::sync::Mutex<(tokio::time::Instant, bool)>,
 }
 
 impl Upload {
-    /// The deadline for the response head: `timeout` after the last progress of
-    /// the body (which, for a body sent whole, is its end).
-    fn deadline(&self, timeout: Duration) -> tokio::time::Instant {
-        *self
-            .progress
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            + timeout
+    fn new(at: tokio::time::Instant) -> Self {
+        Self {
+            progress: std::sync::Mutex::new((at, false)),
+        }
     }
 
-    fn advanced(&self) {
-        *self
+    /// The deadline for the response head: `timeout` after the last progress of
+    /// the body (which, for a body sent whole, is its end), or after now while
+    /// the body waits for the client (whose pauses `body_timeout` bounds).
+    fn deadline(&self, timeout: Duration) -> tokio::time::Instant {
+        let (at, waits_for_client) = *self
             .progress
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = tokio::time::Instant::now();
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if waits_for_client {
+            tokio::time::Instant::now() + timeout
+        } else {
+            at + timeout
+        }
+    }
+
+    fn polled(&self, ready: bool) {
+        let mut progress = self
+            .progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *progress = if ready {
+            (tokio::time::Instant::now(), false)
+        } else {
+            (progress.0, true)
+        };
     }
 }
 
 /// A streamed request body records its [`Upload`]'s progress as it is sent.
 impl<D> BodyWatcher<D> for Arc<Upload> {
     fn polled<E>(&mut self, polled: &Poll<Option<Result<http_body::Frame<D>, E>>>) {
-        if polled.is_ready() {
-            self.advanced();
-        }
+        Upload::polled(self, polled.is_ready());
     }
 }
 
@@ -479,9 +494,7 @@ impl UpstreamInner {
                 match std::mem::replace(&mut outgoing, Outgoing::Held(Bytes::new())) {
                     Outgoing::Held(bytes) => (Body::from(bytes.clone()), Some(bytes), None),
                     Outgoing::Streamed(inner) => {
-                        let upload = Arc::new(Upload {
-                            progress: std::sync::Mutex::new(asked),
-                        });
+                        let upload = Arc::new(Upload::new(asked));
                         let body = Body::new(WatchedBody::new(inner, upload.clone()));
                         (body, None, Some(upload))
                     }
