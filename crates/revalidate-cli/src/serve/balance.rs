@@ -119,6 +119,9 @@ pub struct Pool {
     fail_timeout: Duration,
     turn: AtomicUsize,
     start: Instant,
+    /// Whether `[upstream.health]` checks the servers (otherwise every
+    /// server's check stays passed).
+    actively_checked: bool,
 }
 
 /// A server picked for one request; counts as outstanding until dropped.
@@ -186,6 +189,7 @@ impl Pool {
             fail_timeout: settings.fail_timeout,
             turn: AtomicUsize::new(0),
             start: Instant::now(),
+            actively_checked: settings.health.is_some(),
         }
     }
 
@@ -199,9 +203,10 @@ impl Pool {
     }
 
     /// Takes over what `old` (the pool a reload replaces) knows of the servers
-    /// both name: their failures in a row, the time they are out until, and the
-    /// verdict of their last active check. A reload does not put a server known
-    /// to be down back in the rotation.
+    /// both name: their failures in a row, the time they are out until, and,
+    /// when this pool checks them too, the verdict of their last active check
+    /// (without checks, none would ever pass it again). A reload does not put a
+    /// server known to be down back in the rotation.
     pub fn inherit_health(&self, old: &Pool) {
         for server in &self.servers {
             let Some(known) = old.servers.iter().find(|known| {
@@ -214,9 +219,11 @@ impl Pool {
             server
                 .failures
                 .store(known.failures.load(Ordering::Relaxed), Ordering::Relaxed);
-            server
-                .checked_up
-                .store(known.checked_up.load(Ordering::Relaxed), Ordering::Relaxed);
+            if self.actively_checked {
+                server
+                    .checked_up
+                    .store(known.checked_up.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
             // Out until the same instant, counted from this pool's start.
             let out_until =
                 old.start + Duration::from_millis(known.out_until.load(Ordering::Relaxed));
@@ -315,6 +322,7 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::serve::config::HealthSection;
 
     fn pool(balance: Balance, count: usize) -> Pool {
         let servers = (0..count)
@@ -400,6 +408,26 @@ mod tests {
         assert!(new.servers().iter().all(|s| new.is_available(s)));
         new.inherit_health(&old);
         let available: Vec<bool> = new.servers().iter().map(|s| new.is_available(s)).collect();
+        assert_eq!(
+            available,
+            [false, true, true],
+            "without checks, none fails one"
+        );
+        let checked = Pool::new(
+            (0..3)
+                .map(|i| Server::parse(&format!("http://10.0.0.{i}:80")).unwrap())
+                .collect(),
+            &UpstreamSection {
+                health: Some(HealthSection::default()),
+                ..UpstreamSection::default()
+            },
+        );
+        checked.inherit_health(&old);
+        let available: Vec<bool> = checked
+            .servers()
+            .iter()
+            .map(|s| checked.is_available(s))
+            .collect();
         assert_eq!(available, [false, false, true]);
     }
 

@@ -558,6 +558,33 @@ mod tests {
         }
     }
 
+    /// A line's buffer, filled for a new request, keeps nothing of the last.
+    #[test]
+    fn fields_filled_again_keep_nothing_of_the_last_request() {
+        let mut fields = Fields::default();
+        fields.fill(b"/first", Some(b"agent/1"), Some(b"id-1"));
+        fields.add_response(Some(b"revalidate; hit"), None);
+        assert_eq!(fields.user_agent(), Some(&b"agent/1"[..]));
+        assert_eq!(fields.id(), Some(&b"id-1"[..]));
+        fields.fill(b"/second", None, None);
+        assert_eq!(
+            (
+                fields.target(),
+                fields.user_agent(),
+                fields.id(),
+                fields.cache_status()
+            ),
+            (&b"/second"[..], None, None, None)
+        );
+        fields.add_response(None, Some(b"0123456789abcdef"));
+        assert_eq!(
+            fields.id(),
+            Some(&b"0123456789abcdef"[..]),
+            "the forwarded id"
+        );
+        assert_eq!(fields.cache_status(), None);
+    }
+
     #[test]
     fn cache_status_is_found_wherever_it_is() {
         let status = HeaderValue::from_static("revalidate; hit");

@@ -154,7 +154,7 @@ impl Drop for FlushOnDrop {
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => tracing::warn!(
                     wait = ?self.wait,
-                    "the access log's sink took nothing in time; its last lines are lost"
+                    "the access log's sink did not take the last lines in time; they are lost"
                 ),
             }
         }
