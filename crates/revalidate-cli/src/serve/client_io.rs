@@ -201,10 +201,14 @@ impl Watch {
             (true, true) => 1,
             (true, false) => self.send_stalled + 1,
         };
-        // A body that gave hyper data and is not asked for more while nothing is
-        // written: the client holds the response up without a write blocking
-        // (an HTTP/2 stream whose window it does not open).
-        self.body_stalled = match (owed, taken || self.wrote) {
+        // A body that gave hyper data and is not asked for more: the client holds
+        // the response up without a write blocking (an HTTP/2 stream whose window
+        // it does not open). Over HTTP/1 a write is the body's progress too (hyper
+        // asks for more once its buffer is out); over HTTP/2 it may be anything
+        // (a PING's answer, another stream), and a reader, however slow, that
+        // takes data frees capacity, for which hyper asks the body again.
+        let progressed = taken || (self.wrote && self.http2 != Some(true));
+        self.body_stalled = match (owed, progressed) {
             (false, _) => 0,
             (true, true) => 1,
             (true, false) => self.body_stalled + 1,
@@ -627,5 +631,42 @@ mod tests {
         in_flight.body_polled(&Poll::Ready(Some(())));
         let lasted = time_to_close(&mut io).await;
         assert!(lasted > SEND - PERIOD && lasted <= SEND, "{lasted:?}");
+    }
+
+    /// Over HTTP/2, bytes the connection writes (the answers to a client's
+    /// PINGs, say) are not the stalled body's progress.
+    #[tokio::test(start_paused = true)]
+    async fn http2_pings_do_not_keep_a_stalled_response_open() {
+        let (mut client, mut io, activity) = connection();
+        io.set_http2(true);
+        let mut in_flight = activity.start();
+        in_flight.responding();
+        in_flight.body_polled(&Poll::Ready(Some(())));
+        tokio::spawn(async move {
+            let mut buffer = [0; 64];
+            while client.read(&mut buffer).await.is_ok_and(|n| n > 0) {}
+        });
+        let started = Instant::now();
+        let closed = async {
+            loop {
+                // A PING's answer every half second.
+                if let Err(error) = io.write_all(b"pong").await {
+                    return error;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let mut buffer = [0; 64];
+                if let Ok(Err(error)) =
+                    tokio::time::timeout(Duration::from_millis(1), io.read(&mut buffer)).await
+                {
+                    return error;
+                }
+            }
+        };
+        let error = tokio::time::timeout(SEND * 3, closed)
+            .await
+            .expect("the pings kept the stalled response open");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        let lasted = started.elapsed();
+        assert!(lasted <= SEND + PERIOD, "{lasted:?}");
     }
 }
