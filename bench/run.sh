@@ -673,6 +673,20 @@ cell() { # cell NAME SCENARIO FIELD
     echo "${v:-failed}"
 }
 
+# result_rows KEY...: a table row per available server, with its label and
+# RES[server,KEY] for each KEY ("scenario,field"), "?" where there is none.
+result_rows() {
+    local s key row
+    for s in "${SERVERS[@]}"; do
+        ((AVAILABLE[$s])) || continue
+        row="| ${LABEL[$s]} |"
+        for key in "$@"; do
+            row="$row ${RES[$s,$key]:-?} |"
+        done
+        echo "$row"
+    done
+}
+
 report() {
     local s rss pss n
     local cpu nginx_v varnish_v wrk_v rev
@@ -767,10 +781,8 @@ report() {
             echo
             echo "| server | hot p50 | hot p99 | hot p99.9 | 10k p50 | 10k p99 | 10k p99.9 |"
             echo "|---|---:|---:|---:|---:|---:|---:|"
-            for s in "${SERVERS[@]}"; do
-                ((AVAILABLE[$s])) || continue
-                echo "| ${LABEL[$s]} | ${RES[$s,rate-hot,p50]:-?} | ${RES[$s,rate-hot,p99]:-?} | ${RES[$s,rate-hot,p99.9]:-?} | ${RES[$s,rate-distinct,p50]:-?} | ${RES[$s,rate-distinct,p99]:-?} | ${RES[$s,rate-distinct,p99.9]:-?} |"
-            done
+            result_rows rate-hot,p50 rate-hot,p99 rate-hot,p99.9 \
+                rate-distinct,p50 rate-distinct,p99 rate-distinct,p99.9
             echo
         fi
         echo "## Server CPU per request"
@@ -782,10 +794,7 @@ report() {
         echo
         echo "| server | hot µs/request | 10k µs/request | 304 µs/request |"
         echo "|---|---:|---:|---:|"
-        for s in "${SERVERS[@]}"; do
-            ((AVAILABLE[$s])) || continue
-            echo "| ${LABEL[$s]} | ${RES[$s,hot,cpu]:-?} | ${RES[$s,distinct,cpu]:-?} | ${RES[$s,cond,cpu]:-?} |"
-        done
+        result_rows hot,cpu distinct,cpu cond,cpu
         echo
         echo "## Interference"
         echo
