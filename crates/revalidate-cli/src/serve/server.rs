@@ -258,8 +258,8 @@ where
                 Some(acceptor) => match acceptor.accept(io).await {
                     Ok(mut stream) => {
                         // The bounds see encrypted bytes: ALPN tells HTTP/2 instead.
-                        let (io, session) = stream.get_mut();
-                        io.set_http2(session.alpn_protocol() == Some(b"h2"));
+                        let (io, tls) = stream.get_mut();
+                        io.set_http2(tls.alpn_protocol() == Some(b"h2"));
                         serve_connection(stream, service, watcher, peer).await
                     }
                     Err(error) => {
