@@ -458,34 +458,30 @@ pub fn parse(text: &str, file: &str) -> Result<ServeConfig, ConfigError> {
     // Every wait and interval, bounded below (a zero timeout fails every request,
     // a zero interval stops the health checker) and above: deadlines are computed
     // by adding to the clock, and a bound keeps every sum in range.
+    let health = raw.upstream.health.as_ref();
     for (name, value) in [
-        ("[cache] coalesce_timeout", raw.cache.coalesce_timeout),
-        ("[client] header_timeout", raw.client.header_timeout),
-        ("[client] keepalive_timeout", raw.client.keepalive_timeout),
-        ("[client] body_timeout", raw.client.body_timeout),
-        ("[client] send_timeout", raw.client.send_timeout),
-        ("[upstream] timeout", raw.upstream.timeout),
-        ("[upstream] connect_timeout", raw.upstream.connect_timeout),
-        ("[upstream] idle_timeout", raw.upstream.idle_timeout),
-        ("[upstream] body_timeout", raw.upstream.body_timeout),
-        ("[upstream] fail_timeout", raw.upstream.fail_timeout),
+        ("[cache] coalesce_timeout", Some(raw.cache.coalesce_timeout)),
+        ("[client] header_timeout", Some(raw.client.header_timeout)),
         (
-            "[upstream.health] interval",
-            raw.upstream
-                .health
-                .as_ref()
-                .map_or(Duration::from_secs(1), |h| h.interval),
+            "[client] keepalive_timeout",
+            Some(raw.client.keepalive_timeout),
         ),
+        ("[client] body_timeout", Some(raw.client.body_timeout)),
+        ("[client] send_timeout", Some(raw.client.send_timeout)),
+        ("[upstream] timeout", Some(raw.upstream.timeout)),
         (
-            "[upstream.health] timeout",
-            raw.upstream
-                .health
-                .as_ref()
-                .map_or(Duration::from_secs(1), |h| h.timeout),
+            "[upstream] connect_timeout",
+            Some(raw.upstream.connect_timeout),
         ),
-        ("[redis] timeout", raw.redis.timeout),
-        ("[redis] lease", raw.redis.lease),
+        ("[upstream] idle_timeout", Some(raw.upstream.idle_timeout)),
+        ("[upstream] body_timeout", Some(raw.upstream.body_timeout)),
+        ("[upstream] fail_timeout", Some(raw.upstream.fail_timeout)),
+        ("[upstream.health] interval", health.map(|h| h.interval)),
+        ("[upstream.health] timeout", health.map(|h| h.timeout)),
+        ("[redis] timeout", Some(raw.redis.timeout)),
+        ("[redis] lease", Some(raw.redis.lease)),
     ] {
+        let Some(value) = value else { continue };
         if value.is_zero() {
             return Err(error_at(0, format!("{name} must be longer than 0s")));
         }
