@@ -16,7 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use revalidate_cli::serve::server::ClientLimits;
 use revalidate_cli::serve::{UpstreamClient, parse, proxy};
-use support::proxy::{cache_status, request, spawn, spawn_proxy};
+use support::proxy::{LoggedProxy, cache_status, request, spawn, spawn_proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An origin that records the headers of every request it sees.
@@ -1033,16 +1033,8 @@ async fn clients_get_the_proxys_http_version_and_via() {
 #[tokio::test]
 async fn access_lines_carry_the_request_and_its_outcome() {
     let origin = Origin::default();
-    let (origin_addr, _task) = spawn(origin.router()).await;
-    let config = parse("", "t.toml").unwrap();
-    let upstream = UpstreamClient::new(&format!("http://{origin_addr}"), &config).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("access.log");
-    let file = std::fs::File::create(&path).unwrap();
-    let (logger, flushed_on_drop) =
-        revalidate_cli::serve::AccessLogger::new(file, revalidate_cli::serve::LogFormat::Json);
-    let (app, _) = proxy(&config, upstream).unwrap();
-    let addr = spawn_proxy(app.with_access_log(Some(logger)), ClientLimits::default()).await;
+    let logged = LoggedProxy::start(origin.router(), ClientLimits::default()).await;
+    let addr = logged.addr;
 
     request(
         addr,
@@ -1061,13 +1053,8 @@ async fn access_lines_carry_the_request_and_its_outcome() {
     request(addr, "GET", "/u", &[]).await;
     let (_, forwarded) = origin.requests().pop().unwrap();
     let forwarded_id = forwarded["x-request-id"].to_str().unwrap().to_string();
-    drop(flushed_on_drop);
 
-    let text = std::fs::read_to_string(&path).unwrap();
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
+    let (text, lines) = logged.lines();
     assert_eq!(lines.len(), 3, "{text}");
     assert_eq!(lines[2]["request_id"], forwarded_id.as_str());
     assert!(
@@ -1116,6 +1103,59 @@ async fn access_lines_carry_the_request_and_its_outcome() {
     );
 }
 
+/// A request whose head hyper refuses, and answers itself, still gets its access
+/// line, with the status the client received: no layer sees such a request, so
+/// without one an operator would not see malformed or oversized heads at all.
+#[tokio::test]
+async fn requests_hyper_refuses_are_logged_with_the_status_sent() {
+    let origin = Router::new().route("/ok", axum::routing::get(|| async { "ok" }));
+    let logged = LoggedProxy::start(origin, ClientLimits::default()).await;
+    let addr = logged.addr;
+
+    let many_fields: String = (0..120).map(|i| format!("x-f{i}: v\r\n")).collect();
+    let heads = [
+        (
+            "GET /ok HTTP/1.1\r\nHost: a\r\nbad field: x\r\n\r\n".to_owned(),
+            400,
+        ),
+        (
+            format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(70_000)),
+            414,
+        ),
+        (
+            format!("GET /ok HTTP/1.1\r\nHost: a\r\n{many_fields}\r\n"),
+            431,
+        ),
+    ];
+    for (head, status) in &heads {
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = client.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{answer}"
+        );
+    }
+    assert_eq!(request(addr, "GET", "/ok", &[]).await.status, 200);
+
+    let (text, lines) = logged.lines();
+    assert_eq!(lines.len(), 4, "{text}");
+    for (line, (_, status)) in lines.iter().zip(&heads) {
+        assert_eq!(line["status"], *status, "{line}");
+        assert_eq!(line["client"], "127.0.0.1");
+        assert!(
+            line["method"].is_null() && line["target"].is_null(),
+            "{line}"
+        );
+        assert!(line["total_seconds"].is_null(), "{line}");
+        assert_eq!(line["request_id"].as_str().unwrap().len(), 16);
+    }
+    assert_eq!(lines[3]["status"], 200);
+    assert_eq!(lines[3]["target"], "/ok");
+}
+
 /// An access line is written when the response body ends, with the bytes the
 /// body gave (a streamed answer of unknown length too), and a request its client
 /// abandons before the response is logged with status 499, as nginx does.
@@ -1139,17 +1179,8 @@ async fn access_lines_count_the_bytes_sent_and_abandoned_requests() {
                 "late"
             }),
         );
-    let (origin_addr, _task) = spawn(origin).await;
-    let config = parse("", "t.toml").unwrap();
-    let upstream = UpstreamClient::new(&format!("http://{origin_addr}"), &config).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("access.log");
-    let (logger, flushed_on_drop) = revalidate_cli::serve::AccessLogger::new(
-        std::fs::File::create(&path).unwrap(),
-        revalidate_cli::serve::LogFormat::Json,
-    );
-    let (app, _) = proxy(&config, upstream).unwrap();
-    let addr = spawn_proxy(app.with_access_log(Some(logger)), ClientLimits::default()).await;
+    let logged = LoggedProxy::start(origin, ClientLimits::default()).await;
+    let addr = logged.addr;
 
     let streamed = request(addr, "GET", "/stream", &[]).await;
     assert_eq!(streamed.body.len(), 3000);
@@ -1160,13 +1191,8 @@ async fn access_lines_count_the_bytes_sent_and_abandoned_requests() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(gone);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    drop(flushed_on_drop);
 
-    let text = std::fs::read_to_string(&path).unwrap();
-    let lines: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (text, lines) = logged.lines();
     assert_eq!(lines.len(), 2, "{text}");
     assert_eq!(lines[0]["target"], "/stream");
     assert_eq!(lines[0]["bytes"], 3000, "{}", lines[0]);

@@ -17,7 +17,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::body::Body;
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use http_body::Body as HttpBody;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -28,6 +28,7 @@ use tokio::sync::Semaphore;
 use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
+use super::access_log::AccessLogger;
 use super::client_io::{Activity, BoundedIo, Bounds, InFlight};
 use super::config::{ClientSection, DEFAULT_MAX_CONNECTIONS};
 use super::cpu_share;
@@ -43,6 +44,8 @@ use super::watched_body::{BodyWatcher, WatchedBody};
 pub struct ClientLimits {
     now: Arc<RwLock<Settings>>,
     connections: Arc<Semaphore>,
+    /// Where the requests whose head hyper refuses are logged, if anywhere.
+    refusals: Option<AccessLogger>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -76,6 +79,17 @@ impl ClientLimits {
         Self {
             connections: Arc::new(Semaphore::new(settings.max_connections)),
             now: Arc::new(RwLock::new(settings)),
+            refusals: None,
+        }
+    }
+
+    /// The same limits, with an access line to `logger` for each request whose
+    /// head hyper refuses (400, 414, 431): hyper answers those itself, and no
+    /// layer, the access log's included, sees them.
+    pub fn logging_refusals(self, logger: Option<AccessLogger>) -> Self {
+        Self {
+            refusals: logger,
+            ..self
         }
     }
 
@@ -249,18 +263,19 @@ where
         let io = BoundedIo::new(stream, activity, limits.settings().bounds);
         let watcher = drain.watcher();
         let acceptor = tls.as_ref().map(ListenerTls::acceptor);
+        let refusals = limits.refusals;
         tokio::spawn(async move {
             let _permit = permit;
             let open = metrics::gauge!("revalidate_client_connections");
             open.increment(1.0);
             match acceptor {
-                None => serve_connection(io, service, watcher, peer).await,
+                None => serve_connection(io, service, watcher, peer, refusals).await,
                 Some(acceptor) => match acceptor.accept(io).await {
                     Ok(mut stream) => {
                         // The bounds see encrypted bytes: ALPN tells HTTP/2 instead.
                         let (io, tls) = stream.get_mut();
                         io.set_http2(tls.alpn_protocol() == Some(b"h2"));
-                        serve_connection(stream, service, watcher, peer).await
+                        serve_connection(stream, service, watcher, peer, refusals).await
                     }
                     Err(error) => {
                         metrics::counter!("revalidate_tls_handshake_failures_total").increment(1);
@@ -285,12 +300,13 @@ where
 }
 
 /// Serves one client connection (HTTP/1.1, or HTTP/2 by its preface) until it
-/// ends or the drain closes it.
+/// ends or the drain closes it; a request hyper refused is logged to `refusals`.
 async fn serve_connection<I, S, B>(
     io: I,
     service: CalledInPlace<S>,
     watcher: Watcher,
     peer: SocketAddr,
+    refusals: Option<AccessLogger>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
@@ -302,9 +318,31 @@ async fn serve_connection<I, S, B>(
     let builder = Builder::new(TokioExecutor::new());
     let connection = builder.serve_connection(TokioIo::new(io), service);
     match watcher.watch(connection).await {
-        Some(Err(error)) => tracing::debug!(%peer, error, "connection ended with an error"),
+        Some(Err(error)) => {
+            tracing::debug!(%peer, error, "connection ended with an error");
+            if let (Some(logger), Some(status)) = (refusals, refused_with(&*error)) {
+                logger.refused(peer.ip(), status);
+            }
+        }
         Some(Ok(())) => {}
         None => tracing::debug!(%peer, "connection closed at the drain deadline"),
+    }
+}
+
+/// The status hyper answered with, if `error` ended a connection because hyper
+/// refused a request's head (its `Server::on_error`): 414 for a target too long,
+/// 431 for a head too large, 400 for any other malformed head. hyper's error
+/// tells the first two apart by its message only.
+fn refused_with(error: &(dyn std::error::Error + 'static)) -> Option<StatusCode> {
+    let error = error.downcast_ref::<hyper::Error>()?;
+    if !error.is_parse() {
+        None
+    } else if !error.is_parse_too_large() {
+        Some(StatusCode::BAD_REQUEST)
+    } else if error.to_string().contains("URI") {
+        Some(StatusCode::URI_TOO_LONG)
+    } else {
+        Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
     }
 }
 

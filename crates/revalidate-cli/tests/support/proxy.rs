@@ -34,6 +34,54 @@ pub async fn spawn_proxy(app: Proxy, limits: ClientLimits) -> SocketAddr {
     addr
 }
 
+/// `revalidate serve` in front of `origin` (with `limits`), writing its access
+/// log as JSON to a file, which [`LoggedProxy::lines`] reads back.
+pub struct LoggedProxy {
+    pub addr: SocketAddr,
+    _origin: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    flushed_on_drop: revalidate_cli::serve::access_log::FlushOnDrop,
+}
+
+impl LoggedProxy {
+    pub async fn start(origin: Router, limits: ClientLimits) -> Self {
+        let (origin_addr, origin) = spawn(origin).await;
+        let config = revalidate_cli::serve::parse("", "t.toml").unwrap();
+        let upstream =
+            revalidate_cli::serve::UpstreamClient::new(&format!("http://{origin_addr}"), &config)
+                .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let (logger, flushed_on_drop) = revalidate_cli::serve::AccessLogger::new(
+            std::fs::File::create(&path).unwrap(),
+            revalidate_cli::serve::LogFormat::Json,
+        );
+        let (app, _) = revalidate_cli::serve::proxy(&config, upstream).unwrap();
+        let limits = limits.logging_refusals(Some(logger));
+        let addr = spawn_proxy(app.with_access_log(Some(logger)), limits).await;
+        Self {
+            addr,
+            _origin: origin,
+            _dir: dir,
+            path,
+            flushed_on_drop,
+        }
+    }
+
+    /// Every line written, once the log is flushed and closed; the text too,
+    /// for failure messages.
+    pub fn lines(self) -> (String, Vec<serde_json::Value>) {
+        drop(self.flushed_on_drop);
+        let text = std::fs::read_to_string(&self.path).unwrap();
+        let lines = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        (text, lines)
+    }
+}
+
 /// A response read whole.
 pub struct Reply {
     pub status: u16,

@@ -25,16 +25,24 @@ pub(super) struct Line<'a> {
     /// before the clocks' drift is added.
     pub(super) time: u64,
     pub(super) status: u16,
-    pub(super) version: http::Version,
+    /// None for a head hyper refused (400, 414, 431) before any layer saw it.
+    pub(super) request: Option<RequestLine<'a>>,
     pub(super) bytes: Option<u64>,
     pub(super) upstream: Option<Duration>,
-    pub(super) total: Duration,
+    /// From the head to the body's end; unknown for a refused head.
+    pub(super) total: Option<Duration>,
     pub(super) client: Option<IpAddr>,
-    pub(super) method: &'a [u8],
-    pub(super) target: &'a [u8],
     pub(super) cache_status: Option<&'a [u8]>,
     pub(super) id: Id<'a>,
     pub(super) user_agent: Option<&'a [u8]>,
+}
+
+/// What a request's first line said.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RequestLine<'a> {
+    pub(super) method: &'a [u8],
+    pub(super) target: &'a [u8],
+    pub(super) version: http::Version,
 }
 
 /// What a thread's lines remember from one to the next: the time's text and the
@@ -73,12 +81,19 @@ impl Line<'_> {
         out.extend_from_slice(b" [");
         writer.time.push(out, self.time);
         out.extend_from_slice(b"] \"");
-        // A method is a token (`http::Method` holds no other): nothing to escape.
-        out.extend_from_slice(self.method);
-        out.push(b' ');
-        escape_into(out, self.target);
-        out.push(b' ');
-        out.extend_from_slice(version_str(self.version).as_bytes());
+        match self.request {
+            Some(request) => {
+                // A method is a token (`http::Method` holds no other): nothing to
+                // escape.
+                out.extend_from_slice(request.method);
+                out.push(b' ');
+                escape_into(out, request.target);
+                out.push(b' ');
+                out.extend_from_slice(version_str(request.version).as_bytes());
+            }
+            // As nginx writes a request it could not read.
+            None => out.push(b'-'),
+        }
         out.extend_from_slice(b"\" ");
         out.extend_from_slice(numbers.format(self.status).as_bytes());
         out.push(b' ');
@@ -94,7 +109,10 @@ impl Line<'_> {
             None => out.push(b'-'),
         }
         out.extend_from_slice(b" total=");
-        seconds(out, self.total);
+        match self.total {
+            Some(total) => seconds(out, total),
+            None => out.push(b'-'),
+        }
         out.extend_from_slice(b" id=");
         match self.id {
             Id::Text(text) => escape_into(out, text),
@@ -121,12 +139,19 @@ impl Line<'_> {
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"method\":");
-        json_string(out, Some(self.method));
+        json_string(out, self.request.map(|r| r.method));
         out.extend_from_slice(b",\"target\":");
-        json_string(out, Some(self.target));
-        out.extend_from_slice(b",\"version\":\"");
-        out.extend_from_slice(version_str(self.version).as_bytes());
-        out.extend_from_slice(b"\",\"status\":");
+        json_string(out, self.request.map(|r| r.target));
+        out.extend_from_slice(b",\"version\":");
+        match self.request {
+            Some(request) => {
+                out.push(b'"');
+                out.extend_from_slice(version_str(request.version).as_bytes());
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"status\":");
         out.extend_from_slice(numbers.format(self.status).as_bytes());
         out.extend_from_slice(b",\"bytes\":");
         match self.bytes {
@@ -142,7 +167,10 @@ impl Line<'_> {
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"total_seconds\":");
-        seconds(out, self.total);
+        match self.total {
+            Some(total) => seconds(out, total),
+            None => out.extend_from_slice(b"null"),
+        }
         out.extend_from_slice(b",\"request_id\":");
         match self.id {
             Id::Text(text) => json_string(out, Some(text)),
@@ -375,13 +403,15 @@ mod tests {
             Line {
                 time: 1_796_286_662_123_456,
                 status: 304,
-                version: http::Version::HTTP_2,
+                request: Some(RequestLine {
+                    method: b"GET",
+                    target: b"/a?b=c",
+                    version: http::Version::HTTP_2,
+                }),
                 bytes: None,
                 upstream: Some(Duration::from_micros(1_234)),
-                total: Duration::from_micros(5_678),
+                total: Some(Duration::from_micros(5_678)),
                 client: Some("10.0.0.1".parse().unwrap()),
-                method: b"GET",
-                target: b"/a?b=c",
                 cache_status: None,
                 id: Id::Text(b"abc"),
                 user_agent: Some(b"\xffua"),
@@ -389,13 +419,15 @@ mod tests {
             Line {
                 time: 1_796_286_663_000_500,
                 status: 200,
-                version: http::Version::HTTP_11,
+                request: Some(RequestLine {
+                    method: b"HEAD",
+                    target: b"/",
+                    version: http::Version::HTTP_11,
+                }),
                 bytes: Some(5),
                 upstream: None,
-                total: Duration::from_micros(41),
+                total: Some(Duration::from_micros(41)),
                 client: Some("::1".parse().unwrap()),
-                method: b"HEAD",
-                target: b"/",
                 cache_status: Some(b"revalidate; hit"),
                 id: Id::Made(0x0123_4567_89ab_cdef),
                 user_agent: None,
@@ -449,6 +481,39 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_head_shows_what_is_unknown_as_such() {
+        let line = Line {
+            time: 1_796_286_662_123_456,
+            status: 431,
+            request: None,
+            bytes: Some(0),
+            upstream: None,
+            total: None,
+            client: Some("10.0.0.1".parse().unwrap()),
+            cache_status: None,
+            id: Id::Made(1),
+            user_agent: None,
+        };
+        let (mut out, mut writer) = (Vec::new(), LineWriter::default());
+        writer.write(&line, LogFormat::Text, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "10.0.0.1 [2026-12-03T08:31:02.123Z] \"-\" 431 0 \"-\" upstream=- total=- id=0000000000000001 ua=\"-\""
+        );
+        let mut out = Vec::new();
+        writer.write(&line, LogFormat::Json, &mut out);
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&out).unwrap(),
+            serde_json::json!({
+                "time": "2026-12-03T08:31:02.123Z", "client": "10.0.0.1", "method": null,
+                "target": null, "version": null, "status": 431, "bytes": 0,
+                "cache_status": null, "upstream_seconds": null, "total_seconds": null,
+                "request_id": "0000000000000001", "user_agent": null,
+            })
+        );
+    }
+
+    #[test]
     fn exactly_controls_quotes_backslashes_and_non_ascii_are_escaped() {
         for b in 0..=u8::MAX {
             let plain = (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\';
@@ -461,13 +526,15 @@ mod tests {
         let line = Line {
             time: 1_796_286_662_999_999,
             status: 200,
-            version: http::Version::HTTP_11,
+            request: Some(RequestLine {
+                method: b"GET",
+                target: b"/a\"b\nc\\d",
+                version: http::Version::HTTP_11,
+            }),
             bytes: Some(5),
             upstream: None,
-            total: Duration::from_micros(41),
+            total: Some(Duration::from_micros(41)),
             client: None,
-            method: b"GET",
-            target: b"/a\"b\nc\\d",
             cache_status: Some(b"revalidate; hit"),
             id: Id::Text(b"i"),
             user_agent: Some("ua\"x\u{e9}".as_bytes()),

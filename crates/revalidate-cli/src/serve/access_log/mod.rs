@@ -42,7 +42,7 @@ use http_body::Body;
 use tower::{Layer, Service};
 
 use super::watched_body::{BodyWatcher, WatchedBody};
-use line::{Id, Line};
+use line::{Id, Line, RequestLine};
 pub use writer::{AccessLogger, FlushOnDrop};
 
 /// The request id's field.
@@ -496,6 +496,26 @@ impl Fields {
     }
 }
 
+impl AccessLogger {
+    /// Appends the line of a request whose head hyper refused, answering it
+    /// `status` itself before any layer saw it: its request line and its times
+    /// are unknown, and written as such (`-`, or `null` in JSON).
+    pub fn refused(self, client: IpAddr, status: http::StatusCode) {
+        self.append(&Line {
+            time: self.micros(quanta::Instant::now()),
+            status: status.as_u16(),
+            request: None,
+            bytes: Some(0),
+            upstream: None,
+            total: None,
+            client: Some(client),
+            cache_status: None,
+            id: Id::Made(new_id()),
+            user_agent: None,
+        });
+    }
+}
+
 impl Started {
     /// Appends this request's line to the log.
     fn write(&self) {
@@ -503,13 +523,15 @@ impl Started {
         let line = Line {
             time: self.logger.micros(self.at),
             status: outcome.status,
-            version: self.version,
+            request: Some(RequestLine {
+                method: self.method.as_str().as_bytes(),
+                target: self.fields.target(),
+                version: self.version,
+            }),
             bytes: Some(outcome.bytes),
             upstream: outcome.upstream,
-            total: self.at.elapsed(),
+            total: Some(self.at.elapsed()),
             client: self.peer,
-            method: self.method.as_str().as_bytes(),
-            target: self.fields.target(),
             cache_status: self.fields.cache_status(),
             id: self
                 .fields

@@ -257,7 +257,7 @@ impl AccessLogger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::serve::access_log::line::Id;
+    use crate::serve::access_log::line::{Id, RequestLine};
     use std::sync::Condvar;
 
     /// A sink that takes nothing until it is opened, as a stalled disk.
@@ -288,13 +288,15 @@ mod tests {
         Line {
             time: 0,
             status: 200,
-            version: http::Version::HTTP_11,
+            request: Some(RequestLine {
+                method: b"GET",
+                target,
+                version: http::Version::HTTP_11,
+            }),
             bytes: Some(1),
             upstream: None,
-            total: Duration::ZERO,
+            total: Some(Duration::ZERO),
             client: None,
-            method: b"GET",
-            target,
             cache_status: None,
             id: Id::Made(1),
             user_agent: None,
