@@ -1103,13 +1103,16 @@ async fn access_lines_carry_the_request_and_its_outcome() {
     );
 }
 
-/// A request whose head hyper refuses, and answers itself, still gets its access
-/// line, with the status the client received: no layer sees such a request, so
-/// without one an operator would not see malformed or oversized heads at all.
+/// A request that never reaches the service still gets its access line, with
+/// its status: a head hyper refuses (and answers itself), and a head the header
+/// timeout cuts short (408, closed without an answer). No layer sees such a
+/// request, so without one an operator would not see malformed, oversized or
+/// trickled heads at all. A connection that sends nothing is no request.
 #[tokio::test]
-async fn requests_hyper_refuses_are_logged_with_the_status_sent() {
+async fn requests_that_never_reach_the_service_are_logged_with_their_status() {
     let origin = Router::new().route("/ok", axum::routing::get(|| async { "ok" }));
-    let logged = LoggedProxy::start(origin, ClientLimits::default()).await;
+    let config = parse("[client]\nheader_timeout = \"300ms\"\n", "t.toml").unwrap();
+    let logged = LoggedProxy::start(origin, ClientLimits::new(&config.client)).await;
     let addr = logged.addr;
 
     let many_fields: String = (0..120).map(|i| format!("x-f{i}: v\r\n")).collect();
@@ -1126,6 +1129,8 @@ async fn requests_hyper_refuses_are_logged_with_the_status_sent() {
             format!("GET /ok HTTP/1.1\r\nHost: a\r\n{many_fields}\r\n"),
             431,
         ),
+        ("GET /ok HTTP/1.1\r\nHo".to_owned(), 408),
+        (String::new(), 0),
     ];
     for (head, status) in &heads {
         let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -1133,16 +1138,19 @@ async fn requests_hyper_refuses_are_logged_with_the_status_sent() {
         let mut answer = Vec::new();
         let _ = client.read_to_end(&mut answer).await;
         let answer = String::from_utf8_lossy(&answer);
-        assert!(
-            answer.starts_with(&format!("HTTP/1.1 {status} ")),
-            "{answer}"
-        );
+        match status {
+            408 | 0 => assert_eq!(answer, "", "closed without an answer"),
+            _ => assert!(
+                answer.starts_with(&format!("HTTP/1.1 {status} ")),
+                "{answer}"
+            ),
+        }
     }
     assert_eq!(request(addr, "GET", "/ok", &[]).await.status, 200);
 
     let (text, lines) = logged.lines();
-    assert_eq!(lines.len(), 4, "{text}");
-    for (line, (_, status)) in lines.iter().zip(&heads) {
+    assert_eq!(lines.len(), 5, "{text}");
+    for (line, (_, status)) in lines.iter().zip(&heads[..4]) {
         assert_eq!(line["status"], *status, "{line}");
         assert_eq!(line["client"], "127.0.0.1");
         assert!(
@@ -1152,8 +1160,8 @@ async fn requests_hyper_refuses_are_logged_with_the_status_sent() {
         assert!(line["total_seconds"].is_null(), "{line}");
         assert_eq!(line["request_id"].as_str().unwrap().len(), 16);
     }
-    assert_eq!(lines[3]["status"], 200);
-    assert_eq!(lines[3]["target"], "/ok");
+    assert_eq!(lines[4]["status"], 200);
+    assert_eq!(lines[4]["target"], "/ok");
 }
 
 /// An access line is written when the response body ends, with the bytes the

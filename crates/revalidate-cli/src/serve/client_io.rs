@@ -138,12 +138,59 @@ impl Drop for InFlight {
     }
 }
 
+/// The bound that closed a connection: the error its read or write failed with
+/// (`TimedOut`) carries it, so that the connection's end can say which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BoundPassed {
+    /// A request head began and did not arrive whole in time.
+    HeadBegun,
+    /// A new connection sent nothing in the header timeout.
+    NoHead,
+    /// No request came in the keep-alive timeout.
+    Idle,
+    /// The client's socket took none of its response in the send timeout.
+    ClientNotReading,
+    /// The client took none of a response body (over HTTP/2: opened no window).
+    ClientNotTaking,
+}
+
+impl BoundPassed {
+    /// The bound that `error` (the connection's end, through hyper's error and
+    /// the socket's) says passed, if one did.
+    pub(crate) fn in_error(error: &(dyn std::error::Error + 'static)) -> Option<Self> {
+        std::iter::successors(Some(error), |error| error.source())
+            .filter_map(|error| error.downcast_ref::<io::Error>()?.get_ref())
+            .find_map(|inner| inner.downcast_ref::<Self>().copied())
+    }
+}
+
+impl std::fmt::Display for BoundPassed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::HeadBegun => "the request head did not arrive in time",
+            Self::NoHead => "no request head came in time",
+            Self::Idle => "the connection was idle too long",
+            Self::ClientNotReading => "the client stopped reading its response",
+            Self::ClientNotTaking => "the client stopped taking its response",
+        })
+    }
+}
+
+impl std::error::Error for BoundPassed {}
+
+impl From<BoundPassed> for io::Error {
+    fn from(bound: BoundPassed) -> Self {
+        Self::new(io::ErrorKind::TimedOut, bound)
+    }
+}
+
 /// What the connection is waiting for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Waiting {
     /// The rest of a request head whose first bytes came in when the service had
-    /// started this many requests (a new connection waits for its first head).
-    Head { after: u64, ticks: u32 },
+    /// started this many requests (a new connection waits for its first head,
+    /// which has not `begun` until a byte of it comes).
+    Head { after: u64, ticks: u32, begun: bool },
     /// Nothing: the connection is idle between requests, for about this many ticks.
     Idle { ticks: u32 },
     /// The service: a request is in flight.
@@ -187,9 +234,14 @@ impl Watch {
         self.waiting = match self.waiting {
             _ if busy => Waiting::Service,
             Waiting::Head { after, .. } if started != after => Waiting::Idle { ticks: 1 },
-            Waiting::Head { after, ticks } => Waiting::Head {
+            Waiting::Head {
+                after,
+                ticks,
+                begun,
+            } => Waiting::Head {
                 after,
                 ticks: ticks + 1,
+                begun,
             },
             Waiting::Service => Waiting::Idle { ticks: 1 },
             Waiting::Idle { .. } if self.moved => Waiting::Idle { ticks: 1 },
@@ -215,20 +267,20 @@ impl Watch {
         };
         self.moved = false;
         self.wrote = false;
-        let timed_out = |why: &str| Err(io::Error::new(io::ErrorKind::TimedOut, why.to_string()));
         if self.send_stalled >= self.send_ticks {
-            return timed_out("the client stopped reading its response");
+            return Err(BoundPassed::ClientNotReading.into());
         }
         if self.body_stalled >= self.send_ticks {
-            return timed_out("the client stopped taking its response");
+            return Err(BoundPassed::ClientNotTaking.into());
         }
         match self.waiting {
-            Waiting::Head { ticks, .. } if ticks >= self.header_ticks => {
-                timed_out("the request head did not arrive in time")
+            Waiting::Head { ticks, begun, .. } if ticks >= self.header_ticks => Err(if begun {
+                BoundPassed::HeadBegun
+            } else {
+                BoundPassed::NoHead
             }
-            Waiting::Idle { ticks } if ticks >= self.idle_ticks => {
-                timed_out("the connection was idle too long")
-            }
+            .into()),
+            Waiting::Idle { ticks } if ticks >= self.idle_ticks => Err(BoundPassed::Idle.into()),
             _ => Ok(()),
         }
     }
@@ -261,7 +313,10 @@ impl Watch {
             self.waiting = Waiting::Head {
                 after: started,
                 ticks: 0,
+                begun: true,
             };
+        } else if let Waiting::Head { begun, .. } = &mut self.waiting {
+            *begun = true;
         }
     }
 
@@ -314,7 +369,11 @@ impl<T> BoundedIo<T> {
             },
             watch: Watch {
                 // A connection that sends nothing at all is held to the header bound.
-                waiting: Waiting::Head { after: 0, ticks: 0 },
+                waiting: Waiting::Head {
+                    after: 0,
+                    ticks: 0,
+                    begun: false,
+                },
                 http2: None,
                 moved: false,
                 wrote: false,
@@ -501,6 +560,37 @@ mod tests {
         let (_client, mut io, _) = connection();
         let lasted = time_to_close(&mut io).await;
         assert!(lasted > HEADER - PERIOD && lasted <= HEADER, "{lasted:?}");
+    }
+
+    /// The bound that closed the connection, as the connection's end finds it.
+    async fn closed_by(io: &mut BoundedIo<DuplexStream>) -> Option<BoundPassed> {
+        let mut buffer = [0; 64];
+        loop {
+            if let Err(error) = io.read(&mut buffer).await {
+                return BoundPassed::in_error(&error);
+            }
+        }
+    }
+
+    /// A head that began is told from one that never did: only the first is a
+    /// request (the access log's 408).
+    #[tokio::test(start_paused = true)]
+    async fn the_header_bound_tells_a_begun_head_from_none() {
+        let (_client, mut io, _) = connection();
+        assert_eq!(closed_by(&mut io).await, Some(BoundPassed::NoHead));
+
+        let (mut client, mut io, _) = connection();
+        client.write_all(b"GET / HT").await.unwrap();
+        assert_eq!(closed_by(&mut io).await, Some(BoundPassed::HeadBegun));
+
+        // After a request, the next head's first bytes begin it.
+        let (mut client, mut io, activity) = connection();
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buffer = [0; 64];
+        assert!(io.read(&mut buffer).await.unwrap() > 0);
+        drop(activity.start());
+        client.write_all(b"GET /next HT").await.unwrap();
+        assert_eq!(closed_by(&mut io).await, Some(BoundPassed::HeadBegun));
     }
 
     #[tokio::test(start_paused = true)]

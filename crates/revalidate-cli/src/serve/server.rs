@@ -29,7 +29,7 @@ use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
 use super::access_log::AccessLogger;
-use super::client_io::{Activity, BoundedIo, Bounds, InFlight};
+use super::client_io::{Activity, BoundPassed, BoundedIo, Bounds, InFlight};
 use super::config::{ClientSection, DEFAULT_MAX_CONNECTIONS};
 use super::cpu_share;
 use super::drain::{Drain, Watcher};
@@ -44,7 +44,8 @@ use super::watched_body::{BodyWatcher, WatchedBody};
 pub struct ClientLimits {
     now: Arc<RwLock<Settings>>,
     connections: Arc<Semaphore>,
-    /// Where the requests whose head hyper refuses are logged, if anywhere.
+    /// Where the requests that end before the service sees them (a head hyper
+    /// refuses, or one that does not arrive in time) are logged, if anywhere.
     refusals: Option<AccessLogger>,
 }
 
@@ -84,8 +85,8 @@ impl ClientLimits {
     }
 
     /// The same limits, with an access line to `logger` for each request whose
-    /// head hyper refuses (400, 414, 431): hyper answers those itself, and no
-    /// layer, the access log's included, sees them.
+    /// head hyper refuses (400, 414, 431) or that the header timeout cuts short
+    /// (408): no layer, the access log's included, sees those.
     pub fn logging_refusals(self, logger: Option<AccessLogger>) -> Self {
         Self {
             refusals: logger,
@@ -300,7 +301,8 @@ where
 }
 
 /// Serves one client connection (HTTP/1.1, or HTTP/2 by its preface) until it
-/// ends or the drain closes it; a request hyper refused is logged to `refusals`.
+/// ends or the drain closes it; a request that ended before the service saw it
+/// is logged to `refusals`.
 async fn serve_connection<I, S, B>(
     io: I,
     service: CalledInPlace<S>,
@@ -320,7 +322,7 @@ async fn serve_connection<I, S, B>(
     match watcher.watch(connection).await {
         Some(Err(error)) => {
             tracing::debug!(%peer, error, "connection ended with an error");
-            if let (Some(logger), Some(status)) = (refusals, refused_with(&*error)) {
+            if let (Some(logger), Some(status)) = (refusals, unserved_status(&*error)) {
                 logger.refused(peer.ip(), status);
             }
         }
@@ -329,11 +331,19 @@ async fn serve_connection<I, S, B>(
     }
 }
 
-/// The status hyper answered with, if `error` ended a connection because hyper
-/// refused a request's head (its `Server::on_error`): 414 for a target too long,
-/// 431 for a head too large, 400 for any other malformed head. hyper's error
-/// tells the first two apart by its message only.
-fn refused_with(error: &(dyn std::error::Error + 'static)) -> Option<StatusCode> {
+/// The status of a request that `error`, ending its connection, kept from the
+/// service, if there was one: hyper's answer to a head it refused (its
+/// `Server::on_error`: 414 for a target too long, 431 for a head too large, 400
+/// for any other malformed head; its error tells the first two apart by its
+/// message only), or 408 for a head that began and did not arrive whole within
+/// the header timeout (the connection is closed without an answer, and nginx
+/// logs such a request as 408 too). hyper answers every parse error of a server
+/// connection but two, neither of which comes here: an HTTP/2 preface on an
+/// HTTP/1-only connection (the preface is read first), and an error of its own.
+fn unserved_status(error: &(dyn std::error::Error + 'static)) -> Option<StatusCode> {
+    if BoundPassed::in_error(error) == Some(BoundPassed::HeadBegun) {
+        return Some(StatusCode::REQUEST_TIMEOUT);
+    }
     let error = error.downcast_ref::<hyper::Error>()?;
     if !error.is_parse() {
         None

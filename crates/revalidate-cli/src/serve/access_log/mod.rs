@@ -497,9 +497,10 @@ impl Fields {
 }
 
 impl AccessLogger {
-    /// Appends the line of a request whose head hyper refused, answering it
-    /// `status` itself before any layer saw it: its request line and its times
-    /// are unknown, and written as such (`-`, or `null` in JSON).
+    /// Appends the line of a request whose head was refused before any layer
+    /// saw it (by hyper, or by the header timeout), with the `status` it was
+    /// answered or closed with: its request line and its times are unknown, and
+    /// written as such (`-`, or `null` in JSON).
     pub fn refused(self, client: IpAddr, status: http::StatusCode) {
         self.append(&Line {
             time: self.micros(quanta::Instant::now()),
