@@ -401,7 +401,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let limits =
         serve::server::ClientLimits::new(&serve::server::fit_to_file_limit(&config.client))
-            .logging_refusals(access_logger);
+            .logging_unserved(access_logger);
     let (app, cache) = serve::proxy(&config, upstream).map_err(|e| UsageError(e.to_string()))?;
     let app = app.with_access_log(access_logger);
     let reload_args = args.clone();

@@ -552,6 +552,44 @@ async fn handshake(addr: SocketAddr, ca: &Path) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// Over TLS the bounds see the handshake's bytes, which begin no request: a
+/// client that shakes hands and then sends nothing until the header timeout
+/// closes it has no access line, and one that begins a head and stops there
+/// has a 408.
+#[tokio::test]
+async fn over_tls_only_a_head_cut_short_is_logged_at_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(dir.path());
+    let tls = revalidate_cli::serve::tls::ListenerTls::load(&cert, &key).unwrap();
+    let config =
+        revalidate_cli::serve::parse("[client]\nheader_timeout = \"300ms\"\n", "t.toml").unwrap();
+    let origin = counting_origin(Seen::default());
+    let logged =
+        support::proxy::LoggedProxy::start(origin, ClientLimits::new(&config.client), Some(tls))
+            .await;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(
+        revalidate_cli::serve::tls::upstream_config(Some(&ca)).unwrap(),
+    ));
+    for head in [&b""[..], b"GET /items/1 HT"] {
+        let tcp = tokio::net::TcpStream::connect(logged.addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut client = connector.connect(name, tcp).await.unwrap();
+        client.write_all(head).await.unwrap();
+        client.flush().await.unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            use tokio::io::AsyncReadExt;
+            let mut buffer = [0; 64];
+            while matches!(client.read(&mut buffer).await, Ok(n) if n > 0) {}
+        })
+        .await;
+        assert!(closed.is_ok(), "the header timeout closes the connection");
+    }
+    let (text, lines) = logged.lines();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert_eq!(lines[0]["status"], 408, "{text}");
+}
+
 /// A GET over TLS trusting `ca`, and the protocol ALPN chose.
 async fn https_get(addr: SocketAddr, path: &str, ca: &Path) -> (Reply, String) {
     use http_body_util::BodyExt;

@@ -1033,7 +1033,7 @@ async fn clients_get_the_proxys_http_version_and_via() {
 #[tokio::test]
 async fn access_lines_carry_the_request_and_its_outcome() {
     let origin = Origin::default();
-    let logged = LoggedProxy::start(origin.router(), ClientLimits::default()).await;
+    let logged = LoggedProxy::start(origin.router(), ClientLimits::default(), None).await;
     let addr = logged.addr;
 
     request(
@@ -1112,7 +1112,7 @@ async fn access_lines_carry_the_request_and_its_outcome() {
 async fn requests_that_never_reach_the_service_are_logged_with_their_status() {
     let origin = Router::new().route("/ok", axum::routing::get(|| async { "ok" }));
     let config = parse("[client]\nheader_timeout = \"300ms\"\n", "t.toml").unwrap();
-    let logged = LoggedProxy::start(origin, ClientLimits::new(&config.client)).await;
+    let logged = LoggedProxy::start(origin, ClientLimits::new(&config.client), None).await;
     let addr = logged.addr;
 
     let many_fields: String = (0..120).map(|i| format!("x-f{i}: v\r\n")).collect();
@@ -1187,7 +1187,7 @@ async fn access_lines_count_the_bytes_sent_and_abandoned_requests() {
                 "late"
             }),
         );
-    let logged = LoggedProxy::start(origin, ClientLimits::default()).await;
+    let logged = LoggedProxy::start(origin, ClientLimits::default(), None).await;
     let addr = logged.addr;
 
     let streamed = request(addr, "GET", "/stream", &[]).await;

@@ -142,10 +142,9 @@ impl Drop for InFlight {
 /// (`TimedOut`) carries it, so that the connection's end can say which.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BoundPassed {
-    /// A request head began and did not arrive whole in time.
-    HeadBegun,
-    /// A new connection sent nothing in the header timeout.
-    NoHead,
+    /// A request head did not arrive whole in time (or, on a new connection, at
+    /// all).
+    Head,
     /// No request came in the keep-alive timeout.
     Idle,
     /// The client's socket took none of its response in the send timeout.
@@ -167,8 +166,7 @@ impl BoundPassed {
 impl std::fmt::Display for BoundPassed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Self::HeadBegun => "the request head did not arrive in time",
-            Self::NoHead => "no request head came in time",
+            Self::Head => "the request head did not arrive in time",
             Self::Idle => "the connection was idle too long",
             Self::ClientNotReading => "the client stopped reading its response",
             Self::ClientNotTaking => "the client stopped taking its response",
@@ -188,9 +186,8 @@ impl From<BoundPassed> for io::Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Waiting {
     /// The rest of a request head whose first bytes came in when the service had
-    /// started this many requests (a new connection waits for its first head,
-    /// which has not `begun` until a byte of it comes).
-    Head { after: u64, ticks: u32, begun: bool },
+    /// started this many requests (a new connection waits for its first head).
+    Head { after: u64, ticks: u32 },
     /// Nothing: the connection is idle between requests, for about this many ticks.
     Idle { ticks: u32 },
     /// The service: a request is in flight.
@@ -234,14 +231,9 @@ impl Watch {
         self.waiting = match self.waiting {
             _ if busy => Waiting::Service,
             Waiting::Head { after, .. } if started != after => Waiting::Idle { ticks: 1 },
-            Waiting::Head {
-                after,
-                ticks,
-                begun,
-            } => Waiting::Head {
+            Waiting::Head { after, ticks } => Waiting::Head {
                 after,
                 ticks: ticks + 1,
-                begun,
             },
             Waiting::Service => Waiting::Idle { ticks: 1 },
             Waiting::Idle { .. } if self.moved => Waiting::Idle { ticks: 1 },
@@ -274,12 +266,9 @@ impl Watch {
             return Err(BoundPassed::ClientNotTaking.into());
         }
         match self.waiting {
-            Waiting::Head { ticks, begun, .. } if ticks >= self.header_ticks => Err(if begun {
-                BoundPassed::HeadBegun
-            } else {
-                BoundPassed::NoHead
+            Waiting::Head { ticks, .. } if ticks >= self.header_ticks => {
+                Err(BoundPassed::Head.into())
             }
-            .into()),
             Waiting::Idle { ticks } if ticks >= self.idle_ticks => Err(BoundPassed::Idle.into()),
             _ => Ok(()),
         }
@@ -313,10 +302,7 @@ impl Watch {
             self.waiting = Waiting::Head {
                 after: started,
                 ticks: 0,
-                begun: true,
             };
-        } else if let Waiting::Head { begun, .. } = &mut self.waiting {
-            *begun = true;
         }
     }
 
@@ -369,11 +355,7 @@ impl<T> BoundedIo<T> {
             },
             watch: Watch {
                 // A connection that sends nothing at all is held to the header bound.
-                waiting: Waiting::Head {
-                    after: 0,
-                    ticks: 0,
-                    begun: false,
-                },
+                waiting: Waiting::Head { after: 0, ticks: 0 },
                 http2: None,
                 moved: false,
                 wrote: false,
@@ -572,25 +554,25 @@ mod tests {
         }
     }
 
-    /// A head that began is told from one that never did: only the first is a
-    /// request (the access log's 408).
+    /// The error that closes a connection names the bound that passed.
     #[tokio::test(start_paused = true)]
-    async fn the_header_bound_tells_a_begun_head_from_none() {
+    async fn the_error_names_the_bound_that_passed() {
         let (_client, mut io, _) = connection();
-        assert_eq!(closed_by(&mut io).await, Some(BoundPassed::NoHead));
+        assert_eq!(closed_by(&mut io).await, Some(BoundPassed::Head));
 
         let (mut client, mut io, _) = connection();
         client.write_all(b"GET / HT").await.unwrap();
-        assert_eq!(closed_by(&mut io).await, Some(BoundPassed::HeadBegun));
+        assert_eq!(closed_by(&mut io).await, Some(BoundPassed::Head));
 
-        // After a request, the next head's first bytes begin it.
+        // A request, answered: from then on the connection is idle.
         let (mut client, mut io, activity) = connection();
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let mut buffer = [0; 64];
         assert!(io.read(&mut buffer).await.unwrap() > 0);
-        drop(activity.start());
-        client.write_all(b"GET /next HT").await.unwrap();
-        assert_eq!(closed_by(&mut io).await, Some(BoundPassed::HeadBegun));
+        let in_flight = activity.start();
+        tokio::time::sleep(PERIOD * 2).await;
+        drop(in_flight);
+        assert_eq!(closed_by(&mut io).await, Some(BoundPassed::Idle));
     }
 
     #[tokio::test(start_paused = true)]

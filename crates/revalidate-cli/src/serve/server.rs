@@ -46,7 +46,7 @@ pub struct ClientLimits {
     connections: Arc<Semaphore>,
     /// Where the requests that end before the service sees them (a head hyper
     /// refuses, or one that does not arrive in time) are logged, if anywhere.
-    refusals: Option<AccessLogger>,
+    unserved_log: Option<AccessLogger>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -80,16 +80,16 @@ impl ClientLimits {
         Self {
             connections: Arc::new(Semaphore::new(settings.max_connections)),
             now: Arc::new(RwLock::new(settings)),
-            refusals: None,
+            unserved_log: None,
         }
     }
 
     /// The same limits, with an access line to `logger` for each request whose
     /// head hyper refuses (400, 414, 431) or that the header timeout cuts short
     /// (408): no layer, the access log's included, sees those.
-    pub fn logging_refusals(self, logger: Option<AccessLogger>) -> Self {
+    pub fn logging_unserved(self, logger: Option<AccessLogger>) -> Self {
         Self {
-            refusals: logger,
+            unserved_log: logger,
             ..self
         }
     }
@@ -264,19 +264,19 @@ where
         let io = BoundedIo::new(stream, activity, limits.settings().bounds);
         let watcher = drain.watcher();
         let acceptor = tls.as_ref().map(ListenerTls::acceptor);
-        let refusals = limits.refusals;
+        let unserved_log = limits.unserved_log;
         tokio::spawn(async move {
             let _permit = permit;
             let open = metrics::gauge!("revalidate_client_connections");
             open.increment(1.0);
             match acceptor {
-                None => serve_connection(io, service, watcher, peer, refusals).await,
+                None => serve_connection(io, service, watcher, peer, unserved_log).await,
                 Some(acceptor) => match acceptor.accept(io).await {
                     Ok(mut stream) => {
                         // The bounds see encrypted bytes: ALPN tells HTTP/2 instead.
                         let (io, tls) = stream.get_mut();
                         io.set_http2(tls.alpn_protocol() == Some(b"h2"));
-                        serve_connection(stream, service, watcher, peer, refusals).await
+                        serve_connection(stream, service, watcher, peer, unserved_log).await
                     }
                     Err(error) => {
                         metrics::counter!("revalidate_tls_handshake_failures_total").increment(1);
@@ -302,13 +302,13 @@ where
 
 /// Serves one client connection (HTTP/1.1, or HTTP/2 by its preface) until it
 /// ends or the drain closes it; a request that ended before the service saw it
-/// is logged to `refusals`.
+/// is logged to `unserved_log`.
 async fn serve_connection<I, S, B>(
     io: I,
     service: CalledInPlace<S>,
     watcher: Watcher,
     peer: SocketAddr,
-    refusals: Option<AccessLogger>,
+    unserved_log: Option<AccessLogger>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
@@ -322,8 +322,8 @@ async fn serve_connection<I, S, B>(
     match watcher.watch(connection).await {
         Some(Err(error)) => {
             tracing::debug!(%peer, error, "connection ended with an error");
-            if let (Some(logger), Some(status)) = (refusals, unserved_status(&*error)) {
-                logger.refused(peer.ip(), status);
+            if let (Some(logger), Some(status)) = (unserved_log, unserved_status(&*error)) {
+                logger.unserved(peer.ip(), status);
             }
         }
         Some(Ok(())) => {}
@@ -331,28 +331,36 @@ async fn serve_connection<I, S, B>(
     }
 }
 
-/// The status of a request that `error`, ending its connection, kept from the
-/// service, if there was one: hyper's answer to a head it refused (its
-/// `Server::on_error`: 414 for a target too long, 431 for a head too large, 400
-/// for any other malformed head; its error tells the first two apart by its
-/// message only), or 408 for a head that began and did not arrive whole within
-/// the header timeout (the connection is closed without an answer, and nginx
-/// logs such a request as 408 too). hyper answers every parse error of a server
-/// connection but two, neither of which comes here: an HTTP/2 preface on an
-/// HTTP/1-only connection (the preface is read first), and an error of its own.
+/// The status of a request that `error`, ending its HTTP/1 connection, kept
+/// from the service, if there was one. hyper ends a connection with an error
+/// while it reads a head only when part of one came (with nothing read, a
+/// closed or timed-out socket is a clean end), so every such error is a
+/// request's:
+/// - a head hyper refused and answered itself (its `Server::on_error`): 414 for
+///   a target too long, 431 for a head too large, 400 for any other malformed
+///   head; its error tells these apart by its message only;
+/// - a head that did not arrive whole within the header timeout: 408, closed
+///   without an answer, as nginx logs such a request.
+///
+/// Two parse errors get no answer from hyper, and no line here: an HTTP/2
+/// preface where an HTTP/1 head was due, and an error of hyper's own.
 fn unserved_status(error: &(dyn std::error::Error + 'static)) -> Option<StatusCode> {
-    if BoundPassed::in_error(error) == Some(BoundPassed::HeadBegun) {
+    let error = error.downcast_ref::<hyper::Error>()?;
+    if BoundPassed::in_error(error) == Some(BoundPassed::Head) {
         return Some(StatusCode::REQUEST_TIMEOUT);
     }
-    let error = error.downcast_ref::<hyper::Error>()?;
     if !error.is_parse() {
-        None
-    } else if !error.is_parse_too_large() {
-        Some(StatusCode::BAD_REQUEST)
-    } else if error.to_string().contains("URI") {
+        return None;
+    }
+    let message = error.to_string();
+    if message.starts_with("URI too long") {
         Some(StatusCode::URI_TOO_LONG)
-    } else {
+    } else if error.is_parse_too_large() {
         Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+    } else if message.contains("HTTP2 preface") || message.starts_with("internal error") {
+        None
+    } else {
+        Some(StatusCode::BAD_REQUEST)
     }
 }
 

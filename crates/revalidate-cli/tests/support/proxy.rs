@@ -10,6 +10,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use revalidate_cli::serve::Proxy;
 use revalidate_cli::serve::server::{self, ClientLimits};
+use revalidate_cli::serve::tls::ListenerTls;
 
 /// Serves `router` on a free loopback port.
 pub async fn spawn(router: Router) -> (SocketAddr, tokio::task::JoinHandle<()>) {
@@ -23,19 +24,30 @@ pub async fn spawn(router: Router) -> (SocketAddr, tokio::task::JoinHandle<()>) 
 
 /// Serves `app` as `revalidate serve` does, with `limits`, on a free loopback port.
 pub async fn spawn_proxy(app: Proxy, limits: ClientLimits) -> SocketAddr {
+    spawn_proxy_over(app, limits, None).await
+}
+
+/// [`spawn_proxy`], over TLS when `tls` is given.
+pub async fn spawn_proxy_over(
+    app: Proxy,
+    limits: ClientLimits,
+    tls: Option<ListenerTls>,
+) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(server::run(
+    tokio::spawn(server::run_with_tls(
         listener,
         move |peer| app.for_peer(peer),
         std::future::pending(),
         limits,
+        tls,
     ));
     addr
 }
 
-/// `revalidate serve` in front of `origin` (with `limits`), writing its access
-/// log as JSON to a file, which [`LoggedProxy::lines`] reads back.
+/// `revalidate serve` in front of `origin` (with `limits`, and over TLS when
+/// given), writing its access log as JSON to a file, which [`LoggedProxy::lines`]
+/// reads back.
 pub struct LoggedProxy {
     pub addr: SocketAddr,
     _origin: tokio::task::JoinHandle<()>,
@@ -45,7 +57,7 @@ pub struct LoggedProxy {
 }
 
 impl LoggedProxy {
-    pub async fn start(origin: Router, limits: ClientLimits) -> Self {
+    pub async fn start(origin: Router, limits: ClientLimits, tls: Option<ListenerTls>) -> Self {
         let (origin_addr, origin) = spawn(origin).await;
         let config = revalidate_cli::serve::parse("", "t.toml").unwrap();
         let upstream =
@@ -58,8 +70,12 @@ impl LoggedProxy {
             revalidate_cli::serve::LogFormat::Json,
         );
         let (app, _) = revalidate_cli::serve::proxy(&config, upstream).unwrap();
-        let limits = limits.logging_refusals(Some(logger));
-        let addr = spawn_proxy(app.with_access_log(Some(logger)), limits).await;
+        let addr = spawn_proxy_over(
+            app.with_access_log(Some(logger)),
+            limits.logging_unserved(Some(logger)),
+            tls,
+        )
+        .await;
         Self {
             addr,
             _origin: origin,

@@ -21,11 +21,12 @@ pub(super) enum Id<'a> {
 /// A request's fields, as its line shows them.
 #[derive(Debug)]
 pub(super) struct Line<'a> {
-    /// When the request's head was read, in microseconds since the Unix epoch,
-    /// before the clocks' drift is added.
+    /// When the request's head was read (for a head refused before the service
+    /// saw it, when it was refused), in microseconds since the Unix epoch, before
+    /// the clocks' drift is added.
     pub(super) time: u64,
     pub(super) status: u16,
-    /// None for a head hyper refused (400, 414, 431) before any layer saw it.
+    /// None for a head refused before any layer saw it (400, 408, 414, 431).
     pub(super) request: Option<RequestLine<'a>>,
     pub(super) bytes: Option<u64>,
     pub(super) upstream: Option<Duration>,

@@ -11,7 +11,9 @@
 //! A line is written when the response body ends, or is dropped unfinished: its
 //! bytes are those the body gave hyper, and its total time runs to then (as
 //! nginx's `$body_bytes_sent` and `$request_time`). A request dropped before its
-//! response (the client went away) is logged with status 499, as nginx does.
+//! response (the client went away) is logged with status 499, as nginx does. A
+//! head refused before any layer sees it (by hyper, or by the header timeout) is
+//! logged by the listener when its connection ends ([`AccessLogger::unserved`]).
 //!
 //! Each worker thread formats its lines into a batch of its own, which a thread
 //! of the logger's writes every 10 ms ([`writer`]): a slow disk or terminal never
@@ -501,7 +503,7 @@ impl AccessLogger {
     /// saw it (by hyper, or by the header timeout), with the `status` it was
     /// answered or closed with: its request line and its times are unknown, and
     /// written as such (`-`, or `null` in JSON).
-    pub fn refused(self, client: IpAddr, status: http::StatusCode) {
+    pub fn unserved(self, client: IpAddr, status: http::StatusCode) {
         self.append(&Line {
             time: self.micros(quanta::Instant::now()),
             status: status.as_u16(),
