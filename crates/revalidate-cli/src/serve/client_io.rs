@@ -564,15 +564,24 @@ mod tests {
         client.write_all(b"GET / HT").await.unwrap();
         assert_eq!(closed_by(&mut io).await, Some(BoundPassed::Head));
 
-        // A request, answered: from then on the connection is idle.
-        let (mut client, mut io, activity) = connection();
-        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        let mut buffer = [0; 64];
-        assert!(io.read(&mut buffer).await.unwrap() > 0);
-        let in_flight = activity.start();
-        tokio::time::sleep(PERIOD * 2).await;
-        drop(in_flight);
+        // A request, answered: from then on the connection is idle, until the
+        // next head's first bytes.
+        let answered = || async {
+            let (mut client, mut io, activity) = connection();
+            client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            let mut buffer = [0; 64];
+            assert!(io.read(&mut buffer).await.unwrap() > 0);
+            drop(activity.start());
+            (client, io)
+        };
+        let (_client, mut io) = answered().await;
         assert_eq!(closed_by(&mut io).await, Some(BoundPassed::Idle));
+        let (mut client, mut io) = answered().await;
+        let mut buffer = [0; 64];
+        let idle = tokio::time::timeout(PERIOD * 2, io.read(&mut buffer)).await;
+        assert!(idle.is_err(), "idle, not yet closed");
+        client.write_all(b"GET /next HT").await.unwrap();
+        assert_eq!(closed_by(&mut io).await, Some(BoundPassed::Head));
     }
 
     #[tokio::test(start_paused = true)]
