@@ -521,8 +521,9 @@ mod tests {
         (client, io, activity)
     }
 
-    /// Reads until the bound closes the connection; how long that took.
-    async fn time_to_close(io: &mut BoundedIo<DuplexStream>) -> Duration {
+    /// Reads until the bound closes the connection: how long that took, and the
+    /// bound its error names.
+    async fn until_closed(io: &mut BoundedIo<DuplexStream>) -> (Duration, Option<BoundPassed>) {
         let started = Instant::now();
         let mut buffer = [0; 64];
         loop {
@@ -531,10 +532,20 @@ mod tests {
                 Ok(_) => {}
                 Err(error) => {
                     assert_eq!(error.kind(), io::ErrorKind::TimedOut);
-                    return started.elapsed();
+                    return (started.elapsed(), BoundPassed::in_error(&error));
                 }
             }
         }
+    }
+
+    /// How long the bound took to close the connection.
+    async fn time_to_close(io: &mut BoundedIo<DuplexStream>) -> Duration {
+        until_closed(io).await.0
+    }
+
+    /// The bound that closed the connection, as the connection's end finds it.
+    async fn closed_by(io: &mut BoundedIo<DuplexStream>) -> Option<BoundPassed> {
+        until_closed(io).await.1
     }
 
     #[tokio::test(start_paused = true)]
@@ -542,16 +553,6 @@ mod tests {
         let (_client, mut io, _) = connection();
         let lasted = time_to_close(&mut io).await;
         assert!(lasted > HEADER - PERIOD && lasted <= HEADER, "{lasted:?}");
-    }
-
-    /// The bound that closed the connection, as the connection's end finds it.
-    async fn closed_by(io: &mut BoundedIo<DuplexStream>) -> Option<BoundPassed> {
-        let mut buffer = [0; 64];
-        loop {
-            if let Err(error) = io.read(&mut buffer).await {
-                return BoundPassed::in_error(&error);
-            }
-        }
     }
 
     /// The error that closes a connection names the bound that passed.

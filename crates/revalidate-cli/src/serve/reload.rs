@@ -58,7 +58,8 @@ struct LiveInner {
     /// Bumped after each reload; a connection's service compares it with the one
     /// it was made at before each request (one atomic load on the hit path).
     generation: AtomicU64,
-    current: RwLock<Current>,
+    /// The proxy in force.
+    current: RwLock<Proxy>,
     limits: ClientLimits,
     load: Box<Loader>,
     /// One reload at a time, so two cannot interleave their purges and swaps.
@@ -68,9 +69,13 @@ struct LiveInner {
     started: ServeConfig,
 }
 
-#[derive(Clone)]
-struct Current {
-    proxy: Proxy,
+impl LiveInner {
+    fn current(&self) -> Proxy {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl std::fmt::Debug for Live {
@@ -109,7 +114,7 @@ impl Live {
         Self {
             inner: Arc::new(LiveInner {
                 generation: AtomicU64::new(0),
-                current: RwLock::new(Current { proxy }),
+                current: RwLock::new(proxy),
                 limits,
                 load: Box::new(load),
                 reloading: tokio::sync::Mutex::new(()),
@@ -123,22 +128,18 @@ impl Live {
         self.inner.generation.load(Ordering::Acquire)
     }
 
-    fn current(&self) -> Current {
-        self.inner
-            .current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    fn current(&self) -> Proxy {
+        self.inner.current()
     }
 
     /// The cache in force (for purges, which resolve routes).
     pub fn cache(&self) -> Cache<ProxyStore> {
-        self.current().proxy.cache().clone()
+        self.current().cache().clone()
     }
 
     /// The upstream client in force (for readiness and its servers' health).
     pub fn upstream(&self) -> UpstreamClient {
-        self.current().proxy.upstream().clone()
+        self.current().upstream().clone()
     }
 
     /// The service for one client connection (see [`Proxy::for_peer`]); it
@@ -149,7 +150,7 @@ impl Live {
             live: self.inner.clone(),
             peer,
             generation,
-            service: self.current().proxy.for_peer(peer),
+            service: self.current().for_peer(peer),
         }
     }
 
@@ -184,9 +185,8 @@ impl Live {
     async fn reload_now(&self) -> Result<Reloaded, ReloadError> {
         let _one = self.inner.reloading.lock().await;
         let Loaded { config, upstream } = (self.inner.load)().map_err(ReloadError)?;
-        let current = self.current();
         let needs_restart = restart_only_changes(&self.inner.started, &config);
-        let (proxy, dropped) = current.proxy.reconfigured(&config, upstream).await;
+        let (proxy, dropped) = self.current().reconfigured(&config, upstream).await;
         self.inner
             .limits
             .update(&server::fit_to_file_limit(&config.client));
@@ -194,7 +194,7 @@ impl Live {
             .inner
             .current
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = Current { proxy };
+            .unwrap_or_else(PoisonError::into_inner) = proxy;
         let generation = self.inner.generation.fetch_add(1, Ordering::AcqRel) + 1;
         metrics::counter!("revalidate_config_reloads_total").increment(1);
         Ok(Reloaded {
@@ -225,12 +225,11 @@ fn log(result: &Result<Reloaded, ReloadError>) {
 /// with (`started`) and that only a restart applies: the store is made once (its
 /// memory budget and its Redis connection).
 fn restart_only_changes(started: &ServeConfig, new: &ServeConfig) -> Vec<&'static str> {
-    let old = started;
     let mut changed = Vec::new();
-    if old.max_bytes != new.max_bytes {
+    if started.max_bytes != new.max_bytes {
         changed.push("[cache] max_bytes");
     }
-    if old.redis != new.redis {
+    if started.redis != new.redis {
         changed.push("[redis]");
     }
     changed
@@ -264,14 +263,7 @@ impl Service<Request<Body>> for LiveService {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let generation = self.live.generation.load(Ordering::Acquire);
         if generation != self.generation {
-            let current = self
-                .live
-                .current
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .proxy
-                .clone();
-            self.service = current.for_peer(self.peer);
+            self.service = self.live.current().for_peer(self.peer);
             self.generation = generation;
         }
         self.service.poll_ready(cx)

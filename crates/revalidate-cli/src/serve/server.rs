@@ -335,12 +335,7 @@ async fn serve_connection<I, S, B>(
 /// from the service, if there was one. hyper ends a connection with an error
 /// while it reads a head only when part of one came (with nothing read, a
 /// closed or timed-out socket is a clean end), so every such error is a
-/// request's. A connection's first bytes are read before hyper, by hyper-util's
-/// HTTP/1-or-2 detection, which ends a silent connection (or one that only shook
-/// hands over TLS) with a bare `io::Error`: no request, no line. An HTTP/2
-/// connection's errors carry no [`BoundPassed`] either (h2 keeps their text
-/// only), and none is a parse error.
-///
+/// request's:
 /// - a head hyper refused and answered itself (its `Server::on_error`): 414 for
 ///   a target too long, 431 for a head too large, 400 for any other malformed
 ///   head; its error tells these apart by its message only;
@@ -348,7 +343,12 @@ async fn serve_connection<I, S, B>(
 ///   without an answer, as nginx logs such a request.
 ///
 /// Two parse errors get no answer from hyper, and no line here: an HTTP/2
-/// preface where an HTTP/1 head was due, and an error of hyper's own.
+/// preface where an HTTP/1 head was due, and an error of hyper's own. A
+/// connection's first bytes are read before hyper, by hyper-util's HTTP/1-or-2
+/// detection, which ends a silent connection (or one that only shook hands over
+/// TLS) with a bare `io::Error`: no request, no line. An HTTP/2 connection's
+/// errors carry no [`BoundPassed`] either (h2 keeps their text only), and none
+/// is a parse error.
 fn unserved_status(error: &(dyn std::error::Error + 'static)) -> Option<StatusCode> {
     let error = error.downcast_ref::<hyper::Error>()?;
     if BoundPassed::in_error(error) == Some(BoundPassed::Head) {

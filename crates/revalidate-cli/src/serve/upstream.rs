@@ -390,11 +390,15 @@ impl Upload {
     /// The deadline for the response head: `timeout` after the last progress of
     /// the body (which, for a body sent whole, is its end), or after now while
     /// the body waits for the client (whose pauses `body_timeout` bounds).
-    fn deadline(&self, timeout: Duration) -> tokio::time::Instant {
-        let (at, waits_for_client) = *self
-            .progress
+    fn progress(&self) -> std::sync::MutexGuard<'_, (tokio::time::Instant, bool)> {
+        // Nothing panics while it is locked; a poisoned lock is reused.
+        self.progress
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn deadline(&self, timeout: Duration) -> tokio::time::Instant {
+        let (at, waits_for_client) = *self.progress();
         if waits_for_client {
             tokio::time::Instant::now() + timeout
         } else {
@@ -403,10 +407,7 @@ impl Upload {
     }
 
     fn polled(&self, ready: bool) {
-        let mut progress = self
-            .progress
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut progress = self.progress();
         *progress = if ready {
             (tokio::time::Instant::now(), false)
         } else {

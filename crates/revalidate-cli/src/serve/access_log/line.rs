@@ -481,6 +481,16 @@ mod tests {
         );
     }
 
+    /// `line` as text and as parsed JSON.
+    fn formatted(line: &Line<'_>) -> (String, serde_json::Value) {
+        let (mut text, mut json) = (Vec::new(), Vec::new());
+        LineWriter::default().write(line, LogFormat::Text, &mut text);
+        LineWriter::default().write(line, LogFormat::Json, &mut json);
+        let json = serde_json::from_slice(&json)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&json)));
+        (String::from_utf8(text).unwrap(), json)
+    }
+
     #[test]
     fn a_refused_head_shows_what_is_unknown_as_such() {
         let line = Line {
@@ -495,16 +505,13 @@ mod tests {
             id: Id::Made(1),
             user_agent: None,
         };
-        let (mut out, mut writer) = (Vec::new(), LineWriter::default());
-        writer.write(&line, LogFormat::Text, &mut out);
+        let (text, json) = formatted(&line);
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            text,
             "10.0.0.1 [2026-12-03T08:31:02.123Z] \"-\" 431 0 \"-\" upstream=- total=- id=0000000000000001 ua=\"-\""
         );
-        let mut out = Vec::new();
-        writer.write(&line, LogFormat::Json, &mut out);
         assert_eq!(
-            serde_json::from_slice::<serde_json::Value>(&out).unwrap(),
+            json,
             serde_json::json!({
                 "time": "2026-12-03T08:31:02.123Z", "client": "10.0.0.1", "method": null,
                 "target": null, "version": null, "status": 431, "bytes": 0,
@@ -540,15 +547,11 @@ mod tests {
             id: Id::Text(b"i"),
             user_agent: Some("ua\"x\u{e9}".as_bytes()),
         };
-        let (mut out, mut writer) = (Vec::new(), LineWriter::default());
-        writer.write(&line, LogFormat::Text, &mut out);
+        let (text, parsed) = formatted(&line);
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            text,
             "- [2026-12-03T08:31:02.999Z] \"GET /a\\\"b\\x0ac\\\\d HTTP/1.1\" 200 5 \"revalidate; hit\" upstream=- total=0.000041 id=i ua=\"ua\\\"x\\xc3\\xa9\""
         );
-        let mut out = Vec::new();
-        writer.write(&line, LogFormat::Json, &mut out);
-        let parsed: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(parsed["time"], "2026-12-03T08:31:02.999Z");
         assert_eq!(parsed["target"], "/a\"b\nc\\d");
         assert_eq!(parsed["status"], 200);

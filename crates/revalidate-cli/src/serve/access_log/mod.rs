@@ -284,8 +284,7 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             // Dropped before its response: the client went away (499).
             if let Some(started) = this.project().started.take() {
-                started.write();
-                keep_spare(started);
+                started.write_and_keep();
             }
         }
     }
@@ -386,8 +385,7 @@ impl<D: bytes::Buf> BodyWatcher<D> for LineInWaiting {
             // Ended: written now rather than when hyper drops the body.
             Poll::Ready(None) => {
                 if let Some(started) = self.0.take() {
-                    started.write();
-                    keep_spare(started);
+                    started.write_and_keep();
                 }
             }
             Poll::Ready(Some(Err(_))) | Poll::Pending => {}
@@ -398,8 +396,7 @@ impl<D: bytes::Buf> BodyWatcher<D> for LineInWaiting {
 impl Drop for LineInWaiting {
     fn drop(&mut self) {
         if let Some(started) = self.0.take() {
-            started.write();
-            keep_spare(started);
+            started.write_and_keep();
         }
     }
 }
@@ -520,6 +517,13 @@ impl AccessLogger {
 }
 
 impl Started {
+    /// Appends this request's line to the log, and keeps its box for this
+    /// thread's next request.
+    fn write_and_keep(self: Box<Self>) {
+        self.write();
+        keep_spare(self);
+    }
+
     /// Appends this request's line to the log.
     fn write(&self) {
         let outcome = &self.outcome;
