@@ -15,9 +15,11 @@ RUN cargo build --release --locked -p revalidate-cli \
  && strip target/release/revalidate
 
 FROM debian:bookworm-slim
-# ca-certificates: the system's roots, for rediss:// without a CA file.
+# ca-certificates: the system's roots, for https:// upstreams and rediss://
+# without a CA file. apt's lists and caches go with the layer that made them.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get clean \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin revalidate
 COPY --from=build /src/target/release/revalidate /usr/local/bin/revalidate

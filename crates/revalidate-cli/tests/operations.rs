@@ -554,11 +554,23 @@ async fn handshake(addr: SocketAddr, ca: &Path) -> Result<(), String> {
 
 /// Over TLS the bounds see the handshake's bytes, which begin no request: a
 /// client that shakes hands and then sends nothing until the header timeout
-/// closes it has no access line, and one that begins a head and stops there
-/// has a 408.
+/// closes it, or closes itself, has no access line. One that begins a head and
+/// stops there has a 408; one that begins a head and closes has a 400, whether
+/// it ends TLS first (close_notify) or only drops the socket. An HTTP/2
+/// connection (ALPN) dropped the same way has no head to cut short, and no line.
 #[tokio::test]
-async fn over_tls_only_a_head_cut_short_is_logged_at_the_header_timeout() {
+async fn over_tls_only_a_begun_head_is_logged_when_cut_short() {
     use tokio::io::AsyncWriteExt;
+    /// How the client's connection ends.
+    #[derive(Clone, Copy)]
+    enum End {
+        /// The header timeout closes it.
+        Waits,
+        /// The client ends TLS and closes its side.
+        ClosesTls,
+        /// The client closes its side of the socket, without ending TLS.
+        ClosesSocket,
+    }
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = certificates(dir.path());
     let tls = revalidate_cli::serve::tls::ListenerTls::load(&cert, &key).unwrap();
@@ -568,26 +580,44 @@ async fn over_tls_only_a_head_cut_short_is_logged_at_the_header_timeout() {
     let logged =
         support::proxy::LoggedProxy::start(origin, ClientLimits::new(&config.client), Some(tls))
             .await;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(
-        revalidate_cli::serve::tls::upstream_config(Some(&ca)).unwrap(),
-    ));
-    for head in [&b""[..], b"GET /items/1 HT"] {
+    let http1 = revalidate_cli::serve::tls::upstream_config(Some(&ca)).unwrap();
+    let mut http2 = http1.clone();
+    http2.alpn_protocols = vec![b"h2".to_vec()];
+    let (http1, http2) = (Arc::new(http1), Arc::new(http2));
+    let begun = &b"GET /items/1 HT"[..];
+    let preface = &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..];
+    let cases = [
+        (&http1, &b""[..], End::Waits),
+        (&http1, b"", End::ClosesTls),
+        (&http1, b"", End::ClosesSocket),
+        (&http1, begun, End::Waits),
+        (&http1, begun, End::ClosesTls),
+        (&http1, begun, End::ClosesSocket),
+        (&http2, preface, End::ClosesSocket),
+    ];
+    for (config, head, end) in cases {
+        let connector = tokio_rustls::TlsConnector::from(config.clone());
         let tcp = tokio::net::TcpStream::connect(logged.addr).await.unwrap();
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let mut client = connector.connect(name, tcp).await.unwrap();
         client.write_all(head).await.unwrap();
         client.flush().await.unwrap();
+        match end {
+            End::Waits => {}
+            End::ClosesTls => client.shutdown().await.unwrap(),
+            End::ClosesSocket => client.get_mut().0.shutdown().await.unwrap(),
+        }
         let closed = tokio::time::timeout(Duration::from_secs(5), async {
             use tokio::io::AsyncReadExt;
             let mut buffer = [0; 64];
             while matches!(client.read(&mut buffer).await, Ok(n) if n > 0) {}
         })
         .await;
-        assert!(closed.is_ok(), "the header timeout closes the connection");
+        assert!(closed.is_ok(), "the connection is closed");
     }
     let (text, lines) = logged.lines();
-    assert_eq!(lines.len(), 1, "{text}");
-    assert_eq!(lines[0]["status"], 408, "{text}");
+    let statuses: Vec<_> = lines.iter().map(|line| line["status"].clone()).collect();
+    assert_eq!(statuses, [408, 400, 400], "{text}");
 }
 
 /// A GET over TLS trusting `ca`, and the protocol ALPN chose.

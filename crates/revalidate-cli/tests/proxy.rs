@@ -1105,9 +1105,11 @@ async fn access_lines_carry_the_request_and_its_outcome() {
 
 /// A request that never reaches the service still gets its access line, with
 /// its status: a head hyper refuses (and answers itself), and a head the header
-/// timeout cuts short (408, closed without an answer). No layer sees such a
-/// request, so without one an operator would not see malformed, oversized or
-/// trickled heads at all. A connection that sends nothing is no request.
+/// timeout cuts short (408, closed without an answer), and a head its client
+/// stops sending and closes on (400, as nginx logs it). No layer sees such a
+/// request, so without one an operator would not see malformed, oversized,
+/// trickled or abandoned heads at all. A connection that sends nothing is no
+/// request.
 #[tokio::test]
 async fn requests_that_never_reach_the_service_are_logged_with_their_status() {
     let origin = Router::new().route("/ok", axum::routing::get(|| async { "ok" }));
@@ -1130,16 +1132,23 @@ async fn requests_that_never_reach_the_service_are_logged_with_their_status() {
             431,
         ),
         ("GET /ok HTTP/1.1\r\nHo".to_owned(), 408),
+        // Closed by its client: after a head's first line, and before the 24
+        // bytes that tell HTTP/1 from HTTP/2.
+        ("GET /ok HTTP/1.1\r\nHo".to_owned(), 400),
+        ("GET /ok HTT".to_owned(), 400),
         (String::new(), 0),
     ];
-    for (head, status) in &heads {
+    for (at, (head, status)) in heads.iter().enumerate() {
         let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
         client.write_all(head.as_bytes()).await.unwrap();
+        if (4..6).contains(&at) {
+            client.shutdown().await.unwrap();
+        }
         let mut answer = Vec::new();
         let _ = client.read_to_end(&mut answer).await;
         let answer = String::from_utf8_lossy(&answer);
-        match status {
-            408 | 0 => assert_eq!(answer, "", "closed without an answer"),
+        match (at, status) {
+            (4..6, _) | (_, 408 | 0) => assert_eq!(answer, "", "closed without an answer"),
             _ => assert!(
                 answer.starts_with(&format!("HTTP/1.1 {status} ")),
                 "{answer}"
@@ -1157,11 +1166,24 @@ async fn requests_that_never_reach_the_service_are_logged_with_their_status() {
     let _ = client.read_to_end(&mut answer).await;
     let answer = String::from_utf8_lossy(&answer);
     assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    // A keep-alive connection's next head, abandoned the same way.
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\nGET /ok HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    client.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    let _ = client.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
     assert_eq!(request(addr, "GET", "/ok", &[]).await.status, 200);
 
     let (text, lines) = logged.lines();
-    assert_eq!(lines.len(), 6, "{text}");
-    for (line, (_, status)) in lines.iter().zip(&heads[..4]) {
+    assert_eq!(lines.len(), 10, "{text}");
+    let refused = lines[..6].iter().chain(&lines[8..9]);
+    let statuses = heads[..6].iter().map(|(_, status)| status).chain([&400]);
+    for (line, status) in refused.zip(statuses) {
         assert_eq!(line["status"], *status, "{line}");
         assert_eq!(line["client"], "127.0.0.1");
         assert!(
@@ -1171,7 +1193,7 @@ async fn requests_that_never_reach_the_service_are_logged_with_their_status() {
         assert!(line["total_seconds"].is_null(), "{line}");
         assert_eq!(line["request_id"].as_str().unwrap().len(), 16);
     }
-    for line in &lines[4..] {
+    for line in lines[6..8].iter().chain(&lines[9..]) {
         assert_eq!(line["status"], 200, "{line}");
         assert_eq!(line["target"], "/ok");
     }

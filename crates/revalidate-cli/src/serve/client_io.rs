@@ -63,6 +63,9 @@ pub(crate) struct Activity {
     owed: AtomicU64,
     /// Whether hyper asked a response body for more since the last tick.
     taken: AtomicBool,
+    /// Whether the client closed its side with no request in flight (see
+    /// [`EndWatched`]).
+    closed_between_requests: AtomicBool,
 }
 
 impl Activity {
@@ -86,6 +89,12 @@ impl Activity {
             self.started.load(Ordering::Relaxed),
             self.finished.load(Ordering::Relaxed),
         )
+    }
+
+    /// Whether the client closed its side with no request in flight (see
+    /// [`EndWatched`]).
+    pub(crate) fn closed_between_requests(&self) -> bool {
+        self.closed_between_requests.load(Ordering::Relaxed)
     }
 
     /// Whether a response body waits for hyper to come back for it, and whether
@@ -498,6 +507,83 @@ impl<T: AsyncWrite> AsyncWrite for BoundedIo<T> {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A client connection's stream as hyper reads it (under TLS, the decrypted
+    /// one), noting when the client closes its side and whether a request was in
+    /// flight then ([`Activity::closed_between_requests`]). hyper ends an HTTP/1
+    /// connection with an error when the client closes after part of a head: the
+    /// head's line needs to know that it came between requests, since the same
+    /// error ends a connection whose client closed during a request, and that
+    /// request has its own line. Above TLS, because a client that ends TLS
+    /// (close_notify) ends the stream hyper reads before its socket closes.
+    pub(crate) struct EndWatched<T> {
+        #[pin]
+        inner: T,
+        activity: Arc<Activity>,
+    }
+}
+
+impl<T> EndWatched<T> {
+    pub(crate) fn new(inner: T, activity: Arc<Activity>) -> Self {
+        Self { inner, activity }
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for EndWatched<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let polled = this.inner.poll_read(cx, buf);
+        let closed = match &polled {
+            Poll::Ready(Ok(())) => buf.filled().len() == before && buf.remaining() > 0,
+            // rustls: the socket closed without the TLS close.
+            Poll::Ready(Err(error)) => error.kind() == io::ErrorKind::UnexpectedEof,
+            Poll::Pending => false,
+        };
+        if closed {
+            let (started, finished) = this.activity.counts();
+            this.activity
+                .closed_between_requests
+                .store(started == finished, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for EndWatched<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -750,5 +836,43 @@ mod tests {
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         let lasted = started.elapsed();
         assert!(lasted <= SEND + PERIOD, "{lasted:?}");
+    }
+
+    /// The client's close is noted with whether a request was in flight then:
+    /// an end of stream, or a TLS stream's `UnexpectedEof`; other errors are not
+    /// a close.
+    #[tokio::test]
+    async fn a_close_is_noted_with_whether_a_request_was_in_flight() {
+        let (client, server) = tokio::io::duplex(64);
+        let activity = Activity::new();
+        let mut io = EndWatched::new(server, activity.clone());
+        let in_flight = activity.start();
+        drop(client);
+        assert_eq!(io.read(&mut [0; 8]).await.unwrap(), 0);
+        assert!(!activity.closed_between_requests());
+        drop(in_flight);
+        assert_eq!(io.read(&mut [0; 8]).await.unwrap(), 0);
+        assert!(activity.closed_between_requests());
+
+        /// A stream whose reads fail with its error kind.
+        struct Failing(io::ErrorKind);
+        impl AsyncRead for Failing {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                _: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                Poll::Ready(Err(self.0.into()))
+            }
+        }
+        for (kind, closed) in [
+            (io::ErrorKind::UnexpectedEof, true),
+            (io::ErrorKind::ConnectionReset, false),
+        ] {
+            let activity = Activity::new();
+            let mut io = EndWatched::new(Failing(kind), activity.clone());
+            assert!(io.read(&mut [0; 8]).await.is_err());
+            assert_eq!(activity.closed_between_requests(), closed, "{kind:?}");
+        }
     }
 }

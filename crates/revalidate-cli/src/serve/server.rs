@@ -29,7 +29,7 @@ use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
 use super::access_log::AccessLogger;
-use super::client_io::{Activity, BoundPassed, BoundedIo, Bounds, InFlight};
+use super::client_io::{Activity, BoundPassed, BoundedIo, Bounds, EndWatched, InFlight};
 use super::config::{ClientSection, DEFAULT_MAX_CONNECTIONS};
 use super::cpu_share;
 use super::drain::{Drain, Watcher};
@@ -275,7 +275,12 @@ where
                     Ok(mut stream) => {
                         // The bounds see encrypted bytes: ALPN tells HTTP/2 instead.
                         let (io, tls) = stream.get_mut();
-                        io.set_http2(tls.alpn_protocol() == Some(b"h2"));
+                        let http2 = tls.alpn_protocol() == Some(b"h2");
+                        io.set_http2(http2);
+                        // An HTTP/2 connection has no heads of its own to refuse or
+                        // cut short (its streams are requests), and hyper gives its
+                        // socket's errors as an HTTP/1 connection's: no line.
+                        let unserved_log = unserved_log.filter(|_| !http2);
                         serve_connection(stream, service, watcher, peer, unserved_log).await
                     }
                     Err(error) => {
@@ -317,12 +322,15 @@ async fn serve_connection<I, S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
+    let activity = service.activity.clone();
+    let io = EndWatched::new(io, activity.clone());
     let builder = Builder::new(TokioExecutor::new());
     let connection = builder.serve_connection(TokioIo::new(io), service);
     match watcher.watch(connection).await {
         Some(Err(error)) => {
             tracing::debug!(%peer, error, "connection ended with an error");
-            if let (Some(logger), Some(status)) = (unserved_log, unserved_status(&*error)) {
+            let status = unserved_status(&*error, activity.closed_between_requests());
+            if let (Some(logger), Some(status)) = (unserved_log, status) {
                 logger.unserved(peer.ip(), status);
             }
         }
@@ -340,7 +348,11 @@ async fn serve_connection<I, S, B>(
 ///   a target too long, 431 for a head too large, 400 for any other malformed
 ///   head; its error tells these apart by its message only;
 /// - a head that did not arrive whole within the header timeout: 408, closed
-///   without an answer, as nginx logs such a request.
+///   without an answer, as nginx logs such a request;
+/// - a head the client stopped sending, closing its side between requests
+///   (`closed_between_requests`): 400, as nginx logs it. hyper's error is the
+///   same when a client closes while its request is in flight, which the
+///   request's own line tells (499), so it counts only between requests.
 ///
 /// Two parse errors get no answer from hyper, and no line here: an HTTP/2
 /// preface where an HTTP/1 head was due, and an error of hyper's own. A
@@ -349,10 +361,16 @@ async fn serve_connection<I, S, B>(
 /// TLS) with a bare `io::Error`: no request, no line. An HTTP/2 connection's
 /// errors carry no [`BoundPassed`] either (h2 keeps their text only), and none
 /// is a parse error.
-fn unserved_status(error: &(dyn std::error::Error + 'static)) -> Option<StatusCode> {
+fn unserved_status(
+    error: &(dyn std::error::Error + 'static),
+    closed_between_requests: bool,
+) -> Option<StatusCode> {
     let error = error.downcast_ref::<hyper::Error>()?;
     if BoundPassed::in_error(error) == Some(BoundPassed::Head) {
         return Some(StatusCode::REQUEST_TIMEOUT);
+    }
+    if closed_between_requests && ended_early(error) {
+        return Some(StatusCode::BAD_REQUEST);
     }
     if !error.is_parse() {
         return None;
@@ -367,6 +385,18 @@ fn unserved_status(error: &(dyn std::error::Error + 'static)) -> Option<StatusCo
     } else {
         Some(StatusCode::BAD_REQUEST)
     }
+}
+
+/// Whether `error` is the client's side ending before a message was whole: a
+/// plain connection's end of stream, or, under TLS, a socket closed without the
+/// TLS close (rustls's `UnexpectedEof`).
+fn ended_early(error: &hyper::Error) -> bool {
+    use std::error::Error as _;
+    error.is_incomplete_message()
+        || error
+            .source()
+            .and_then(|cause| cause.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
 }
 
 /// A connection's tower service, as hyper calls it: in place when it is ready.
