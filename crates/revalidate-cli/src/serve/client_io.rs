@@ -63,8 +63,8 @@ pub(crate) struct Activity {
     owed: AtomicU64,
     /// Whether hyper asked a response body for more since the last tick.
     taken: AtomicBool,
-    /// Whether the client closed its side with no request in flight (see
-    /// [`EndWatched`]).
+    /// Whether the client closed its side with no request in flight (noted by
+    /// [`BoundedIo`] over plain TCP, by [`EndWatched`] under TLS).
     closed_between_requests: AtomicBool,
 }
 
@@ -95,6 +95,21 @@ impl Activity {
     /// [`EndWatched`]).
     pub(crate) fn closed_between_requests(&self) -> bool {
         self.closed_between_requests.load(Ordering::Relaxed)
+    }
+
+    /// A read that gave nothing answered `read`: when that is the client's close
+    /// (an end of stream, or rustls's `UnexpectedEof` for a socket closed without
+    /// the TLS close), notes whether a request was in flight.
+    fn note_end(&self, read: &io::Result<()>, buf: &ReadBuf<'_>) {
+        let closed = match read {
+            Ok(()) => buf.remaining() > 0,
+            Err(error) => error.kind() == io::ErrorKind::UnexpectedEof,
+        };
+        if closed {
+            let (started, finished) = self.counts();
+            self.closed_between_requests
+                .store(started == finished, Ordering::Relaxed);
+        }
     }
 
     /// Whether a response body waits for hyper to come back for it, and whether
@@ -453,7 +468,8 @@ impl<T: AsyncRead> AsyncRead for BoundedIo<T> {
             Poll::Pending => {
                 this.timer.poll(cx, this.watch, this.activity)?;
             }
-            Poll::Ready(_) => {}
+            // Nothing read: an end, or an error (see `EndWatched`).
+            Poll::Ready(ref read) => this.activity.note_end(read, buf),
         }
         polled
     }
@@ -508,14 +524,15 @@ impl<T: AsyncWrite> AsyncWrite for BoundedIo<T> {
 }
 
 pin_project_lite::pin_project! {
-    /// A client connection's stream as hyper reads it (under TLS, the decrypted
-    /// one), noting when the client closes its side and whether a request was in
-    /// flight then ([`Activity::closed_between_requests`]). hyper ends an HTTP/1
-    /// connection with an error when the client closes after part of a head: the
-    /// head's line needs to know that it came between requests, since the same
-    /// error ends a connection whose client closed during a request, and that
-    /// request has its own line. Above TLS, because a client that ends TLS
-    /// (close_notify) ends the stream hyper reads before its socket closes.
+    /// A TLS connection's decrypted stream, as hyper reads it, noting when the
+    /// client closes its side and whether a request was in flight then
+    /// ([`Activity::closed_between_requests`]; [`BoundedIo`] notes it over plain
+    /// TCP). hyper ends an HTTP/1 connection with an error when the client closes
+    /// after part of a head: the head's line needs to know that it came between
+    /// requests, since the same error ends a connection whose client closed
+    /// during a request, and that request has its own line. Above TLS, because a
+    /// client that ends TLS (close_notify) ends the stream hyper reads before its
+    /// socket closes; not over plain TCP, where it would cost every read a layer.
     pub(crate) struct EndWatched<T> {
         #[pin]
         inner: T,
@@ -538,17 +555,10 @@ impl<T: AsyncRead> AsyncRead for EndWatched<T> {
         let this = self.project();
         let before = buf.filled().len();
         let polled = this.inner.poll_read(cx, buf);
-        let closed = match &polled {
-            Poll::Ready(Ok(())) => buf.filled().len() == before && buf.remaining() > 0,
-            // rustls: the socket closed without the TLS close.
-            Poll::Ready(Err(error)) => error.kind() == io::ErrorKind::UnexpectedEof,
-            Poll::Pending => false,
-        };
-        if closed {
-            let (started, finished) = this.activity.counts();
-            this.activity
-                .closed_between_requests
-                .store(started == finished, Ordering::Relaxed);
+        if let Poll::Ready(read) = &polled
+            && buf.filled().len() == before
+        {
+            this.activity.note_end(read, buf);
         }
         polled
     }
@@ -838,21 +848,28 @@ mod tests {
         assert!(lasted <= SEND + PERIOD, "{lasted:?}");
     }
 
-    /// The client's close is noted with whether a request was in flight then:
+    /// The client's close is noted with whether a request was in flight then,
+    /// over plain TCP (the bounded socket) and under TLS (the decrypted stream):
     /// an end of stream, or a TLS stream's `UnexpectedEof`; other errors are not
     /// a close.
     #[tokio::test]
     async fn a_close_is_noted_with_whether_a_request_was_in_flight() {
-        let (client, server) = tokio::io::duplex(64);
-        let activity = Activity::new();
-        let mut io = EndWatched::new(server, activity.clone());
-        let in_flight = activity.start();
+        /// Reads the client's close with a request in flight, then without.
+        async fn closes(mut io: impl AsyncRead + Unpin, activity: Arc<Activity>) {
+            let in_flight = activity.start();
+            assert_eq!(io.read(&mut [0; 8]).await.unwrap(), 0);
+            assert!(!activity.closed_between_requests());
+            drop(in_flight);
+            assert_eq!(io.read(&mut [0; 8]).await.unwrap(), 0);
+            assert!(activity.closed_between_requests());
+        }
+        let (client, plain, activity) = connection();
         drop(client);
-        assert_eq!(io.read(&mut [0; 8]).await.unwrap(), 0);
-        assert!(!activity.closed_between_requests());
-        drop(in_flight);
-        assert_eq!(io.read(&mut [0; 8]).await.unwrap(), 0);
-        assert!(activity.closed_between_requests());
+        closes(plain, activity).await;
+        let (client, decrypted) = tokio::io::duplex(64);
+        drop(client);
+        let activity = Activity::new();
+        closes(EndWatched::new(decrypted, activity.clone()), activity).await;
 
         /// A stream whose reads fail with its error kind.
         struct Failing(io::ErrorKind);

@@ -281,6 +281,7 @@ where
                         // cut short (its streams are requests), and hyper gives its
                         // socket's errors as an HTTP/1 connection's: no line.
                         let unserved_log = unserved_log.filter(|_| !http2);
+                        let stream = EndWatched::new(stream, service.activity.clone());
                         serve_connection(stream, service, watcher, peer, unserved_log).await
                     }
                     Err(error) => {
@@ -323,7 +324,6 @@ async fn serve_connection<I, S, B>(
     B::Error: Into<BoxError>,
 {
     let activity = service.activity.clone();
-    let io = EndWatched::new(io, activity.clone());
     let builder = Builder::new(TokioExecutor::new());
     let connection = builder.serve_connection(TokioIo::new(io), service);
     match watcher.watch(connection).await {
