@@ -22,6 +22,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=bench/nginx-conf.sh
+source "$ROOT/bench/nginx-conf.sh"
 PINNED="${PINNED:-0}"
 SERVER_CPU="${SERVER_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
@@ -230,49 +232,11 @@ EOF
 
     if ((AVAILABLE[nginx])); then
         PORT[nginx]=$(free_port)
-        mkdir -p "$TMP/nginx/logs" "$TMP/nginx/temp"
         # The cache directory lives on tmpfs (/dev/shm) so nginx, like the others,
         # keeps the bodies in RAM; its size is reported next to nginx's RSS.
         NGINX_CACHE="$SHM/nginx-cache"
-        cat >"$TMP/nginx/nginx.conf" <<EOF
-daemon off;
-master_process on;
-worker_processes $( ((PINNED)) && echo 1 || echo auto);
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    sendfile on;
-    tcp_nopush on;
-    tcp_nodelay on;
-    keepalive_requests 1000000;
-    client_body_temp_path $TMP/nginx/temp/client;
-    proxy_temp_path $TMP/nginx/temp/proxy;
-    fastcgi_temp_path $TMP/nginx/temp/fastcgi;
-    uwsgi_temp_path $TMP/nginx/temp/uwsgi;
-    scgi_temp_path $TMP/nginx/temp/scgi;
-    # keys_zone: ~8,000 keys per MiB, so 64 MiB holds ~500,000 keys.
-    proxy_cache_path $NGINX_CACHE levels=1:2 keys_zone=bench:64m max_size=4g inactive=2h use_temp_path=off;
-    upstream origin {
-        server 127.0.0.1:$origin_port;
-        keepalive 64;
-    }
-    server {
-        listen 127.0.0.1:${PORT[nginx]} backlog=4096;
-        location / {
-            proxy_pass http://origin;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_cache bench;
-            proxy_cache_valid 200 1h;
-            proxy_cache_lock on;
-            proxy_cache_revalidate on;
-            add_header X-Cache-Status \$upstream_cache_status;
-        }
-    }
-}
-EOF
+        nginx_conf "$TMP/nginx" "${PORT[nginx]}" "$origin_port" "$( ((PINNED)) && echo 1 || echo auto)" \
+            "$NGINX_CACHE"
         if nginx -t -p "$TMP/nginx" -e "$TMP/nginx/logs/error.log" -c "$TMP/nginx/nginx.conf" >"$TMP/nginx-t.log" 2>&1; then
             "${SERVER_PIN[@]}" nginx -p "$TMP/nginx" -e "$TMP/nginx/logs/error.log" -c "$TMP/nginx/nginx.conf" >"$TMP/nginx.log" 2>&1 &
             PID[nginx]=$!
