@@ -14,6 +14,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 N="${N:-2000}"
 KEYS="${KEYS:-1000}" # the "many URLs" case cycles through /obj/0 .. /obj/KEYS-1
 TMP=$(mktemp -d /tmp/revalidate-instructions.XXXXXX)
@@ -26,22 +28,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for tool in valgrind callgrind_annotate callgrind_control curl; do
-    command -v "$tool" >/dev/null || { echo "FATAL: $tool is not installed" >&2; exit 1; }
-done
+require valgrind callgrind_annotate callgrind_control curl
 (cd "$ROOT" && cargo build --release -q -p revalidate-cli -p revalidate-bench)
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_up() {
-    for _ in $(seq 240); do
-        curl -s -o /dev/null "http://127.0.0.1:$1/obj/1" && return 0
-        sleep 0.5
-    done
-    echo "FATAL: nothing answers on port $1" >&2
-    exit 1
-}
-
-ORIGIN=$(port)
+ORIGIN=$(free_port)
 "$ROOT/target/release/bench-origin" --listen "127.0.0.1:$ORIGIN" >/dev/null 2>&1 &
 PIDS+=($!)
 wait_up "$ORIGIN"
@@ -76,7 +66,7 @@ measure() {
     file="$TMP/callgrind.${name// /-}"
     RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$file" "$@" >/dev/null 2>&1 &
     local pid=$!
-    wait_up "$listen" # the first request is a miss for the cache
+    wait_up "$listen" 120 # under valgrind; the first request is a miss for the cache
     for _ in $(seq 10); do curl -s -o /dev/null "http://127.0.0.1:$listen/obj/1"; done
     # Every one of the KEYS objects is stored before counting starts.
     curl -s -o /dev/null "http://127.0.0.1:$listen/obj/[0-$((KEYS - 1))]"
@@ -112,11 +102,11 @@ measure() {
     fi
 }
 
-BARE=$(port)
+BARE=$(free_port)
 measure "bare hyper" "revalidate_bench::serve::{{closure}}::{{closure}}" "$BARE" \
     "$ROOT/target/release/bench-bare" --listen "127.0.0.1:$BARE" --objects $((KEYS > 2 ? KEYS : 2))
-PROXY=$(port)
-ADMIN=$(port)
+PROXY=$(free_port)
+ADMIN=$(free_port)
 measure "revalidate (hit)" "revalidate_cli::serve::server::run_with_tls::{{closure}}::{{closure}}" "$PROXY" \
     "$ROOT/target/release/revalidate" serve --listen "127.0.0.1:$PROXY" \
     --upstream "http://127.0.0.1:$ORIGIN" --admin-listen "127.0.0.1:$ADMIN"

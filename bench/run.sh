@@ -22,8 +22,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# shellcheck source=bench/nginx-conf.sh
-source "$ROOT/bench/nginx-conf.sh"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 PINNED="${PINNED:-0}"
 SERVER_CPU="${SERVER_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
@@ -127,20 +127,6 @@ ensure_packages() {
 }
 
 # --- ports and processes ---------------------------------------------------------
-declare -A TAKEN=()
-free_port() {
-    local p
-    while :; do
-        p=$((20000 + RANDOM % 40000))
-        [[ -n "${TAKEN[$p]:-}" ]] && continue
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            TAKEN[$p]=1
-            echo "$p"
-            return
-        fi
-    done
-}
-
 # wait_http NAME URL: poll until URL answers 200 (30 s max).
 wait_http() {
     local name=$1 url=$2

@@ -16,15 +16,13 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# shellcheck source=bench/nginx-conf.sh
-source "$ROOT/bench/nginx-conf.sh"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 ROUNDS="${ROUNDS:-8}"
 RATE="${RATE:-35000}"
 DURATION="${DURATION:-8}"
 DISTINCT=10000
-for tool in nginx curl taskset; do
-    command -v "$tool" >/dev/null || { echo "FATAL: $tool is not installed" >&2; exit 1; }
-done
+require nginx curl taskset
 (cd "$ROOT" && cargo build --release -q -p revalidate-cli -p revalidate-bench)
 BIN="$ROOT/target/release"
 
@@ -36,28 +34,17 @@ PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    [[ -n "${KEEP:-}" ]] || rm -rf "$TMP"
-    rm -rf "$SHM"
+    rm -rf "$TMP" "$SHM"
 }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_up() {
-    for _ in $(seq 100); do
-        curl -s -o /dev/null "http://127.0.0.1:$1/obj/1" && return 0
-        sleep 0.1
-    done
-    echo "FATAL: nothing answers on port $1" >&2
-    exit 1
-}
-
-ORIGIN=$(port)
+ORIGIN=$(free_port)
 "$BIN/bench-origin" --listen "127.0.0.1:$ORIGIN" >/dev/null 2>&1 &
 PIDS+=($!)
 wait_up "$ORIGIN"
-declare -A PORT=([revalidate]=$(port) [nginx]=$(port))
+declare -A PORT=([revalidate]=$(free_port) [nginx]=$(free_port))
 taskset -c 0 "$BIN/revalidate" serve --listen "127.0.0.1:${PORT[revalidate]}" \
-    --upstream "http://127.0.0.1:$ORIGIN" --admin-listen "127.0.0.1:$(port)" \
+    --upstream "http://127.0.0.1:$ORIGIN" --admin-listen "127.0.0.1:$(free_port)" \
     --access-log "$TMP/access.log" >/dev/null 2>&1 &
 PIDS+=($!)
 nginx_conf "$TMP/nginx" "${PORT[nginx]}" "$ORIGIN" 1 "$SHM/nginx-cache"
@@ -66,10 +53,7 @@ PIDS+=($!)
 # Every URL is stored before anything is timed.
 for server in revalidate nginx; do
     wait_up "${PORT[$server]}"
-    for ((i = 0; i < DISTINCT; i++)); do
-        printf 'url = "http://127.0.0.1:%s/obj/%d"\noutput = /dev/null\n' "${PORT[$server]}" "$i"
-    done >"$TMP/prime.cfg"
-    curl -s -K "$TMP/prime.cfg"
+    prime "${PORT[$server]}" "$DISTINCT" "$TMP/prime.cfg"
 done
 
 # Rows "round scenario server p50 p99 p99.9" (µs), to $TMP/rows.

@@ -1,4 +1,50 @@
-# Sourced by the benchmark scripts.
+# Sourced by the benchmark scripts: what more than one of them needs.
+
+# free_port: a TCP port on 127.0.0.1 that nothing listens on.
+declare -A TAKEN=()
+free_port() {
+    local p
+    while :; do
+        p=$((20000 + RANDOM % 40000))
+        [[ -n "${TAKEN[$p]:-}" ]] && continue
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            TAKEN[$p]=1
+            echo "$p"
+            return
+        fi
+    done
+}
+
+# require TOOL...: exits unless every TOOL is installed.
+require() {
+    local tool
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || { echo "FATAL: $tool is not installed" >&2; exit 1; }
+    done
+}
+
+# wait_up PORT [SECONDS]: waits (10 s unless told) until /obj/1 answers on PORT,
+# or exits.
+wait_up() {
+    local port=$1 tenths=$((${2:-10} * 10))
+    for ((; tenths > 0; tenths--)); do
+        curl -s -o /dev/null "http://127.0.0.1:$port/obj/1" && return 0
+        sleep 0.1
+    done
+    echo "FATAL: nothing answers on port $port" >&2
+    exit 1
+}
+
+# prime PORT N SCRATCH: GETs /obj/0 .. /obj/N-1 on PORT, one keep-alive connection,
+# so that a cache holds every URL before anything is timed (SCRATCH: a file for
+# curl's list of URLs).
+prime() {
+    local port=$1 n=$2 scratch=$3 i
+    for ((i = 0; i < n; i++)); do
+        printf 'url = "http://127.0.0.1:%s/obj/%d"\noutput = /dev/null\n' "$port" "$i"
+    done >"$scratch"
+    curl -s -K "$scratch"
+}
 #
 # nginx_conf DIR PORT ORIGIN_PORT WORKERS CACHE_DIR: writes DIR/nginx.conf, the
 # nginx configuration the benchmarks measure: proxy_cache in front of the origin
