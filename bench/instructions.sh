@@ -66,6 +66,7 @@ measure() {
     file="$TMP/callgrind.${name// /-}"
     RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$file" "$@" >/dev/null 2>&1 &
     local pid=$!
+    PIDS+=("$pid")
     wait_up "$listen" 120 # under valgrind; the first request is a miss for the cache
     for _ in $(seq 10); do curl -s -o /dev/null "http://127.0.0.1:$listen/obj/1"; done
     # Every one of the KEYS objects is stored before counting starts.

@@ -1,14 +1,12 @@
 # Sourced by the benchmark scripts: what more than one of them needs.
 
-# free_port: a TCP port on 127.0.0.1 that nothing listens on.
-declare -A TAKEN=()
+# free_port: a TCP port on 127.0.0.1 that nothing listens on now (one of 40,000
+# at random, so two calls before anything binds rarely give the same).
 free_port() {
     local p
     while :; do
         p=$((20000 + RANDOM % 40000))
-        [[ -n "${TAKEN[$p]:-}" ]] && continue
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            TAKEN[$p]=1
             echo "$p"
             return
         fi
@@ -28,7 +26,7 @@ require() {
 wait_up() {
     local port=$1 tenths=$((${2:-10} * 10))
     for ((; tenths > 0; tenths--)); do
-        curl -s -o /dev/null "http://127.0.0.1:$port/obj/1" && return 0
+        curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/obj/1" && return 0
         sleep 0.1
     done
     echo "FATAL: nothing answers on port $port" >&2
@@ -45,7 +43,7 @@ prime() {
     done >"$scratch"
     curl -s -K "$scratch"
 }
-#
+
 # nginx_conf DIR PORT ORIGIN_PORT WORKERS CACHE_DIR: writes DIR/nginx.conf, the
 # nginx configuration the benchmarks measure: proxy_cache in front of the origin
 # (kept-alive upstream connections), its cache on CACHE_DIR (tmpfs, so that nginx,

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# What the access log costs: the same revalidate binary with its log on (to a
-# file, the default a user runs) and off, beside bare hyper, each pinned to CPU 0
+# What the access log costs: the same revalidate binary with its log on (as it
+# is by default; here to a file) and off, beside bare hyper, each pinned to CPU 0
 # with wrk -t1 on CPU 1, taking turns for ROUNDS rounds per scenario (one hot
-# URL, 10,000 URLs, 304s). A cost of a few percent is below what one run on a VM
-# can tell; the ratio of the two within each round, and its median over the
-# rounds, can.
+# URL, 10,000 URLs, 304s). One run on a VM moves by more than a cost of a few
+# percent; the ratio of the two within each round, and its median over the
+# rounds, tells a few percent from none (two runs agree within about 1.5 points).
 #
 #   bench/log-cost.sh                    # ROUNDS=8 DURATION=4s CONNECTIONS=32
 #
@@ -76,6 +76,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
             esac
             rps=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" "${args[@]}" |
                 awk '/^Requests\/sec:/ { printf "%.0f", $2 }')
+            [[ -n "$rps" ]] || { echo "FATAL: wrk measured nothing on $config/$scenario" >&2; exit 1; }
             : >"$TMP/access.log"
             echo "$round $scenario $config $rps" | tee -a "$TMP/rows"
         done

@@ -69,13 +69,14 @@ docker run -d --name "$CONTAINER" --network host "$IMAGE" serve \
     --listen "127.0.0.1:$LISTEN" --upstream "http://127.0.0.1:$UPSTREAM" \
     --admin-listen "127.0.0.1:$(port)" --config /etc/revalidate/revalidate.example.toml >/dev/null
 # Ready when it accepts connections (every request on this port goes upstream).
-for _ in $(seq 100); do
+for ((tries = 100; tries > 0; tries--)); do
     (exec 3<>"/dev/tcp/127.0.0.1/$LISTEN") 2>/dev/null && break
     sleep 0.1
 done
+((tries > 0)) || fail "it does not listen: $(docker logs "$CONTAINER" 2>&1 | tail -5)"
 # A route of the example configuration's, which adds a content ETag.
 first=$(curl -s -D "$TMP/first" "http://127.0.0.1:$LISTEN/users/1") || fail "no answer through the container"
-second=$(curl -s -D "$TMP/second" "http://127.0.0.1:$LISTEN/users/1")
+second=$(curl -s -D "$TMP/second" "http://127.0.0.1:$LISTEN/users/1") || fail "no second answer"
 [[ "$first" == *'"path": "/users/1"'* ]] || fail "the first answer is not the upstream's: $first"
 [[ "$second" == "$first" ]] || fail "the second answer was fetched again: $second"
 grep -qi '^cache-status:.*hit' "$TMP/second" || fail "the second answer is no hit: $(cat "$TMP/second")"

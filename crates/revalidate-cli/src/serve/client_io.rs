@@ -63,9 +63,9 @@ pub(crate) struct Activity {
     owed: AtomicU64,
     /// Whether hyper asked a response body for more since the last tick.
     taken: AtomicBool,
-    /// Whether the client closed its side with no request in flight (noted by
+    /// Whether the client closed its side in the middle of a head (noted by
     /// [`BoundedIo`] over plain TCP, by [`EndWatched`] under TLS).
-    closed_between_requests: AtomicBool,
+    closed_mid_head: AtomicBool,
 }
 
 impl Activity {
@@ -91,24 +91,27 @@ impl Activity {
         )
     }
 
-    /// Whether the client closed its side with no request in flight (see
-    /// [`EndWatched`]).
-    pub(crate) fn closed_between_requests(&self) -> bool {
-        self.closed_between_requests.load(Ordering::Relaxed)
+    /// Whether the client closed its side in the middle of a head: after bytes
+    /// that came with no request in flight, and before the service was called
+    /// for them (see [`EndWatched`]).
+    pub(crate) fn closed_mid_head(&self) -> bool {
+        self.closed_mid_head.load(Ordering::Relaxed)
     }
 
-    /// A read that gave nothing answered `read`: when that is the client's close
-    /// (an end of stream, or rustls's `UnexpectedEof` for a socket closed without
-    /// the TLS close), notes whether a request was in flight.
-    fn note_end(&self, read: &io::Result<()>, buf: &ReadBuf<'_>) {
+    /// A read that gave nothing answered `read`: when that is the client's close,
+    /// notes whether it cut a head short, given `head_begun` (see
+    /// [`HeadBegun`]). A close while a response is still going out (its body
+    /// handed to hyper whole) comes with no request in flight too, but with no
+    /// bytes since that request began.
+    fn note_end(&self, read: &io::Result<()>, buf: &ReadBuf<'_>, head_begun: HeadBegun) {
         let closed = match read {
             Ok(()) => buf.remaining() > 0,
-            Err(error) => error.kind() == io::ErrorKind::UnexpectedEof,
+            Err(error) => is_client_close(error.kind()),
         };
         if closed {
             let (started, finished) = self.counts();
-            self.closed_between_requests
-                .store(started == finished, Ordering::Relaxed);
+            let mid_head = started == finished && head_begun.0 == Some(started);
+            self.closed_mid_head.store(mid_head, Ordering::Relaxed);
         }
     }
 
@@ -160,6 +163,33 @@ impl Drop for InFlight {
         self.owe(false);
         self.activity.finished.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// The requests the service had started when bytes last came in with none in
+/// flight: those bytes began a head, which is cut short if the client closes
+/// before the service starts another request.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct HeadBegun(Option<u64>);
+
+impl HeadBegun {
+    /// Bytes came in, when the service had started and finished these requests.
+    fn on_bytes(&mut self, (started, finished): (u64, u64)) {
+        if started == finished {
+            self.0 = Some(started);
+        }
+    }
+}
+
+/// Whether a read's error is the client's closing: rustls's `UnexpectedEof` for
+/// a socket closed without the TLS close, or a reset (nginx logs a head cut short
+/// either way).
+pub(crate) fn is_client_close(kind: io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+    )
 }
 
 /// The bound that closed a connection: the error its read or write failed with
@@ -237,6 +267,11 @@ struct Watch {
     body_stalled: u32,
     /// Bytes of the HTTP/2 preface the first reads matched so far.
     preface_seen: usize,
+    /// Where the last head began (HTTP/1 only).
+    head_begun: HeadBegun,
+    /// Whether the bytes read here are TLS's: the decrypted stream notes the
+    /// client's close instead ([`EndWatched`]).
+    under_tls: bool,
     header_ticks: u32,
     idle_ticks: u32,
     send_ticks: u32,
@@ -318,6 +353,7 @@ impl Watch {
         if self.http2 == Some(true) {
             return;
         }
+        self.head_begun.on_bytes((started, finished));
         let new_head = match self.waiting {
             Waiting::Head { after, .. } => after != started,
             Waiting::Idle { .. } | Waiting::Service => true,
@@ -387,6 +423,8 @@ impl<T> BoundedIo<T> {
                 send_stalled: 0,
                 body_stalled: 0,
                 preface_seen: 0,
+                head_begun: HeadBegun::default(),
+                under_tls: false,
                 header_ticks: ticks(bounds.header),
                 idle_ticks: ticks(bounds.idle),
                 send_ticks: ticks(bounds.send),
@@ -396,9 +434,10 @@ impl<T> BoundedIo<T> {
 }
 
 impl<T> BoundedIo<T> {
-    /// Tells the protocol the connection speaks when it is known from elsewhere
-    /// (ALPN under TLS, where the bytes read here are encrypted).
-    pub(crate) fn set_http2(&mut self, http2: bool) {
+    /// Tells that the bytes read here are TLS's, and the protocol the connection
+    /// speaks, known from ALPN.
+    pub(crate) fn set_under_tls(&mut self, http2: bool) {
+        self.watch.under_tls = true;
         if http2 {
             self.watch.speaks_http2();
         } else {
@@ -469,7 +508,10 @@ impl<T: AsyncRead> AsyncRead for BoundedIo<T> {
                 this.timer.poll(cx, this.watch, this.activity)?;
             }
             // Nothing read: an end, or an error (see `EndWatched`).
-            Poll::Ready(ref read) => this.activity.note_end(read, buf),
+            Poll::Ready(ref read) if !this.watch.under_tls => {
+                this.activity.note_end(read, buf, this.watch.head_begun);
+            }
+            Poll::Ready(_) => {}
         }
         polled
     }
@@ -525,24 +567,31 @@ impl<T: AsyncWrite> AsyncWrite for BoundedIo<T> {
 
 pin_project_lite::pin_project! {
     /// A TLS connection's decrypted stream, as hyper reads it, noting when the
-    /// client closes its side and whether a request was in flight then
-    /// ([`Activity::closed_between_requests`]; [`BoundedIo`] notes it over plain
-    /// TCP). hyper ends an HTTP/1 connection with an error when the client closes
-    /// after part of a head: the head's line needs to know that it came between
-    /// requests, since the same error ends a connection whose client closed
-    /// during a request, and that request has its own line. Above TLS, because a
-    /// client that ends TLS (close_notify) ends the stream hyper reads before its
-    /// socket closes; not over plain TCP, where it would cost every read a layer.
+    /// client closes its side in the middle of a head
+    /// ([`Activity::closed_mid_head`]; [`BoundedIo`] notes it over plain TCP).
+    /// hyper ends an HTTP/1 connection with the same error when the client
+    /// closes after part of a head, during a request, or while a response is
+    /// still going out; only the first is a request without a line of its own.
+    /// Above TLS, because the bytes below are encrypted, and a client that ends
+    /// TLS (close_notify) ends the stream hyper reads before its socket closes;
+    /// not over plain TCP, where it would cost every read a layer. (An HTTP/2
+    /// connection over TLS is known by ALPN, which RFC 9113 §3.3 requires, and
+    /// gets no such line.)
     pub(crate) struct EndWatched<T> {
         #[pin]
         inner: T,
         activity: Arc<Activity>,
+        head_begun: HeadBegun,
     }
 }
 
 impl<T> EndWatched<T> {
     pub(crate) fn new(inner: T, activity: Arc<Activity>) -> Self {
-        Self { inner, activity }
+        Self {
+            inner,
+            activity,
+            head_begun: HeadBegun::default(),
+        }
     }
 }
 
@@ -555,10 +604,12 @@ impl<T: AsyncRead> AsyncRead for EndWatched<T> {
         let this = self.project();
         let before = buf.filled().len();
         let polled = this.inner.poll_read(cx, buf);
-        if let Poll::Ready(read) = &polled
-            && buf.filled().len() == before
-        {
-            this.activity.note_end(read, buf);
+        if let Poll::Ready(read) = &polled {
+            if buf.filled().len() > before {
+                this.head_begun.on_bytes(this.activity.counts());
+            } else {
+                this.activity.note_end(read, buf, *this.head_begun);
+            }
         }
         polled
     }
@@ -799,7 +850,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_response_the_client_does_not_take_is_held_to_the_send_bound() {
         let (_client, mut io, activity) = connection();
-        io.set_http2(true);
+        io.set_under_tls(true);
         let mut in_flight = activity.start();
         in_flight.responding();
         in_flight.body_polled(&Poll::<Option<()>>::Pending);
@@ -816,7 +867,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn http2_pings_do_not_keep_a_stalled_response_open() {
         let (mut client, mut io, activity) = connection();
-        io.set_http2(true);
+        io.set_under_tls(true);
         let mut in_flight = activity.start();
         in_flight.responding();
         in_flight.body_polled(&Poll::Ready(Some(())));
@@ -848,48 +899,90 @@ mod tests {
         assert!(lasted <= SEND + PERIOD, "{lasted:?}");
     }
 
-    /// The client's close is noted with whether a request was in flight then,
-    /// over plain TCP (the bounded socket) and under TLS (the decrypted stream):
-    /// an end of stream, or a TLS stream's `UnexpectedEof`; other errors are not
-    /// a close.
+    /// A client's close cuts a head short only when bytes came with no request
+    /// in flight and no request started since: not during a request, and not
+    /// after one whose response is still going out. Over plain TCP (the bounded
+    /// socket) and under TLS (the decrypted stream); an end of stream, or a
+    /// read's error that is a close (`UnexpectedEof`, a reset), and no other.
     #[tokio::test]
-    async fn a_close_is_noted_with_whether_a_request_was_in_flight() {
-        /// Reads the client's close with a request in flight, then without.
-        async fn closes(mut io: impl AsyncRead + Unpin, activity: Arc<Activity>) {
-            let in_flight = activity.start();
-            assert_eq!(io.read(&mut [0; 8]).await.unwrap(), 0);
-            assert!(!activity.closed_between_requests());
-            drop(in_flight);
-            assert_eq!(io.read(&mut [0; 8]).await.unwrap(), 0);
-            assert!(activity.closed_between_requests());
+    async fn a_close_cuts_a_head_short_only_between_requests() {
+        /// How the connection stands when the client closes.
+        #[derive(Debug, Clone, Copy)]
+        enum Before {
+            /// Part of a head came, nothing else.
+            HeadBegun,
+            /// A head came and became a request, which is in flight.
+            InFlight,
+            /// A head came and became a request, which finished.
+            Finished,
         }
-        let (client, plain, activity) = connection();
-        drop(client);
-        closes(plain, activity).await;
-        let (client, decrypted) = tokio::io::duplex(64);
-        drop(client);
-        let activity = Activity::new();
-        closes(EndWatched::new(decrypted, activity.clone()), activity).await;
-
-        /// A stream whose reads fail with its error kind.
-        struct Failing(io::ErrorKind);
-        impl AsyncRead for Failing {
+        /// A stream that gives `head`, then fails with `kind` (or ends).
+        struct Scripted(Option<&'static [u8]>, Option<io::ErrorKind>);
+        impl AsyncRead for Scripted {
             fn poll_read(
-                self: Pin<&mut Self>,
+                mut self: Pin<&mut Self>,
                 _: &mut Context<'_>,
-                _: &mut ReadBuf<'_>,
+                buf: &mut ReadBuf<'_>,
             ) -> Poll<io::Result<()>> {
-                Poll::Ready(Err(self.0.into()))
+                if let Some(head) = self.0.take() {
+                    buf.put_slice(head);
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(self.1.map_or(Ok(()), |kind| Err(kind.into())))
             }
         }
-        for (kind, closed) in [
-            (io::ErrorKind::UnexpectedEof, true),
-            (io::ErrorKind::ConnectionReset, false),
-        ] {
-            let activity = Activity::new();
-            let mut io = EndWatched::new(Failing(kind), activity.clone());
-            assert!(io.read(&mut [0; 8]).await.is_err());
-            assert_eq!(activity.closed_between_requests(), closed, "{kind:?}");
+        async fn closes(
+            mut io: impl AsyncRead + Unpin,
+            activity: &Arc<Activity>,
+            before: Before,
+        ) -> bool {
+            assert!(io.read(&mut [0; 64]).await.unwrap() > 0);
+            let in_flight = match before {
+                Before::HeadBegun => None,
+                Before::InFlight => Some(activity.start()),
+                Before::Finished => {
+                    drop(activity.start());
+                    None
+                }
+            };
+            let _ = io.read(&mut [0; 64]).await;
+            drop(in_flight);
+            activity.closed_mid_head()
         }
+        let head = &b"GET / HT"[..];
+        for before in [Before::HeadBegun, Before::InFlight, Before::Finished] {
+            let expected = matches!(before, Before::HeadBegun);
+            let (mut client, plain, activity) = connection();
+            client.write_all(head).await.unwrap();
+            drop(client);
+            assert_eq!(
+                closes(plain, &activity, before).await,
+                expected,
+                "plain, {before:?}"
+            );
+            for end in [
+                None,
+                Some(io::ErrorKind::UnexpectedEof),
+                Some(io::ErrorKind::ConnectionReset),
+            ] {
+                let activity = Activity::new();
+                let decrypted = EndWatched::new(Scripted(Some(head), end), activity.clone());
+                assert_eq!(
+                    closes(decrypted, &activity, before).await,
+                    expected,
+                    "TLS, {before:?}, {end:?}"
+                );
+            }
+        }
+        let activity = Activity::new();
+        let refused = Scripted(Some(head), Some(io::ErrorKind::PermissionDenied));
+        assert!(
+            !closes(
+                EndWatched::new(refused, activity.clone()),
+                &activity,
+                Before::HeadBegun
+            )
+            .await
+        );
     }
 }

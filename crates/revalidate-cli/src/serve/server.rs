@@ -29,7 +29,9 @@ use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
 use super::access_log::AccessLogger;
-use super::client_io::{Activity, BoundPassed, BoundedIo, Bounds, EndWatched, InFlight};
+use super::client_io::{
+    Activity, BoundPassed, BoundedIo, Bounds, EndWatched, InFlight, is_client_close,
+};
 use super::config::{ClientSection, DEFAULT_MAX_CONNECTIONS};
 use super::cpu_share;
 use super::drain::{Drain, Watcher};
@@ -276,7 +278,7 @@ where
                         // The bounds see encrypted bytes: ALPN tells HTTP/2 instead.
                         let (io, tls) = stream.get_mut();
                         let http2 = tls.alpn_protocol() == Some(b"h2");
-                        io.set_http2(http2);
+                        io.set_under_tls(http2);
                         // An HTTP/2 connection has no heads of its own to refuse or
                         // cut short (its streams are requests), and hyper gives its
                         // socket's errors as an HTTP/1 connection's: no line.
@@ -329,7 +331,7 @@ async fn serve_connection<I, S, B>(
     match watcher.watch(connection).await {
         Some(Err(error)) => {
             tracing::debug!(%peer, error, "connection ended with an error");
-            let status = unserved_status(&*error, activity.closed_between_requests());
+            let status = unserved_status(&*error, activity.closed_mid_head());
             if let (Some(logger), Some(status)) = (unserved_log, status) {
                 logger.unserved(peer.ip(), status);
             }
@@ -349,10 +351,10 @@ async fn serve_connection<I, S, B>(
 ///   head; its error tells these apart by its message only;
 /// - a head that did not arrive whole within the header timeout: 408, closed
 ///   without an answer, as nginx logs such a request;
-/// - a head the client stopped sending, closing its side between requests
-///   (`closed_between_requests`): 400, as nginx logs it. hyper's error is the
-///   same when a client closes while its request is in flight, which the
-///   request's own line tells (499), so it counts only between requests.
+/// - a head the client stopped sending, closing its side (`closed_mid_head`):
+///   400, as nginx logs it. hyper's error is the same when a client closes
+///   while its request is in flight or its response is going out, which that
+///   request's own line tells, so it counts only in the middle of a head.
 ///
 /// Two parse errors get no answer from hyper, and no line here: an HTTP/2
 /// preface where an HTTP/1 head was due, and an error of hyper's own. A
@@ -363,13 +365,13 @@ async fn serve_connection<I, S, B>(
 /// is a parse error.
 fn unserved_status(
     error: &(dyn std::error::Error + 'static),
-    closed_between_requests: bool,
+    closed_mid_head: bool,
 ) -> Option<StatusCode> {
     let error = error.downcast_ref::<hyper::Error>()?;
     if BoundPassed::in_error(error) == Some(BoundPassed::Head) {
         return Some(StatusCode::REQUEST_TIMEOUT);
     }
-    if closed_between_requests && ended_early(error) {
+    if closed_mid_head && ended_early(error) {
         return Some(StatusCode::BAD_REQUEST);
     }
     if !error.is_parse() {
@@ -387,16 +389,16 @@ fn unserved_status(
     }
 }
 
-/// Whether `error` is the client's side ending before a message was whole: a
-/// plain connection's end of stream, or, under TLS, a socket closed without the
-/// TLS close (rustls's `UnexpectedEof`).
+/// Whether `error` is the client's side ending before a message was whole: an
+/// end of stream, or a read's error that is the client's closing
+/// ([`is_client_close`]).
 fn ended_early(error: &hyper::Error) -> bool {
     use std::error::Error as _;
     error.is_incomplete_message()
         || error
             .source()
             .and_then(|cause| cause.downcast_ref::<std::io::Error>())
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::UnexpectedEof)
+            .is_some_and(|io| is_client_close(io.kind()))
 }
 
 /// A connection's tower service, as hyper calls it: in place when it is ready.
