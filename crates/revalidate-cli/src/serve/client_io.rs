@@ -103,6 +103,8 @@ impl Activity {
     /// [`HeadBegun`]). A close while a response is still going out (its body
     /// handed to hyper whole) comes with no request in flight too, but with no
     /// bytes since that request began.
+    // Cold: once per connection at most, and kept out of the read path it sits on.
+    #[cold]
     fn note_end(&self, read: &io::Result<()>, buf: &ReadBuf<'_>, head_begun: HeadBegun) {
         let closed = match read {
             Ok(()) => buf.remaining() > 0,
@@ -267,8 +269,6 @@ struct Watch {
     body_stalled: u32,
     /// Bytes of the HTTP/2 preface the first reads matched so far.
     preface_seen: usize,
-    /// Where the last head began (HTTP/1 only).
-    head_begun: HeadBegun,
     /// Whether the bytes read here are TLS's: the decrypted stream notes the
     /// client's close instead ([`EndWatched`]).
     under_tls: bool,
@@ -353,7 +353,6 @@ impl Watch {
         if self.http2 == Some(true) {
             return;
         }
-        self.head_begun.on_bytes((started, finished));
         let new_head = match self.waiting {
             Waiting::Head { after, .. } => after != started,
             Waiting::Idle { .. } | Waiting::Service => true,
@@ -363,6 +362,17 @@ impl Watch {
                 after: started,
                 ticks: 0,
             };
+        }
+    }
+
+    /// Where the last head began. The head being waited for began when the
+    /// service had started `after` requests; on a new connection, which waits
+    /// for its first head from the start, bytes may not have come yet, but a
+    /// close then leaves hyper nothing to call cut short.
+    fn head_begun(&self) -> HeadBegun {
+        match self.waiting {
+            Waiting::Head { after, .. } => HeadBegun(Some(after)),
+            Waiting::Idle { .. } | Waiting::Service => HeadBegun(None),
         }
     }
 
@@ -423,7 +433,6 @@ impl<T> BoundedIo<T> {
                 send_stalled: 0,
                 body_stalled: 0,
                 preface_seen: 0,
-                head_begun: HeadBegun::default(),
                 under_tls: false,
                 header_ticks: ticks(bounds.header),
                 idle_ticks: ticks(bounds.idle),
@@ -509,7 +518,7 @@ impl<T: AsyncRead> AsyncRead for BoundedIo<T> {
             }
             // Nothing read: an end, or an error (see `EndWatched`).
             Poll::Ready(ref read) if !this.watch.under_tls => {
-                this.activity.note_end(read, buf, this.watch.head_begun);
+                this.activity.note_end(read, buf, this.watch.head_begun());
             }
             Poll::Ready(_) => {}
         }
