@@ -1236,7 +1236,8 @@ async fn access_lines_count_the_bytes_sent_and_abandoned_requests() {
             "/big",
             axum::routing::get(|| async { ([("cache-control", "max-age=60")], vec![b'x'; BIG]) }),
         );
-    /// Beyond what the loopback socket buffers take while the client reads nothing.
+    /// Beyond what the socket buffers take while the client reads nothing (the
+    /// server's send buffer grows to 4 MiB at most by default).
     const BIG: usize = 6 << 20;
     let logged = LoggedProxy::start(origin, ClientLimits::default(), None).await;
     let addr = logged.addr;
@@ -1254,7 +1255,9 @@ async fn access_lines_count_the_bytes_sent_and_abandoned_requests() {
     // begins, and reads no more: the hit's body went to hyper whole, which is
     // still sending it when it reads the client's end.
     assert_eq!(request(addr, "GET", "/big", &[]).await.body.len(), BIG);
-    let mut closing = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut closing = socket.connect(addr).await.unwrap();
     closing
         .write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
         .await

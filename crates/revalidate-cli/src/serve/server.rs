@@ -354,7 +354,8 @@ async fn serve_connection<I, S, B>(
 /// - a head the client stopped sending, closing its side (`closed_mid_head`):
 ///   400, as nginx logs it. hyper's error is the same when a client closes
 ///   while its request is in flight or its response is going out, which that
-///   request's own line tells, so it counts only in the middle of a head.
+///   request's own line tells, so it counts only in the middle of a head (and
+///   not for a head sent behind another, pipelined, which hyper reads later).
 ///
 /// Two parse errors get no answer from hyper, and no line here: an HTTP/2
 /// preface where an HTTP/1 head was due, and an error of hyper's own. A
@@ -390,7 +391,7 @@ fn unserved_status(
 }
 
 /// Whether `error` is the client's side ending before a message was whole: an
-/// end of stream, or a read's error that is the client's closing
+/// end of stream, or an I/O error of the kind a closing client's read gives
 /// ([`is_client_close`]).
 fn ended_early(error: &hyper::Error) -> bool {
     use std::error::Error as _;
