@@ -19,6 +19,10 @@
 //! between one tick before it and itself (with the defaults, a 60 s keep-alive
 //! closes after 52.5 to 60 s of silence).
 //!
+//! The same counters tell whether a client that closes its side cut a head short,
+//! which the access log writes as a 400 ([`Activity::closed_mid_head`]; under TLS
+//! the decrypted stream is watched for it, [`EndWatched`]).
+//!
 //! ```text
 //! let activity = Activity::new();
 //! let io = TokioIo::new(BoundedIo::new(stream, activity.clone(), bounds));
@@ -103,7 +107,7 @@ impl Activity {
     /// [`HeadBegun`]). A close while a response is still going out (its body
     /// handed to hyper whole) comes with no request in flight too, but with no
     /// bytes since that request began.
-    // Cold: once per connection at most, and kept out of the read path it sits on.
+    // Cold: it runs at a connection's end, and stays out of the read path it sits on.
     #[cold]
     fn note_end(&self, read: &io::Result<()>, buf: &ReadBuf<'_>, head_begun: HeadBegun) {
         let closed = match read {
@@ -171,7 +175,7 @@ impl Drop for InFlight {
 /// flight: those bytes began a head, which is cut short if the client closes
 /// before the service starts another request.
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct HeadBegun(Option<u64>);
+struct HeadBegun(Option<u64>);
 
 impl HeadBegun {
     /// Bytes came in, when the service had started and finished these requests.
