@@ -19,9 +19,8 @@ source "$ROOT/bench/lib.sh"
 N="${N:-2000}"
 KEYS="${KEYS:-1000}" # the "many URLs" case cycles through /obj/0 .. /obj/KEYS-1
 TMP=$(mktemp -d /tmp/revalidate-instructions.XXXXXX)
-PIDS=()
 cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    stop_started
     # KEEP=DIR keeps the callgrind files, for callgrind_annotate.
     if [[ -n "${KEEP:-}" ]]; then mkdir -p "$KEEP" && cp "$TMP"/callgrind.* "$KEEP"/; fi
     rm -rf "$TMP"
@@ -29,10 +28,10 @@ cleanup() {
 trap cleanup EXIT
 
 require valgrind callgrind_annotate callgrind_control curl
-(cd "$ROOT" && cargo build --release -q -p revalidate-cli -p revalidate-bench)
+build_release
 
 ORIGIN=$(free_port)
-"$ROOT/target/release/bench-origin" --listen "127.0.0.1:$ORIGIN" >/dev/null 2>&1 &
+"$BIN/bench-origin" --listen "127.0.0.1:$ORIGIN" >/dev/null 2>&1 &
 PIDS+=($!)
 wait_up "$ORIGIN"
 
@@ -105,9 +104,9 @@ measure() {
 
 BARE=$(free_port)
 measure "bare hyper" "revalidate_bench::serve::{{closure}}::{{closure}}" "$BARE" \
-    "$ROOT/target/release/bench-bare" --listen "127.0.0.1:$BARE" --objects $((KEYS > 2 ? KEYS : 2))
+    "$BIN/bench-bare" --listen "127.0.0.1:$BARE" --objects $((KEYS > 2 ? KEYS : 2))
 PROXY=$(free_port)
 ADMIN=$(free_port)
 measure "revalidate (hit)" "revalidate_cli::serve::server::run_with_tls::{{closure}}::{{closure}}" "$PROXY" \
-    "$ROOT/target/release/revalidate" serve --listen "127.0.0.1:$PROXY" \
+    "$BIN/revalidate" serve --listen "127.0.0.1:$PROXY" \
     --upstream "http://127.0.0.1:$ORIGIN" --admin-listen "127.0.0.1:$ADMIN"

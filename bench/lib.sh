@@ -1,4 +1,5 @@
-# Sourced by the benchmark scripts: what more than one of them needs.
+# Sourced by the benchmark scripts (after they set ROOT): what more than one of
+# them needs.
 
 # free_port: a TCP port on 127.0.0.1 that nothing listens on now (one of 40,000
 # at random, so two calls before anything binds rarely give the same).
@@ -11,6 +12,20 @@ free_port() {
             return
         fi
     done
+}
+
+# build_release: builds (when stale) the binaries the benchmarks run, into $BIN.
+BIN="$ROOT/target/release"
+build_release() {
+    (cd "$ROOT" && cargo build --release -q -p revalidate-cli -p revalidate-bench)
+}
+
+# PIDS: the processes a script starts; stop_started (in its exit trap) ends them.
+PIDS=()
+stop_started() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
 }
 
 # require TOOL...: exits unless every TOOL is installed.

@@ -21,14 +21,11 @@ DURATION="${DURATION:-4s}"
 CONNECTIONS="${CONNECTIONS:-32}"
 DISTINCT=10000
 require wrk curl taskset
-(cd "$ROOT" && cargo build --release -q -p revalidate-cli -p revalidate-bench)
-BIN="$ROOT/target/release"
+build_release
 
 TMP=$(mktemp -d /tmp/revalidate-log-cost.XXXXXX)
-PIDS=()
 cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    stop_started
     rm -rf "$TMP"
 }
 trap cleanup EXIT

@@ -167,7 +167,7 @@ start_servers() {
     local origin_port admin_port
     origin_port=$(free_port)
     PORT[origin]=$origin_port
-    "$ROOT/target/release/bench-origin" --listen "127.0.0.1:$origin_port" >"$TMP/origin.log" 2>&1 &
+    "$BIN/bench-origin" --listen "127.0.0.1:$origin_port" >"$TMP/origin.log" 2>&1 &
     PID[origin]=$!
     STARTED_PIDS+=("$!")
     wait_http origin "http://127.0.0.1:$origin_port/obj/0" || {
@@ -177,7 +177,7 @@ start_servers() {
     }
 
     PORT[bare]=$(free_port)
-    "${SERVER_PIN[@]}" "$ROOT/target/release/bench-bare" --listen "127.0.0.1:${PORT[bare]}" --objects "$PRIME" >"$TMP/bare.log" 2>&1 &
+    "${SERVER_PIN[@]}" "$BIN/bench-bare" --listen "127.0.0.1:${PORT[bare]}" --objects "$PRIME" >"$TMP/bare.log" 2>&1 &
     PID[bare]=$!
     STARTED_PIDS+=("$!")
 
@@ -188,7 +188,7 @@ start_servers() {
 [cache]
 max_bytes = "2 GiB"
 EOF
-    RUST_LOG=warn "${SERVER_PIN[@]}" "$ROOT/target/release/revalidate" serve \
+    RUST_LOG=warn "${SERVER_PIN[@]}" "$BIN/revalidate" serve \
         --listen "127.0.0.1:${PORT[revalidate]}" \
         --upstream "http://127.0.0.1:$origin_port" \
         --config "$TMP/revalidate.toml" \
@@ -197,7 +197,7 @@ EOF
     STARTED_PIDS+=("$!")
 
     PORT[revalidate_log]=$(free_port)
-    "${SERVER_PIN[@]}" "$ROOT/target/release/revalidate" serve \
+    "${SERVER_PIN[@]}" "$BIN/revalidate" serve \
         --listen "127.0.0.1:${PORT[revalidate_log]}" \
         --upstream "http://127.0.0.1:$origin_port" \
         --config "$TMP/revalidate.toml" \
@@ -207,7 +207,7 @@ EOF
     STARTED_PIDS+=("$!")
 
     PORT[revalidate_ws]=$(free_port)
-    RUST_LOG=warn "${SERVER_PIN[@]}" "$ROOT/target/release/revalidate" serve \
+    RUST_LOG=warn "${SERVER_PIN[@]}" "$BIN/revalidate" serve \
         --listen "127.0.0.1:${PORT[revalidate_ws]}" \
         --upstream "http://127.0.0.1:$origin_port" \
         --config "$TMP/revalidate.toml" \
@@ -481,7 +481,7 @@ rate_runs() {
                     --warmup 2 --connections "$CONNECTIONS")
                 if [[ $scenario == hot ]]; then args+=(--path "$HOT_PATH"); else args+=(--distinct "$DISTINCT"); fi
                 out="$TMP/rate-$s-$scenario.$round.txt"
-                if ! "${LOAD_PIN[@]}" "$ROOT/target/release/bench-rate" "${args[@]}" >"$out" 2>&1; then
+                if ! "${LOAD_PIN[@]}" "$BIN/bench-rate" "${args[@]}" >"$out" 2>&1; then
                     note "$s/$scenario at $RATE_USED req/s: bench-rate failed: $(tail -1 "$out")"
                     continue
                 fi
@@ -535,7 +535,7 @@ main() {
 
     ensure_packages
     log "building release binaries (cargo may wait for the build-directory lock)"
-    (cd "$ROOT" && cargo build --release -q -p revalidate-cli -p revalidate-bench)
+    build_release
     start_servers
     cat_lua
 

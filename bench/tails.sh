@@ -23,17 +23,14 @@ RATE="${RATE:-35000}"
 DURATION="${DURATION:-8}"
 DISTINCT=10000
 require nginx curl taskset
-(cd "$ROOT" && cargo build --release -q -p revalidate-cli -p revalidate-bench)
-BIN="$ROOT/target/release"
+build_release
 
 TMP=$(mktemp -d /tmp/revalidate-tails.XXXXXX)
 SHM=$(mktemp -d /dev/shm/revalidate-tails.XXXXXX)
 # nginx's workers run as an unprivileged user, and write its cache here.
 chmod 755 "$TMP" "$SHM"
-PIDS=()
 cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    stop_started
     rm -rf "$TMP" "$SHM"
 }
 trap cleanup EXIT
