@@ -23,14 +23,15 @@ pub(super) fn primary_key(
     head: &RequestHead,
     target: String,
 ) -> Option<PrimaryKey> {
+    // A host that is not visible ASCII is no authority (`None` either way);
+    // `to_str` tells that for less than a UTF-8 check would.
     let host = match head.uri.authority() {
-        Some(authority) => authority.as_str().as_bytes(),
-        None => head
-            .headers
-            .get(HOST)
-            .map_or(&b""[..], HeaderValue::as_bytes),
+        Some(authority) => authority.as_str(),
+        None => match head.headers.get(HOST) {
+            Some(value) => value.to_str().ok()?,
+            None => "",
+        },
     };
-    let host = std::str::from_utf8(host).ok()?;
     // A plain `name[:port]` (the common case) needs no parse; anything else must
     // be an authority.
     let already_lowercase = match plain_host(host.as_bytes()) {
