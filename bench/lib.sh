@@ -20,11 +20,17 @@ build_release() {
     (cd "$ROOT" && cargo build --release -q -p revalidate-cli -p revalidate-bench)
 }
 
-# PIDS: the processes a script starts; stop_started (in its exit trap) ends them.
+# PIDS: the processes a script starts; stop_started (in its exit trap) ends them:
+# each gets 5 s to drain and exit after SIGTERM, then SIGKILL, so that none
+# outlives the script and its exit never hangs on one.
 PIDS=()
 stop_started() {
     local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    done
     wait 2>/dev/null || true
 }
 

@@ -64,7 +64,6 @@ SERVERS=(bare revalidate revalidate_log revalidate_ws nginx varnish)
 declare -A LABEL=([bare]="bare hyper" [revalidate]="revalidate" [revalidate_log]="revalidate (default: access log on)" [revalidate_ws]="revalidate (work-stealing)" [nginx]="nginx proxy_cache" [varnish]="varnish")
 declare -A PORT=() PID=() AVAILABLE=() WHY=() RES=()
 NOTES=()
-STARTED_PIDS=()
 TMP=""
 SHM=""
 ORIGIN_ETAG=""
@@ -73,14 +72,7 @@ log() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
 note() { NOTES+=("$*"); log "NOTE: $*"; }
 
 cleanup() {
-    local pid
-    for pid in "${STARTED_PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${STARTED_PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-    done
+    stop_started
     [[ -n "$TMP" && -d "$TMP" ]] && rm -rf "$TMP"
     [[ -n "$SHM" && -d "$SHM" ]] && rm -rf "$SHM"
     return 0
@@ -169,7 +161,7 @@ start_servers() {
     PORT[origin]=$origin_port
     "$BIN/bench-origin" --listen "127.0.0.1:$origin_port" >"$TMP/origin.log" 2>&1 &
     PID[origin]=$!
-    STARTED_PIDS+=("$!")
+    PIDS+=("$!")
     wait_http origin "http://127.0.0.1:$origin_port/obj/0" || {
         cat "$TMP/origin.log" >&2
         echo "FATAL: bench-origin did not start" >&2
@@ -179,7 +171,7 @@ start_servers() {
     PORT[bare]=$(free_port)
     "${SERVER_PIN[@]}" "$BIN/bench-bare" --listen "127.0.0.1:${PORT[bare]}" --objects "$PRIME" >"$TMP/bare.log" 2>&1 &
     PID[bare]=$!
-    STARTED_PIDS+=("$!")
+    PIDS+=("$!")
 
     PORT[revalidate]=$(free_port)
     admin_port=$(free_port)
@@ -194,7 +186,7 @@ EOF
         --config "$TMP/revalidate.toml" \
         --admin-listen "127.0.0.1:$admin_port" --access-log off >"$TMP/revalidate.log" 2>&1 &
     PID[revalidate]=$!
-    STARTED_PIDS+=("$!")
+    PIDS+=("$!")
 
     PORT[revalidate_log]=$(free_port)
     "${SERVER_PIN[@]}" "$BIN/revalidate" serve \
@@ -204,7 +196,7 @@ EOF
         --admin-listen "127.0.0.1:$(free_port)" \
         --access-log "$TMP/access.log" >"$TMP/revalidate_log.log" 2>&1 &
     PID[revalidate_log]=$!
-    STARTED_PIDS+=("$!")
+    PIDS+=("$!")
 
     PORT[revalidate_ws]=$(free_port)
     RUST_LOG=warn "${SERVER_PIN[@]}" "$BIN/revalidate" serve \
@@ -214,7 +206,7 @@ EOF
         --admin-listen "127.0.0.1:$(free_port)" \
         --scheduler work-stealing --access-log off >"$TMP/revalidate_ws.log" 2>&1 &
     PID[revalidate_ws]=$!
-    STARTED_PIDS+=("$!")
+    PIDS+=("$!")
 
     if ((AVAILABLE[nginx])); then
         PORT[nginx]=$(free_port)
@@ -226,7 +218,7 @@ EOF
         if nginx -t -p "$TMP/nginx" -e "$TMP/nginx/logs/error.log" -c "$TMP/nginx/nginx.conf" >"$TMP/nginx-t.log" 2>&1; then
             "${SERVER_PIN[@]}" nginx -p "$TMP/nginx" -e "$TMP/nginx/logs/error.log" -c "$TMP/nginx/nginx.conf" >"$TMP/nginx.log" 2>&1 &
             PID[nginx]=$!
-            STARTED_PIDS+=("$!")
+            PIDS+=("$!")
         else
             AVAILABLE[nginx]=0
             WHY[nginx]="nginx rejected its configuration: $(tail -1 "$TMP/nginx-t.log")"
@@ -249,7 +241,7 @@ EOF
         "${SERVER_PIN[@]}" varnishd -F -a "127.0.0.1:${PORT[varnish]}" -f "$TMP/bench.vcl" -s malloc,2G \
             -n "$TMP/varnish" -T none >"$TMP/varnish.log" 2>&1 &
         PID[varnish]=$!
-        STARTED_PIDS+=("$!")
+        PIDS+=("$!")
     fi
 
     local s
